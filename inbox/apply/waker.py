@@ -1,0 +1,69 @@
+"""LISTEN/NOTIFY as a wake-up hint for idle workers; they still poll, so a lost hint costs one poll interval."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import psycopg
+
+from inbox.db.connect import connect
+from inbox.db.sqlfiles import query
+
+log = logging.getLogger(__name__)
+
+
+class Waker:
+    """A generation counter: a worker that saw generation g sleeps until it moves or the timeout ends."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._generation = 0
+
+    @property
+    def generation(self) -> int:
+        with self._cond:
+            return self._generation
+
+    def wake(self) -> None:
+        with self._cond:
+            self._generation += 1
+            self._cond.notify_all()
+
+    def wait(self, seen: int, timeout: float) -> bool:
+        """True if woken (something may be due), False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._generation != seen, timeout=timeout)
+
+
+class NotifyListener(threading.Thread):
+    """LISTENs on its own connection and wakes the workers; reconnects with backoff if the database goes."""
+
+    def __init__(self, dsn: str, waker: Waker, stop: threading.Event) -> None:
+        super().__init__(name="inbox-listener", daemon=True)
+        self._dsn = dsn
+        self._waker = waker
+        self._stop_event = stop
+        self.listening = threading.Event()
+
+    def run(self) -> None:
+        delay = 0.5
+        while not self._stop_event.is_set():
+            try:
+                self._listen()
+                delay = 0.5
+            except psycopg.Error as exc:
+                self.listening.clear()
+                log.warning("notify listener lost its connection (%s); retrying in %.1fs", exc, delay)
+                self._stop_event.wait(delay)
+                delay = min(delay * 2, 10.0)
+
+    def _listen(self) -> None:
+        with connect(self._dsn, autocommit=True, application_name="quota-inbox listener") as conn:
+            conn.execute(query("listen_for_events"))
+            self.listening.set()
+            # Whatever arrived while we were not listening: let the workers look.
+            self._waker.wake()
+            while not self._stop_event.is_set():
+                for _ in conn.notifies(timeout=0.5, stop_after=1):
+                    self._waker.wake()

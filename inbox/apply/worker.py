@@ -1,0 +1,195 @@
+"""A worker: claim a batch, validate it in Python, apply it in one SQL statement, repeat.
+
+Failure handling, by kind:
+- an invalid event is dead-lettered by the apply statement itself, in the same transaction;
+- a transient failure (lost connection, deadlock, serialization failure, timeout) gives the batch
+  back with exponential backoff and jitter, and dead-letters what has used up its attempts;
+- any other database error rolls the batch back and bisects it, so one poison event ends as a dead
+  letter ('apply_error') while the rest of its batch is applied.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.types.json import Jsonb
+
+from inbox.apply.prepare import prepare
+from inbox.apply.waker import Waker
+from inbox.db.connect import DictConnection, connect, set_worker_session
+from inbox.db.sqlfiles import query
+from inbox.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    psycopg.OperationalError,  # connection lost, server shutting down, admin shutdown
+    pg_errors.DeadlockDetected,
+    pg_errors.SerializationFailure,
+    pg_errors.LockNotAvailable,
+    pg_errors.QueryCanceled,  # statement_timeout
+)
+
+
+@dataclass
+class BatchCounts:
+    claimed: int = 0
+    applied: int = 0
+    stale: int = 0
+    dead: int = 0
+    retried: int = 0
+    not_owned: int = 0
+
+    def add(self, other: BatchCounts) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+def worker_name(index: int) -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{index}"
+
+
+def is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, TRANSIENT_ERRORS)
+
+
+class Worker:
+    def __init__(self, dsn: str, settings: Settings, name: str) -> None:
+        self.dsn = dsn
+        self.settings = settings
+        self.name = name
+        self._conn: DictConnection | None = None
+
+    # -- connection ---------------------------------------------------------------------------
+
+    def _connection(self) -> DictConnection:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = connect(self.dsn, autocommit=True, application_name=f"quota-inbox {self.name}")
+            set_worker_session(
+                self._conn,
+                statement_timeout_ms=self.settings.effective_statement_timeout_ms(),
+                application_name=f"quota-inbox {self.name}",
+            )
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # -- one batch ----------------------------------------------------------------------------
+
+    def claim(self) -> list[dict[str, Any]]:
+        params = {
+            "worker": self.name,
+            "limit": self.settings.batch_size,
+            "lease": timedelta(seconds=self.settings.lease_seconds),
+        }
+        return self._connection().execute(query("claim_events"), params).fetchall()
+
+    def process_once(self) -> BatchCounts:
+        """Claim and finish one batch. Returns zero counts when nothing is due."""
+        rows = self.claim()
+        counts = BatchCounts(claimed=len(rows))
+        if rows:
+            counts.add(self.finish([prepare(row) for row in rows]))
+        return counts
+
+    def finish(self, prepared: Sequence[dict[str, Any]]) -> BatchCounts:
+        """Apply prepared events this worker holds; on failure retry or bisect, never lose them."""
+        try:
+            return self._apply(prepared)
+        except Exception as exc:
+            if is_transient(exc):
+                log.warning("transient failure applying %d events: %s", len(prepared), exc)
+                return self._release(prepared, f"{type(exc).__name__}: {exc}")
+            if not isinstance(exc, psycopg.Error):
+                raise
+            if len(prepared) == 1:
+                return self._bury(prepared[0], exc)
+            middle = len(prepared) // 2
+            counts = self.finish(prepared[:middle])
+            counts.add(self.finish(prepared[middle:]))
+            return counts
+
+    def _apply(self, prepared: Sequence[dict[str, Any]]) -> BatchCounts:
+        row = (
+            self._connection()
+            .execute(query("apply_events"), {"worker": self.name, "events": Jsonb(list(prepared))})
+            .fetchone()
+        )
+        assert row is not None
+        return BatchCounts(
+            applied=row["applied"], stale=row["stale"], dead=row["dead"], not_owned=row["not_owned"]
+        )
+
+    def _bury(self, event: dict[str, Any], exc: psycopg.Error) -> BatchCounts:
+        log.error(
+            "event cannot be applied",
+            extra={"quota_id": event["quota_id"], "version": event["version"], "error_class": "apply_error"},
+        )
+        sqlstate = getattr(exc, "sqlstate", None)
+        return self._apply([{**event, "error_class": "apply_error", "error": f"[{sqlstate}] {exc}"}])
+
+    def _release(self, prepared: Sequence[dict[str, Any]], error: str) -> BatchCounts:
+        keys = [{k: e[k] for k in ("quota_id", "version", "is_delete")} for e in prepared]
+        row = (
+            self._connection()
+            .execute(
+                query("release_events"),
+                {
+                    "worker": self.name,
+                    "keys": Jsonb(keys),
+                    "error": error[:2000],
+                    "max_attempts": self.settings.max_attempts,
+                    "backoff_base": timedelta(seconds=self.settings.backoff_base_seconds),
+                    "backoff_cap": timedelta(seconds=self.settings.backoff_cap_seconds),
+                },
+            )
+            .fetchone()
+        )
+        assert row is not None
+        return BatchCounts(retried=row["retried"], dead=row["dead"])
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, waker: Waker) -> None:
+        delay = 0.1
+        while not stop.is_set():
+            seen = waker.generation
+            try:
+                counts = self.process_once()
+                delay = 0.1
+            except Exception as exc:
+                # The database is away (or the release itself failed): leases bring the rows back.
+                log.warning("worker %s: %s; retrying in %.1fs", self.name, exc, delay)
+                self.close()
+                stop.wait(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if counts.claimed == 0:
+                waker.wait(seen, timeout=self.settings.poll_seconds)
+        self.close()
+
+
+def reap_expired_leases(conn: DictConnection, settings: Settings, limit: int = 1000) -> BatchCounts:
+    row = conn.execute(
+        query("reap_expired_leases"),
+        {
+            "limit": limit,
+            "max_attempts": settings.max_attempts,
+            "backoff_base": timedelta(seconds=settings.backoff_base_seconds),
+            "backoff_cap": timedelta(seconds=settings.backoff_cap_seconds),
+        },
+    ).fetchone()
+    assert row is not None
+    return BatchCounts(retried=row["retried"], dead=row["dead"])

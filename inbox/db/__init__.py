@@ -1,0 +1,1 @@
+"""Database access: SQL files, connections, the embedded server and migrations."""

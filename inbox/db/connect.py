@@ -1,0 +1,57 @@
+"""Connections: exact decimals out of jsonb, and session limits for workers."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from functools import partial
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import set_json_dumps, set_json_loads
+
+from inbox.db.sqlfiles import query
+
+DictConnection = psycopg.Connection[dict[str, Any]]
+
+# jsonb numbers come back as Decimal, never float: a quantity read from the inbox stays exact.
+_loads = partial(json.loads, parse_float=Decimal)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), default=_encode_extra)
+
+
+def _encode_extra(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        # Callers send decimals as strings so PostgreSQL reads them exactly into numeric.
+        return str(value)
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+def configure(conn: psycopg.Connection[Any]) -> None:
+    set_json_loads(_loads, conn)
+    set_json_dumps(_dumps, conn)
+
+
+def connect(dsn: str, *, autocommit: bool = False, application_name: str = "quota-inbox") -> DictConnection:
+    conn = psycopg.connect(
+        dsn, autocommit=autocommit, row_factory=dict_row, application_name=application_name
+    )
+    configure(conn)
+    return conn
+
+
+def set_worker_session(conn: DictConnection, *, statement_timeout_ms: int, application_name: str) -> None:
+    """Bound every statement and idle transaction, so a stuck session cannot pin a claim or xmin."""
+    conn.execute(
+        query("set_worker_session"),
+        {
+            "statement_timeout": f"{statement_timeout_ms}ms",
+            "idle_timeout": f"{max(statement_timeout_ms, 1000) * 2}ms",
+            "application_name": application_name,
+        },
+    )
+    if not conn.autocommit:
+        conn.commit()

@@ -1,0 +1,231 @@
+"""Titan quota events: the key that files an event in the inbox, and the rules that make it applicable.
+
+Keying is all the ingestor needs (quota_id, version, is it a delete); everything else is checked by
+the worker, so a keyable event that breaks a business rule is stored and ends as a dead letter
+with every reason listed, instead of being refused at the door.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+EVENT_TYPES = ("INSERT", "UPDATE", "DELETE")
+DIRECTIONS = ("BUY", "SELL")
+MAX_VERSION = 2**63 - 1
+# PostgreSQL numeric: up to 131072 digits before the point and 16383 after.
+_NUMERIC_MAX_ADJUSTED = 131071
+_NUMERIC_MIN_EXPONENT = -16383
+_DATE_PREFIX = re.compile(r"^(\d{4})-(\d{2})-(\d{2})(?:$|[T ])")
+
+
+class UnkeyableEvent(ValueError):
+    """The event cannot be filed: no UUID quota_id or no integer version."""
+
+
+@dataclass(frozen=True, slots=True)
+class EventKey:
+    quota_id: uuid.UUID
+    version: int
+    is_delete: bool
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaRow:
+    """A validated quota state, ready for the CSLA quota table. Decimals stay Decimal."""
+
+    counterparty_id: str
+    direction: str
+    period_month: date
+    qty_t: Decimal
+    tolerance_pct: Decimal | None
+    incoterm_code: str | None
+    metal_code: str
+    source_updated_at: datetime | None
+
+
+def parse_uuid(value: Any) -> uuid.UUID | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = uuid.UUID(value)
+    except ValueError:
+        return None
+    # Only the canonical 8-4-4-4-12 text form; uuid.UUID also takes braces, urns and bare hex.
+    return parsed if str(parsed) == value.lower() else None
+
+
+def parse_version(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value if 0 <= value <= MAX_VERSION else None
+
+
+def key_titan_event(event: Any) -> EventKey:
+    """The inbox key of a Titan event: data.quota_id, metadata.version, eventType == DELETE."""
+    if not isinstance(event, dict):
+        raise UnkeyableEvent(f"an event must be a JSON object, not {_json_type(event)}")
+    data, metadata = event.get("data"), event.get("metadata")
+    problems = []
+    quota_id = parse_uuid(data.get("quota_id")) if isinstance(data, dict) else None
+    if quota_id is None:
+        problems.append("data.quota_id must be a UUID string")
+    version = parse_version(metadata.get("version")) if isinstance(metadata, dict) else None
+    if version is None:
+        problems.append(f"metadata.version must be an integer between 0 and {MAX_VERSION}")
+    if problems:
+        raise UnkeyableEvent("; ".join(problems))
+    assert quota_id is not None and version is not None
+    return EventKey(quota_id, version, event.get("eventType") == "DELETE")
+
+
+def validate_titan_event(event: dict[str, Any]) -> QuotaRow | None:
+    """The quota row an INSERT/UPDATE sets, None for a DELETE; InvalidEvent lists every reason."""
+    errors: list[str] = []
+    event_type = event.get("eventType")
+    if event_type not in EVENT_TYPES:
+        errors.append(f"eventType must be one of {', '.join(EVENT_TYPES)}, got {_show(event_type)}")
+    data = event.get("data")
+    if not isinstance(data, dict):
+        raise InvalidEvent([*errors, "data must be an object"])
+    if event_type == "DELETE":
+        # A delete needs only its key, which the inbox already checked.
+        if errors:
+            raise InvalidEvent(errors)
+        return None
+    row = _quota_row(data, errors)
+    if errors or row is None:
+        raise InvalidEvent(errors)
+    return row
+
+
+class InvalidEvent(ValueError):
+    def __init__(self, reasons: list[str]) -> None:
+        super().__init__("; ".join(reasons))
+        self.reasons = reasons
+
+
+def _quota_row(data: dict[str, Any], errors: list[str]) -> QuotaRow | None:
+    counterparty_id = _required_text(data, "counterparty_id", errors)
+    direction = data.get("direction")
+    if direction not in DIRECTIONS:
+        errors.append(f"direction must be BUY or SELL, got {_show(direction)}")
+    period_month = _first_of_month(data.get("period_month"), errors)
+    qty_t = _decimal(data, "qty_t", errors, required=True)
+    if qty_t is not None and qty_t <= 0:
+        errors.append(f"qty_t must be positive, got {qty_t}")
+    tolerance_pct = _decimal(data, "tolerance_pct", errors, required=False)
+    if tolerance_pct is not None and not Decimal(0) <= tolerance_pct <= Decimal(100):
+        errors.append(f"tolerance_pct must be between 0 and 100, got {tolerance_pct}")
+    incoterm_code = data.get("incoterm_code")
+    if incoterm_code is not None and not isinstance(incoterm_code, str):
+        errors.append(f"incoterm_code must be a string or null, got {_json_type(incoterm_code)}")
+    metal_code = _required_text(data, "metal_code", errors)
+    source_updated_at = _timestamp(data.get("updated_at"), errors)
+    if errors:
+        return None
+    assert counterparty_id is not None and metal_code is not None
+    assert period_month is not None and qty_t is not None and isinstance(direction, str)
+    return QuotaRow(
+        counterparty_id=counterparty_id,
+        direction=direction,
+        period_month=period_month,
+        qty_t=qty_t,
+        tolerance_pct=tolerance_pct,
+        incoterm_code=incoterm_code,
+        metal_code=metal_code,
+        source_updated_at=source_updated_at,
+    )
+
+
+def _required_text(data: dict[str, Any], field: str, errors: list[str]) -> str | None:
+    value = data.get(field)
+    if not isinstance(value, str) or not value.strip():
+        errors.append(f"{field} is required (a non-empty string), got {_show(value)}")
+        return None
+    if "\x00" in value:
+        errors.append(f"{field} must not contain NUL characters")
+        return None
+    return value
+
+
+def _decimal(data: dict[str, Any], field: str, errors: list[str], *, required: bool) -> Decimal | None:
+    """Exact decimals from JSON numbers (read as Decimal, never float) or numeric strings."""
+    value = data.get(field)
+    if value is None:
+        if required:
+            errors.append(f"{field} is required")
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | Decimal | str):
+        errors.append(f"{field} must be a number, got {_json_type(value)}")
+        return None
+    try:
+        number = Decimal(value.strip()) if isinstance(value, str) else Decimal(value)
+    except InvalidOperation:
+        errors.append(f"{field} must be a number, got {_show(value)}")
+        return None
+    if not number.is_finite():
+        errors.append(f"{field} must be finite, got {_show(value)}")
+        return None
+    exponent = number.as_tuple().exponent
+    assert isinstance(exponent, int)
+    if number.adjusted() > _NUMERIC_MAX_ADJUSTED or exponent < _NUMERIC_MIN_EXPONENT:
+        errors.append(f"{field} is beyond the range of an exact numeric")
+        return None
+    return number
+
+
+def _first_of_month(value: Any, errors: list[str]) -> date | None:
+    """YYYY-MM-DD[...] -> YYYY-MM-01 from the text's own digits; no time zone can shift the month."""
+    match = _DATE_PREFIX.match(value) if isinstance(value, str) else None
+    if match is None:
+        errors.append(f"period_month must be a date YYYY-MM-DD, got {_show(value)}")
+        return None
+    year, month, day = (int(part) for part in match.groups())
+    try:
+        date(year, month, day)
+    except ValueError:
+        errors.append(f"period_month is not a real date: {_show(value)}")
+        return None
+    return date(year, month, 1)
+
+
+def _timestamp(value: Any, errors: list[str]) -> datetime | None:
+    """Titan's updated_at; optional. A timestamp without an offset is read as UTC."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        errors.append(f"updated_at must be an ISO-8601 timestamp, got {_json_type(value)}")
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        errors.append(f"updated_at must be an ISO-8601 timestamp, got {_show(value)}")
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _json_type(value: Any) -> str:
+    match value:
+        case None:
+            return "null"
+        case bool():
+            return "a boolean"
+        case int() | float() | Decimal():
+            return "a number"
+        case str():
+            return "a string"
+        case list():
+            return "an array"
+        case dict():
+            return "an object"
+    return type(value).__name__
+
+
+def _show(value: Any) -> str:
+    text = repr(value) if isinstance(value, str) else _json_type(value)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -1,0 +1,158 @@
+"""Ingest: parse a request or message batch, key every event, store the batch in one transaction.
+
+Storage keeps each event as PostgreSQL parsed it from the original text, so numbers keep their
+exact digits; Python parses the same text (decimals as Decimal) only to key and check it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Literal
+
+from inbox.db.connect import DictConnection
+from inbox.db.sqlfiles import query
+from inbox.events import EventKey, UnkeyableEvent, key_titan_event
+
+Source = Literal["http", "kafka", "sink", "replay"]
+MAX_NESTING = 64
+
+
+class BadBatch(ValueError):
+    """Nothing of the batch was stored. problems: (index or None for the whole body, reason)."""
+
+    def __init__(self, problems: list[tuple[int | None, str]], *, unparseable: bool) -> None:
+        self.problems = problems
+        self.unparseable = unparseable
+        super().__init__("; ".join(f"item {i}: {r}" if i is not None else r for i, r in problems))
+
+
+@dataclass(frozen=True)
+class ParsedBatch:
+    """Events ready to store: their keys, and the batch as one JSON array text."""
+
+    keys: list[EventKey]
+    array_text: str = field(repr=False)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    accepted: int
+    duplicates: int
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _int_checked(text: str) -> int:
+    if len(text.lstrip("-")) > 4000:
+        raise ValueError("integer with more than 4000 digits")
+    return int(text)
+
+
+def loads(text: str) -> Any:
+    """Strict JSON: decimals exact, NaN/Infinity refused, nesting bounded."""
+    value = json.loads(text, parse_float=Decimal, parse_int=_int_checked, parse_constant=_reject_constant)
+    _check_depth(value)
+    return value
+
+
+def _check_depth(value: Any) -> None:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_NESTING:
+            raise ValueError(f"nested deeper than {MAX_NESTING} levels")
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+
+
+def split_body(body: bytes) -> list[str]:
+    """The raw event texts of a body: one JSON value, a JSON array, or NDJSON (one value per line)."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadBatch([(None, f"body is not UTF-8: {exc.reason} at byte {exc.start}")], unparseable=True) from exc
+    if "\x00" in text:
+        raise BadBatch([(None, "body contains a NUL character")], unparseable=True)
+    stripped = text.strip()
+    if not stripped:
+        raise BadBatch([(None, "body is empty")], unparseable=True)
+    if stripped.startswith("["):
+        return [stripped]  # parsed as an array by parse_texts
+    lines = [line for line in stripped.splitlines() if line.strip()]
+    return lines
+
+
+def parse_texts(texts: Sequence[str], key: Callable[[Any], EventKey] = key_titan_event) -> ParsedBatch:
+    """Parse and key events; a text that is a JSON array contributes its elements.
+
+    All-or-nothing: any unparseable or unkeyable event makes the whole batch a BadBatch that names
+    each bad item by its index.
+    """
+    problems: list[tuple[int | None, str]] = []
+    items: list[Any] = []
+    raw_parts: list[str] = []
+    unparseable = False
+    for line_no, text in enumerate(texts):
+        try:
+            value = loads(text)
+        except (ValueError, RecursionError) as exc:
+            unparseable = True
+            where = line_no if len(texts) > 1 else None
+            problems.append((where, f"not valid JSON: {exc}"))
+            continue
+        if isinstance(value, list):
+            items.extend(value)
+            raw_parts.append(text.strip()[1:-1])  # the elements, verbatim, without the brackets
+        else:
+            items.append(value)
+            raw_parts.append(text)
+    if unparseable:
+        raise BadBatch(problems, unparseable=True)
+    keys: list[EventKey] = []
+    for index, item in enumerate(items):
+        try:
+            keys.append(key(item))
+        except UnkeyableEvent as exc:
+            problems.append((index, str(exc)))
+    if problems:
+        raise BadBatch(problems, unparseable=False)
+    array_text = "[" + ",".join(part for part in raw_parts if part.strip()) + "]"
+    return ParsedBatch(keys=keys, array_text=array_text)
+
+
+def parse_body(body: bytes) -> ParsedBatch:
+    return parse_texts(split_body(body))
+
+
+def store(conn: DictConnection, batch: ParsedBatch, source: Source) -> IngestResult:
+    """Store the batch in one transaction; a redelivered event counts as a duplicate and changes nothing."""
+    if not batch.keys:
+        return IngestResult(accepted=0, duplicates=0)
+    params: dict[str, Any] = {
+        "events": batch.array_text,
+        "quota_ids": [k.quota_id for k in batch.keys],
+        "versions": [k.version for k in batch.keys],
+        "is_delete": [k.is_delete for k in batch.keys],
+        "source": source,
+    }
+    with conn.transaction():
+        row = conn.execute(query("ingest_events"), params).fetchone()
+    assert row is not None
+    inserted = int(row["inserted"])
+    return IngestResult(accepted=inserted, duplicates=len(batch.keys) - inserted)
+
+
+def store_events(conn: DictConnection, events: Sequence[str | bytes], source: Source) -> IngestResult:
+    """The Python ingest API: raw event texts in, one transaction, counts of new and duplicate events."""
+    texts = [e.decode("utf-8") if isinstance(e, bytes) else e for e in events]
+    return store(conn, parse_texts(texts), source)

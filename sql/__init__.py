@@ -1,0 +1,1 @@
+"""Every SQL statement of Quota Inbox: numbered migrations and named runtime queries."""
