@@ -48,6 +48,16 @@ class QuotaRow:
     source_updated_at: datetime | None
 
 
+def fits_numeric(number: Decimal) -> bool:
+    """Whether PostgreSQL's numeric can hold the number exactly."""
+    exponent = number.as_tuple().exponent
+    return (
+        isinstance(exponent, int)
+        and number.adjusted() <= _NUMERIC_MAX_ADJUSTED
+        and exponent >= _NUMERIC_MIN_EXPONENT
+    )
+
+
 def parse_uuid(value: Any) -> uuid.UUID | None:
     if not isinstance(value, str):
         return None
@@ -171,9 +181,7 @@ def _decimal(data: dict[str, Any], field: str, errors: list[str], *, required: b
     if not number.is_finite():
         errors.append(f"{field} must be finite, got {_show(value)}")
         return None
-    exponent = number.as_tuple().exponent
-    assert isinstance(exponent, int)
-    if number.adjusted() > _NUMERIC_MAX_ADJUSTED or exponent < _NUMERIC_MIN_EXPONENT:
+    if not fits_numeric(number):
         errors.append(f"{field} is beyond the range of an exact numeric")
         return None
     return number

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from inbox.db.connect import DictConnection
 from inbox.db.sqlfiles import query
-from inbox.events import EventKey, UnkeyableEvent, key_titan_event
+from inbox.events import EventKey, UnkeyableEvent, fits_numeric, key_titan_event
 
 Source = Literal["http", "kafka", "sink", "replay"]
 MAX_NESTING = 64
@@ -56,27 +56,46 @@ def _int_checked(text: str) -> int:
     return int(text)
 
 
+def _decimal_checked(text: str) -> Decimal:
+    number = Decimal(text)
+    if not fits_numeric(number):
+        raise ValueError(f"number {text[:40]} is beyond what PostgreSQL can store exactly")
+    return number
+
+
 def loads(text: str) -> Any:
     """Strict JSON: decimals exact, NaN/Infinity refused, nesting bounded."""
-    value = json.loads(text, parse_float=Decimal, parse_int=_int_checked, parse_constant=_reject_constant)
-    _check_depth(value)
+    value = json.loads(
+        text, parse_float=_decimal_checked, parse_int=_int_checked, parse_constant=_reject_constant
+    )
+    _check_structure(value)
     return value
 
 
-def _check_depth(value: Any) -> None:
+def _check_structure(value: Any) -> None:
+    """Bounded nesting, and no NUL in any string: PostgreSQL's jsonb cannot hold \\u0000."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
         if depth > MAX_NESTING:
             raise ValueError(f"nested deeper than {MAX_NESTING} levels")
         if isinstance(item, dict):
-            stack.extend((child, depth + 1) for child in item.values())
+            for key, child in item.items():
+                if "\x00" in key:
+                    raise ValueError("a key contains \\u0000, which PostgreSQL cannot store")
+                stack.append((child, depth + 1))
         elif isinstance(item, list):
             stack.extend((child, depth + 1) for child in item)
+        elif isinstance(item, str) and "\x00" in item:
+            raise ValueError("a string contains \\u0000, which PostgreSQL cannot store")
 
 
-def split_body(body: bytes) -> list[str]:
-    """The raw event texts of a body: one JSON value, a JSON array, or NDJSON (one value per line)."""
+def split_body(body: bytes, *, ndjson: bool = False) -> list[str]:
+    """The raw event texts of a body: one JSON value, a JSON array, or NDJSON (one value per line).
+
+    Without an NDJSON content type, a body is NDJSON when it has several lines and its first line is
+    a JSON value on its own; a pretty-printed object's first line ("{") is not.
+    """
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -86,10 +105,18 @@ def split_body(body: bytes) -> list[str]:
     stripped = text.strip()
     if not stripped:
         raise BadBatch([(None, "body is empty")], unparseable=True)
-    if stripped.startswith("["):
-        return [stripped]  # parsed as an array by parse_texts
     lines = [line for line in stripped.splitlines() if line.strip()]
-    return lines
+    if len(lines) > 1 and (ndjson or _is_json(lines[0])):
+        return lines
+    return [stripped]
+
+
+def _is_json(text: str) -> bool:
+    try:
+        loads(text)
+    except (ValueError, RecursionError):
+        return False
+    return True
 
 
 def parse_texts(texts: Sequence[str], key: Callable[[Any], EventKey] = key_titan_event) -> ParsedBatch:
@@ -130,8 +157,8 @@ def parse_texts(texts: Sequence[str], key: Callable[[Any], EventKey] = key_titan
     return ParsedBatch(keys=keys, array_text=array_text)
 
 
-def parse_body(body: bytes) -> ParsedBatch:
-    return parse_texts(split_body(body))
+def parse_body(body: bytes, *, ndjson: bool = False) -> ParsedBatch:
+    return parse_texts(split_body(body, ndjson=ndjson))
 
 
 def store(conn: DictConnection, batch: ParsedBatch, source: Source) -> IngestResult:

@@ -1,0 +1,176 @@
+"""The `inbox` command: migrate, serve, work, run."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import psycopg
+import uvicorn
+
+from inbox.db.embedded import start_embedded
+from inbox.db.migrate import MigrationError, migrate
+from inbox.db.pgmq_setup import PgmqUnavailable
+from inbox.logs import setup_logging
+from inbox.settings import Settings
+
+EXIT_FAILURE = 1
+EXIT_DATABASE = 2
+
+
+class CliError(Exception):
+    """An expected failure: printed as one line, no traceback."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def settings_help() -> str:
+    lines = ["Settings (environment variables):"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        shown = "unset" if default is None else str(default)
+        lines.append(f"  INBOX_{name.upper():<24} {field.description} [default: {shown}]")
+    return "\n".join(lines)
+
+
+def database_url(settings: Settings) -> str:
+    if settings.database_url:
+        return settings.database_url
+    return start_embedded(settings.data_dir, cleanup="stop")
+
+
+def _migrate(dsn: str) -> None:
+    try:
+        report = migrate(dsn)
+    except (MigrationError, PgmqUnavailable) as exc:
+        raise CliError(str(exc)) from exc
+    except psycopg.OperationalError as exc:
+        raise CliError(f"database unreachable: {exc}".strip(), EXIT_DATABASE) from exc
+    applied = ", ".join(report.applied) if report.applied else "none"
+    print(f"migrations: {report.already} already applied, newly applied: {applied}", file=sys.stderr)
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> None:
+    _migrate(database_url(settings))
+
+
+def _server(settings: Settings, dsn: str) -> uvicorn.Server:
+    from inbox.http.app import create_app
+
+    config = uvicorn.Config(
+        create_app(settings, dsn),
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,
+        access_log=False,
+    )
+    return uvicorn.Server(config)
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
+    _server(settings, database_url(settings)).run()
+
+
+def _wait_for_signal(stop: threading.Event) -> None:
+    def handler(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    while not stop.is_set():
+        stop.wait(0.5)
+
+
+def cmd_work(args: argparse.Namespace, settings: Settings) -> None:
+    from inbox.apply.pool import WorkerPool
+
+    dsn = database_url(settings)
+    stop = threading.Event()
+    with WorkerPool(dsn, settings, args.concurrency):
+        print(f"workers running ({args.concurrency or settings.workers}); Ctrl-C to stop", file=sys.stderr)
+        _wait_for_signal(stop)
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> None:
+    """The main job: migrate, then serve HTTP and apply events in one process."""
+    from inbox.apply.pool import WorkerPool
+
+    dsn = database_url(settings)
+    _migrate(dsn)
+    server = _server(settings, dsn)
+    thread = threading.Thread(target=server.run, name="http", daemon=True)
+    with WorkerPool(dsn, settings, args.concurrency):
+        thread.start()
+        while not server.started:
+            if not thread.is_alive():
+                raise CliError(f"HTTP server could not start on {settings.http_host}:{settings.http_port}")
+            time.sleep(0.05)
+        host, port = server.servers[0].sockets[0].getsockname()[:2]
+        base_url = f"http://{host}:{port}"
+        print(f"serving {base_url} (POST /events, GET /health, GET /ready)", file=sys.stderr)
+        try:
+            if args.demo:
+                from inbox.demo import run_demo
+
+                token = settings.api_token.get_secret_value() if settings.api_token else None
+                run_demo(base_url, dsn, token, sys.stdout)
+            else:
+                _wait_for_signal(threading.Event())
+        finally:
+            server.should_exit = True
+            thread.join(10)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="inbox",
+        description="Quota Inbox: Titan quota CDC events -> PostgreSQL inbox -> CSLA quota table.",
+        epilog=settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Callable[[argparse.Namespace, Settings], None], help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_, epilog=settings_help(),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.set_defaults(func=func)
+        return p
+
+    add("migrate", cmd_migrate, "apply the database migrations (idempotent)")
+    add("serve", cmd_serve, "serve the HTTP ingestor only")
+    work = add("work", cmd_work, "run the worker pool only")
+    work.add_argument("--concurrency", type=int, default=None, help="worker threads (default INBOX_WORKERS)")
+    run = add("run", cmd_run, "migrate, serve HTTP and run workers in one process (the main job)")
+    run.add_argument("--concurrency", type=int, default=None, help="worker threads (default INBOX_WORKERS)")
+    run.add_argument("--demo", action="store_true",
+                     help="feed a bundled sample stream through POST /events, show the result, exit")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        settings = Settings()
+        args.func(args, settings)
+    except CliError as exc:
+        print(f"inbox: error: {exc}", file=sys.stderr)
+        return exc.code
+    except psycopg.OperationalError as exc:
+        print(f"inbox: error: database unreachable: {str(exc).strip()}", file=sys.stderr)
+        return EXIT_DATABASE
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The HTTP ingestor (webhook): FastAPI on uvicorn."""

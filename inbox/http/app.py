@@ -1,0 +1,143 @@
+"""POST /events stores events in the inbox; GET /health and GET /ready for probes.
+
+A request is atomic: either every event in it is stored (new or duplicate) or none is.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import psycopg
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool, PoolTimeout
+from starlette.concurrency import run_in_threadpool
+
+from inbox.db.connect import DictConnection, configure
+from inbox.db.migrate import MigrationError, pending_migrations
+from inbox.db.sqlfiles import query
+from inbox.ingest import BadBatch, IngestResult, ParsedBatch, parse_body, store
+from inbox.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_SECONDS = 5
+NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
+    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _authorized(request: Request, token: str) -> bool:
+    header = request.headers.get("authorization", "")
+    scheme, _, provided = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(provided.strip().encode("utf-8"), token.encode("utf-8"))
+
+
+def create_app(settings: Settings, dsn: str) -> FastAPI:
+    pool: ConnectionPool[DictConnection] = ConnectionPool(
+        dsn,
+        min_size=1,
+        max_size=8,
+        open=False,
+        timeout=5.0,
+        kwargs={"autocommit": True, "row_factory": dict_row, "application_name": "quota-inbox http"},
+        configure=configure,
+        check=ConnectionPool.check_connection,
+        reconnect_timeout=0,  # never give up reconnecting: the database may be away for a while
+    )
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        pool.open(wait=False)
+        try:
+            yield
+        finally:
+            pool.close()
+
+    app = FastAPI(
+        title="Quota Inbox",
+        summary="Titan quota change events into the CSLA inbox.",
+        lifespan=lifespan,
+    )
+
+    def _store(batch: ParsedBatch) -> IngestResult:
+        with pool.connection() as conn:
+            return store(conn, batch, "http")
+
+    @app.post("/events", status_code=202)
+    async def post_events(request: Request) -> JSONResponse:
+        if token is not None and not _authorized(request, token):
+            return _error(401, "missing or wrong bearer token")
+        try:
+            body = await _read_body(request, settings.max_body_bytes)
+        except BodyTooLarge:
+            return _error(413, f"body larger than {settings.max_body_bytes} bytes")
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        try:
+            batch = parse_body(body, ndjson=content_type in NDJSON_TYPES)
+        except BadBatch as exc:
+            problems = [{"index": index, "reason": reason} for index, reason in exc.problems]
+            status = 400 if exc.unparseable else 422
+            return _error(status, "nothing was stored", problems=problems)
+        try:
+            result = await run_in_threadpool(_store, batch)
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            log.error("database unavailable; refusing events", extra={"error": str(exc)})
+            return _error(503, "database unavailable; nothing was stored, retry later")
+        except psycopg.DataError as exc:
+            return _error(422, f"PostgreSQL refused the events; nothing was stored: {exc}")
+        return JSONResponse({"accepted": result.accepted, "duplicates": result.duplicates}, status_code=202)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "healthy"}
+
+    def _readiness() -> tuple[bool, str]:
+        try:
+            with pool.connection(timeout=2.0) as conn:
+                conn.execute(query("ping"))
+                pending = pending_migrations(conn)
+        except (psycopg.Error, PoolTimeout) as exc:
+            return False, f"database unavailable: {exc}"
+        except MigrationError as exc:
+            return False, str(exc)
+        if pending:
+            return False, f"migrations not applied: {', '.join(pending)}"
+        return True, "ready"
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        ok, detail = await run_in_threadpool(_readiness)
+        status = 200 if ok else 503
+        return JSONResponse({"status": "ready" if ok else "not ready", "detail": detail}, status_code=status)
+
+    return app
