@@ -138,9 +138,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, func: Callable[[argparse.Namespace, Settings], None], help_: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_, epilog=settings_help(),
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    def add(
+        name: str, func: Callable[[argparse.Namespace, Settings], None], help_: str
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name,
+            help=help_,
+            description=help_,
+            epilog=settings_help(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         p.set_defaults(func=func)
         return p
 
@@ -150,8 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     work.add_argument("--concurrency", type=int, default=None, help="worker threads (default INBOX_WORKERS)")
     run = add("run", cmd_run, "migrate, serve HTTP and run workers in one process (the main job)")
     run.add_argument("--concurrency", type=int, default=None, help="worker threads (default INBOX_WORKERS)")
-    run.add_argument("--demo", action="store_true",
-                     help="feed a bundled sample stream through POST /events, show the result, exit")
+    run.add_argument(
+        "--demo",
+        action="store_true",
+        help="feed a bundled sample stream through POST /events, show the result, exit",
+    )
     return parser
 
 

@@ -89,7 +89,8 @@ def key_titan_event(event: Any) -> EventKey:
         problems.append(f"metadata.version must be an integer between 0 and {MAX_VERSION}")
     if problems:
         raise UnkeyableEvent("; ".join(problems))
-    assert quota_id is not None and version is not None
+    assert quota_id is not None
+    assert version is not None
     return EventKey(quota_id, version, event.get("eventType") == "DELETE")
 
 
@@ -138,8 +139,11 @@ def _quota_row(data: dict[str, Any], errors: list[str]) -> QuotaRow | None:
     source_updated_at = _timestamp(data.get("updated_at"), errors)
     if errors:
         return None
-    assert counterparty_id is not None and metal_code is not None
-    assert period_month is not None and qty_t is not None and isinstance(direction, str)
+    assert counterparty_id is not None
+    assert metal_code is not None
+    assert period_month is not None
+    assert qty_t is not None
+    assert isinstance(direction, str)
     return QuotaRow(
         counterparty_id=counterparty_id,
         direction=direction,

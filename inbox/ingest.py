@@ -99,7 +99,9 @@ def split_body(body: bytes, *, ndjson: bool = False) -> list[str]:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise BadBatch([(None, f"body is not UTF-8: {exc.reason} at byte {exc.start}")], unparseable=True) from exc
+        raise BadBatch(
+            [(None, f"body is not UTF-8: {exc.reason} at byte {exc.start}")], unparseable=True
+        ) from exc
     if "\x00" in text:
         raise BadBatch([(None, "body contains a NUL character")], unparseable=True)
     stripped = text.strip()

@@ -15,9 +15,7 @@ class Settings(BaseSettings):
         None,
         description="PostgreSQL 15+ connection string. Unset: an embedded PostgreSQL in INBOX_DATA_DIR.",
     )
-    data_dir: Path = Field(
-        Path(".inbox-data"), description="Where the embedded PostgreSQL keeps its files."
-    )
+    data_dir: Path = Field(Path(".inbox-data"), description="Where the embedded PostgreSQL keeps its files.")
     http_host: str = Field("127.0.0.1", description="Address the HTTP ingestor listens on.")
     http_port: int = Field(8080, ge=0, le=65535, description="Port of the HTTP ingestor.")
     api_token: SecretStr | None = Field(

@@ -1,4 +1,4 @@
-"""Turn claimed inbox rows into the JSON the SQL apply function takes: a quota row or the reasons it is not."""
+"""Claimed inbox rows -> the JSON the SQL apply function takes: a quota row, or why it is not one."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ def prepare(row: dict[str, Any]) -> dict[str, Any]:
     }
     payload = row["payload"]
     try:
-        quota = validate_titan_event(payload) if isinstance(payload, dict) else _not_object(payload)
+        if not isinstance(payload, dict):
+            raise InvalidEvent([f"an event must be a JSON object, not {type(payload).__name__}"])
+        quota = validate_titan_event(payload)
     except InvalidEvent as exc:
         prepared.update(error_class="invalid", error=str(exc))
         return prepared
@@ -36,10 +38,8 @@ def prepare(row: dict[str, Any]) -> dict[str, Any]:
             tolerance_pct=None if quota.tolerance_pct is None else str(quota.tolerance_pct),
             incoterm_code=quota.incoterm_code,
             metal_code=quota.metal_code,
-            source_updated_at=None if quota.source_updated_at is None else quota.source_updated_at.isoformat(),
+            source_updated_at=None
+            if quota.source_updated_at is None
+            else quota.source_updated_at.isoformat(),
         )
     return prepared
-
-
-def _not_object(payload: Any) -> None:
-    raise InvalidEvent([f"an event must be a JSON object, not {type(payload).__name__}"])

@@ -1,4 +1,4 @@
-"""LISTEN/NOTIFY as a wake-up hint for idle workers; they still poll, so a lost hint costs one poll interval."""
+"""LISTEN/NOTIFY wakes idle workers; they still poll, so a lost hint costs one poll interval."""
 
 from __future__ import annotations
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import psycopg
 
 from inbox.db.connect import DictConnection, connect
-from inbox.db.sqlfiles import Migration, migrations, query
 from inbox.db.pgmq_setup import ensure_pgmq
+from inbox.db.sqlfiles import Migration, migrations, query
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,8 @@ def _check_history(files: list[Migration], applied: list[dict[str, object]]) -> 
         if shipped.checksum != row["checksum"]:
             raise MigrationError(
                 f"migration {version:03d}_{shipped.name} was changed after it was applied "
-                f"(checksum {str(row['checksum'])[:12]} in the database, {shipped.checksum[:12]} in the file); "
+                f"(checksum {str(row['checksum'])[:12]} in the database, "
+                f"{shipped.checksum[:12]} in the file); "
                 "write a new migration instead of editing an applied one"
             )
 

@@ -51,12 +51,26 @@ def run_demo(base_url: str, dsn: str, token: str | None, out: Any) -> None:
         for row in conn.execute(query("inbox_counts")):
             print(f"  {row['status']:<10} {row['n']}", file=out)
         print("\npublic.quota:", file=out)
-        print_table(conn.execute(query("quota_states")).fetchall(),
-                    ["quota_id", "source_version", "direction", "period_month", "qty_t", "tolerance_pct",
-                     "incoterm_code", "metal_code"], out)
+        print_table(
+            conn.execute(query("quota_states")).fetchall(),
+            [
+                "quota_id",
+                "source_version",
+                "direction",
+                "period_month",
+                "qty_t",
+                "tolerance_pct",
+                "incoterm_code",
+                "metal_code",
+            ],
+            out,
+        )
         print("\npublic.quota_processing_errors (unresolved dead letters):", file=out)
-        print_table(conn.execute(query("unresolved_dead_letters")).fetchall(),
-                    ["quota_id", "version", "error_class", "error_message"], out)
+        print_table(
+            conn.execute(query("unresolved_dead_letters")).fetchall(),
+            ["quota_id", "version", "error_class", "error_message"],
+            out,
+        )
 
 
 def print_table(rows: list[dict[str, Any]], columns: list[str], out: Any) -> None:
