@@ -54,7 +54,7 @@ SELECT quota_id, version, is_delete, payload, attempts
 FROM inbox.claim_events(%(worker)s::text, %(limit)s::integer, %(lease)s::interval);
 
 -- name: apply_events
-SELECT applied, stale, dead, not_owned FROM inbox.apply_events(%(worker)s::text, %(events)s::jsonb);
+SELECT applied, stale, dead, not_owned, published FROM inbox.apply_events(%(worker)s::text, %(events)s::jsonb);
 
 -- name: release_events
 SELECT retried, dead

@@ -48,6 +48,7 @@ class BatchCounts:
     dead: int = 0
     retried: int = 0
     not_owned: int = 0
+    published: int = 0
 
     def add(self, other: BatchCounts) -> None:
         for name in self.__dataclass_fields__:
@@ -129,7 +130,11 @@ class Worker:
         )
         assert row is not None
         return BatchCounts(
-            applied=row["applied"], stale=row["stale"], dead=row["dead"], not_owned=row["not_owned"]
+            applied=row["applied"],
+            stale=row["stale"],
+            dead=row["dead"],
+            not_owned=row["not_owned"],
+            published=row["published"],
         )
 
     def _bury(self, event: dict[str, Any], exc: psycopg.Error) -> BatchCounts:

@@ -43,9 +43,11 @@ ALTER TABLE inbox.quota_events SET (
 -- The version gate: the highest (version, is_delete) applied per quota. It outlives a deleted
 -- quota row, which is what makes a delete final against older versions.
 CREATE TABLE inbox.quota_versions (
-    quota_id   uuid        PRIMARY KEY,
-    version    bigint      NOT NULL,
-    is_delete  boolean     NOT NULL,
-    applied_at timestamptz NOT NULL DEFAULT now()
+    quota_id         uuid        PRIMARY KEY,
+    version          bigint      NOT NULL,
+    is_delete        boolean     NOT NULL,
+    -- the version this one replaced, read under the row lock: exact even with racing workers
+    previous_version bigint      NULL,
+    applied_at       timestamptz NOT NULL DEFAULT now()
 );
 ALTER TABLE inbox.quota_versions SET (fillfactor = 80, autovacuum_vacuum_scale_factor = 0.02);

@@ -63,10 +63,12 @@ $$;
 --   deletes of quotas with call-offs, if they would take effect -> dead letters ('delete_blocked')
 --   per quota, the highest remaining (version, is_delete) passes the version gate -> applied
 --   everything else           -> stale (not above the applied version, or superseded in this batch)
+-- Every effective change is published to the pgmq queue quota_changes in the same statement:
+--   {quota_id, version, previous_version, op: upsert|delete, quota: row after | null, applied_at}
 -- p_events: JSON array of {quota_id, version, is_delete, error_class, error, <normalised quota columns>}.
 -- Rows whose lease this worker no longer holds are left alone and counted as not_owned.
 CREATE FUNCTION inbox.apply_events(p_worker text, p_events jsonb)
-RETURNS TABLE (applied bigint, stale bigint, dead bigint, not_owned bigint)
+RETURNS TABLE (applied bigint, stale bigint, dead bigint, not_owned bigint, published bigint)
 LANGUAGE sql AS $$
     WITH input AS (
         SELECT *
@@ -116,9 +118,12 @@ LANGUAGE sql AS $$
         WHERE c.outcome = 'candidate'
         ORDER BY c.quota_id  -- one lock order for every worker: no deadlocks between batches
         ON CONFLICT (quota_id) DO UPDATE
-            SET version = excluded.version, is_delete = excluded.is_delete, applied_at = excluded.applied_at
+            SET version = excluded.version,
+                is_delete = excluded.is_delete,
+                previous_version = v.version,
+                applied_at = excluded.applied_at
             WHERE (excluded.version, excluded.is_delete) > (v.version, v.is_delete)
-        RETURNING v.quota_id, v.version, v.is_delete
+        RETURNING v.quota_id, v.version, v.is_delete, v.previous_version, v.applied_at
     ),
     upserted AS (
         INSERT INTO public.quota AS q (
@@ -141,13 +146,32 @@ LANGUAGE sql AS $$
                 source_version = excluded.source_version,
                 source_updated_at = excluded.source_updated_at,
                 updated_at = now()  -- created_at is deliberately absent: set once
-        RETURNING q.quota_id
+        RETURNING q.*
     ),
     deleted AS (
         DELETE FROM public.quota q
         USING gate g
         WHERE g.is_delete AND q.quota_id = g.quota_id
         RETURNING q.quota_id
+    ),
+    published AS (
+        SELECT pgmq.send_batch('quota_changes', m.messages) AS msg_id
+        FROM (
+            SELECT array_agg(jsonb_build_object(
+                       'quota_id', g.quota_id,
+                       'version', g.version,
+                       'previous_version', g.previous_version,
+                       'op', CASE WHEN g.is_delete THEN 'delete' ELSE 'upsert' END,
+                       'quota', CASE WHEN g.is_delete THEN NULL ELSE to_jsonb(u) END,
+                       'applied_at', g.applied_at)
+                   ORDER BY g.quota_id) AS messages
+            FROM gate g
+            LEFT JOIN upserted u USING (quota_id)
+            LEFT JOIN deleted d USING (quota_id)
+            -- a delete of a quota that was never here changes nothing and publishes nothing
+            WHERE u.quota_id IS NOT NULL OR d.quota_id IS NOT NULL
+        ) m
+        WHERE m.messages IS NOT NULL
     ),
     outcomes AS (
         SELECT o.quota_id, o.version, o.is_delete, o.payload, o.attempts,
@@ -194,7 +218,8 @@ LANGUAGE sql AS $$
     SELECT count(*) FILTER (WHERE m.status = 'applied'),
            count(*) FILTER (WHERE m.status = 'stale'),
            count(*) FILTER (WHERE m.status = 'dead'),
-           (SELECT count(*) FROM input) - count(*)
+           (SELECT count(*) FROM input) - count(*),
+           (SELECT count(*) FROM published)
     FROM marked m;
 $$;
 
