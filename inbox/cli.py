@@ -128,6 +128,20 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> None:
             thread.join(10)
 
 
+def cmd_outbox_tail(args: argparse.Namespace, settings: Settings) -> None:
+    from inbox import outbox
+    from inbox.db.connect import connect
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    with connect(database_url(settings), autocommit=True, application_name="quota-inbox outbox") as conn:
+        try:
+            for row in outbox.messages(conn, last=args.last, follow=args.follow, ack=args.ack, stop=stop):
+                outbox.render(row, sys.stdout)
+        except KeyboardInterrupt:
+            return
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="inbox",
@@ -162,6 +176,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="feed a bundled sample stream through POST /events, show the result, exit",
     )
+    outbox = sub.add_parser("outbox", help="look at the outbox queue quota_changes")
+    outbox_sub = outbox.add_subparsers(dest="outbox_command", required=True, metavar="COMMAND")
+    tail = outbox_sub.add_parser(
+        "tail", help="print outbox messages as JSON lines (peek; --ack consumes and archives them)"
+    )
+    tail.set_defaults(func=cmd_outbox_tail)
+    tail.add_argument("--last", type=int, default=20, help="how many recent messages to start with")
+    tail.add_argument("--follow", "-f", action="store_true", help="keep printing new messages")
+    tail.add_argument("--ack", action="store_true", help="consume: read, print, then archive each page")
     return parser
 
 

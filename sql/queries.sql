@@ -91,3 +91,25 @@ SELECT id, quota_id, version, is_delete, error_class, error_message, retry_count
 FROM public.quota_processing_errors
 WHERE resolved_at IS NULL
 ORDER BY created_at, id;
+
+-- ---------------------------------------------------------------------------------------------
+-- Outbox (pgmq queue quota_changes)
+
+-- name: outbox_peek
+-- Operators look without consuming: the queue table itself, newest last.
+SELECT msg_id, enqueued_at, read_ct, message::text AS message_text
+FROM pgmq.q_quota_changes
+WHERE msg_id > %(after)s
+ORDER BY msg_id
+LIMIT %(limit)s;
+
+-- name: outbox_last_msg_ids
+SELECT coalesce(min(msg_id) - 1, 0) AS before_last
+FROM (SELECT msg_id FROM pgmq.q_quota_changes ORDER BY msg_id DESC LIMIT %(limit)s) t;
+
+-- name: outbox_read
+SELECT msg_id, enqueued_at, read_ct, message::text AS message_text
+FROM pgmq.read('quota_changes', %(vt)s::integer, %(limit)s::integer);
+
+-- name: outbox_archive
+SELECT pgmq.archive('quota_changes', %(msg_ids)s::bigint[]) AS archived;

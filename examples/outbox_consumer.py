@@ -1,0 +1,93 @@
+"""A downstream consumer of the outbox: keeps a replica of public.quota from the pgmq queue quota_changes.
+
+Run: python examples/outbox_consumer.py postgresql://.../csla
+
+Each page is read with a visibility timeout, applied with a version gate (so a redelivered or
+out-of-order message changes nothing) and archived in the same transaction: exactly once downstream.
+Numbers are read as Decimal, so quantities stay exact.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from decimal import Decimal
+from functools import partial
+from typing import Any
+
+import psycopg
+from pgmq import SyncPGMQueue
+from psycopg.types.json import set_json_loads
+from psycopg_pool import ConnectionPool
+
+QUEUE = "quota_changes"
+
+FIELDS = (
+    "counterparty_id",
+    "direction",
+    "period_month",
+    "qty_t",
+    "tolerance_pct",
+    "incoterm_code",
+    "metal_code",
+)
+
+CREATE_REPLICA = """
+CREATE TABLE IF NOT EXISTS downstream_quota (
+    quota_id        uuid PRIMARY KEY,
+    version         bigint NOT NULL,
+    deleted         boolean NOT NULL,
+    counterparty_id text, direction text, period_month date, qty_t numeric, tolerance_pct numeric,
+    incoterm_code   text, metal_code text
+)"""
+
+APPLY_CHANGE = """
+INSERT INTO downstream_quota AS d (quota_id, version, deleted, counterparty_id, direction, period_month,
+                                   qty_t, tolerance_pct, incoterm_code, metal_code)
+VALUES (%(quota_id)s, %(version)s, %(deleted)s, %(counterparty_id)s, %(direction)s, %(period_month)s,
+        %(qty_t)s, %(tolerance_pct)s, %(incoterm_code)s, %(metal_code)s)
+ON CONFLICT (quota_id) DO UPDATE
+    SET version = excluded.version, deleted = excluded.deleted,
+        counterparty_id = excluded.counterparty_id, direction = excluded.direction,
+        period_month = excluded.period_month, qty_t = excluded.qty_t,
+        tolerance_pct = excluded.tolerance_pct, incoterm_code = excluded.incoterm_code,
+        metal_code = excluded.metal_code
+    WHERE excluded.version > d.version"""
+
+
+def exact_json(conn: psycopg.Connection[Any]) -> None:
+    set_json_loads(partial(json.loads, parse_float=Decimal), conn)
+
+
+def consume_page(queue: SyncPGMQueue, pool: ConnectionPool[Any], page: int = 100) -> int:
+    """Apply and archive one page of messages; returns how many there were."""
+    with pool.connection() as conn, conn.transaction():
+        messages = queue.read_batch(QUEUE, vt=30, batch_size=page, conn=conn)
+        for message in messages:
+            change = message.message
+            state = change["quota"] or {}  # null on delete
+            conn.execute(
+                APPLY_CHANGE,
+                {
+                    "quota_id": change["quota_id"],
+                    "version": change["version"],
+                    "deleted": change["op"] == "delete",
+                    **{field: state.get(field) for field in FIELDS},
+                },
+            )
+        if messages:
+            queue.archive_batch(QUEUE, [m.msg_id for m in messages], conn=conn)
+    return len(messages)
+
+
+def main(dsn: str) -> None:
+    with ConnectionPool(dsn, configure=exact_json, open=True) as pool:
+        with pool.connection() as conn:
+            conn.execute(CREATE_REPLICA)
+        queue = SyncPGMQueue(pool=pool, init_extension=False)
+        while consume_page(queue, pool):
+            pass
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,122 @@
+"""Builders for Titan events and small database readers shared by the tests."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from decimal import Decimal
+from typing import Any
+
+from inbox.apply.worker import BatchCounts, Worker
+from inbox.db.connect import DictConnection
+from inbox.ingest import IngestResult, Source, store_events
+from inbox.settings import Settings
+
+
+def titan_event(
+    quota_id: uuid.UUID | str,
+    version: int,
+    event_type: str = "UPDATE",
+    **data: Any,
+) -> dict[str, Any]:
+    """A valid Titan event unless the overrides say otherwise; data fields given as None are dropped."""
+    fields: dict[str, Any] = {
+        "quota_id": str(quota_id),
+        "counterparty_id": "CP-1",
+        "direction": "BUY",
+        "period_month": "2026-03-15",
+        "qty_t": Decimal("100.000"),
+        "tolerance_pct": Decimal("5"),
+        "incoterm_code": "CIF",
+        "metal_code": "CU",
+        "updated_at": "2026-03-01T10:00:00Z",
+    }
+    fields.update(data)
+    return {
+        "eventType": event_type,
+        "data": fields,
+        "metadata": {"timestamp": "2026-03-01T10:00:00Z", "version": version, "source": "titan"},
+    }
+
+
+def to_json(event: Any) -> str:
+    """JSON with Decimals written as exact JSON numbers (never through float)."""
+    return json.dumps(_mark_decimals(event)).replace('"@@decimal:', "").replace(':decimal@@"', "")
+
+
+def _mark_decimals(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return f"@@decimal:{value}:decimal@@"
+    if isinstance(value, dict):
+        return {k: _mark_decimals(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mark_decimals(v) for v in value]
+    return value
+
+
+def ingest(conn: DictConnection, events: list[dict[str, Any]], source: Source = "http") -> IngestResult:
+    return store_events(conn, [to_json(e) for e in events], source)
+
+
+def drain(dsn: str, settings: Settings | None = None, name: str = "test-worker") -> BatchCounts:
+    """Run one worker until nothing is due; returns the summed counts."""
+    worker = Worker(dsn, settings or Settings(), name)
+    total = BatchCounts()
+    try:
+        while True:
+            counts = worker.process_once()
+            if counts.claimed == 0:
+                return total
+            total.add(counts)
+    finally:
+        worker.close()
+
+
+def quota(conn: DictConnection, quota_id: uuid.UUID | str) -> dict[str, Any] | None:
+    return conn.execute("SELECT * FROM public.quota WHERE quota_id = %s", [quota_id]).fetchone()
+
+
+def event_status(conn: DictConnection, quota_id: uuid.UUID | str, version: int) -> str:
+    row = conn.execute(
+        "SELECT status FROM inbox.quota_events WHERE quota_id = %s AND version = %s", [quota_id, version]
+    ).fetchone()
+    assert row is not None, f"no inbox row for {quota_id} v{version}"
+    return str(row["status"])
+
+
+def dead_letters(conn: DictConnection) -> list[dict[str, Any]]:
+    return conn.execute(
+        "SELECT * FROM public.quota_processing_errors WHERE resolved_at IS NULL ORDER BY created_at"
+    ).fetchall()
+
+
+def inbox_rows(conn: DictConnection) -> int:
+    """How many events the inbox holds, whatever their state."""
+    row = conn.execute("SELECT count(*) AS n FROM inbox.quota_events").fetchone()
+    assert row is not None
+    return int(row["n"])
+
+
+def inbox_row(
+    conn: DictConnection, quota_id: uuid.UUID | str, version: int, is_delete: bool | None = None
+) -> dict[str, Any]:
+    """The whole inbox row of one event; is_delete None means the only row at that version."""
+    rows = conn.execute(
+        "SELECT * FROM inbox.quota_events WHERE quota_id = %s AND version = %s"
+        " AND (%s::boolean IS NULL OR is_delete = %s::boolean)",
+        [quota_id, version, is_delete, is_delete],
+    ).fetchall()
+    assert len(rows) == 1, f"expected one inbox row for {quota_id} v{version}, found {len(rows)}"
+    return rows[0]
+
+
+def dead_letters_for(conn: DictConnection, quota_id: uuid.UUID | str) -> list[dict[str, Any]]:
+    return conn.execute(
+        "SELECT * FROM public.quota_processing_errors WHERE quota_id = %s ORDER BY created_at, version",
+        [quota_id],
+    ).fetchall()
+
+
+def status_counts(conn: DictConnection) -> dict[str, int]:
+    rows = conn.execute("SELECT status, count(*) AS n FROM inbox.quota_events GROUP BY status").fetchall()
+    return {str(r["status"]): int(r["n"]) for r in rows}
