@@ -1,5 +1,8 @@
 """Titan quota events: the key that files an event in the inbox, and the rules that make it applicable.
 
+quota_row() is the one validation of a quota's fields; inbox/formats.py feeds it the fields of
+Debezium change events and flattened records too.
+
 Keying is all the ingestor needs (quota_id, version, is it a delete); everything else is checked by
 the worker, so a keyable event that breaks a business rule is stored and ends as a dead letter
 with every reason listed, instead of being refused at the door.
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
@@ -75,23 +79,37 @@ def parse_version(value: Any) -> int | None:
     return value if 0 <= value <= MAX_VERSION else None
 
 
+def key_from(
+    quota_id: Any,
+    version: Any,
+    is_delete: bool,
+    *,
+    quota_id_at: str = "data.quota_id",
+    version_at: str = "metadata.version",
+) -> EventKey:
+    """The inbox key from raw values; UnkeyableEvent names each bad one by where it was found."""
+    parsed_id = parse_uuid(quota_id)
+    parsed_version = parse_version(version)
+    problems = []
+    if parsed_id is None:
+        problems.append(f"{quota_id_at} must be a UUID string")
+    if parsed_version is None:
+        problems.append(f"{version_at} must be an integer between 0 and {MAX_VERSION}")
+    if parsed_id is None or parsed_version is None:
+        raise UnkeyableEvent("; ".join(problems))
+    return EventKey(parsed_id, parsed_version, is_delete)
+
+
 def key_titan_event(event: Any) -> EventKey:
     """The inbox key of a Titan event: data.quota_id, metadata.version, eventType == DELETE."""
     if not isinstance(event, dict):
-        raise UnkeyableEvent(f"an event must be a JSON object, not {_json_type(event)}")
+        raise UnkeyableEvent(f"an event must be a JSON object, not {json_type(event)}")
     data, metadata = event.get("data"), event.get("metadata")
-    problems = []
-    quota_id = parse_uuid(data.get("quota_id")) if isinstance(data, dict) else None
-    if quota_id is None:
-        problems.append("data.quota_id must be a UUID string")
-    version = parse_version(metadata.get("version")) if isinstance(metadata, dict) else None
-    if version is None:
-        problems.append(f"metadata.version must be an integer between 0 and {MAX_VERSION}")
-    if problems:
-        raise UnkeyableEvent("; ".join(problems))
-    assert quota_id is not None
-    assert version is not None
-    return EventKey(quota_id, version, event.get("eventType") == "DELETE")
+    return key_from(
+        data.get("quota_id") if isinstance(data, dict) else None,
+        metadata.get("version") if isinstance(metadata, dict) else None,
+        event.get("eventType") == "DELETE",
+    )
 
 
 def validate_titan_event(event: dict[str, Any]) -> QuotaRow | None:
@@ -99,7 +117,7 @@ def validate_titan_event(event: dict[str, Any]) -> QuotaRow | None:
     errors: list[str] = []
     event_type = event.get("eventType")
     if event_type not in EVENT_TYPES:
-        errors.append(f"eventType must be one of {', '.join(EVENT_TYPES)}, got {_show(event_type)}")
+        errors.append(f"eventType must be one of {', '.join(EVENT_TYPES)}, got {show_value(event_type)}")
     data = event.get("data")
     if not isinstance(data, dict):
         raise InvalidEvent([*errors, "data must be an object"])
@@ -108,10 +126,7 @@ def validate_titan_event(event: dict[str, Any]) -> QuotaRow | None:
         if errors:
             raise InvalidEvent(errors)
         return None
-    row = _quota_row(data, errors)
-    if errors or row is None:
-        raise InvalidEvent(errors)
-    return row
+    return quota_row(data, errors)
 
 
 class InvalidEvent(ValueError):
@@ -120,11 +135,18 @@ class InvalidEvent(ValueError):
         self.reasons = reasons
 
 
-def _quota_row(data: dict[str, Any], errors: list[str]) -> QuotaRow | None:
+def quota_row(data: Mapping[str, Any], errors: list[str] | None = None) -> QuotaRow:
+    """The one validation of a quota's fields, whatever format carried them.
+
+    data holds the fields by their Titan names (period_month as date text, decimals as Decimal, int or
+    numeric text, updated_at as ISO-8601 text). errors are reasons already found by the caller (for
+    example while decoding); InvalidEvent lists them with every reason found here.
+    """
+    errors = [] if errors is None else errors
     counterparty_id = _required_text(data, "counterparty_id", errors)
     direction = data.get("direction")
     if direction not in DIRECTIONS:
-        errors.append(f"direction must be BUY or SELL, got {_show(direction)}")
+        errors.append(f"direction must be BUY or SELL, got {show_value(direction)}")
     period_month = _first_of_month(data.get("period_month"), errors)
     qty_t = _decimal(data, "qty_t", errors, required=True)
     if qty_t is not None and qty_t <= 0:
@@ -134,11 +156,11 @@ def _quota_row(data: dict[str, Any], errors: list[str]) -> QuotaRow | None:
         errors.append(f"tolerance_pct must be between 0 and 100, got {tolerance_pct}")
     incoterm_code = data.get("incoterm_code")
     if incoterm_code is not None and not isinstance(incoterm_code, str):
-        errors.append(f"incoterm_code must be a string or null, got {_json_type(incoterm_code)}")
+        errors.append(f"incoterm_code must be a string or null, got {json_type(incoterm_code)}")
     metal_code = _required_text(data, "metal_code", errors)
     source_updated_at = _timestamp(data.get("updated_at"), errors)
     if errors:
-        return None
+        raise InvalidEvent(errors)
     assert counterparty_id is not None
     assert metal_code is not None
     assert period_month is not None
@@ -156,10 +178,10 @@ def _quota_row(data: dict[str, Any], errors: list[str]) -> QuotaRow | None:
     )
 
 
-def _required_text(data: dict[str, Any], field: str, errors: list[str]) -> str | None:
+def _required_text(data: Mapping[str, Any], field: str, errors: list[str]) -> str | None:
     value = data.get(field)
     if not isinstance(value, str) or not value.strip():
-        errors.append(f"{field} is required (a non-empty string), got {_show(value)}")
+        errors.append(f"{field} is required (a non-empty string), got {show_value(value)}")
         return None
     if "\x00" in value:
         errors.append(f"{field} must not contain NUL characters")
@@ -167,7 +189,7 @@ def _required_text(data: dict[str, Any], field: str, errors: list[str]) -> str |
     return value
 
 
-def _decimal(data: dict[str, Any], field: str, errors: list[str], *, required: bool) -> Decimal | None:
+def _decimal(data: Mapping[str, Any], field: str, errors: list[str], *, required: bool) -> Decimal | None:
     """Exact decimals from JSON numbers (read as Decimal, never float) or numeric strings."""
     value = data.get(field)
     if value is None:
@@ -175,15 +197,15 @@ def _decimal(data: dict[str, Any], field: str, errors: list[str], *, required: b
             errors.append(f"{field} is required")
         return None
     if isinstance(value, bool) or not isinstance(value, int | Decimal | str):
-        errors.append(f"{field} must be a number, got {_json_type(value)}")
+        errors.append(f"{field} must be a number, got {json_type(value)}")
         return None
     try:
         number = Decimal(value.strip()) if isinstance(value, str) else Decimal(value)
     except InvalidOperation:
-        errors.append(f"{field} must be a number, got {_show(value)}")
+        errors.append(f"{field} must be a number, got {show_value(value)}")
         return None
     if not number.is_finite():
-        errors.append(f"{field} must be finite, got {_show(value)}")
+        errors.append(f"{field} must be finite, got {show_value(value)}")
         return None
     if not fits_numeric(number):
         errors.append(f"{field} is beyond the range of an exact numeric")
@@ -195,13 +217,13 @@ def _first_of_month(value: Any, errors: list[str]) -> date | None:
     """YYYY-MM-DD[...] -> YYYY-MM-01 from the text's own digits; no time zone can shift the month."""
     match = _DATE_PREFIX.match(value) if isinstance(value, str) else None
     if match is None:
-        errors.append(f"period_month must be a date YYYY-MM-DD, got {_show(value)}")
+        errors.append(f"period_month must be a date YYYY-MM-DD, got {show_value(value)}")
         return None
     year, month, day = (int(part) for part in match.groups())
     try:
         date(year, month, day)
     except ValueError:
-        errors.append(f"period_month is not a real date: {_show(value)}")
+        errors.append(f"period_month is not a real date: {show_value(value)}")
         return None
     return date(year, month, 1)
 
@@ -211,17 +233,17 @@ def _timestamp(value: Any, errors: list[str]) -> datetime | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        errors.append(f"updated_at must be an ISO-8601 timestamp, got {_json_type(value)}")
+        errors.append(f"updated_at must be an ISO-8601 timestamp, got {json_type(value)}")
         return None
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        errors.append(f"updated_at must be an ISO-8601 timestamp, got {_show(value)}")
+        errors.append(f"updated_at must be an ISO-8601 timestamp, got {show_value(value)}")
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
     match value:
         case None:
             return "null"
@@ -238,6 +260,6 @@ def _json_type(value: Any) -> str:
     return type(value).__name__
 
 
-def _show(value: Any) -> str:
-    text = repr(value) if isinstance(value, str) else _json_type(value)
+def show_value(value: Any) -> str:
+    text = repr(value) if isinstance(value, str) else json_type(value)
     return text if len(text) <= 80 else text[:77] + "..."

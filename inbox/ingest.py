@@ -14,7 +14,8 @@ from typing import Any, Literal
 
 from inbox.db.connect import DictConnection
 from inbox.db.sqlfiles import query
-from inbox.events import EventKey, UnkeyableEvent, fits_numeric, key_titan_event
+from inbox.events import EventKey, UnkeyableEvent, fits_numeric
+from inbox.formats import key_event
 
 Source = Literal["http", "kafka", "sink", "replay"]
 MAX_NESTING = 64
@@ -121,7 +122,7 @@ def _is_json(text: str) -> bool:
     return True
 
 
-def parse_texts(texts: Sequence[str], key: Callable[[Any], EventKey] = key_titan_event) -> ParsedBatch:
+def parse_texts(texts: Sequence[str], key: Callable[[Any], EventKey] = key_event) -> ParsedBatch:
     """Parse and key events; a text that is a JSON array contributes its elements.
 
     All-or-nothing: any unparseable or unkeyable event makes the whole batch a BadBatch that names

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from inbox.events import InvalidEvent, validate_titan_event
+from inbox.events import InvalidEvent
+from inbox.formats import interpret
 
 log = logging.getLogger(__name__)
 
@@ -19,9 +20,9 @@ def prepare(row: dict[str, Any]) -> dict[str, Any]:
     }
     payload = row["payload"]
     try:
-        if not isinstance(payload, dict):
-            raise InvalidEvent([f"an event must be a JSON object, not {type(payload).__name__}"])
-        quota = validate_titan_event(payload)
+        quota = interpret(payload)  # any format: Titan, Debezium, flattened
+        if (quota is None) != row["is_delete"]:
+            raise InvalidEvent(["the event's inbox key and its payload disagree on whether it is a delete"])
     except InvalidEvent as exc:
         prepared.update(error_class="invalid", error=str(exc))
         return prepared

@@ -1,0 +1,283 @@
+"""The event formats the inbox accepts, recognised per payload: key them, interpret them.
+
+* Titan event: ``{eventType, data, metadata}`` (inbox/events.py).
+* Debezium change event: ``{before, after, op, source, ts_ms}``, bare or inside JsonConverter's
+  ``{schema, payload}`` wrapper. op c, u, r upsert from ``after``; d deletes and is keyed from
+  ``before`` (so Titan's table needs REPLICA IDENTITY FULL); t (truncate) is not an event.
+* Flattened record (Debezium's ExtractNewRecordState): the row's columns plus ``__op``,
+  ``__deleted`` ("true"/"false") and ``__source_ts_ms``, bare or wrapped. A delete is
+  ``__deleted = "true"`` or ``__op = "d"`` -- the same rule as the sink trigger in
+  sql/migrations/005_kafka_and_sink.sql.
+
+Debezium encodes some column types. With the ``{schema, payload}`` wrapper the schema says how each
+field is encoded, and these are decoded exactly: NUMERIC as a Connect Decimal (base64 of the
+unscaled value's two's-complement bytes, the scale in the schema) or a VariableScaleDecimal
+(``{scale, value}``); DATE as days since 1970-01-01 (io.debezium.time.Date, Connect Date);
+timestamps without a zone as milli/micro/nanoseconds since the epoch. Without the wrapper the scale
+of a Connect Decimal is unknown, so decimals must arrive as numbers or numeric text
+(decimal.handling.mode=string or double); an integer period_month still means days since
+1970-01-01, Debezium's default for DATE.
+
+Not events, and so never stored (see skip_reason): a tombstone (a null value, which Debezium sends
+after each delete) and a Debezium truncate.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any, Literal
+
+from inbox.events import (
+    EventKey,
+    InvalidEvent,
+    QuotaRow,
+    UnkeyableEvent,
+    json_type,
+    key_from,
+    key_titan_event,
+    quota_row,
+    show_value,
+    validate_titan_event,
+)
+
+Format = Literal["titan", "debezium", "flattened"]
+
+DEBEZIUM_OPS = ("c", "u", "r", "d")
+QUOTA_FIELDS = (
+    "counterparty_id",
+    "direction",
+    "period_month",
+    "qty_t",
+    "tolerance_pct",
+    "incoterm_code",
+    "metal_code",
+    "updated_at",
+)
+CONNECT_DECIMAL = "org.apache.kafka.connect.data.Decimal"
+VARIABLE_SCALE_DECIMAL = "io.debezium.data.VariableScaleDecimal"
+DATE_TYPES = ("io.debezium.time.Date", "org.apache.kafka.connect.data.Date")
+# ticks per second of each integer timestamp encoding
+TIMESTAMP_TYPES = {
+    "io.debezium.time.Timestamp": 1_000,
+    "org.apache.kafka.connect.data.Timestamp": 1_000,
+    "io.debezium.time.MicroTimestamp": 1_000_000,
+    "io.debezium.time.NanoTimestamp": 1_000_000_000,
+}
+_EPOCH_DAY = date(1970, 1, 1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def skip_reason(value: Any) -> str | None:
+    """Why a message is not an event ("tombstone", "truncate"), or None when it is one (or garbage)."""
+    body, _ = _unwrap(value)
+    if body is None:
+        return "tombstone"
+    if isinstance(body, dict) and _format_of(body) == "debezium" and body.get("op") == "t":
+        return "truncate"
+    return None
+
+
+def format_of(value: Any) -> Format | None:
+    """Which format a payload is in; None when it is not a JSON object."""
+    body, _ = _unwrap(value)
+    return _format_of(body) if isinstance(body, dict) else None
+
+
+def key_event(value: Any) -> EventKey:
+    """The inbox key of an event in any format; UnkeyableEvent says why there is none."""
+    if not isinstance(value, dict):
+        raise UnkeyableEvent(f"an event must be a JSON object, not {json_type(value)}")
+    body, _ = _unwrap(value)
+    if not isinstance(body, dict):
+        raise UnkeyableEvent(f"payload must be a JSON object, not {json_type(body)}")
+    match _format_of(body):
+        case "debezium":
+            return _key_debezium(body)
+        case "flattened":
+            return key_from(
+                body.get("quota_id"),
+                body.get("version"),
+                _flattened_is_delete(body),
+                quota_id_at="quota_id",
+                version_at="version",
+            )
+    return key_titan_event(body)
+
+
+def interpret(value: Any) -> QuotaRow | None:
+    """The quota row an event sets, None for a delete; InvalidEvent lists every reason it is neither."""
+    if not isinstance(value, dict):
+        raise InvalidEvent([f"an event must be a JSON object, not {json_type(value)}"])
+    body, schema = _unwrap(value)
+    if not isinstance(body, dict):
+        raise InvalidEvent([f"payload must be a JSON object, not {json_type(body)}"])
+    match _format_of(body):
+        case "debezium":
+            return _interpret_debezium(body, schema)
+        case "flattened":
+            return _interpret_flattened(body, schema)
+    return validate_titan_event(body)
+
+
+# -- recognition ------------------------------------------------------------------------------
+
+
+def _unwrap(value: Any) -> tuple[Any, Any]:
+    """(payload, schema) of JsonConverter's {schema, payload} wrapper; (value, None) otherwise."""
+    if isinstance(value, dict) and value.keys() == {"schema", "payload"}:
+        return value["payload"], value["schema"]
+    return value, None
+
+
+def _format_of(body: dict[str, Any]) -> Format:
+    if "op" in body and ("before" in body or "after" in body):
+        return "debezium"
+    if "quota_id" in body and "data" not in body:
+        return "flattened"
+    # Titan is the native format: anything else is judged (and refused) by its rules.
+    return "titan"
+
+
+# -- Debezium change events -------------------------------------------------------------------
+
+
+def _debezium_side(body: dict[str, Any]) -> tuple[str, str]:
+    """(op, the side that holds the row: 'after' for c/u/r, 'before' for d)."""
+    op = body.get("op")
+    if op == "t":
+        raise UnkeyableEvent("a Debezium truncate (op 't') is not a quota event")
+    if op not in DEBEZIUM_OPS:
+        raise UnkeyableEvent(f"op must be one of c, u, r, d, got {show_value(op)}")
+    side = "before" if op == "d" else "after"
+    if not isinstance(body.get(side), dict):
+        raise UnkeyableEvent(f"op {op!r} needs {side} to be an object, got {json_type(body.get(side))}")
+    return op, side
+
+
+def _key_debezium(body: dict[str, Any]) -> EventKey:
+    op, side = _debezium_side(body)
+    row = body[side]
+    try:
+        return key_from(
+            row.get("quota_id"),
+            row.get("version"),
+            op == "d",
+            quota_id_at=f"{side}.quota_id",
+            version_at=f"{side}.version",
+        )
+    except UnkeyableEvent as exc:
+        if op != "d":
+            raise
+        # Without REPLICA IDENTITY FULL, `before` holds only the primary key: no version.
+        raise UnkeyableEvent(
+            f"{exc} (a delete is keyed from the old row: Titan's table needs REPLICA IDENTITY FULL)"
+        ) from exc
+
+
+def _interpret_debezium(body: dict[str, Any], schema: Any) -> QuotaRow | None:
+    try:
+        op, side = _debezium_side(body)
+    except UnkeyableEvent as exc:
+        raise InvalidEvent([str(exc)]) from exc
+    if op == "d":
+        return None  # a delete needs only its key
+    errors: list[str] = []
+    fields = _decoded(body[side], _field_schemas(_field_schemas(schema).get(side)), errors)
+    return quota_row(fields, errors)
+
+
+# -- flattened records ------------------------------------------------------------------------
+
+
+def _flattened_is_delete(record: dict[str, Any]) -> bool:
+    deleted = record.get("__deleted")
+    return deleted is True or deleted == "true" or record.get("__op") == "d"
+
+
+def _interpret_flattened(record: dict[str, Any], schema: Any) -> QuotaRow | None:
+    errors: list[str] = []
+    op, deleted = record.get("__op"), record.get("__deleted")
+    if op is not None and op not in DEBEZIUM_OPS:
+        errors.append(f"__op must be one of c, u, r, d, got {show_value(op)}")
+    if deleted is not None and not isinstance(deleted, bool) and deleted not in ("true", "false"):
+        errors.append(f"__deleted must be 'true' or 'false', got {show_value(deleted)}")
+    is_delete = _flattened_is_delete(record)
+    if is_delete and (op in ("c", "u", "r") or deleted is False or deleted == "false"):
+        errors.append(f"__op {show_value(op)} and __deleted {show_value(deleted)} disagree about a delete")
+    if is_delete:
+        if errors:
+            raise InvalidEvent(errors)
+        return None
+    return quota_row(_decoded(record, _field_schemas(schema), errors), errors)
+
+
+# -- Debezium's encodings ---------------------------------------------------------------------
+
+
+def _field_schemas(struct: Any) -> dict[str, dict[str, Any]]:
+    """{field name: Connect schema} of a struct schema; empty when there is none."""
+    fields = struct.get("fields") if isinstance(struct, dict) else None
+    if not isinstance(fields, list):
+        return {}
+    return {f["field"]: f for f in fields if isinstance(f, dict) and isinstance(f.get("field"), str)}
+
+
+def _decoded(row: dict[str, Any], schemas: dict[str, dict[str, Any]], errors: list[str]) -> dict[str, Any]:
+    """The quota fields of a row with Debezium's encodings undone. A value that cannot be decoded is
+    reported in errors and kept as it was, so the shared validation names it too."""
+    return {name: _decode(name, row.get(name), schemas.get(name, {}), errors) for name in QUOTA_FIELDS}
+
+
+def _decode(name: str, value: Any, schema: dict[str, Any], errors: list[str]) -> Any:
+    logical = schema.get("name")
+    try:
+        if logical == CONNECT_DECIMAL and isinstance(value, str):
+            return connect_decimal(value, _decimal_scale(schema))
+        # A VariableScaleDecimal carries its own scale, so its shape is enough to know it.
+        if isinstance(value, dict) and value.keys() == {"scale", "value"}:
+            return connect_decimal(value["value"], value["scale"])
+        if isinstance(value, int) and not isinstance(value, bool):
+            if name == "period_month" and (logical is None or logical in DATE_TYPES):
+                return epoch_day(value).isoformat()
+            if logical in TIMESTAMP_TYPES:
+                return epoch_timestamp(value, TIMESTAMP_TYPES[logical]).isoformat()
+    except (ValueError, OverflowError) as exc:
+        errors.append(f"{name} cannot be decoded: {exc}")
+    return value
+
+
+def _decimal_scale(schema: dict[str, Any]) -> int:
+    parameters = schema.get("parameters")
+    try:
+        return int(parameters["scale"])  # type: ignore[index]
+    except (KeyError, TypeError, ValueError):
+        raise ValueError("its Connect Decimal schema gives no integer parameters.scale") from None
+
+
+def connect_decimal(encoded: Any, scale: Any) -> Decimal:
+    """A Connect Decimal, exactly: base64 of the unscaled value's big-endian two's-complement bytes."""
+    if not isinstance(encoded, str):
+        raise ValueError(f"a Connect Decimal is base64 text, got {json_type(encoded)}")
+    if isinstance(scale, bool) or not isinstance(scale, int):
+        raise ValueError(f"a decimal scale must be an integer, got {show_value(scale)}")
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except binascii.Error:
+        raise ValueError(f"not base64: {show_value(encoded)}") from None
+    unscaled = int.from_bytes(raw, "big", signed=True)
+    # Built from its digits, never through a context: no rounding at any precision.
+    digits = tuple(int(d) for d in str(abs(unscaled)))
+    return Decimal((1 if unscaled < 0 else 0, digits, -scale))
+
+
+def epoch_day(days: int) -> date:
+    """io.debezium.time.Date: days since 1970-01-01, no time zone involved."""
+    return _EPOCH_DAY + timedelta(days=days)
+
+
+def epoch_timestamp(ticks: int, per_second: int) -> datetime:
+    """Milli-, micro- or nanoseconds since the epoch, in UTC (sub-microsecond digits dropped)."""
+    return _EPOCH + timedelta(microseconds=ticks * 1_000_000 // per_second)
