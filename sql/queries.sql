@@ -46,8 +46,12 @@ CREATE EXTENSION IF NOT EXISTS pgmq;
 SELECT current_setting('server_version_num')::integer AS version_num;
 
 -- name: ingest_events
-SELECT inbox.ingest_events(%(events)s::jsonb, %(quota_ids)s::uuid[], %(versions)s::bigint[],
-                           %(is_delete)s::boolean[], %(source)s::text) AS inserted;
+-- What was not new is counted for inbox_events_duplicate_total, in the same statement.
+SELECT s.inserted
+FROM (SELECT inbox.ingest_events(%(events)s::jsonb, %(quota_ids)s::uuid[], %(versions)s::bigint[],
+                                 %(is_delete)s::boolean[], %(source)s::text) AS inserted) s,
+     LATERAL inbox.add_counters(ARRAY['duplicate'], ARRAY[''],
+                                ARRAY[cardinality(%(quota_ids)s::uuid[]) - s.inserted]::float8[]) c;
 
 -- name: claim_events
 SELECT quota_id, version, is_delete, payload, attempts
@@ -113,3 +117,120 @@ FROM pgmq.read('quota_changes', %(vt)s::integer, %(limit)s::integer);
 
 -- name: outbox_archive
 SELECT pgmq.archive('quota_changes', %(msg_ids)s::bigint[]) AS archived;
+
+-- ---------------------------------------------------------------------------------------------
+-- Operations (migration 006): status, dead letters, retention, alerts, metrics
+
+-- name: status_by_state
+SELECT status, events, exact FROM inbox.v_status;
+
+-- name: status_lag
+SELECT * FROM inbox.v_lag;
+
+-- name: status_dead_letters_by_class
+SELECT error_class, count(*) AS dead_letters, min(created_at) AS oldest
+FROM public.quota_processing_errors
+WHERE resolved_at IS NULL
+GROUP BY error_class
+ORDER BY error_class;
+
+-- name: status_rejects
+-- Kafka messages that could not be parsed or keyed (inbox.rejects, kept verbatim).
+SELECT count(*) AS total,
+       count(*) FILTER (WHERE received_at > now() - interval '1 hour') AS last_hour
+FROM inbox.rejects;
+
+-- name: database_now
+SELECT now() AS now;
+
+-- name: dlq_list
+SELECT id, quota_id, version, is_delete, event_type, error_class, retry_count, created_at,
+       resolved_at, inbox_status, applied_version, superseded, left(error_message, 200) AS error_message
+FROM inbox.v_dead_letters
+WHERE (resolved_at IS NULL OR %(include_resolved)s)
+  AND (%(quota_id)s::uuid IS NULL OR quota_id = %(quota_id)s::uuid)
+  AND (%(error_class)s::text IS NULL OR error_class = %(error_class)s::text)
+  AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
+ORDER BY created_at, id
+LIMIT %(limit)s;
+
+-- name: dlq_show
+SELECT * FROM inbox.v_dead_letters WHERE id = %(id)s::uuid;
+
+-- name: dlq_replay
+SELECT id, quota_id, version, is_delete, outcome
+FROM inbox.replay_dead_letters(%(ids)s::uuid[], %(note)s::text);
+
+-- name: dlq_replay_matching
+-- One batch of the open dead letters that match; created_at <= until keeps an event that dies
+-- again during the replay from being picked up again.
+SELECT id, quota_id, version, is_delete, outcome
+FROM inbox.replay_dead_letters(
+    ARRAY(SELECT d.id
+          FROM public.quota_processing_errors d
+          WHERE d.resolved_at IS NULL
+            AND d.created_at <= %(until)s::timestamptz
+            AND (%(quota_id)s::uuid IS NULL OR d.quota_id = %(quota_id)s::uuid)
+            AND (%(error_class)s::text IS NULL OR d.error_class = %(error_class)s::text)
+            AND (%(since)s::timestamptz IS NULL OR d.created_at >= %(since)s::timestamptz)
+          ORDER BY d.created_at, d.id
+          LIMIT %(limit)s),
+    %(note)s::text);
+
+-- name: dlq_resolve
+SELECT inbox.resolve_dead_letter(%(id)s::uuid, %(note)s::text) AS resolved_at;
+
+-- name: dead_letters_for_keys
+-- The open dead letters of these events (the unique partial index on the key answers it).
+SELECT d.quota_id, d.version, d.is_delete, d.event_type, d.error_class, d.retry_count,
+       left(d.error_message, 500) AS error_message
+FROM inbox.v_dead_letters d
+JOIN jsonb_to_recordset(%(keys)s::jsonb) AS k(quota_id uuid, version bigint, is_delete boolean)
+    USING (quota_id, version, is_delete)
+WHERE d.resolved_at IS NULL;
+
+-- name: dead_letters_of_this_transaction
+-- Run inside the transaction that wrote them: created_at defaults to now(), the transaction's start.
+SELECT d.quota_id, d.version, d.is_delete, d.event_type, d.error_class, d.retry_count,
+       left(d.error_message, 500) AS error_message
+FROM inbox.v_dead_letters d
+WHERE d.resolved_at IS NULL AND d.created_at = now();
+
+-- name: purge_finished_events
+SELECT inbox.purge_finished_events(%(older_than)s::interval, %(limit)s::integer) AS purged;
+
+-- name: check_dead_letter_rate
+SELECT dead_letters, by_class, msg_id
+FROM inbox.check_dead_letter_rate(%(window)s::interval, %(threshold)s::integer);
+
+-- name: publish_alert
+SELECT inbox.publish_alert(%(alert)s::text, %(message)s::jsonb, %(renotify)s::interval) AS msg_id;
+
+-- name: fold_counters
+SELECT inbox.fold_counters() AS folded;
+
+-- name: metrics_counters
+SELECT metric, label, sum(value) AS value
+FROM inbox.metric_counters
+GROUP BY metric, label;
+
+-- name: metrics_gauges
+-- Exact, through the pending and processing partial indexes and the open dead letters' index.
+SELECT (SELECT count(*) FROM inbox.quota_events WHERE status = 'pending')    AS pending,
+       (SELECT count(*) FROM inbox.quota_events WHERE status = 'processing') AS processing,
+       (SELECT extract(epoch FROM now() - min(received_at))::float8
+        FROM inbox.quota_events WHERE status = 'pending')                    AS oldest_pending_age,
+       (SELECT count(*) FROM public.quota_processing_errors
+        WHERE resolved_at IS NULL)                                           AS dead_letters_unresolved,
+       inbox.apply_latency_buckets()                                         AS latency_buckets;
+
+-- ---------------------------------------------------------------------------------------------
+-- Kafka consumer (inbox consume)
+
+-- name: insert_rejects
+-- Messages that could not be parsed or keyed, verbatim; a redelivered one is a no-op.
+INSERT INTO inbox.rejects (topic, "partition", "offset", key, raw, headers, reason)
+SELECT *
+FROM unnest(%(topics)s::text[], %(partitions)s::integer[], %(offsets)s::bigint[], %(keys)s::bytea[],
+            %(raws)s::bytea[], %(headers)s::jsonb[], %(reasons)s::text[])
+ON CONFLICT DO NOTHING;
