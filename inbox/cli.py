@@ -16,6 +16,7 @@ import uvicorn
 from inbox.db.embedded import start_embedded
 from inbox.db.migrate import MigrationError, migrate
 from inbox.db.pgmq_setup import PgmqUnavailable
+from inbox.kafka import cmd_consume
 from inbox.logs import setup_logging
 from inbox.settings import Settings
 
@@ -178,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="feed a bundled sample stream through POST /events, show the result, exit",
     )
+    add("consume", cmd_consume, "read the Kafka topic into the inbox (INBOX_KAFKA_*); stops on SIGTERM")
     outbox = sub.add_parser("outbox", help="look at the outbox queue quota_changes")
     outbox_sub = outbox.add_subparsers(dest="outbox_command", required=True, metavar="COMMAND")
     tail = outbox_sub.add_parser(
@@ -187,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--last", type=int, default=20, help="how many recent messages to start with")
     tail.add_argument("--follow", "-f", action="store_true", help="keep printing new messages")
     tail.add_argument("--ack", action="store_true", help="consume: read, print, then archive each page")
+
+    from inbox import ops  # here, not at the top: inbox.ops imports this module
+
+    ops.register(sub)
     return parser
 
 
@@ -200,7 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"inbox: error: {exc}", file=sys.stderr)
         return exc.code
     except psycopg.OperationalError as exc:
-        print(f"inbox: error: database unreachable: {str(exc).strip()}", file=sys.stderr)
+        # libpq's message spans lines (a hint on the second): keep the error one line
+        print(f"inbox: error: database unreachable: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_DATABASE
     except KeyboardInterrupt:
         return 130
@@ -208,4 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m inbox.cli` runs this file as __main__; run the importable inbox.cli instead, whose
+    # CliError is the one inbox.ops raises.
+    from inbox.cli import main as importable_main
+
+    sys.exit(importable_main())

@@ -1,15 +1,35 @@
-"""Periodic jobs of a worker process, on APScheduler. Each is safe with many processes running it."""
+"""Periodic jobs of a worker process, on APScheduler. Each is safe with many processes running it.
+
+| job              | how it stays safe with many processes                                     |
+|------------------|---------------------------------------------------------------------------|
+| lease reaper     | SKIP LOCKED: concurrent reapers take disjoint expired rows                |
+| retention        | SKIP LOCKED batches of INBOX_RETENTION_BATCH_SIZE, one short transaction each |
+| alerts           | an alert row lock and a re-notify interval: one message per alert per window |
+| metrics          | counter folding under an advisory transaction lock; the rest only reads   |
+
+There is no separate retry job: a failed event goes back to 'pending' with next_attempt_at in the
+future, and the workers' claim takes it once that time has passed (they poll every
+INBOX_POLL_SECONDS even when no NOTIFY arrives). A job would only repeat the claim's own test.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 from apscheduler.schedulers.background import BackgroundScheduler
+from psycopg.types.json import Jsonb
 
 from inbox.apply.worker import reap_expired_leases
 from inbox.db.connect import connect
+from inbox.db.sqlfiles import query
+from inbox.metrics import source_for
 from inbox.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -27,16 +47,142 @@ def reap_job(dsn: str, settings: Settings) -> None:
         log.info("reaped expired leases", extra={"retried": counts.retried, "dead": counts.dead})
 
 
+def purge_finished(dsn: str, settings: Settings, budget_seconds: float) -> int:
+    """Delete finished rows older than INBOX_RETENTION, batch by batch, until none is left or the
+    time budget is spent (the next run goes on). Returns how many rows were deleted."""
+    total = 0
+    deadline = time.monotonic() + budget_seconds
+    with connect(dsn, autocommit=True, application_name="quota-inbox retention") as conn:
+        while True:
+            row = conn.execute(
+                query("purge_finished_events"),
+                {"older_than": settings.retention, "limit": settings.retention_batch_size},
+            ).fetchone()
+            purged = int(row["purged"]) if row else 0
+            total += purged
+            if purged < settings.retention_batch_size or time.monotonic() > deadline:
+                return total
+
+
+def retention_job(dsn: str, settings: Settings) -> None:
+    try:
+        purged = purge_finished(dsn, settings, budget_seconds=settings.retention_interval_seconds / 2)
+    except psycopg.Error as exc:
+        log.warning("retention could not run: %s", exc)
+        return
+    if purged:
+        log.info("retention deleted finished inbox rows", extra={"purged": purged})
+
+
+@dataclass
+class DatabaseWatch:
+    """What this process has seen of the database: when it stopped answering, if it has."""
+
+    down_since: datetime | None = None
+    last_logged: float = 0.0
+    last_error: str = ""
+
+
+def check_alerts(dsn: str, settings: Settings, watch: DatabaseWatch) -> int | None:
+    """Publish the alerts that are due; returns the msg_id of a dead-letter rate alert, if sent.
+
+    'database unreachable' cannot be published while the database is away: it is logged at ERROR
+    at once (and again each alert window while it lasts), and published when the database is back.
+    """
+    window = timedelta(seconds=settings.alert_window_seconds)
+    try:
+        with connect(dsn, autocommit=True, application_name="quota-inbox alerts") as conn:
+            _report_recovery(conn, watch, window)
+            row = conn.execute(
+                query("check_dead_letter_rate"),
+                {"window": window, "threshold": settings.alert_dead_letter_threshold},
+            ).fetchone()
+    except psycopg.OperationalError as exc:
+        _report_unreachable(watch, exc, settings.alert_window_seconds)
+        return None
+    assert row is not None
+    if row["msg_id"] is None:
+        return None
+    log.error(
+        "dead-letter rate over threshold",
+        extra={
+            "alert": "dead_letter_rate",
+            "dead_letters": row["dead_letters"],
+            "by_class": row["by_class"],
+            "window_seconds": settings.alert_window_seconds,
+            "threshold": settings.alert_dead_letter_threshold,
+            "msg_id": row["msg_id"],
+        },
+    )
+    return int(row["msg_id"])
+
+
+def _report_unreachable(watch: DatabaseWatch, exc: Exception, every_seconds: float) -> None:
+    watch.last_error = str(exc).strip()
+    if watch.down_since is None:
+        watch.down_since = datetime.now(UTC)
+    elif time.monotonic() - watch.last_logged < every_seconds:
+        return
+    watch.last_logged = time.monotonic()
+    log.error(
+        "database unreachable",
+        extra={
+            "alert": "database_unreachable",
+            "since": watch.down_since.isoformat(),
+            "error": watch.last_error,
+        },
+    )
+
+
+def _report_recovery(conn: Any, watch: DatabaseWatch, window: timedelta) -> None:
+    if watch.down_since is None:
+        return
+    until = datetime.now(UTC)
+    message = {
+        "severity": "error",
+        "summary": f"database unreachable from {watch.down_since.isoformat()} to {until.isoformat()}",
+        "since": watch.down_since.isoformat(),
+        "until": until.isoformat(),
+        "seconds": round((until - watch.down_since).total_seconds(), 3),
+        "process": f"{socket.gethostname()}:{os.getpid()}",
+        "error": watch.last_error,
+    }
+    conn.execute(
+        query("publish_alert"),
+        {"alert": "database_unreachable", "message": Jsonb(message), "renotify": window},
+    )
+    log.info("database reachable again", extra={"since": watch.down_since.isoformat()})
+    watch.down_since = None
+
+
+def alert_job(dsn: str, settings: Settings, watch: DatabaseWatch) -> None:
+    try:
+        check_alerts(dsn, settings, watch)
+    except psycopg.Error as exc:
+        log.warning("alert check could not run: %s", exc)
+
+
+def metrics_job(dsn: str, settings: Settings) -> None:
+    """Fold old counter rows (one process at a time), then refresh this process's figures."""
+    try:
+        with connect(dsn, autocommit=True, application_name="quota-inbox metrics") as conn:
+            conn.execute(query("fold_counters"))
+    except psycopg.Error as exc:
+        log.warning("metrics job could not fold counters: %s", exc)
+    source_for(dsn, settings.metrics_refresh_seconds).refresh()
+
+
 def start_scheduler(dsn: str, settings: Settings) -> Any:
     scheduler = BackgroundScheduler(daemon=True)
-    scheduler.add_job(
-        reap_job,
-        "interval",
-        args=[dsn, settings],
-        seconds=settings.reap_interval_seconds,
-        id="reap_expired_leases",
-        max_instances=1,
-        coalesce=True,
-    )
+    jobs: list[tuple[str, Any, list[Any], float]] = [
+        ("reap_expired_leases", reap_job, [dsn, settings], settings.reap_interval_seconds),
+        ("retention", retention_job, [dsn, settings], settings.retention_interval_seconds),
+        ("alerts", alert_job, [dsn, settings, DatabaseWatch()], settings.alert_interval_seconds),
+        ("metrics", metrics_job, [dsn, settings], settings.metrics_refresh_seconds),
+    ]
+    for job_id, func, args, seconds in jobs:
+        scheduler.add_job(
+            func, "interval", args=args, seconds=seconds, id=job_id, max_instances=1, coalesce=True
+        )
     scheduler.start()
     return scheduler

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -22,6 +23,22 @@ class Settings(BaseSettings):
         None, description="When set, POST /events needs 'Authorization: Bearer <token>'."
     )
     max_body_bytes: int = Field(10 * 1024 * 1024, gt=0, description="Larger request bodies get 413.")
+    kafka_bootstrap: str = Field("localhost:9092", description="Kafka bootstrap servers of `inbox consume`.")
+    kafka_topic: str = Field("titan.quota", description="The topic `inbox consume` reads.")
+    kafka_group: str = Field(
+        "quota-inbox", description="Consumer group; the processes of one group share the partitions."
+    )
+    kafka_config_json: dict[str, str | int | float | bool] = Field(
+        {},
+        description="Extra librdkafka settings as a JSON object (SASL, TLS, timeouts), "
+        'e.g. {"security.protocol": "SASL_SSL"}.',
+    )
+    kafka_batch_size: int = Field(
+        1000, ge=1, le=100_000, description="Kafka messages stored per transaction."
+    )
+    kafka_batch_wait_seconds: float = Field(
+        0.1, gt=0, description="How long `inbox consume` waits for a batch to fill before storing it."
+    )
     workers: int = Field(2, ge=1, le=64, description="Worker threads that claim and apply events.")
     batch_size: int = Field(500, ge=1, le=10_000, description="Events claimed per batch.")
     max_attempts: int = Field(
@@ -39,6 +56,30 @@ class Settings(BaseSettings):
         15_000, ge=0, description="statement_timeout of worker sessions (0 disables)."
     )
     reap_interval_seconds: float = Field(5.0, gt=0, description="How often expired leases are reaped.")
+    retention: timedelta = Field(
+        timedelta(days=7),
+        description="Finished inbox rows (applied, stale, dead and resolved) older than this are deleted "
+        "(an ISO 8601 duration: P7D, PT12H).",
+    )
+    retention_interval_seconds: float = Field(60.0, gt=0, description="How often retention runs.")
+    retention_batch_size: int = Field(
+        5000, ge=1, description="Rows deleted per retention transaction (short locks, SKIP LOCKED)."
+    )
+    alert_interval_seconds: float = Field(
+        30.0, gt=0, description="How often the dead-letter rate and the database are checked for alerts."
+    )
+    alert_dead_letter_threshold: int = Field(
+        10, ge=1, description="Dead letters within INBOX_ALERT_WINDOW_SECONDS that raise an alert."
+    )
+    alert_window_seconds: float = Field(
+        300.0, gt=0, description="Window of the dead-letter rate alert; also its re-notify interval."
+    )
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="When set, /metrics is also served on this port (0: any free port)."
+    )
+    metrics_refresh_seconds: float = Field(
+        15.0, gt=0, description="How old the figures behind /metrics may get before they are read again."
+    )
 
     def effective_statement_timeout_ms(self) -> int:
         """A statement must end before its lease does, or a stuck statement could outlive its claim."""

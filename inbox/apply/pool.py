@@ -9,6 +9,7 @@ from typing import Any
 from inbox.apply.waker import NotifyListener, Waker
 from inbox.apply.worker import Worker, worker_name
 from inbox.jobs import start_scheduler
+from inbox.metrics import serve_metrics
 from inbox.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ class WorkerPool:
         self.workers = [Worker(dsn, settings, worker_name(i)) for i in range(self.concurrency)]
         self._threads: list[threading.Thread] = []
         self._scheduler: Any = None
+        self._metrics_server: Any = None
 
     def start(self) -> None:
         self.listener.start()
@@ -35,6 +37,14 @@ class WorkerPool:
             thread.start()
             self._threads.append(thread)
         self._scheduler = start_scheduler(self.dsn, self.settings)
+        if self.settings.metrics_port is not None:
+            self._metrics_server, port = serve_metrics(
+                self.dsn,
+                self.settings.metrics_refresh_seconds,
+                self.settings.http_host,
+                self.settings.metrics_port,
+            )
+            log.info("metrics served", extra={"url": f"http://{self.settings.http_host}:{port}/metrics"})
         log.info("worker pool started", extra={"workers": self.concurrency})
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -43,6 +53,8 @@ class WorkerPool:
         self.waker.wake()
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
         for thread in self._threads:
             thread.join(timeout)
         self.listener.join(timeout)

@@ -129,6 +129,8 @@ class Worker:
             .fetchone()
         )
         assert row is not None
+        if row["dead"]:
+            self._log_dead_letters(prepared)
         return BatchCounts(
             applied=row["applied"],
             stale=row["stale"],
@@ -138,15 +140,11 @@ class Worker:
         )
 
     def _bury(self, event: dict[str, Any], exc: psycopg.Error) -> BatchCounts:
-        log.error(
-            "event cannot be applied",
-            extra={"quota_id": event["quota_id"], "version": event["version"], "error_class": "apply_error"},
-        )
         sqlstate = getattr(exc, "sqlstate", None)
         return self._apply([{**event, "error_class": "apply_error", "error": f"[{sqlstate}] {exc}"}])
 
     def _release(self, prepared: Sequence[dict[str, Any]], error: str) -> BatchCounts:
-        keys = [{k: e[k] for k in ("quota_id", "version", "is_delete")} for e in prepared]
+        keys = _keys(prepared)
         row = (
             self._connection()
             .execute(
@@ -163,7 +161,17 @@ class Worker:
             .fetchone()
         )
         assert row is not None
+        if row["dead"]:
+            self._log_dead_letters(prepared)
         return BatchCounts(retried=row["retried"], dead=row["dead"])
+
+    def _log_dead_letters(self, events: Sequence[dict[str, Any]]) -> None:
+        # After the commit: a failure here loses log lines, never events, so it must not bubble up.
+        try:
+            rows = self._connection().execute(query("dead_letters_for_keys"), {"keys": Jsonb(_keys(events))})
+            log_dead_letters(rows.fetchall())
+        except psycopg.Error as exc:
+            log.warning("could not read back the new dead letters to log them: %s", exc)
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -187,14 +195,40 @@ class Worker:
 
 
 def reap_expired_leases(conn: DictConnection, settings: Settings, limit: int = 1000) -> BatchCounts:
-    row = conn.execute(
-        query("reap_expired_leases"),
-        {
-            "limit": limit,
-            "max_attempts": settings.max_attempts,
-            "backoff_base": timedelta(seconds=settings.backoff_base_seconds),
-            "backoff_cap": timedelta(seconds=settings.backoff_cap_seconds),
-        },
-    ).fetchone()
-    assert row is not None
+    # One transaction, so the dead letters it wrote can be found by their created_at (= now()).
+    with conn.transaction():
+        row = conn.execute(
+            query("reap_expired_leases"),
+            {
+                "limit": limit,
+                "max_attempts": settings.max_attempts,
+                "backoff_base": timedelta(seconds=settings.backoff_base_seconds),
+                "backoff_cap": timedelta(seconds=settings.backoff_cap_seconds),
+            },
+        ).fetchone()
+        assert row is not None
+        if row["dead"]:
+            log_dead_letters(conn.execute(query("dead_letters_of_this_transaction")).fetchall())
     return BatchCounts(retried=row["retried"], dead=row["dead"])
+
+
+def _keys(events: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: e[k] for k in ("quota_id", "version", "is_delete")} for e in events]
+
+
+def log_dead_letters(rows: Sequence[dict[str, Any]]) -> None:
+    """One line per event that just became a dead letter: its key, type, attempt and class, the
+    reason shortened; never the payload (it stays in quota_processing_errors.event_data)."""
+    for row in rows:
+        log.warning(
+            "event dead-lettered",
+            extra={
+                "quota_id": str(row["quota_id"]),
+                "version": row["version"],
+                "is_delete": row["is_delete"],
+                "event_type": row["event_type"],
+                "attempt": row["retry_count"],
+                "error_class": row["error_class"],
+                "error": row["error_message"],
+            },
+        )

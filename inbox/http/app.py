@@ -13,7 +13,8 @@ from typing import Any
 
 import psycopg
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 from starlette.concurrency import run_in_threadpool
@@ -22,6 +23,7 @@ from inbox.db.connect import DictConnection, configure
 from inbox.db.migrate import MigrationError, pending_migrations
 from inbox.db.sqlfiles import query
 from inbox.ingest import BadBatch, IngestResult, ParsedBatch, parse_body, store
+from inbox.metrics import registry_for
 from inbox.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -139,5 +141,12 @@ def create_app(settings: Settings, dsn: str) -> FastAPI:
         ok, detail = await run_in_threadpool(_readiness)
         status = 200 if ok else 503
         return JSONResponse({"status": "ready" if ok else "not ready", "detail": detail}, status_code=status)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        # Counters come from the database: every process serves the same figures (inbox/metrics.py).
+        registry = registry_for(dsn, settings.metrics_refresh_seconds)
+        body = await run_in_threadpool(generate_latest, registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     return app

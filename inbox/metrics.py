@@ -1,0 +1,204 @@
+"""Prometheus metrics, read from the database.
+
+The counters are kept by PostgreSQL itself (inbox.metric_counters, maintained by statement-level
+triggers in migration 006), not in process memory: every process that serves /metrics reports
+the same totals, whichever process, host or JDBC sink did the work, and a restart resets nothing.
+Prometheus therefore sees the same series from each scraped process; aggregate them with max(),
+never sum().
+
+A scrape reads the figures at most once per INBOX_METRICS_REFRESH_SECONDS; the metrics job of a
+worker process refreshes them in the background so a scrape seldom waits on the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from functools import cache
+from typing import Any
+
+import psycopg
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from psycopg.conninfo import make_conninfo
+
+from inbox.db.connect import connect
+from inbox.db.sqlfiles import query
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("http", "kafka", "sink", "replay")
+# A scrape must not hang on a database that does not answer.
+CONNECT_TIMEOUT_SECONDS = 3
+# Simple counters: (metric in inbox.metric_counters, Prometheus name without _total, help).
+SIMPLE_COUNTERS = (
+    ("applied", "inbox_events_applied", "Events applied to public.quota."),
+    ("stale", "inbox_events_stale", "Events the version gate found not newer than the applied version."),
+    ("duplicate", "inbox_events_duplicate", "Deliveries of events the inbox already held."),
+    ("retried", "inbox_events_retried", "Events given back for a retry (transient failure, expired lease)."),
+)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The figures of one read; counters keyed by (metric, label)."""
+
+    counters: dict[tuple[str, str], float] = field(default_factory=dict)
+    pending: int = 0
+    processing: int = 0
+    oldest_pending_age: float = 0.0
+    dead_letters_unresolved: int = 0
+    latency_buckets: tuple[float, ...] = ()
+    has_figures: bool = False  # some read has succeeded
+    database_up: bool = False
+    read_at: float = 0.0
+
+    def counter(self, metric: str, label: str = "") -> float:
+        return self.counters.get((metric, label), 0.0)
+
+    def labels(self, metric: str) -> list[str]:
+        return sorted(label for name, label in self.counters if name == metric)
+
+
+class MetricsSource:
+    """Reads a Snapshot from the database, at most once per refresh interval, thread-safe."""
+
+    def __init__(self, dsn: str, refresh_seconds: float) -> None:
+        self._dsn = make_conninfo(dsn, connect_timeout=CONNECT_TIMEOUT_SECONDS)
+        self.refresh_seconds = refresh_seconds
+        self._lock = threading.Lock()
+        self._snapshot = Snapshot()
+
+    def refresh(self) -> Snapshot:
+        with self._lock:
+            self._snapshot = self._read()
+            return self._snapshot
+
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            if time.monotonic() - self._snapshot.read_at >= self.refresh_seconds:
+                self._snapshot = self._read()
+            return self._snapshot
+
+    def _read(self) -> Snapshot:
+        try:
+            with connect(self._dsn, autocommit=True, application_name="quota-inbox metrics") as conn:
+                counters = {
+                    (row["metric"], row["label"]): float(row["value"])
+                    for row in conn.execute(query("metrics_counters"))
+                }
+                gauges = conn.execute(query("metrics_gauges")).fetchone()
+        except psycopg.Error as exc:
+            log.warning("metrics: database unavailable: %s", str(exc).strip())
+            # Keep the last figures (counters must not drop to zero), flag the database as down.
+            return replace(self._snapshot, database_up=False, read_at=time.monotonic())
+        assert gauges is not None
+        return Snapshot(
+            counters=counters,
+            pending=int(gauges["pending"]),
+            processing=int(gauges["processing"]),
+            oldest_pending_age=float(gauges["oldest_pending_age"] or 0.0),
+            dead_letters_unresolved=int(gauges["dead_letters_unresolved"]),
+            latency_buckets=tuple(float(b) for b in gauges["latency_buckets"]),
+            has_figures=True,
+            database_up=True,
+            read_at=time.monotonic(),
+        )
+
+
+class InboxCollector(Collector):
+    def __init__(self, source: MetricsSource) -> None:
+        self.source = source
+
+    def collect(self) -> Iterable[Metric]:
+        snap = self.source.snapshot()
+        yield GaugeMetricFamily(
+            "inbox_database_up", "1 when the last read of the figures reached the database.", snap.database_up
+        )
+        if not snap.has_figures:
+            return  # never read: no figures rather than made-up zeros
+        yield from _counters(snap)
+        yield _latency_histogram(snap)
+        yield GaugeMetricFamily(
+            "inbox_queue_depth", "Events pending or being processed.", snap.pending + snap.processing
+        )
+        yield GaugeMetricFamily(
+            "inbox_oldest_pending_age_seconds",
+            "Age of the oldest pending event since it was received (0 when none).",
+            snap.oldest_pending_age,
+        )
+        yield GaugeMetricFamily(
+            "inbox_dead_letters_unresolved",
+            "Dead letters not yet replayed or resolved.",
+            snap.dead_letters_unresolved,
+        )
+
+
+def _counters(snap: Snapshot) -> Iterator[Metric]:
+    ingested = CounterMetricFamily(
+        "inbox_events_ingested", "New events stored in the inbox, by source.", labels=["source"]
+    )
+    for source in sorted({*SOURCES, *snap.labels("ingested")}):
+        ingested.add_metric([source], snap.counter("ingested", source))
+    yield ingested
+    for metric, name, help_text in SIMPLE_COUNTERS:
+        yield CounterMetricFamily(name, help_text, value=snap.counter(metric))
+    dead = CounterMetricFamily(
+        "inbox_events_dead", "Events moved to dead letters, by error class.", labels=["error_class"]
+    )
+    for error_class in snap.labels("dead"):
+        dead.add_metric([error_class], snap.counter("dead", error_class))
+    yield dead
+
+
+def _latency_histogram(snap: Snapshot) -> HistogramMetricFamily:
+    """Cumulative buckets from the per-bucket counts the database keeps."""
+    # labels are the bounds as PostgreSQL printed them, or '+Inf' (which float() reads too)
+    per_bucket = {
+        float(label): snap.counter("apply_latency_bucket", label)
+        for label in snap.labels("apply_latency_bucket")
+    }
+    buckets: list[tuple[str, float]] = []
+    running = 0.0
+    for bound in snap.latency_buckets:
+        running += per_bucket.get(bound, 0.0)
+        buckets.append((_bound_label(bound), running))
+    buckets.append(("+Inf", running + per_bucket.get(float("inf"), 0.0)))
+    return HistogramMetricFamily(
+        "inbox_apply_latency_seconds",
+        "Time from an event's arrival in the inbox to its application.",
+        buckets=buckets,
+        sum_value=snap.counter("apply_latency_sum"),
+    )
+
+
+def _bound_label(bound: float) -> str:
+    return str(int(bound)) + ".0" if bound.is_integer() else repr(bound)
+
+
+@cache
+def source_for(dsn: str, refresh_seconds: float) -> MetricsSource:
+    """One source per database and process: the HTTP app, the metrics port and the jobs share it."""
+    return MetricsSource(dsn, refresh_seconds)
+
+
+@cache
+def registry_for(dsn: str, refresh_seconds: float) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(InboxCollector(source_for(dsn, refresh_seconds)))
+    return registry
+
+
+def serve_metrics(dsn: str, refresh_seconds: float, host: str, port: int) -> tuple[Any, int]:
+    """GET /metrics on host:port in a daemon thread; returns (server, bound port)."""
+    server, _thread = start_http_server(port, addr=host, registry=registry_for(dsn, refresh_seconds))
+    return server, int(server.server_port)
