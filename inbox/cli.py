@@ -28,8 +28,13 @@ class CliError(Exception):
     """An expected failure: printed as one line, no traceback."""
 
     def __init__(self, message: str, code: int = EXIT_FAILURE) -> None:
-        super().__init__(message)
+        super().__init__(one_line(message))
         self.code = code
+
+
+def one_line(message: str) -> str:
+    """libpq's messages span lines ('...\n\tIs the server running...'); an error here is one line."""
+    return " ".join(message.split())
 
 
 def settings_help() -> str:
@@ -53,7 +58,7 @@ def _migrate(dsn: str) -> None:
     except (MigrationError, PgmqUnavailable) as exc:
         raise CliError(str(exc)) from exc
     except psycopg.OperationalError as exc:
-        raise CliError(f"database unreachable: {exc}".strip(), EXIT_DATABASE) from exc
+        raise CliError(f"database unreachable: {exc}", EXIT_DATABASE) from exc
     applied = ", ".join(report.applied) if report.applied else "none"
     print(f"migrations: {report.already} already applied, newly applied: {applied}", file=sys.stderr)
 
@@ -206,8 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"inbox: error: {exc}", file=sys.stderr)
         return exc.code
     except psycopg.OperationalError as exc:
-        # libpq's message spans lines (a hint on the second): keep the error one line
-        print(f"inbox: error: database unreachable: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"inbox: error: {one_line(f'database unreachable: {exc}')}", file=sys.stderr)
         return EXIT_DATABASE
     except KeyboardInterrupt:
         return 130

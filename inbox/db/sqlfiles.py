@@ -21,8 +21,8 @@ def parse_queries(text: str) -> dict[str, str]:
     """Split a file into its '-- name: x' blocks; a name used twice is an error."""
     queries: dict[str, str] = {}
     marks = list(_NAME_LINE.finditer(text))
-    for mark, following in zip(marks, [*marks[1:], None], strict=True):
-        end = following.start() if following else len(text)
+    ends = [following.start() for following in marks[1:]] + [len(text)]
+    for mark, end in zip(marks, ends, strict=False):
         name = mark.group("name")
         if name in queries:
             raise ValueError(f"query {name!r} is defined twice")

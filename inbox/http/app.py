@@ -115,6 +115,13 @@ def create_app(settings: Settings, dsn: str) -> FastAPI:
         except (psycopg.OperationalError, PoolTimeout) as exc:
             log.error("database unavailable; refusing events", extra={"error": str(exc)})
             return _error(503, "database unavailable; nothing was stored, retry later")
+        except (
+            psycopg.errors.UndefinedFunction,
+            psycopg.errors.UndefinedTable,
+            psycopg.errors.InvalidSchemaName,
+        ):
+            log.error("database is not migrated; refusing events")
+            return _error(503, "database not migrated (run `inbox migrate`); nothing was stored, retry later")
         except psycopg.DataError as exc:
             return _error(422, f"PostgreSQL refused the events; nothing was stored: {exc}")
         return JSONResponse({"accepted": result.accepted, "duplicates": result.duplicates}, status_code=202)

@@ -58,18 +58,25 @@ LANGUAGE sql AS $$
     RETURNING e.quota_id, e.version, e.is_delete, e.payload, e.attempts;
 $$;
 
--- Apply a validated batch that p_worker holds, in one statement:
+-- Apply a validated batch that p_worker holds, in one transaction of two statements:
 --   invalid events            -> dead letters (error_class from the worker, usually 'invalid')
 --   deletes of quotas with call-offs, if they would take effect -> dead letters ('delete_blocked')
 --   per quota, the highest remaining (version, is_delete) passes the version gate -> applied
 --   everything else           -> stale (not above the applied version, or superseded in this batch)
--- Every effective change is published to the pgmq queue quota_changes in the same statement:
+-- Every effective change is published to the pgmq queue quota_changes in the same transaction:
 --   {quota_id, version, previous_version, op: upsert|delete, quota: row after | null, applied_at}
+-- Deletes run in a second statement: its fresh snapshot sees a quota row that another worker
+-- inserted and committed while this one waited for the gate lock (the first snapshot predates it).
 -- p_events: JSON array of {quota_id, version, is_delete, error_class, error, <normalised quota columns>}.
 -- Rows whose lease this worker no longer holds are left alone and counted as not_owned.
 CREATE FUNCTION inbox.apply_events(p_worker text, p_events jsonb)
 RETURNS TABLE (applied bigint, stale bigint, dead bigint, not_owned bigint, published bigint)
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    -- what passed the gate: {quota_id, version, is_delete, previous_version, applied_at, quota}
+    v_changes jsonb;
+BEGIN
     WITH input AS (
         SELECT *
         FROM jsonb_to_recordset(p_events) AS x(
@@ -148,31 +155,6 @@ LANGUAGE sql AS $$
                 updated_at = now()  -- created_at is deliberately absent: set once
         RETURNING q.*
     ),
-    deleted AS (
-        DELETE FROM public.quota q
-        USING gate g
-        WHERE g.is_delete AND q.quota_id = g.quota_id
-        RETURNING q.quota_id
-    ),
-    published AS (
-        SELECT pgmq.send_batch('quota_changes', m.messages) AS msg_id
-        FROM (
-            SELECT array_agg(jsonb_build_object(
-                       'quota_id', g.quota_id,
-                       'version', g.version,
-                       'previous_version', g.previous_version,
-                       'op', CASE WHEN g.is_delete THEN 'delete' ELSE 'upsert' END,
-                       'quota', CASE WHEN g.is_delete THEN NULL ELSE to_jsonb(u) END,
-                       'applied_at', g.applied_at)
-                   ORDER BY g.quota_id) AS messages
-            FROM gate g
-            LEFT JOIN upserted u USING (quota_id)
-            LEFT JOIN deleted d USING (quota_id)
-            -- a delete of a quota that was never here changes nothing and publishes nothing
-            WHERE u.quota_id IS NOT NULL OR d.quota_id IS NOT NULL
-        ) m
-        WHERE m.messages IS NOT NULL
-    ),
     outcomes AS (
         SELECT o.quota_id, o.version, o.is_delete, o.payload, o.attempts,
                CASE
@@ -219,8 +201,46 @@ LANGUAGE sql AS $$
            count(*) FILTER (WHERE m.status = 'stale'),
            count(*) FILTER (WHERE m.status = 'dead'),
            (SELECT count(*) FROM input) - count(*),
-           (SELECT count(*) FROM published)
+           (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                        'quota_id', g.quota_id, 'version', g.version, 'is_delete', g.is_delete,
+                        'previous_version', g.previous_version, 'applied_at', g.applied_at,
+                        'quota', CASE WHEN g.is_delete THEN NULL ELSE to_jsonb(u) END)), '[]')
+            FROM gate g LEFT JOIN upserted u USING (quota_id))
+    INTO applied, stale, dead, not_owned, v_changes
     FROM marked m;
+
+    WITH changes AS (
+        SELECT *
+        FROM jsonb_to_recordset(v_changes) AS c(
+            quota_id uuid, version bigint, is_delete boolean, previous_version bigint,
+            applied_at timestamptz, quota jsonb)
+    ),
+    deleted AS (
+        DELETE FROM public.quota q
+        USING changes c
+        WHERE c.is_delete AND q.quota_id = c.quota_id
+        RETURNING q.quota_id
+    ),
+    messages AS (
+        SELECT array_agg(jsonb_build_object(
+                   'quota_id', c.quota_id,
+                   'version', c.version,
+                   'previous_version', c.previous_version,
+                   'op', CASE WHEN c.is_delete THEN 'delete' ELSE 'upsert' END,
+                   'quota', c.quota,
+                   'applied_at', c.applied_at)
+               ORDER BY c.quota_id) AS batch
+        FROM changes c
+        LEFT JOIN deleted d USING (quota_id)
+        -- a delete of a quota that is not there changes nothing and publishes nothing
+        WHERE NOT c.is_delete OR d.quota_id IS NOT NULL
+    )
+    SELECT count(*) INTO published
+    FROM messages m, LATERAL pgmq.send_batch('quota_changes', m.batch) AS sent
+    WHERE m.batch IS NOT NULL;
+
+    RETURN NEXT;
+END;
 $$;
 
 -- Give events back after a transient failure: pending again after an exponential backoff with
