@@ -1,0 +1,430 @@
+"""Failures while applying: transient errors with backoff, poison events, dead workers and their leases."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from inbox.apply.prepare import prepare
+from inbox.apply.worker import BatchCounts, Worker, reap_expired_leases
+from inbox.db.connect import DictConnection, connect
+from inbox.settings import Settings
+from tests.helpers import dead_letters, dead_letters_for, drain, inbox_row, ingest, quota, titan_event
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "batch_size": 100,
+        "max_attempts": 3,
+        "lease_seconds": 30.0,
+        "backoff_base_seconds": 0.5,
+        "backoff_cap_seconds": 5.0,
+        "statement_timeout_ms": 15_000,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"{what} not reached within {timeout}s"
+        time.sleep(0.05)
+
+
+@contextmanager
+def row_lock(dsn: str, statement: str, params: list[Any]) -> Iterator[None]:
+    """Hold row locks in an open transaction of a second connection until the block ends."""
+    with connect(dsn) as holder:
+        locked = holder.execute(statement, params).fetchall()
+        assert locked, "the lock statement locked nothing"
+        try:
+            yield
+        finally:
+            holder.rollback()
+
+
+def make_due(conn: DictConnection) -> None:
+    """Test-only clock travel: every pending event is due now (the backoff was measured already)."""
+    conn.execute("UPDATE inbox.quota_events SET next_attempt_at = now() WHERE status = 'pending'")
+
+
+def db_clock(conn: DictConnection) -> datetime:
+    row = conn.execute("SELECT clock_timestamp() AS t").fetchone()
+    assert row is not None
+    return row["t"]  # type: ignore[no-any-return]
+
+
+# -- transient failures -------------------------------------------------------------------------------
+
+
+def test_a_statement_timeout_gives_the_batch_back_then_dead_letters_it_when_attempts_run_out(
+    db: DictConnection, dsn: str
+) -> None:
+    locked, bystander = uuid.uuid4(), uuid.uuid4()
+    ingest(db, [titan_event(locked, 1, "INSERT", qty_t=Decimal("1"))])
+    drain(dsn, settings())
+    ingest(
+        db,
+        [titan_event(locked, 2, "UPDATE", qty_t=Decimal("2")), titan_event(bystander, 1, "INSERT")],
+    )
+    conf = settings(statement_timeout_ms=300, max_attempts=3, backoff_base_seconds=2, backoff_cap_seconds=4)
+    worker = Worker(dsn, conf, "w-timeout")
+    try:
+        with row_lock(dsn, "SELECT * FROM inbox.quota_versions WHERE quota_id = %s FOR UPDATE", [locked]):
+            first = worker.process_once()
+            assert (first.claimed, first.retried, first.applied, first.dead) == (2, 2, 0, 0)
+            for qid, version in ((locked, 2), (bystander, 1)):
+                row = inbox_row(db, qid, version)
+                assert row["status"] == "pending"
+                assert row["attempts"] == 1
+                assert row["lease_owner"] is None
+                assert row["next_attempt_at"] > db_clock(db)
+                assert "QueryCanceled" in row["last_error"]
+                assert "statement timeout" in row["last_error"]
+            assert dead_letters(db) == []
+            # Backing off: nothing is due right now.
+            assert worker.process_once().claimed == 0
+
+            make_due(db)
+            second = worker.process_once()
+            assert (second.retried, second.dead) == (2, 0)
+            make_due(db)
+            third = worker.process_once()
+            assert (third.claimed, third.retried, third.dead, third.applied) == (2, 0, 2, 0)
+
+        for qid, version in ((locked, 2), (bystander, 1)):
+            row = inbox_row(db, qid, version)
+            assert (row["status"], row["attempts"], row["lease_owner"]) == ("dead", 3, None)
+            [letter] = dead_letters_for(db, qid)
+            assert letter["error_class"] == "retries_exhausted"
+            assert letter["retry_count"] == 3
+            assert letter["version"] == version
+            assert letter["error_message"].startswith("gave up after 3 attempts: QueryCanceled")
+        # The lock is gone, yet nothing comes back by itself and nothing was applied.
+        assert worker.process_once().claimed == 0
+    finally:
+        worker.close()
+    current = quota(db, locked)
+    assert current is not None
+    assert current["source_version"] == 1
+    assert quota(db, bystander) is None
+
+
+def test_backoff_grows_exponentially_with_equal_jitter_and_a_cap(db: DictConnection, dsn: str) -> None:
+    # equal jitter: base * 2^(n-1) * [0.5, 1.0], the exponential part capped
+    base, cap = 10.0, 60.0
+    expected = {1: (5.0, 10.0), 2: (10.0, 20.0), 3: (20.0, 40.0), 4: (30.0, 60.0), 5: (30.0, 60.0)}
+    locked = uuid.uuid4()
+    others = [uuid.uuid4() for _ in range(19)]
+    ingest(db, [titan_event(locked, 1, "INSERT")])
+    drain(dsn, settings())
+    ingest(db, [titan_event(locked, 2), *(titan_event(q, 1, "INSERT") for q in others)])
+    conf = settings(
+        statement_timeout_ms=300, max_attempts=6, backoff_base_seconds=base, backoff_cap_seconds=cap
+    )
+    worker = Worker(dsn, conf, "w-backoff")
+    seen: dict[int, list[float]] = {}
+    try:
+        with row_lock(dsn, "SELECT * FROM public.quota WHERE quota_id = %s FOR UPDATE", [locked]):
+            for n in range(1, 6):
+                make_due(db)
+                before = db_clock(db)
+                counts = worker.process_once()
+                after = db_clock(db)
+                assert (counts.claimed, counts.retried) == (20, 20), f"attempt {n}"
+                slack = (after - before).total_seconds()
+                rows = db.execute(
+                    "SELECT attempts, status, next_attempt_at FROM inbox.quota_events"
+                    " WHERE status <> 'applied'"
+                ).fetchall()
+                assert {(r["attempts"], r["status"]) for r in rows} == {(n, "pending")}
+                lo, hi = expected[n]
+                # The release ran between `before` and `after`: bound its delay from both sides.
+                delays_from_before = [(r["next_attempt_at"] - before).total_seconds() for r in rows]
+                delays_from_after = [(r["next_attempt_at"] - after).total_seconds() for r in rows]
+                assert min(delays_from_after) >= lo - slack - 0.01, (n, sorted(delays_from_after))
+                assert max(delays_from_before) <= hi + slack + 0.01, (n, sorted(delays_from_before))
+                seen[n] = delays_from_before
+                # Jitter: twenty events of one batch do not all wait exactly as long.
+                assert len({round(d, 3) for d in delays_from_before}) > 1
+    finally:
+        worker.close()
+    # The waits grow: every delay of attempt 2 is at least the shortest possible one of attempt 1's bound.
+    assert min(seen[2]) >= max(seen[1]) - 1.0
+    assert sum(seen[3]) / len(seen[3]) > sum(seen[2]) / len(seen[2]) > sum(seen[1]) / len(seen[1])
+    assert max(seen[5]) <= cap + 1.0  # capped
+    assert dead_letters(db) == []
+
+
+# -- a poison event ----------------------------------------------------------------------------------
+
+
+def test_a_poison_event_is_dead_lettered_and_the_rest_of_its_batch_is_applied(
+    db: DictConnection, dsn: str
+) -> None:
+    db.execute("ALTER TABLE public.quota ADD CONSTRAINT no_poison CHECK (metal_code <> 'POISON')")
+    poisoned = uuid.uuid4()
+    others = [uuid.uuid4() for _ in range(12)]
+    events = [
+        titan_event(poisoned, 1, "INSERT", qty_t=Decimal("1")),  # an earlier version, same quota
+        titan_event(poisoned, 2, "UPDATE", metal_code="POISON"),  # valid, but fails in SQL
+    ]
+    for i, q in enumerate(others):
+        events.append(titan_event(q, 1, "INSERT", qty_t=Decimal(i + 1)))
+        events.append(titan_event(q, 2, "UPDATE", qty_t=Decimal(i + 100)))
+    ingest(db, events)
+    conf = settings(batch_size=100)
+
+    counts = drain(dsn, conf)
+
+    assert counts.claimed == len(events)
+    assert counts.retried == 0
+    poison_row = inbox_row(db, poisoned, 2)
+    assert (poison_row["status"], poison_row["attempts"]) == ("dead", 1)
+    [letter] = dead_letters_for(db, poisoned)
+    assert (letter["error_class"], letter["version"], letter["retry_count"]) == ("apply_error", 2, 1)
+    assert "no_poison" in letter["error_message"]
+    assert "[23514]" in letter["error_message"]  # check_violation
+    assert len(dead_letters(db)) == 1
+    # Everything else of the batch: the poison's earlier version and every other quota.
+    assert inbox_row(db, poisoned, 1)["status"] == "applied"
+    row = quota(db, poisoned)
+    assert row is not None
+    assert (row["source_version"], row["metal_code"]) == (1, "CU")
+    for i, q in enumerate(others):
+        other = quota(db, q)
+        assert other is not None
+        assert (other["source_version"], other["qty_t"]) == (2, Decimal(i + 100))
+        assert inbox_row(db, q, 2)["status"] == "applied"
+
+    # Its quota's later events are not blocked.
+    ingest(db, [titan_event(poisoned, 3, "UPDATE", metal_code="CU", qty_t=Decimal("3"))])
+    later = drain(dsn, conf)
+    assert later.applied == 1
+    row = quota(db, poisoned)
+    assert row is not None
+    assert (row["source_version"], row["qty_t"]) == (3, Decimal("3"))
+
+
+def test_a_poison_event_superseded_in_its_own_batch_never_runs(db: DictConnection, dsn: str) -> None:
+    db.execute("ALTER TABLE public.quota ADD CONSTRAINT no_poison CHECK (metal_code <> 'POISON')")
+    q = uuid.uuid4()
+    ingest(db, [titan_event(q, 1, "INSERT", metal_code="POISON"), titan_event(q, 2, "UPDATE")])
+
+    counts = drain(dsn, settings())
+
+    assert (counts.applied, counts.stale, counts.dead) == (1, 1, 0)
+    row = quota(db, q)
+    assert row is not None
+    assert row["source_version"] == 2
+    assert dead_letters(db) == []
+
+
+def test_several_poison_events_in_one_batch_each_dead_letter_once(db: DictConnection, dsn: str) -> None:
+    db.execute("ALTER TABLE public.quota ADD CONSTRAINT no_poison CHECK (metal_code <> 'POISON')")
+    poisoned = [uuid.uuid4() for _ in range(3)]
+    healthy = [uuid.uuid4() for _ in range(29)]
+    ingest(
+        db,
+        [titan_event(q, 1, "INSERT", metal_code="POISON") for q in poisoned]
+        + [titan_event(q, 1, "INSERT") for q in healthy],
+    )
+
+    counts = drain(dsn, settings(batch_size=64))
+
+    assert (counts.applied, counts.dead) == (29, 3)
+    letters = dead_letters(db)
+    assert sorted(str(r["quota_id"]) for r in letters) == sorted(str(q) for q in poisoned)
+    assert {r["error_class"] for r in letters} == {"apply_error"}
+    assert db.execute("SELECT count(*) AS n FROM public.quota").fetchone() == {"n": 29}
+
+
+# -- dead workers and leases -------------------------------------------------------------------------
+
+
+def claim_and_die(dsn: str, conf: Settings, name: str) -> tuple[Worker, list[dict[str, Any]]]:
+    """A worker claims a batch and never finishes it (as if its process died)."""
+    worker = Worker(dsn, conf, name)
+    rows = worker.claim()
+    return worker, [prepare(row) for row in rows]
+
+
+def reap_when_expired(conn: DictConnection, conf: Settings, expected: BatchCounts) -> None:
+    total = BatchCounts()
+
+    def reaped_all() -> bool:
+        total.add(reap_expired_leases(conn, conf))
+        return (total.retried, total.dead) == (expected.retried, expected.dead)
+
+    wait_for(reaped_all, what=f"reaping {expected}")
+
+
+def test_rows_of_a_dead_worker_are_applied_by_another_after_the_lease_expires(
+    db: DictConnection, dsn: str
+) -> None:
+    quotas = [uuid.uuid4() for _ in range(5)]
+    ingest(db, [titan_event(q, 1, "INSERT", qty_t=Decimal("10")) for q in quotas])
+    short = settings(lease_seconds=0.2, backoff_base_seconds=0.05, backoff_cap_seconds=0.1)
+    dying, prepared = claim_and_die(dsn, short, "w-dying")
+    assert len(prepared) == 5
+    survivor = Worker(dsn, settings(backoff_base_seconds=0.05), "w-survivor")
+    try:
+        held = db.execute("SELECT status, lease_owner FROM inbox.quota_events").fetchall()
+        assert held == [{"status": "processing", "lease_owner": "w-dying"}] * 5
+        assert survivor.process_once().claimed == 0  # leased rows are not claimable
+
+        reap_when_expired(db, short, BatchCounts(retried=5))
+        for q in quotas:
+            row = inbox_row(db, q, 1)
+            assert (row["status"], row["lease_owner"], row["attempts"]) == ("pending", None, 1)
+            assert row["last_error"] == "lease expired before the worker finished"
+
+        applied = BatchCounts()
+
+        def survivor_applies() -> bool:
+            applied.add(survivor.process_once())
+            return applied.applied == 5
+
+        wait_for(survivor_applies, what="the survivor applying the events")
+        for q in quotas:
+            assert quota(db, q) is not None
+        # The quota moves on after the survivor's work.
+        ingest(db, [titan_event(quotas[0], 2, "UPDATE", qty_t=Decimal("20"))])
+        wait_for(lambda: survivor.process_once().applied == 1, what="version 2")
+        before = db.execute("SELECT * FROM inbox.quota_events ORDER BY quota_id, version").fetchall()
+        quota_before = db.execute("SELECT * FROM public.quota ORDER BY quota_id").fetchall()
+
+        late = dying.finish(prepared)
+
+        assert (late.not_owned, late.applied, late.stale, late.dead) == (5, 0, 0, 0)
+        assert db.execute("SELECT * FROM inbox.quota_events ORDER BY quota_id, version").fetchall() == before
+        assert db.execute("SELECT * FROM public.quota ORDER BY quota_id").fetchall() == quota_before
+        moved_on = quota(db, quotas[0])
+        assert moved_on is not None
+        assert moved_on["source_version"] == 2
+        assert dead_letters(db) == []
+    finally:
+        dying.close()
+        survivor.close()
+
+
+def test_a_late_finish_cannot_take_rows_another_worker_holds(db: DictConnection, dsn: str) -> None:
+    q = uuid.uuid4()
+    ingest(db, [titan_event(q, 1, "INSERT")])
+    short = settings(lease_seconds=0.2, backoff_base_seconds=0.05, backoff_cap_seconds=0.1)
+    dying, prepared = claim_and_die(dsn, short, "w-dying")
+    survivor = Worker(dsn, settings(), "w-survivor")
+    try:
+        reap_when_expired(db, short, BatchCounts(retried=1))
+        claimed: list[dict[str, Any]] = []
+
+        def survivor_claims() -> bool:
+            claimed.extend(survivor.claim())
+            return bool(claimed)
+
+        wait_for(survivor_claims, what="the survivor's claim")
+
+        late = dying.finish(prepared)
+
+        assert (late.not_owned, late.applied) == (1, 0)
+        row = inbox_row(db, q, 1)
+        assert (row["status"], row["lease_owner"], row["attempts"]) == ("processing", "w-survivor", 2)
+        assert quota(db, q) is None
+
+        done = survivor.finish([prepare(r) for r in claimed])
+        assert (done.applied, done.not_owned) == (1, 0)
+        assert inbox_row(db, q, 1)["status"] == "applied"
+        assert quota(db, q) is not None
+    finally:
+        dying.close()
+        survivor.close()
+
+
+def test_an_expired_lease_with_no_attempts_left_goes_to_dead_letters(db: DictConnection, dsn: str) -> None:
+    q = uuid.uuid4()
+    ingest(db, [titan_event(q, 1, "INSERT")])
+    short = settings(lease_seconds=0.2, max_attempts=2, backoff_base_seconds=0.05, backoff_cap_seconds=0.1)
+
+    first, _ = claim_and_die(dsn, short, "w-first")
+    reap_when_expired(db, short, BatchCounts(retried=1))
+    second: Worker | None = None
+    prepared: list[dict[str, Any]] = []
+
+    def claimed_again() -> bool:
+        nonlocal second
+        if second is not None:
+            second.close()
+        second, batch = claim_and_die(dsn, short, "w-second")
+        prepared.extend(batch)
+        return bool(batch)
+
+    try:
+        wait_for(claimed_again, what="the second claim")
+        reap_when_expired(db, short, BatchCounts(dead=1))
+
+        row = inbox_row(db, q, 1)
+        assert (row["status"], row["attempts"], row["lease_owner"]) == ("dead", 2, None)
+        [letter] = dead_letters_for(db, q)
+        assert letter["error_class"] == "retries_exhausted"
+        assert letter["retry_count"] == 2
+        assert "lease expired" in letter["error_message"]
+
+        assert second is not None
+        late = second.finish(prepared)
+        assert (late.not_owned, late.applied, late.dead) == (1, 0, 0)
+        assert inbox_row(db, q, 1)["status"] == "dead"
+        assert len(dead_letters_for(db, q)) == 1
+        assert quota(db, q) is None
+        assert reap_expired_leases(db, short) == BatchCounts()
+    finally:
+        first.close()
+        if second is not None:
+            second.close()
+
+
+def test_a_transient_failure_after_a_lost_connection_is_retried(db: DictConnection, dsn: str) -> None:
+    """The worker's connection is killed between claim and apply: the batch comes back, then applies."""
+    q = uuid.uuid4()
+    ingest(db, [titan_event(q, 1, "INSERT")])
+    conf = settings(backoff_base_seconds=0.05, backoff_cap_seconds=0.1, lease_seconds=0.5)
+    worker = Worker(dsn, conf, "w-cut")
+    try:
+        prepared = [prepare(r) for r in worker.claim()]
+        killed = db.execute(
+            "SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity WHERE application_name = %s",
+            ["quota-inbox w-cut"],
+        ).fetchall()
+        assert killed == [{"ok": True}]
+        wait_for(
+            lambda: (
+                db.execute(
+                    "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = 'quota-inbox w-cut'"
+                ).fetchone()
+                == {"n": 0}
+            ),
+            what="the backend to go",
+        )
+
+        counts = worker.finish(prepared)
+
+        # The apply failed on the lost connection; the release reconnected and gave the batch back.
+        assert (counts.retried, counts.applied, counts.dead) == (1, 0, 0)
+        row = inbox_row(db, q, 1)
+        assert (row["status"], row["lease_owner"], row["attempts"]) == ("pending", None, 1)
+        assert "terminating connection" in row["last_error"]
+        wait_for(lambda: worker.process_once().applied == 1, what="the retry")
+    finally:
+        worker.close()
+    row = inbox_row(db, q, 1)
+    assert (row["status"], row["attempts"]) == ("applied", 2)
+    assert quota(db, q) is not None

@@ -1,0 +1,191 @@
+"""inbox migrate: fresh database, re-run, edited-file refusal, unknown versions, racing migrators."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import replace
+
+import pytest
+
+import inbox.db.migrate as migrate_module
+from inbox.db.connect import DictConnection, connect
+from inbox.db.migrate import MigrationError, MigrationReport, migrate, pending_migrations
+from inbox.db.sqlfiles import Migration, migrations
+
+
+def _label(m: Migration) -> str:
+    return f"{m.version:03d}_{m.name}"
+
+
+def _recorded(dsn: str) -> list[tuple[int, str, str]]:
+    with connect(dsn, autocommit=True) as conn:
+        rows = conn.execute("SELECT version, name, checksum FROM inbox.schema_migrations ORDER BY version")
+        return [(int(r["version"]), str(r["name"]), str(r["checksum"])) for r in rows]
+
+
+def _relation_exists(conn: DictConnection, name: str) -> bool:
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL AS present", [name]).fetchone()
+    assert row is not None
+    return bool(row["present"])
+
+
+def test_fresh_database_gets_every_migration_with_its_checksum(empty_dsn: str) -> None:
+    shipped = migrations()
+    assert [m.version for m in shipped] == list(range(1, len(shipped) + 1))
+
+    report = migrate(empty_dsn)
+
+    assert report.applied == [_label(m) for m in shipped]
+    assert report.already == 0
+    recorded = _recorded(empty_dsn)
+    assert recorded == [(m.version, m.name, m.checksum) for m in shipped]
+    for (_, _, checksum), m in zip(recorded, shipped, strict=True):
+        assert checksum == hashlib.sha256(m.sql.encode("utf-8")).hexdigest()
+    with connect(empty_dsn, autocommit=True) as conn:
+        for relation in (
+            "public.quota",
+            "public.call_off",
+            "public.v_quota_balance",
+            "public.quota_processing_errors",
+            "inbox.quota_events",
+        ):
+            assert _relation_exists(conn, relation), relation
+        assert pending_migrations(conn) == []
+
+
+def test_rerun_is_a_no_op(empty_dsn: str) -> None:
+    migrate(empty_dsn)
+    before = _recorded(empty_dsn)
+    with connect(empty_dsn, autocommit=True) as conn:
+        applied_at = conn.execute("SELECT version, applied_at FROM inbox.schema_migrations").fetchall()
+
+    report = migrate(empty_dsn)
+
+    assert report == MigrationReport(applied=[], already=len(migrations()))
+    assert _recorded(empty_dsn) == before
+    with connect(empty_dsn, autocommit=True) as conn:
+        assert (
+            conn.execute("SELECT version, applied_at FROM inbox.schema_migrations").fetchall() == applied_at
+        )
+
+
+def test_unmigrated_database_reports_every_migration_pending(empty_dsn: str) -> None:
+    with connect(empty_dsn, autocommit=True) as conn:
+        assert pending_migrations(conn) == [_label(m) for m in migrations()]
+
+
+def test_an_edited_applied_migration_is_refused(
+    dsn: str, db: DictConnection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shipped = migrations()
+    edited = [replace(m, sql=m.sql + "\n-- a harmless edit\n") if m.version == 2 else m for m in shipped]
+    monkeypatch.setattr(migrate_module, "migrations", lambda: edited)
+    before = _recorded(dsn)
+
+    with pytest.raises(MigrationError, match=r"002_\w+ was changed after it was applied") as refused:
+        migrate(dsn)
+    assert "new migration" in str(refused.value)
+
+    with pytest.raises(MigrationError, match="changed after it was applied"):
+        pending_migrations(db)
+    assert _recorded(dsn) == before
+
+
+def test_an_edited_migration_is_refused_before_anything_new_is_applied(
+    dsn: str, db: DictConnection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shipped = migrations()
+    edited = [replace(m, sql=m.sql.replace("CREATE", "create", 1)) if m.version == 1 else m for m in shipped]
+    extra = Migration(len(shipped) + 1, "later_table", "CREATE TABLE public.later_table (id int);")
+    monkeypatch.setattr(migrate_module, "migrations", lambda: [*edited, extra])
+
+    with pytest.raises(MigrationError, match=r"001_\w+ was changed"):
+        migrate(dsn)
+
+    assert not _relation_exists(db, "public.later_table")
+    assert len(_recorded(dsn)) == len(shipped)
+
+
+def test_a_new_migration_is_applied_alone_and_recorded(
+    dsn: str, db: DictConnection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shipped = migrations()
+    extra = Migration(len(shipped) + 1, "later_table", "CREATE TABLE public.later_table (id int);")
+    monkeypatch.setattr(migrate_module, "migrations", lambda: [*shipped, extra])
+    assert pending_migrations(db) == [_label(extra)]
+
+    report = migrate(dsn)
+
+    assert report == MigrationReport(applied=[_label(extra)], already=len(shipped))
+    assert _relation_exists(db, "public.later_table")
+    assert _recorded(dsn)[-1] == (extra.version, extra.name, extra.checksum)
+    assert pending_migrations(db) == []
+
+
+def test_a_failing_migration_is_rolled_back_and_not_recorded(
+    dsn: str, db: DictConnection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shipped = migrations()
+    broken = Migration(
+        len(shipped) + 1,
+        "broken",
+        "CREATE TABLE public.half_done (id int);\nSELECT * FROM public.no_such_table;",
+    )
+    monkeypatch.setattr(migrate_module, "migrations", lambda: [*shipped, broken])
+
+    with pytest.raises(MigrationError, match=_label(broken)):
+        migrate(dsn)
+
+    assert not _relation_exists(db, "public.half_done")
+    assert len(_recorded(dsn)) == len(shipped)
+    # The lock was released: a fixed migration goes through on the next run.
+    fixed = replace(broken, sql="CREATE TABLE public.half_done (id int);")
+    monkeypatch.setattr(migrate_module, "migrations", lambda: [*shipped, fixed])
+    assert migrate(dsn).applied == [_label(fixed)]
+
+
+def test_a_database_with_a_migration_this_code_does_not_ship_is_refused(dsn: str, db: DictConnection) -> None:
+    future = len(migrations()) + 1
+    db.execute(
+        "INSERT INTO inbox.schema_migrations (version, name, checksum) VALUES (%s, 'from_the_future', 'abc')",
+        [future],
+    )
+
+    with pytest.raises(MigrationError, match=rf"{future:03d}_from_the_future.*does not ship"):
+        migrate(dsn)
+    with pytest.raises(MigrationError, match="does not ship"):
+        pending_migrations(db)
+
+
+def test_racing_migrators_both_succeed_and_record_each_migration_once(empty_dsn: str) -> None:
+    shipped = migrations()
+    racers = 4
+    barrier = threading.Barrier(racers)
+    reports: list[MigrationReport] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def run() -> None:
+        barrier.wait()
+        try:
+            report = migrate(empty_dsn)
+        except BaseException as exc:
+            with lock:
+                errors.append(exc)
+            return
+        with lock:
+            reports.append(report)
+
+    threads = [threading.Thread(target=run) for _ in range(racers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+
+    assert errors == []
+    assert len(reports) == racers
+    applied = [label for report in reports for label in report.applied]
+    assert sorted(applied) == sorted(_label(m) for m in shipped)
+    assert sorted(len(report.applied) for report in reports) == [0] * (racers - 1) + [len(shipped)]
+    assert _recorded(empty_dsn) == [(m.version, m.name, m.checksum) for m in shipped]

@@ -1,0 +1,115 @@
+"""Idle workers wake on LISTEN/NOTIFY; without a NOTIFY the poll fallback still finds the event."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+
+from psycopg.types.json import Jsonb
+
+from inbox.apply.pool import WorkerPool
+from inbox.db.connect import DictConnection
+from inbox.settings import Settings
+from tests.helpers import event_status, ingest, quota, titan_event, to_json
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+def _idle(pool: WorkerPool) -> None:
+    """Wait until the listener listens, then give the workers time to find nothing and go to sleep."""
+    assert pool.listener.listening.wait(30), "the listener never started listening"
+    time.sleep(1.0)
+
+
+def test_notify_wakes_idle_workers_long_before_the_poll_interval(dsn: str, db: DictConnection) -> None:
+    settings = Settings(poll_seconds=30, workers=2, reap_interval_seconds=60)
+    quota_id = uuid.uuid4()
+    with WorkerPool(dsn, settings) as pool:
+        _idle(pool)
+        generation = pool.waker.generation
+
+        ingest(db, [titan_event(quota_id, 1, "INSERT")])
+
+        # The poll fallback alone would take up to 30 s; a NOTIFY brings it well within 5 s.
+        applied = _wait_for(lambda: event_status(db, quota_id, 1) == "applied", 5.0)
+        woken = pool.waker.generation
+    assert applied, f"not applied within 5 s (status {event_status(db, quota_id, 1)})"
+    assert woken > generation, "the workers were not woken by a NOTIFY"
+    assert quota(db, quota_id) is not None
+
+
+def test_every_ingest_wakes_the_workers_again(dsn: str, db: DictConnection) -> None:
+    settings = Settings(poll_seconds=30, workers=2, reap_interval_seconds=60)
+    ids = [uuid.uuid4() for _ in range(3)]
+    with WorkerPool(dsn, settings) as pool:
+        _idle(pool)
+        for quota_id in ids:
+            generation = pool.waker.generation
+            ingest(db, [titan_event(quota_id, 1, "INSERT")])
+            assert _wait_for(_applied(db, quota_id), 5.0), quota_id
+            assert pool.waker.generation > generation
+            time.sleep(0.3)  # idle again before the next one
+
+
+def _applied(db: DictConnection, quota_id: uuid.UUID) -> Callable[[], bool]:
+    return lambda: event_status(db, quota_id, 1) == "applied"
+
+
+def test_a_duplicate_sends_no_wakeup(dsn: str, db: DictConnection) -> None:
+    settings = Settings(poll_seconds=30, workers=1, reap_interval_seconds=60)
+    event = titan_event(uuid.uuid4(), 1, "INSERT")
+    ingest(db, [event])
+    with WorkerPool(dsn, settings) as pool:
+        _idle(pool)
+        assert event_status(db, event["data"]["quota_id"], 1) == "applied"
+        generation = pool.waker.generation
+
+        result = ingest(db, [event])
+        time.sleep(1.0)
+
+        assert (result.accepted, result.duplicates) == (0, 1)
+        assert pool.waker.generation == generation
+
+
+def test_poll_fallback_applies_an_event_that_sent_no_notify(dsn: str, db: DictConnection) -> None:
+    settings = Settings(poll_seconds=0.5, workers=1, reap_interval_seconds=60)
+    quota_id = uuid.uuid4()
+    payload = titan_event(quota_id, 1, "INSERT")
+    with WorkerPool(dsn, settings) as pool:
+        _idle(pool)
+        generation = pool.waker.generation
+
+        # Straight into the table, bypassing inbox.ingest_events: no NOTIFY is sent.
+        db.execute(
+            "INSERT INTO inbox.quota_events (quota_id, version, is_delete, payload, source) "
+            "VALUES (%s, 1, false, %s::jsonb, 'sink')",
+            [quota_id, to_json(payload)],
+        )
+
+        applied = _wait_for(lambda: event_status(db, quota_id, 1) == "applied", 15.0)
+        woken = pool.waker.generation
+    assert applied, f"the poll fallback did not apply the event (status {event_status(db, quota_id, 1)})"
+    assert woken == generation, "a wake-up arrived, so this did not test the poll fallback"
+    assert quota(db, quota_id) is not None
+
+
+def test_workers_apply_events_stored_before_the_pool_started(dsn: str, db: DictConnection) -> None:
+    quota_id = uuid.uuid4()
+    db.execute(
+        "INSERT INTO inbox.quota_events (quota_id, version, is_delete, payload, source) "
+        "VALUES (%s, 1, false, %s, 'sink')",
+        [quota_id, Jsonb(titan_event(quota_id, 1, "INSERT", qty_t="3.5"))],
+    )
+    with WorkerPool(dsn, Settings(poll_seconds=30, workers=2, reap_interval_seconds=60)):
+        assert _wait_for(lambda: event_status(db, quota_id, 1) == "applied", 10.0)
+    row = quota(db, quota_id)
+    assert row is not None
+    assert str(row["qty_t"]) == "3.5"
