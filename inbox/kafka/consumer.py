@@ -1,0 +1,261 @@
+"""`inbox consume`: a consumer group member that moves Titan's topic into the inbox in batches.
+
+The delivery contract, at-least-once made effectively-once by the inbox key:
+* one transaction per batch (events and rejects); offsets are stored in librdkafka and committed,
+  synchronously, only after that transaction commits. Auto-commit is off.
+* a crash loses nothing: what was not committed is read again, and a redelivered event is a no-op.
+* database down: the batch in hand is kept, the partitions are paused (the group still gets its
+  heartbeats and rebalances), storing is retried with a growing delay, fetching resumes after.
+  Nothing unstored is ever committed; partitions revoked meanwhile are dropped from the batch.
+* revocation: stored offsets are committed before the partitions go; SIGTERM finishes the batch in
+  hand (if the database takes it), commits, and leaves the group.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from inbox.db.connect import DictConnection, connect, set_worker_session
+from inbox.db.migrate import pending_migrations
+from inbox.kafka.batch import Batch
+from inbox.kafka.store import store_batch
+from inbox.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# The consumer's correctness rests on these: nothing is committed that the database has not stored.
+FIXED_CONFIG = {"enable.auto.commit": False, "enable.auto.offset.store": False}
+RETRY_FIRST_SECONDS = 0.5
+RETRY_MAX_SECONDS = 10.0
+# While paused, how often to serve the group (rebalance callbacks run inside consume()).
+SERVE_GROUP_SECONDS = 0.2
+
+
+class KafkaSetupError(Exception):
+    """The consumer cannot start as configured; no traceback needed."""
+
+
+def consumer_config(settings: Settings) -> dict[str, Any]:
+    extra = dict(settings.kafka_config_json)
+    forced = sorted(set(extra) & set(FIXED_CONFIG))
+    if forced:
+        raise KafkaSetupError(
+            f"INBOX_KAFKA_CONFIG_JSON may not set {', '.join(forced)}: "
+            "the consumer commits offsets itself, after the database has stored the batch"
+        )
+    return {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "group.id": settings.kafka_group,
+        "client.id": f"quota-inbox-{socket.gethostname()}-{os.getpid()}",
+        # A new group starts at the beginning of the topic: no event published before it is missed.
+        "auto.offset.reset": "earliest",
+        **extra,
+        **FIXED_CONFIG,
+    }
+
+
+@dataclass
+class ConsumeStats:
+    messages: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    skipped: int = 0
+    batches: int = 0
+    store_failures: int = 0
+    partitions: set[str] = field(default_factory=set)  # every partition held at some point
+
+    def as_log(self) -> dict[str, Any]:
+        return {**self.__dict__, "partitions": sorted(self.partitions)}
+
+
+class KafkaIngestor:
+    """Runs until stop is set; one instance per process (or thread), each a member of the group."""
+
+    def __init__(self, dsn: str, settings: Settings, stop: threading.Event) -> None:
+        self.dsn = dsn
+        self.settings = settings
+        self.stop = stop
+        self.stats = ConsumeStats()
+        self._conn: DictConnection | None = None
+        self._in_hand: Batch | None = None  # the batch being stored, for the rebalance callbacks
+        self._consumer: Consumer | None = None
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def run(self) -> ConsumeStats:
+        self._consumer = consumer = Consumer(consumer_config(self.settings))
+        consumer.subscribe(
+            [self.settings.kafka_topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        log.info("consuming", extra={"topic": self.settings.kafka_topic, "group": self.settings.kafka_group})
+        try:
+            while not self.stop.is_set():
+                batch = self._next_batch(consumer)
+                if batch and self._store(consumer, batch):
+                    self._commit(consumer, batch)
+        finally:
+            consumer.close()  # revokes the partitions (committing what is stored) and leaves the group
+            self._close_db()
+            log.info("consumer stopped", extra=self.stats.as_log())
+        return self.stats
+
+    def _next_batch(self, consumer: Consumer) -> Batch:
+        batch = Batch()
+        messages = consumer.consume(self.settings.kafka_batch_size, self.settings.kafka_batch_wait_seconds)
+        self._add(batch, messages)
+        return batch
+
+    def _add(self, batch: Batch, messages: list[Message]) -> None:
+        for message in messages:
+            error = message.error()
+            if error is None:
+                batch.add(message)
+            elif error.fatal():
+                raise KafkaException(error)
+            elif error.code() != KafkaError._PARTITION_EOF:
+                log.warning("kafka: %s", error.str())
+        self.stats.messages += sum(1 for m in messages if m.error() is None)
+
+    # -- storing, and waiting out the database ----------------------------------------------------
+
+    def _store(self, consumer: Consumer, batch: Batch) -> bool:
+        """Store the batch, however long the database is away. False: given up (stopping, or every
+        partition of the batch revoked meanwhile); nothing of it is committed then."""
+        self._in_hand = batch
+        delay = RETRY_FIRST_SECONDS
+        paused = False
+        try:
+            while not self._try_store(batch):
+                paused = True
+                self._serve_group_paused(consumer, batch, delay)
+                if self.stop.is_set() or not batch:
+                    return False
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
+            if paused:
+                log.info("database back: the batch in hand is stored, fetching resumes")
+            return True
+        finally:
+            self._in_hand = None
+            if paused and consumer.assignment():
+                consumer.resume(consumer.assignment())
+
+    def _try_store(self, batch: Batch) -> bool:
+        try:
+            stored = store_batch(self._db(), batch)
+        except psycopg.Error as exc:
+            # Connection lost, server restarting, deadlock, timeout, even a dropped table: the
+            # batch stays in hand and is stored once the database takes it again.
+            self.stats.store_failures += 1
+            log.warning("could not store the batch; will retry", extra={"error": str(exc).strip()})
+            self._close_db()
+            return False
+        self.stats.batches += 1
+        self.stats.accepted += stored.accepted
+        self.stats.duplicates += stored.duplicates
+        self.stats.rejected += stored.rejected
+        self.stats.skipped += sum(batch.skipped.values())
+        log.debug("batch stored", extra={**stored.__dict__, "skipped": batch.skipped})
+        return True
+
+    def _serve_group_paused(self, consumer: Consumer, batch: Batch, seconds: float) -> None:
+        """Wait with every assigned partition paused, while the group may rebalance (its callbacks
+        run inside consume()). A message fetched just before a pause joins the batch in hand."""
+        deadline = time.monotonic() + seconds
+        while not self.stop.is_set():
+            assigned = consumer.assignment()
+            if assigned:
+                consumer.pause(assigned)  # again each round: a partition assigned meanwhile waits too
+            self._add(batch, consumer.consume(self.settings.kafka_batch_size, SERVE_GROUP_SECONDS))
+            if time.monotonic() >= deadline:
+                return
+
+    # -- offsets ----------------------------------------------------------------------------------
+
+    def _commit(self, consumer: Consumer, batch: Batch) -> None:
+        """Store the batch's offsets in librdkafka, then commit them synchronously. A failed commit
+        (rebalance, broker away) only means a redelivery, which the inbox absorbs; the stored offsets
+        are retried with the next commit or on revocation."""
+        offsets = [
+            TopicPartition(topic, partition, offset)
+            for (topic, partition), offset in batch.next_offsets.items()
+        ]
+        try:
+            consumer.store_offsets(offsets=offsets)
+            consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            log.warning("offsets not committed (they will be read again)", extra={"error": str(exc)})
+
+    def _commit_stored(self, consumer: Consumer) -> None:
+        try:
+            consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError._NO_OFFSET:
+                log.warning("offsets not committed on revocation", extra={"error": str(exc)})
+
+    # -- rebalance callbacks (run inside consume()) -----------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        names = _names(partitions)
+        self.stats.partitions.update(names)
+        log.info("partitions assigned", extra={"partitions": names})
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._commit_stored(consumer)
+        self._forget(partitions)
+        log.info("partitions revoked", extra={"partitions": _names(partitions)})
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Already someone else's: committing would fail, and their messages will be read again.
+        self._forget(partitions)
+        log.warning("partitions lost", extra={"partitions": _names(partitions)})
+
+    def _forget(self, partitions: list[TopicPartition]) -> None:
+        if self._in_hand is not None:
+            self._in_hand.drop({(p.topic, p.partition) for p in partitions})
+
+    # -- the database connection ------------------------------------------------------------------
+
+    def _db(self) -> DictConnection:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = connect(self.dsn, autocommit=True, application_name="quota-inbox consume")
+            set_worker_session(
+                self._conn,
+                statement_timeout_ms=self.settings.effective_statement_timeout_ms(),
+                application_name="quota-inbox consume",
+            )
+        return self._conn
+
+    def _close_db(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def _names(partitions: list[TopicPartition]) -> list[str]:
+    return sorted(f"{p.topic}[{p.partition}]" for p in partitions)
+
+
+def check_schema(dsn: str) -> None:
+    """Refuse to start against a database whose migrations are behind; an unreachable one is fine
+    (the consumer waits for it like for any outage)."""
+    try:
+        with connect(dsn, autocommit=True, application_name="quota-inbox consume") as conn:
+            pending = pending_migrations(conn)
+    except psycopg.OperationalError as exc:
+        log.warning("database unreachable at start; the consumer will wait for it", extra={"error": str(exc)})
+        return
+    if pending:
+        raise KafkaSetupError(f"migrations not applied: {', '.join(pending)}; run `inbox migrate`")

@@ -1,0 +1,73 @@
+"""Store one consumed batch in one transaction: its events in the inbox, its rejects beside them."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from inbox.db.connect import DictConnection
+from inbox.db.sqlfiles import query
+from inbox.ingest import store
+from inbox.kafka.batch import Batch, Event, Reject, parsed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Stored:
+    accepted: int
+    duplicates: int
+    rejected: int
+
+
+def store_batch(conn: DictConnection, batch: Batch) -> Stored:
+    """One transaction: the events (a redelivery is a no-op) and the rejects, or nothing at all."""
+    with conn.transaction():
+        accepted, duplicates, refused = _store_events(conn, batch.events)
+        rejects = [*batch.rejects, *refused]
+        if rejects:
+            conn.execute(query("insert_rejects"), _reject_columns(rejects))
+    return Stored(accepted, duplicates, len(rejects))
+
+
+def _store_events(conn: DictConnection, events: list[Event]) -> tuple[int, int, list[Reject]]:
+    """(accepted, duplicates, events PostgreSQL refused). store() runs in a savepoint here, so when
+    PostgreSQL refuses a value Python accepted (a lone UTF-16 surrogate escape, say), the batch is
+    halved until the culprit is alone; it becomes a reject and the rest is stored."""
+    if not events:
+        return 0, 0, []
+    try:
+        result = store(conn, parsed(events), "kafka")
+    except psycopg.DataError as exc:
+        if len(events) == 1:
+            (event,) = events
+            log.warning(
+                "PostgreSQL refused an event", extra={"offset": event.origin.offset, "error": str(exc)}
+            )
+            return 0, 0, [_refused(event, exc)]
+        middle = len(events) // 2
+        first, second = _store_events(conn, events[:middle]), _store_events(conn, events[middle:])
+        return first[0] + second[0], first[1] + second[1], first[2] + second[2]
+    return result.accepted, result.duplicates, []
+
+
+def _refused(event: Event, exc: psycopg.Error) -> Reject:
+    return Reject(
+        event.origin, event.text.encode("utf-8"), f"PostgreSQL refused the event: {str(exc).strip()}"
+    )
+
+
+def _reject_columns(rejects: list[Reject]) -> dict[str, list[object]]:
+    return {
+        "topics": [r.origin.topic for r in rejects],
+        "partitions": [r.origin.partition for r in rejects],
+        "offsets": [r.origin.offset for r in rejects],
+        "keys": [r.origin.key for r in rejects],
+        "raws": [r.raw for r in rejects],
+        "headers": [Jsonb(r.origin.headers) for r in rejects],
+        # text cannot hold NUL; a reason may quote the message
+        "reasons": [r.reason.replace("\x00", "\\x00") for r in rejects],
+    }

