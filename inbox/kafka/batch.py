@@ -58,7 +58,7 @@ class Batch:
 
     events: list[Event] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
-    skipped: dict[str, int] = field(default_factory=dict)
+    skips: list[tuple[Partition, str]] = field(default_factory=list)  # (where, "tombstone"/"truncate")
     # the next offset to consume per partition: what to commit once this batch is stored
     next_offsets: dict[Partition, int] = field(default_factory=dict)
 
@@ -76,13 +76,14 @@ class Batch:
         elif isinstance(item, Reject):
             self.rejects.append(item)
         else:
-            self.skipped[item] = self.skipped.get(item, 0) + 1
+            self.skips.append((origin.where, item))
         self.next_offsets[origin.where] = max(self.next_offsets.get(origin.where, 0), origin.offset + 1)
 
     def drop(self, partitions: set[Partition]) -> None:
         """Forget what came from partitions this consumer no longer owns: their next owner reads it again."""
         self.events = [e for e in self.events if e.origin.where not in partitions]
         self.rejects = [r for r in self.rejects if r.origin.where not in partitions]
+        self.skips = [s for s in self.skips if s[0] not in partitions]
         self.next_offsets = {p: o for p, o in self.next_offsets.items() if p not in partitions}
 
     def __bool__(self) -> bool:

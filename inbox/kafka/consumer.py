@@ -88,12 +88,18 @@ class KafkaIngestor:
         self.stats = ConsumeStats()
         self._conn: DictConnection | None = None
         self._in_hand: Batch | None = None  # the batch being stored, for the rebalance callbacks
-        self._consumer: Consumer | None = None
+        self._last_logged: dict[int, float] = {}  # kafka error code -> when it was last logged
 
     # -- the loop ---------------------------------------------------------------------------------
 
     def run(self) -> ConsumeStats:
-        self._consumer = consumer = Consumer(consumer_config(self.settings))
+        consumer = Consumer(
+            {
+                **consumer_config(self.settings),
+                "logger": logging.getLogger("librdkafka"),
+                "error_cb": self._on_error,
+            }
+        )
         consumer.subscribe(
             [self.settings.kafka_topic],
             on_assign=self._on_assign,
@@ -123,11 +129,19 @@ class KafkaIngestor:
             error = message.error()
             if error is None:
                 batch.add(message)
-            elif error.fatal():
-                raise KafkaException(error)
-            elif error.code() != KafkaError._PARTITION_EOF:
-                log.warning("kafka: %s", error.str())
-        self.stats.messages += sum(1 for m in messages if m.error() is None)
+                self.stats.messages += 1
+            else:
+                self._on_error(error)
+
+    def _on_error(self, error: KafkaError) -> None:
+        """librdkafka retries by itself (brokers away, leader moves); log each kind of error at most
+        every half minute. A fatal error ends the consumer."""
+        if error.fatal():
+            raise KafkaException(error)
+        now = time.monotonic()
+        if error.code() != KafkaError._PARTITION_EOF and now - self._last_logged.get(error.code(), -60) >= 30:
+            self._last_logged[error.code()] = now
+            log.warning("kafka: %s", error.str())
 
     # -- storing, and waiting out the database ----------------------------------------------------
 
@@ -166,8 +180,8 @@ class KafkaIngestor:
         self.stats.accepted += stored.accepted
         self.stats.duplicates += stored.duplicates
         self.stats.rejected += stored.rejected
-        self.stats.skipped += sum(batch.skipped.values())
-        log.debug("batch stored", extra={**stored.__dict__, "skipped": batch.skipped})
+        self.stats.skipped += len(batch.skips)
+        log.debug("batch stored", extra={**stored.__dict__, "skipped": len(batch.skips)})
         return True
 
     def _serve_group_paused(self, consumer: Consumer, batch: Batch, seconds: float) -> None:
