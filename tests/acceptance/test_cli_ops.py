@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 
 from inbox.db.connect import DictConnection
+from tests.acceptance.conftest import UNREACHABLE_DSN
 from tests.helpers import dead_letters, drain, event_status, ingest, quota, titan_event, to_json
 
 REPO = Path(__file__).resolve().parents[2]
-UNREACHABLE_DSN = "postgresql://postgres@127.0.0.1:1/postgres?connect_timeout=1"
 
 
 def run_inbox(

@@ -16,9 +16,8 @@ from inbox.apply.worker import reap_expired_leases
 from inbox.db.connect import DictConnection, connect
 from inbox.jobs import DatabaseWatch, check_alerts, purge_finished
 from inbox.settings import Settings
+from tests.acceptance.conftest import UNREACHABLE_DSN
 from tests.helpers import dead_letters, drain, event_status, ingest, quota, titan_event
-
-UNREACHABLE_DSN = "postgresql://postgres@127.0.0.1:1/postgres?connect_timeout=1"
 
 
 def _one(conn: DictConnection, sql: str, params: Any = None) -> dict[str, Any]:
