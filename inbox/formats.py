@@ -15,8 +15,8 @@ unscaled value's two's-complement bytes, the scale in the schema) or a VariableS
 (``{scale, value}``); DATE as days since 1970-01-01 (io.debezium.time.Date, Connect Date);
 timestamps without a zone as milli/micro/nanoseconds since the epoch. Without the wrapper the scale
 of a Connect Decimal is unknown, so decimals must arrive as numbers or numeric text
-(decimal.handling.mode=string or double); an integer period_month still means days since
-1970-01-01, Debezium's default for DATE.
+(decimal.handling.mode=string or double); an integer period_month (or its digits, as a JDBC sink
+writes it into a text column) still means days since 1970-01-01, Debezium's default for DATE.
 
 Not events, and so never stored (see skip_reason): a tombstone (a null value, which Debezium sends
 after each delete) and a Debezium truncate.
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
@@ -67,6 +68,7 @@ TIMESTAMP_TYPES = {
     "io.debezium.time.NanoTimestamp": 1_000_000_000,
 }
 _EPOCH_DAY = date(1970, 1, 1)
+_DAY_COUNT = re.compile(r"-?\d{1,7}")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -239,11 +241,14 @@ def _decode(name: str, value: Any, schema: dict[str, Any], errors: list[str]) ->
         # A VariableScaleDecimal carries its own scale, so its shape is enough to know it.
         if isinstance(value, dict) and value.keys() == {"scale", "value"}:
             return connect_decimal(value["value"], value["scale"])
-        if isinstance(value, int) and not isinstance(value, bool):
-            if name == "period_month" and (logical is None or logical in DATE_TYPES):
+        if name == "period_month" and (logical is None or logical in DATE_TYPES):
+            # Days since 1970-01-01: a number, or its digits when a JDBC sink wrote it to a text column.
+            if isinstance(value, int) and not isinstance(value, bool):
                 return epoch_day(value).isoformat()
-            if logical in TIMESTAMP_TYPES:
-                return epoch_timestamp(value, TIMESTAMP_TYPES[logical]).isoformat()
+            if isinstance(value, str) and _DAY_COUNT.fullmatch(value):
+                return epoch_day(int(value)).isoformat()
+        if isinstance(value, int) and not isinstance(value, bool) and logical in TIMESTAMP_TYPES:
+            return epoch_timestamp(value, TIMESTAMP_TYPES[logical]).isoformat()
     except (ValueError, OverflowError) as exc:
         errors.append(f"{name} cannot be decoded: {exc}")
     return value

@@ -7,7 +7,8 @@ varchar, decimals as numeric, dates and timestamps typed):
   (used when no field is a Connect Decimal, i.e. with decimal.handling.mode=string).
 * Confluent JDBC sink, insert.mode=upsert: quoted identifiers, ?::uuid, ON CONFLICT DO UPDATE.
 * Confluent JDBC sink, insert.mode=insert: quoted identifiers, a plain INSERT; the connector fails
-  unless each statement reports one row.
+  unless each statement reports one row. Also with period_month as Debezium's day count, which
+  Confluent binds as an integer unless the source uses time.precision.mode=connect.
 """
 
 from __future__ import annotations
@@ -95,7 +96,9 @@ class Record:
     tolerance_pct: Decimal | None = Decimal("0")  # falsy but valid: must survive
     deleted: bool = False
 
-    def values(self, *, decimals_as_text: bool = False, timestamp_as_text: bool = False) -> list[Any]:
+    def values(
+        self, *, decimals_as_text: bool = False, timestamp_as_text: bool = False, date_as_days: bool = False
+    ) -> list[Any]:
         def number(value: Decimal | None) -> Decimal | str | None:
             return str(value) if decimals_as_text and value is not None else value
 
@@ -105,7 +108,7 @@ class Record:
             self.version,
             "CP-7",
             "SELL",
-            date(2026, 3, 31),
+            (date(2026, 3, 31) - date(1970, 1, 1)).days if date_as_days else date(2026, 3, 31),
             number(self.qty_t),
             number(self.tolerance_pct),
             "FOB",
@@ -148,6 +151,8 @@ SHAPES: dict[str, Deliver] = {
     "debezium-unnest": _unnest,
     "confluent-upsert": _row_by_row(CONFLUENT_UPSERT, timestamp_as_text=True),
     "confluent-insert": _row_by_row(CONFLUENT_INSERT, timestamp_as_text=True),
+    # Confluent binds Debezium's default DATE encoding (io.debezium.time.Date) as a plain integer.
+    "confluent-insert-day-count": _row_by_row(CONFLUENT_INSERT, timestamp_as_text=True, date_as_days=True),
 }
 
 

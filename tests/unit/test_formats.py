@@ -140,6 +140,18 @@ def test_days_since_epoch_before_1970_and_unwrapped() -> None:
     assert row.period_month == date(1969, 12, 1)
 
 
+def test_day_count_digits_from_a_text_column_are_a_date() -> None:
+    """A JDBC sink writes Debezium's integer DATE into the sink table's text column as digits."""
+    record = flattened_record(QUOTA_ID, 1)
+    record["period_month"] = "20573"  # 2026-04-30
+
+    row = interpret(record)
+    assert row is not None
+    assert row.period_month == date(2026, 4, 1)
+    record["period_month"] = "2026-4-30"
+    assert "period_month must be a date YYYY-MM-DD" in reasons(record)
+
+
 def test_integer_timestamps_are_decoded_by_their_schema() -> None:
     event = debezium_event(QUOTA_ID, 1, wrapped=True, decimal_mode="precise")
     after_schema = event["schema"]["fields"][1]
