@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     kafka_batch_wait_seconds: float = Field(
         0.1, gt=0, description="How long `inbox consume` waits for a batch to fill before storing it."
     )
+    kafka_alive_file: Path | None = Field(
+        None, description="When set, `inbox consume` touches this file every second or so: a liveness probe."
+    )
     workers: int = Field(2, ge=1, le=64, description="Worker threads that claim and apply events.")
     batch_size: int = Field(500, ge=1, le=10_000, description="Events claimed per batch.")
     max_attempts: int = Field(

@@ -89,6 +89,7 @@ class KafkaIngestor:
         self._conn: DictConnection | None = None
         self._in_hand: Batch | None = None  # the batch being stored, for the rebalance callbacks
         self._last_logged: dict[int, float] = {}  # kafka error code -> when it was last logged
+        self._last_beat = 0.0
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -119,6 +120,7 @@ class KafkaIngestor:
         return self.stats
 
     def _next_batch(self, consumer: Consumer) -> Batch:
+        self._beat()
         batch = Batch()
         messages = consumer.consume(self.settings.kafka_batch_size, self.settings.kafka_batch_wait_seconds)
         self._add(batch, messages)
@@ -189,12 +191,24 @@ class KafkaIngestor:
         run inside consume()). A message fetched just before a pause joins the batch in hand."""
         deadline = time.monotonic() + seconds
         while not self.stop.is_set():
+            self._beat()  # waiting for the database is alive and well
             assigned = consumer.assignment()
             if assigned:
                 consumer.pause(assigned)  # again each round: a partition assigned meanwhile waits too
             self._add(batch, consumer.consume(self.settings.kafka_batch_size, SERVE_GROUP_SECONDS))
             if time.monotonic() >= deadline:
                 return
+
+    def _beat(self) -> None:
+        """Touch INBOX_KAFKA_ALIVE_FILE (at most once a second): proof for a probe that the loop turns."""
+        alive_file, now = self.settings.kafka_alive_file, time.monotonic()
+        if alive_file is None or now - self._last_beat < 1.0:
+            return
+        self._last_beat = now
+        try:
+            alive_file.touch()
+        except OSError as exc:
+            log.warning("cannot touch the alive file", extra={"path": str(alive_file), "error": str(exc)})
 
     # -- offsets ----------------------------------------------------------------------------------
 

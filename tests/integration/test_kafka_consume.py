@@ -366,11 +366,13 @@ def test_two_consumer_processes_share_the_partitions(
     dsn: str,
     processes: Callable[[dict[str, str]], ConsumerProcess],
     counter: Callable[[str], InboxCounter],
+    tmp_path: Path,
 ) -> None:
     inbox_count = counter(dsn)
     stream = quota_stream(random.Random(2), 3000)
     env = feed.env(dsn, INBOX_KAFKA_BATCH_SIZE="100")
-    one = processes(env)
+    alive_file = tmp_path / "consume.alive"
+    one = processes({**env, "INBOX_KAFKA_ALIVE_FILE": str(alive_file)})
     wait_for(one.holds_partitions, "the first consumer to join")
     two = processes(env)
     wait_for(lambda: one.holds_partitions() and two.holds_partitions(), "both consumers to hold partitions")
@@ -381,6 +383,7 @@ def test_two_consumer_processes_share_the_partitions(
     feed.produce(stream.messages, pace=0.002)
     wait_for(lambda: inbox_count() == len(stream.keys), "every distinct event")
     wait_for(feed.all_committed, "every offset committed")
+    assert time.time() - alive_file.stat().st_mtime < 5  # the liveness probe's file is fresh
     stats = [one.terminate(), two.terminate()]
 
     assert all(s.accepted > 0 for s in stats), stats
