@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import signal
 import sys
 import threading
@@ -11,8 +12,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
+import pydantic
 import uvicorn
 
+from inbox.db.connect import with_role
 from inbox.db.embedded import start_embedded
 from inbox.db.migrate import MigrationError, migrate
 from inbox.db.pgmq_setup import PgmqUnavailable
@@ -48,8 +51,27 @@ def settings_help() -> str:
 
 def database_url(settings: Settings) -> str:
     if settings.database_url:
-        return settings.database_url
+        return settings.database_url.get_secret_value()
     return start_embedded(settings.data_dir, cleanup="stop")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name may resolve to anything: not provably this machine
+
+
+def require_webhook_auth(settings: Settings) -> None:
+    """POST /events writes into a system of record: beyond this machine, only with a credential."""
+    if settings.api_token or settings.hmac_secret or is_loopback(settings.http_host):
+        return
+    raise CliError(
+        f"refusing to listen on {settings.http_host!r} without INBOX_API_TOKEN or INBOX_HMAC_SECRET: "
+        "anyone who reaches the port could write quota events (set one, or listen on 127.0.0.1)"
+    )
 
 
 def _migrate(dsn: str) -> None:
@@ -81,6 +103,7 @@ def _server(settings: Settings, dsn: str) -> uvicorn.Server:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
+    require_webhook_auth(settings)
     _server(settings, database_url(settings)).run()
 
 
@@ -97,7 +120,7 @@ def _wait_for_signal(stop: threading.Event) -> None:
 def cmd_work(args: argparse.Namespace, settings: Settings) -> None:
     from inbox.apply.pool import WorkerPool
 
-    dsn = database_url(settings)
+    dsn = with_role(database_url(settings), settings.worker_role)
     stop = threading.Event()
     with WorkerPool(dsn, settings, args.concurrency):
         print(f"workers running ({args.concurrency or settings.workers}); Ctrl-C to stop", file=sys.stderr)
@@ -108,11 +131,12 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> None:
     """The main job: migrate, then serve HTTP and apply events in one process."""
     from inbox.apply.pool import WorkerPool
 
+    require_webhook_auth(settings)
     dsn = database_url(settings)
     _migrate(dsn)
     server = _server(settings, dsn)
     thread = threading.Thread(target=server.run, name="http", daemon=True)
-    with WorkerPool(dsn, settings, args.concurrency):
+    with WorkerPool(with_role(dsn, settings.worker_role), settings, args.concurrency):
         thread.start()
         while not server.started:
             if not thread.is_alive():
@@ -195,17 +219,30 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--follow", "-f", action="store_true", help="keep printing new messages")
     tail.add_argument("--ack", action="store_true", help="consume: read, print, then archive each page")
 
-    from inbox import ops  # here, not at the top: inbox.ops imports this module
+    from inbox import bench, ops  # here, not at the top: inbox.ops imports this module
 
     ops.register(sub)
+    bench.register(sub)
     return parser
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except pydantic.ValidationError as exc:
+        # Name the variable and the rule; never echo the value, which may be a secret.
+        problems = "; ".join(
+            f"INBOX_{'_'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise CliError(f"invalid settings: {problems}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level or ("WARNING" if getattr(args, "demo", False) else "INFO"))
     try:
-        settings = Settings()
+        settings = load_settings()
         args.func(args, settings)
     except CliError as exc:
         print(f"inbox: error: {exc}", file=sys.stderr)

@@ -4,23 +4,49 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# A role name goes into libpq's startup options (inbox/db/connect.py: with_role): a plain lower-case
+# identifier needs no quoting there, and nothing else can ride along with it.
+RoleName = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")]
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="INBOX_", extra="ignore")
 
-    database_url: str | None = Field(
+    database_url: SecretStr | None = Field(
         None,
-        description="PostgreSQL 15+ connection string. Unset: an embedded PostgreSQL in INBOX_DATA_DIR.",
+        description="PostgreSQL 15+ connection string (it may hold a password: never logged). "
+        "Unset: an embedded PostgreSQL in INBOX_DATA_DIR.",
     )
     data_dir: Path = Field(Path(".inbox-data"), description="Where the embedded PostgreSQL keeps its files.")
     http_host: str = Field("127.0.0.1", description="Address the HTTP ingestor listens on.")
     http_port: int = Field(8080, ge=0, le=65535, description="Port of the HTTP ingestor.")
     api_token: SecretStr | None = Field(
         None, description="When set, POST /events needs 'Authorization: Bearer <token>'."
+    )
+    hmac_secret: SecretStr | None = Field(
+        None,
+        description="When set, POST /events needs X-Signature: sha256=<hex HMAC-SHA256 of "
+        "'<X-Signature-Timestamp>.<body>'> and a fresh X-Signature-Timestamp (Unix seconds).",
+    )
+    hmac_tolerance_seconds: int = Field(
+        300, ge=1, le=3600, description="How far X-Signature-Timestamp may be from now, either way."
+    )
+    ingest_role: RoleName | None = Field(
+        None,
+        description="Role the sessions of the HTTP ingestor and `inbox consume` run as (SET ROLE at "
+        "connect), e.g. inbox_ingest.",
+    )
+    worker_role: RoleName | None = Field(
+        None, description="Role the sessions of `inbox work` run as (SET ROLE at connect), e.g. inbox_worker."
+    )
+    readonly_role: RoleName | None = Field(
+        None,
+        description="Role the HTTP ingestor's /metrics reads as (SET ROLE at connect), e.g. inbox_readonly.",
     )
     max_body_bytes: int = Field(10 * 1024 * 1024, gt=0, description="Larger request bodies get 413.")
     kafka_bootstrap: str = Field("localhost:9092", description="Kafka bootstrap servers of `inbox consume`.")
@@ -83,6 +109,14 @@ class Settings(BaseSettings):
     metrics_refresh_seconds: float = Field(
         15.0, gt=0, description="How old the figures behind /metrics may get before they are read again."
     )
+
+    @field_validator("api_token", "hmac_secret")
+    @classmethod
+    def _not_blank(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty token would be compared against an empty bearer: set but open.
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("must not be empty; unset it instead")
+        return value
 
     def effective_statement_timeout_ms(self) -> int:
         """A statement must end before its lease does, or a stuck statement could outlive its claim."""

@@ -1,4 +1,4 @@
-"""Connections: exact decimals out of jsonb, and session limits for workers."""
+"""Connections: exact decimals out of jsonb, session limits for workers, the role a session runs as."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from functools import partial
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 from psycopg.types.json import set_json_dumps, set_json_loads
 
@@ -33,6 +34,19 @@ def _encode_extra(value: Any) -> Any:
 def configure(conn: psycopg.Connection[Any]) -> None:
     set_json_loads(_loads, conn)
     set_json_dumps(_dumps, conn)
+
+
+def with_role(dsn: str, role: str | None) -> str:
+    """The DSN whose sessions start as `role` (SET ROLE done by the server at connect), or dsn itself.
+
+    The role rides in libpq's startup options, so every connection made from the DSN has it: pooled
+    ones, reconnections after an outage, the worker's jobs and listener. RESET ROLE returns to it.
+    `role` is a plain identifier (Settings.RoleName): nothing in it needs quoting.
+    """
+    if role is None:
+        return dsn
+    options = conninfo_to_dict(dsn).get("options") or ""
+    return make_conninfo(dsn, options=f"{options} -c role={role}".strip())
 
 
 def connect(dsn: str, *, autocommit: bool = False, application_name: str = "quota-inbox") -> DictConnection:

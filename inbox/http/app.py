@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -19,9 +20,10 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 from starlette.concurrency import run_in_threadpool
 
-from inbox.db.connect import DictConnection, configure
+from inbox.db.connect import DictConnection, configure, with_role
 from inbox.db.migrate import MigrationError, pending_migrations
 from inbox.db.sqlfiles import query
+from inbox.http.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature_problem
 from inbox.ingest import BadBatch, IngestResult, ParsedBatch, parse_body, store
 from inbox.metrics import registry_for
 from inbox.settings import Settings
@@ -63,9 +65,46 @@ def _authorized(request: Request, token: str) -> bool:
     return hmac.compare_digest(provided.strip().encode("utf-8"), token.encode("utf-8"))
 
 
+def _signature_problem(request: Request, body: bytes, secret: bytes, tolerance_seconds: int) -> str | None:
+    return signature_problem(
+        secret,
+        request.headers.get(SIGNATURE_HEADER),
+        request.headers.get(TIMESTAMP_HEADER),
+        body,
+        now=time.time(),
+        tolerance_seconds=tolerance_seconds,
+    )
+
+
+def _refusal(exc: psycopg.Error | PoolTimeout) -> JSONResponse:
+    """The answer when storing failed. Never a 500: the batch's one transaction did not commit, so
+    nothing was stored (or, connection lost at COMMIT, all of it), and a retry is safe either way
+    because a redelivery is a duplicate."""
+    match exc:
+        case psycopg.OperationalError() | PoolTimeout():
+            log.error("database unavailable; refusing events", extra={"error": str(exc)})
+            return _error(503, "database unavailable; nothing was stored, retry later")
+        case (
+            psycopg.errors.UndefinedFunction()
+            | psycopg.errors.UndefinedTable()
+            | psycopg.errors.InvalidSchemaName()
+        ):
+            log.error("database is not migrated; refusing events")
+            return _error(503, "database not migrated (run `inbox migrate`); nothing was stored, retry later")
+        case psycopg.DataError():
+            return _error(422, f"PostgreSQL refused the events; nothing was stored: {exc}")
+        case psycopg.errors.InsufficientPrivilege():
+            log.error("the ingest role may not store events; refusing them", extra={"error": str(exc)})
+            return _error(503, "database refused the ingest role; nothing was stored, retry later")
+    log.error("database error; refusing events", extra={"error": f"{type(exc).__name__}: {exc}"})
+    return _error(503, "database error; nothing was stored, retry later")
+
+
 def create_app(settings: Settings, dsn: str) -> FastAPI:
+    """The app on dsn: events are stored as INBOX_INGEST_ROLE, /metrics read as INBOX_READONLY_ROLE
+    (each the login role of dsn when unset)."""
     pool: ConnectionPool[DictConnection] = ConnectionPool(
-        dsn,
+        with_role(dsn, settings.ingest_role),
         min_size=1,
         max_size=8,
         open=False,
@@ -76,6 +115,8 @@ def create_app(settings: Settings, dsn: str) -> FastAPI:
         reconnect_timeout=0,  # never give up reconnecting: the database may be away for a while
     )
     token = settings.api_token.get_secret_value() if settings.api_token else None
+    hmac_secret = settings.hmac_secret.get_secret_value().encode("utf-8") if settings.hmac_secret else None
+    metrics_dsn = with_role(dsn, settings.readonly_role)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -103,6 +144,10 @@ def create_app(settings: Settings, dsn: str) -> FastAPI:
             body = await _read_body(request, settings.max_body_bytes)
         except BodyTooLarge:
             return _error(413, f"body larger than {settings.max_body_bytes} bytes")
+        if hmac_secret is not None:
+            problem = _signature_problem(request, body, hmac_secret, settings.hmac_tolerance_seconds)
+            if problem is not None:
+                return _error(401, f"bad signature: {problem}")
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         try:
             batch = parse_body(body, ndjson=content_type in NDJSON_TYPES)
@@ -112,18 +157,8 @@ def create_app(settings: Settings, dsn: str) -> FastAPI:
             return _error(status, "nothing was stored", problems=problems)
         try:
             result = await run_in_threadpool(_store, batch)
-        except (psycopg.OperationalError, PoolTimeout) as exc:
-            log.error("database unavailable; refusing events", extra={"error": str(exc)})
-            return _error(503, "database unavailable; nothing was stored, retry later")
-        except (
-            psycopg.errors.UndefinedFunction,
-            psycopg.errors.UndefinedTable,
-            psycopg.errors.InvalidSchemaName,
-        ):
-            log.error("database is not migrated; refusing events")
-            return _error(503, "database not migrated (run `inbox migrate`); nothing was stored, retry later")
-        except psycopg.DataError as exc:
-            return _error(422, f"PostgreSQL refused the events; nothing was stored: {exc}")
+        except (psycopg.Error, PoolTimeout) as exc:
+            return _refusal(exc)
         return JSONResponse({"accepted": result.accepted, "duplicates": result.duplicates}, status_code=202)
 
     @app.get("/health")
@@ -152,7 +187,7 @@ def create_app(settings: Settings, dsn: str) -> FastAPI:
     @app.get("/metrics")
     async def metrics() -> Response:
         # Counters come from the database: every process serves the same figures (inbox/metrics.py).
-        registry = registry_for(dsn, settings.metrics_refresh_seconds)
+        registry = registry_for(metrics_dsn, settings.metrics_refresh_seconds)
         body = await run_in_threadpool(generate_latest, registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 

@@ -14,6 +14,7 @@ from inbox.settings import Settings
 def cmd_consume(args: argparse.Namespace, settings: Settings) -> None:
     """The CLI command; confluent-kafka is imported only when it runs."""
     from inbox.cli import CliError, database_url
+    from inbox.db.connect import with_role
     from inbox.kafka.consumer import KafkaIngestor, KafkaSetupError, check_schema, consumer_config
 
     stop = threading.Event()
@@ -25,7 +26,7 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> None:
     signal.signal(signal.SIGINT, handler)
     try:
         consumer_config(settings)
-        dsn = database_url(settings)
+        dsn = with_role(database_url(settings), settings.ingest_role)
         check_schema(dsn)
     except KafkaSetupError as exc:
         raise CliError(str(exc)) from exc
