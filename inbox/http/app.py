@@ -65,6 +65,13 @@ def _authorized(request: Request, token: str) -> bool:
     return hmac.compare_digest(provided.strip().encode("utf-8"), token.encode("utf-8"))
 
 
+def _unauthenticated(request: Request, reason: str) -> JSONResponse:
+    # For whoever watches for probing: who and why, never what credential was offered.
+    client = request.client.host if request.client else None
+    log.warning("refused an unauthenticated request", extra={"reason": reason, "client": client})
+    return _error(401, reason)
+
+
 def _signature_problem(request: Request, body: bytes, secret: bytes, tolerance_seconds: int) -> str | None:
     return signature_problem(
         secret,
@@ -139,7 +146,7 @@ def create_app(settings: Settings, dsn: str) -> FastAPI:
     @app.post("/events", status_code=202)
     async def post_events(request: Request) -> JSONResponse:
         if token is not None and not _authorized(request, token):
-            return _error(401, "missing or wrong bearer token")
+            return _unauthenticated(request, "missing or wrong bearer token")
         try:
             body = await _read_body(request, settings.max_body_bytes)
         except BodyTooLarge:
@@ -147,7 +154,7 @@ def create_app(settings: Settings, dsn: str) -> FastAPI:
         if hmac_secret is not None:
             problem = _signature_problem(request, body, hmac_secret, settings.hmac_tolerance_seconds)
             if problem is not None:
-                return _error(401, f"bad signature: {problem}")
+                return _unauthenticated(request, f"bad signature: {problem}")
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         try:
             batch = parse_body(body, ndjson=content_type in NDJSON_TYPES)

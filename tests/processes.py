@@ -1,0 +1,83 @@
+"""`inbox` commands as subprocesses: output to a file, stopped by SIGTERM or killed, by their own pid."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+_SERVING = re.compile(r"serving (http://\S+) ")
+
+
+def inbox_env(database_url: str | None, **settings: str) -> dict[str, str]:
+    """This environment without any INBOX_* of the caller's, plus the given settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INBOX_")}
+    if database_url is not None:
+        env["INBOX_DATABASE_URL"] = database_url
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(settings)
+    return env
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout: float = 60.0, every: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(every)
+
+
+class InboxProcess:
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "inbox.cli", *args], env=env, cwd=REPO, stdout=out, stderr=out
+            )
+
+    def output(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+    def url(self, timeout: float = 60.0) -> str:
+        """The base URL `inbox run` prints once it serves."""
+        found: list[str] = []
+
+        def serving() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"`inbox` exited with {self.proc.returncode}:\n{self.output()[-3000:]}")
+            found.extend(_SERVING.findall(self.output()))
+            return bool(found)
+
+        wait_for(serving, "`inbox run` to serve", timeout)
+        return found[0]
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(30)
+
+
+@contextmanager
+def inbox_process(*args: str, env: dict[str, str], log: Path) -> Iterator[InboxProcess]:
+    """An `inbox` subprocess that is stopped (SIGTERM, then SIGKILL) when the block ends."""
+    process = InboxProcess(list(args), env, log)
+    try:
+        yield process
+    finally:
+        process.terminate()
