@@ -33,6 +33,7 @@ from tests.helpers import drain, inbox_rows
 from tests.kafka_broker import GROUP_TIMEOUTS, KafkaBroker, kafka_broker
 
 PARTITIONS = 3
+SOAK = os.environ.get("INBOX_SOAK") == "1"
 
 
 @pytest.fixture(scope="module")
@@ -334,29 +335,35 @@ def test_garbage_goes_to_rejects_verbatim_and_the_consumer_moves_on(
     assert_exact_end_state(dsn, stream)
 
 
+@pytest.mark.soak
 def test_consumer_killed_mid_stream_and_restarted_ends_exact(
     feed: Feed,
     dsn: str,
     processes: Callable[[dict[str, str]], ConsumerProcess],
     counter: Callable[[str], InboxCounter],
 ) -> None:
+    """Bounded: 4,000 messages, one SIGKILL. INBOX_SOAK=1: 40,000 messages, a SIGKILL every ~2,000 stored."""
     inbox_count = counter(dsn)
-    stream = quota_stream(random.Random(99), 4000)
+    messages, kills, pace = (40_000, 5, 0.02) if SOAK else (4000, 1, 0.005)
+    stream = quota_stream(random.Random(99), messages)
     env = feed.env(dsn, INBOX_KAFKA_BATCH_SIZE="50")
     first = processes(env)
     wait_for(first.holds_partitions, "the first consumer to join")
-    producing = feed.produce_in_background(stream.messages, pace=0.005)
+    producing = feed.produce_in_background(stream.messages, pace=pace)
 
-    wait_for(lambda: inbox_count() >= 300, "some events stored")
-    first.kill()  # SIGKILL: no revocation, no commit of the batch in hand
-    stored_at_kill = inbox_count()
-    assert stored_at_kill < len(stream.keys), "the kill came too late to be mid-stream"
+    victim = first
+    for _ in range(kills):
+        progress = inbox_count() + 300 * (1 + 6 * SOAK)
+        wait_for(lambda: inbox_count() >= progress, "more events stored")  # noqa: B023 (read at once)
+        victim.kill()  # SIGKILL: no revocation, no commit of the batch in hand
+        stored_at_kill = inbox_count()
+        assert stored_at_kill < len(stream.keys), "the kill came too late to be mid-stream"
+        victim = processes(env)
 
-    second = processes(env)
-    producing.join(60)
-    wait_for(lambda: inbox_count() == len(stream.keys), "every distinct event after the restart")
+    producing.join(120)
+    wait_for(lambda: inbox_count() == len(stream.keys), "every distinct event after the restarts", 300)
     wait_for(feed.all_committed, "every offset committed")
-    stats = second.terminate()
+    stats = victim.terminate()
     assert stats.accepted == len(stream.keys) - stored_at_kill
     assert_exact_end_state(dsn, stream)
 
