@@ -24,11 +24,13 @@ CREATE TABLE inbox.quota_events (
     CHECK ((status = 'processing') = (lease_owner IS NOT NULL AND lease_expires_at IS NOT NULL))
 );
 
--- The claim reads only these two small partial indexes, never the finished rows.
+-- The claim and the reaper read only these two small partial indexes, never the finished rows.
 CREATE INDEX quota_events_due_idx
     ON inbox.quota_events (next_attempt_at) WHERE status = 'pending';
+-- Keyed on the lease, not on status = 'processing': with that predicate the planner would scan
+-- this index once per row when apply_events looks up the rows a worker holds by primary key.
 CREATE INDEX quota_events_leased_idx
-    ON inbox.quota_events (lease_expires_at) WHERE status = 'processing';
+    ON inbox.quota_events (lease_expires_at) WHERE lease_expires_at IS NOT NULL;
 CREATE INDEX quota_events_received_idx ON inbox.quota_events (received_at);
 
 -- A hot queue table: updated several times per row, so leave room for HOT updates and vacuum
