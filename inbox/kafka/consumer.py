@@ -25,7 +25,7 @@ import psycopg
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from inbox.db.connect import DictConnection, connect, set_worker_session
-from inbox.db.migrate import pending_migrations
+from inbox.db.migrate import MigrationError, pending_migrations
 from inbox.kafka.batch import Batch
 from inbox.kafka.store import store_batch
 from inbox.settings import Settings
@@ -282,6 +282,8 @@ def check_schema(dsn: str) -> None:
     try:
         with connect(dsn, autocommit=True, application_name="quota-inbox consume") as conn:
             pending = pending_migrations(conn)
+    except MigrationError as exc:
+        raise KafkaSetupError(str(exc)) from exc
     except psycopg.OperationalError as exc:
         log.warning("database unreachable at start; the consumer will wait for it", extra={"error": str(exc)})
         return

@@ -225,8 +225,11 @@ class ConsumerProcess:
             )
 
     def records(self) -> list[dict[str, Any]]:
-        lines = self.log.read_text(errors="replace").splitlines()
-        return [json.loads(line) for line in lines if line.startswith("{")]
+        """Its JSON log lines so far; a consumer that died on its own fails the test with its log."""
+        text = self.log.read_text(errors="replace")
+        if self.process.poll() not in (None, 0, -signal.SIGKILL):
+            raise AssertionError(f"inbox consume exited with {self.process.returncode}:\n{text[-3000:]}")
+        return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
     def logged(self, message: str) -> list[dict[str, Any]]:
         return [r for r in self.records() if r.get("message") == message]
@@ -462,3 +465,26 @@ def test_database_stopped_and_started_mid_stream_loses_nothing(
     assert stats.store_failures > 0
     assert consumer.logged("database back: the batch in hand is stored, fetching resumes")
     assert_exact_end_state(dsn, stream)
+
+
+# -- refusing to start ------------------------------------------------------------------------
+
+
+def run_consume(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "inbox.cli", "consume"]
+    return subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+
+
+def test_consume_refuses_to_hand_its_commits_to_librdkafka(dsn: str) -> None:
+    result = run_consume(
+        {"INBOX_DATABASE_URL": dsn, "INBOX_KAFKA_CONFIG_JSON": '{"enable.auto.commit": true, "acks": "all"}'}
+    )
+    assert result.returncode == 1
+    assert "inbox: error: INBOX_KAFKA_CONFIG_JSON may not set enable.auto.commit" in result.stderr
+
+
+def test_consume_refuses_an_unmigrated_database(empty_dsn: str) -> None:
+    result = run_consume({"INBOX_DATABASE_URL": empty_dsn})
+    assert result.returncode == 1
+    assert "inbox: error: migrations not applied: 001_csla_tables" in result.stderr
+    assert "run `inbox migrate`" in result.stderr
