@@ -108,7 +108,9 @@ def split_body(body: bytes, *, ndjson: bool = False) -> list[str]:
     stripped = text.strip()
     if not stripped:
         raise BadBatch([(None, "body is empty")], unparseable=True)
-    lines = [line for line in stripped.splitlines() if line.strip()]
+    # "\n" only: str.splitlines() also splits at U+0085, U+2028 and U+2029, which a JSON string may
+    # hold raw, and would cut such an event in two. A "\r" left at a line's end is JSON whitespace.
+    lines = [line for line in stripped.split("\n") if line.strip()]
     if len(lines) > 1 and (ndjson or _is_json(lines[0])):
         return lines
     return [stripped]

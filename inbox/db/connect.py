@@ -16,8 +16,19 @@ from inbox.db.sqlfiles import query
 
 DictConnection = psycopg.Connection[dict[str, Any]]
 
+# Python refuses to convert integer text longer than this (sys.get_int_max_str_digits, CVE-2020-10735).
+_INT_DIGITS = 4000
+
+
+def _exact_int(text: str) -> int | Decimal:
+    """An integer beyond Python's conversion limit stays exact as a Decimal. The ingestor accepts
+    1e5000 (a valid numeric), but PostgreSQL writes it back as 5001 digits: read as int, it would
+    raise while the worker loads the claimed batch, and stall every event claimed with it."""
+    return int(text) if len(text) <= _INT_DIGITS else Decimal(text)
+
+
 # jsonb numbers come back as Decimal, never float: a quantity read from the inbox stays exact.
-_loads = partial(json.loads, parse_float=Decimal)
+_loads = partial(json.loads, parse_float=Decimal, parse_int=_exact_int)
 
 
 def _dumps(value: Any) -> str:
