@@ -15,9 +15,9 @@ import psycopg
 import pydantic
 import uvicorn
 
-from inbox.db.connect import with_role
+from inbox.db.connect import connect, with_role
 from inbox.db.embedded import start_embedded
-from inbox.db.migrate import MigrationError, migrate
+from inbox.db.migrate import MigrationError, migrate, pending_migrations
 from inbox.db.pgmq_setup import PgmqUnavailable
 from inbox.kafka import cmd_consume
 from inbox.logs import setup_logging
@@ -85,6 +85,18 @@ def _migrate(dsn: str) -> None:
     print(f"migrations: {report.already} already applied, newly applied: {applied}", file=sys.stderr)
 
 
+def _migrate_if_pending(dsn: str) -> None:
+    """Migrate only when something is pending: a login without DDL rights (a member of the roles
+    of migration 007) can then `inbox run` against a database its owner has migrated."""
+    try:
+        with connect(dsn, autocommit=True, application_name="quota-inbox migrate") as conn:
+            pending = pending_migrations(conn)
+    except MigrationError as exc:
+        raise CliError(str(exc)) from exc
+    if pending:
+        _migrate(dsn)
+
+
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> None:
     _migrate(database_url(settings))
 
@@ -133,7 +145,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> None:
 
     require_webhook_auth(settings)
     dsn = database_url(settings)
-    _migrate(dsn)
+    _migrate_if_pending(dsn)
     server = _server(settings, dsn)
     thread = threading.Thread(target=server.run, name="http", daemon=True)
     with WorkerPool(with_role(dsn, settings.worker_role), settings, args.concurrency):

@@ -11,7 +11,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 from psycopg import sql
@@ -27,6 +29,7 @@ from inbox.settings import Settings
 from tests.conftest import create_database, drop_database
 from tests.helpers import dead_letters, drain, inbox_rows, ingest, quota, status_counts, titan_event, to_json
 from tests.integration.test_sink_sql import SHAPES, Record, connector_session
+from tests.processes import inbox_env, inbox_process, wait_for
 
 ROLES = ("inbox_ingest", "inbox_worker", "inbox_readonly")
 
@@ -342,3 +345,36 @@ def test_a_login_role_granted_a_group_gets_exactly_its_rights(dsn: str, login_ro
     with connect(make_conninfo(dsn, user=login_roles["inbox_readonly"]), autocommit=True) as conn:
         assert conn.execute("SELECT count(*) AS n FROM inbox.v_dead_letters").fetchone() == {"n": 0}
         assert _denied(conn, "SELECT * FROM public.quota")
+
+
+def test_inbox_run_needs_no_ddl_right_once_the_owner_has_migrated(
+    dsn: str, db: DictConnection, tmp_path: Path
+) -> None:
+    """One login for `inbox run`, a member of the three groups and nothing more: it starts (nothing to
+    migrate), serves and applies, each part as its own role."""
+    login = f"t_app_{os.getpid()}"
+    db.execute(
+        sql.SQL("CREATE ROLE {} LOGIN IN ROLE inbox_ingest, inbox_worker, inbox_readonly").format(
+            sql.Identifier(login)
+        )
+    )
+    env = inbox_env(
+        make_conninfo(dsn, user=login),
+        INBOX_HTTP_PORT="0",
+        INBOX_POLL_SECONDS="0.1",
+        INBOX_INGEST_ROLE="inbox_ingest",
+        INBOX_WORKER_ROLE="inbox_worker",
+        INBOX_READONLY_ROLE="inbox_readonly",
+    )
+    q = uuid.uuid4()
+    try:
+        with inbox_process("run", env=env, log=tmp_path / "run.log") as service:
+            response = httpx.post(
+                f"{service.url()}/events", content=to_json(titan_event(q, 1, "INSERT")), timeout=30
+            )
+            wait_for(lambda: quota(db, q) is not None, "the event applied")
+            metrics = httpx.get(f"{service.url()}/metrics", timeout=30)
+    finally:
+        db.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(login)))
+    assert response.status_code == 202
+    assert "inbox_database_up 1.0" in metrics.text

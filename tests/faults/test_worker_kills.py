@@ -1,0 +1,193 @@
+"""`inbox work` processes SIGKILLed mid-batch, again and again, while a large stream is applied.
+
+The final quota state is exact, each effective change is applied once and published once, and the
+leases the dead workers abandoned are picked up by the others. CI runs 50,000 events; INBOX_SOAK=1
+runs 200,000 with more workers and kills.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from inbox.db.connect import DictConnection, connect
+from inbox.formats import skip_reason
+from inbox.ingest import loads, store_events
+from tests.cdc_events import QuotaStream, expected_rows, quota_stream
+from tests.helpers import dead_letters, status_counts
+from tests.integration.test_kafka_consume import quota_rows
+from tests.integration.test_outbox import install_change_log, keys, outbox
+from tests.processes import InboxProcess, inbox_env, wait_for
+
+SOAK = os.environ.get("INBOX_SOAK") == "1"
+EVENTS = 200_000 if SOAK else 50_000
+WORKERS = 4 if SOAK else 3
+LEASE_SECONDS = 2
+INGEST_CHUNK = 1000
+
+
+@dataclass
+class KillLog:
+    kills: int = 0
+    abandoned: int = 0  # rows in 'processing' under a killed worker's name, right after its death
+    abandoned_keys: set[tuple[object, ...]] = field(default_factory=set)
+
+
+class WorkerFleet:
+    """N `inbox work` processes; kill() SIGKILLs one holding a claim and starts a replacement."""
+
+    def __init__(self, dsn: str, workdir: Path, size: int) -> None:
+        self.env = inbox_env(
+            dsn,
+            INBOX_WORKERS="2",
+            INBOX_BATCH_SIZE="250",
+            INBOX_LEASE_SECONDS=str(LEASE_SECONDS),
+            INBOX_REAP_INTERVAL_SECONDS="0.5",
+            INBOX_POLL_SECONDS="0.2",
+            INBOX_BACKOFF_BASE_SECONDS="0.05",
+            INBOX_BACKOFF_CAP_SECONDS="0.5",
+            # A batch may be killed a few times; the kills must not use up its retries.
+            INBOX_MAX_ATTEMPTS="100",
+        )
+        self.workdir = workdir
+        self.started = 0
+        self.processes = [self._start() for _ in range(size)]
+
+    def _start(self) -> InboxProcess:
+        self.started += 1
+        return InboxProcess(["work"], self.env, self.workdir / f"work-{self.started}.log")
+
+    def kill_one_mid_batch(self, db: DictConnection, rng: random.Random, log: KillLog) -> bool:
+        """SIGKILL a worker the moment it holds claimed rows; False if none did within a second."""
+        victim = rng.randrange(len(self.processes))
+        owner = f"%:{self.processes[victim].proc.pid}:%"
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            if _held(db, owner):
+                self.processes[victim].kill()
+                # A statement already running on the server still finishes (and may commit): what
+                # is abandoned is what the worker held once its sessions are gone.
+                wait_for(
+                    lambda: not _sessions(db, f"quota-inbox {owner}"), "the killed worker's sessions to end"
+                )
+                held = db.execute(
+                    "SELECT quota_id, version, is_delete FROM inbox.quota_events"
+                    " WHERE status = 'processing' AND lease_owner LIKE %s",
+                    [owner],
+                ).fetchall()
+                log.kills += 1
+                log.abandoned += len(held)
+                log.abandoned_keys.update(tuple(r.values()) for r in held)
+                self.processes[victim] = self._start()
+                return True
+            time.sleep(0.005)
+        return False
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.terminate()
+
+
+def _held(db: DictConnection, owner: str) -> bool:
+    row = db.execute(
+        "SELECT EXISTS (SELECT 1 FROM inbox.quota_events WHERE status = 'processing' AND lease_owner LIKE %s)"
+        " AS held",
+        [owner],
+    ).fetchone()
+    return bool(row and row["held"])
+
+
+def _sessions(db: DictConnection, application_name: str) -> int:
+    row = db.execute(
+        "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name LIKE %s", [application_name]
+    ).fetchone()
+    return int(row["n"]) if row else 0
+
+
+@pytest.fixture
+def fleet(dsn: str, tmp_path: Path) -> Iterator[WorkerFleet]:
+    workers = WorkerFleet(dsn, tmp_path, WORKERS)
+    yield workers
+    workers.stop()
+
+
+def _event_texts(stream: QuotaStream) -> list[str]:
+    """The stream's events as the inbox takes them (tombstones and truncates are not events)."""
+    texts = [value.decode() for _, value in stream.messages if value is not None]
+    return [text for text in texts if skip_reason(loads(text)) is None]
+
+
+def _unfinished(db: DictConnection) -> int:
+    counts = status_counts(db)
+    return counts.get("pending", 0) + counts.get("processing", 0)
+
+
+@pytest.mark.soak
+def test_workers_killed_mid_batch_again_and_again_end_exact(
+    dsn: str, db: DictConnection, fleet: WorkerFleet
+) -> None:
+    rng = random.Random(11)
+    stream = quota_stream(rng, EVENTS * 26 // 25)  # about 3% of the messages are tombstones or truncates
+    texts = _event_texts(stream)
+    assert len(texts) >= EVENTS
+    install_change_log(db)
+    log = KillLog()
+    ingested = threading.Event()
+
+    def ingest_all() -> None:
+        with connect(dsn, autocommit=True) as conn:
+            for start in range(0, len(texts), INGEST_CHUNK):
+                store_events(conn, texts[start : start + INGEST_CHUNK], "http")
+        ingested.set()
+
+    feeder = threading.Thread(target=ingest_all, name="ingest")
+    feeder.start()
+    started = time.monotonic()
+    while not (ingested.is_set() and _unfinished(db) == 0):
+        if fleet.kill_one_mid_batch(db, rng, log):
+            time.sleep(rng.uniform(0.2, 0.8))
+        assert time.monotonic() - started < (900 if SOAK else 150), "the stream was not applied in time"
+    feeder.join()
+    elapsed = time.monotonic() - started
+
+    print(
+        f"\n{len(texts)} events, {len(stream.keys)} distinct, {log.kills} kills, {log.abandoned} rows "
+        f"abandoned, {fleet.started} worker processes, {elapsed:.1f} s"
+    )
+    assert log.kills >= (40 if SOAK else 10)
+    assert log.abandoned > 0
+    # exact: every distinct event filed once, finished, and the quotas are each one's last word
+    assert sum(status_counts(db).values()) == len(stream.keys)
+    assert set(status_counts(db)) <= {"applied", "stale"}
+    assert dead_letters(db) == []
+    assert quota_rows(db) == expected_rows(stream)
+    # each effective change applied once (the trigger's log) and published once (the outbox)
+    changes = db.execute("SELECT quota_id::text, version, op FROM test_quota_changes").fetchall()
+    applied = Counter((c["quota_id"], c["version"], c["op"]) for c in changes)
+    assert max(applied.values()) == 1
+    messages = outbox(db)
+    assert Counter(keys(messages)) == applied
+    # the abandoned rows were claimed again: by a living worker, after their lease ran out
+    reclaimed = db.execute(
+        "SELECT count(*) AS n FROM inbox.quota_events e"
+        " JOIN unnest(%s::uuid[], %s::bigint[], %s::boolean[]) AS k(quota_id, version, is_delete)"
+        " USING (quota_id, version, is_delete) WHERE e.attempts >= 2",
+        [
+            [k[0] for k in log.abandoned_keys],
+            [k[1] for k in log.abandoned_keys],
+            [k[2] for k in log.abandoned_keys],
+        ],
+    ).fetchone()
+    assert reclaimed == {"n": len(log.abandoned_keys)}
+    retried = db.execute(
+        "SELECT sum(value) AS n FROM inbox.metric_counters WHERE metric = 'retried'"
+    ).fetchone()
+    assert retried is not None and retried["n"] >= len(log.abandoned_keys)
