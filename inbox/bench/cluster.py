@@ -1,0 +1,219 @@
+"""One embedded PostgreSQL for the whole run, a fresh migrated database per measurement, and the
+service's own processes (`inbox serve`, `inbox work`, `inbox consume`) started as a user would."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from inbox.db.connect import DictConnection, connect
+from inbox.db.embedded import start_embedded
+from inbox.db.migrate import migrate
+
+TEMPLATE = "bench_template"
+SEEDED = "bench_seeded"
+
+
+@dataclass
+class Cluster:
+    """The run's PostgreSQL: an admin DSN and a migrated template every database is copied from."""
+
+    admin_dsn: str
+    _created: int = 0
+
+    @classmethod
+    def start(cls, workdir: Path) -> Cluster:
+        cluster = cls(start_embedded(workdir / "pgdata", cleanup="delete"))
+        migrate(cluster._create(TEMPLATE, template=None))
+        return cluster
+
+    def _create(self, name: str, template: str | None) -> str:
+        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+            if template is not None:
+                create = sql.SQL("{} TEMPLATE {}").format(create, sql.Identifier(template))
+            conn.execute(create)
+        return make_conninfo(self.admin_dsn, dbname=name)
+
+    def seed(self, ids: list[str]) -> None:
+        """A second template where every quota already exists at version 1 (row and version gate),
+        so the throughput paths measure updates of existing quotas, the steady state."""
+        dsn = self._create(SEEDED, template=TEMPLATE)
+        with connect(dsn, autocommit=True) as conn:
+            with conn.cursor().copy(
+                "COPY public.quota (quota_id, counterparty_id, direction, period_month, qty_t,"
+                " metal_code, source_version) FROM STDIN"
+            ) as copy:
+                copy.write("".join(f"{q}\tCP-SEED\tBUY\t2026-01-01\t1\tCU\t1\n" for q in ids))
+            with conn.cursor().copy(
+                "COPY inbox.quota_versions (quota_id, version, is_delete) FROM STDIN"
+            ) as copy:
+                copy.write("".join(f"{q}\t1\tf\n" for q in ids))
+            conn.execute("VACUUM ANALYZE")
+
+    def database(self, label: str, *, seeded: bool = False) -> str:
+        """A freshly migrated database of its own: no measurement sees another one's rows."""
+        self._created += 1
+        return self._create(f"bench_{self._created}_{label}", template=SEEDED if seeded else TEMPLATE)
+
+    def settings(self) -> dict[str, str]:
+        """The server settings that decide commit cost, stated beside the figures."""
+        names = ("server_version", "shared_buffers", "fsync", "synchronous_commit", "max_connections")
+        with connect(self.admin_dsn, autocommit=True) as conn:
+            return {n: str(conn.execute(f"SHOW {n}").fetchone()[n]) for n in names}  # type: ignore[index]
+
+    def postmaster_pid(self) -> int:
+        with connect(self.admin_dsn, autocommit=True) as conn:
+            row = conn.execute("SELECT pg_backend_pid() AS pid").fetchone()
+        assert row is not None
+        import psutil
+
+        return int(psutil.Process(int(row["pid"])).ppid())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Service:
+    """An `inbox` subprocess: what a deployment runs, so its CPU and memory are its own."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def check_alive(self) -> None:
+        if self.process.poll() is not None:
+            tail = self.log.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{self.name} exited with {self.process.returncode}: {tail}")
+
+
+def service_env(dsn: str, overrides: Mapping[str, str]) -> dict[str, str]:
+    # The caller's INBOX_* settings (a token, a batch size) must not change what is measured.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INBOX_")}
+    env.update({"INBOX_DATABASE_URL": dsn, **overrides})
+    return env
+
+
+@contextmanager
+def services(workdir: Path) -> Iterator[list[Service]]:
+    """Every service started inside the block is stopped when it ends, whatever happened."""
+    started: list[Service] = []
+    try:
+        yield started
+    finally:
+        for service in reversed(started):
+            service.stop()
+
+
+def spawn(
+    started: list[Service], workdir: Path, name: str, argv: list[str], env: Mapping[str, str]
+) -> Service:
+    log = workdir / f"{name}-{len(started)}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, *argv], env=dict(env), stdout=out, stderr=subprocess.STDOUT
+        )
+    service = Service(name, process, log)
+    started.append(service)
+    return service
+
+
+def inbox_cli(*args: str) -> list[str]:
+    return ["-m", "inbox.cli", "--log-level", "WARNING", *args]
+
+
+def wait_http(service: Service, url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        service.check_alive()
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 (loopback only)
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{service.name} did not answer {url} within {timeout:.0f} s")
+
+
+@dataclass
+class RssSampler:
+    """Peak resident memory per process, sampled. For "postgres" (many processes sharing their
+    buffers, so a sum would count shared memory many times): the largest single process."""
+
+    pids: dict[str, int]
+    interval: float = 0.25
+    peaks: dict[str, int] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> RssSampler:
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        self._sample()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def _sample(self) -> None:
+        import psutil
+
+        for name, pid in self.pids.items():
+            try:
+                process = psutil.Process(pid)
+                rss = process.memory_info().rss
+                if name == "postgres":
+                    rss = max([rss, *(_rss(child) for child in process.children())])
+            except psutil.Error:
+                continue
+            self.peaks[name] = max(self.peaks.get(name, 0), rss)
+
+
+def _rss(process: Any) -> int:
+    import psutil
+
+    try:
+        return int(process.memory_info().rss)
+    except psutil.Error:
+        return 0
+
+
+def scalar(conn: DictConnection, statement: str, params: Any = None) -> Any:
+    row = conn.execute(statement, params).fetchone()
+    assert row is not None
+    return next(iter(row.values()))

@@ -1,0 +1,85 @@
+"""What every path returns, and the small readers they share."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from inbox.bench.cluster import Service, scalar
+from inbox.db.connect import DictConnection
+
+BUSY = """
+SELECT EXISTS (SELECT 1 FROM inbox.quota_events WHERE status = 'pending')
+    OR EXISTS (SELECT 1 FROM inbox.quota_events WHERE status = 'processing') AS busy
+"""  # two EXISTS, so each reads its own small partial index
+
+
+@dataclass
+class Measurement:
+    key: str
+    title: str
+    events: int
+    seconds: float
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "title": self.title,
+            "events": self.events,
+            "seconds": round(self.seconds, 4),
+            "events_per_second": round(self.rate, 1),
+            **self.detail,
+        }
+
+
+def wait_drained(
+    conn: DictConnection, services: list[Service], timeout: float, poll: float = 0.01, expected: int = 0
+) -> float:
+    """Block until `expected` events are processed and nothing is pending or in hand; returns
+    time.perf_counter() when that was seen."""
+    deadline = time.monotonic() + timeout
+    checked = time.monotonic()
+    while scalar(conn, BUSY) or (expected and processed(conn) < expected):
+        now = time.monotonic()
+        if now > deadline:
+            raise TimeoutError(f"events still pending after {timeout:.0f} s")
+        if now - checked > 1:
+            for service in services:
+                service.check_alive()
+            checked = now
+        time.sleep(poll)
+    return time.perf_counter()
+
+
+def status_counts(conn: DictConnection) -> dict[str, int]:
+    rows = conn.execute("SELECT status, count(*) AS n FROM inbox.quota_events GROUP BY status").fetchall()
+    return {str(r["status"]): int(r["n"]) for r in rows}
+
+
+def processed(conn: DictConnection) -> int:
+    """Events finished (applied, stale or dead), from the database's counters: cheap at any size and
+    unaffected by retention deleting rows."""
+    return int(
+        scalar(
+            conn,
+            "SELECT coalesce(sum(value), 0) AS n FROM inbox.metric_counters"
+            " WHERE metric IN ('applied', 'stale', 'dead')",
+        )
+    )
+
+
+def percentiles(values: list[float], points: tuple[float, ...] = (50, 95, 99)) -> dict[str, float]:
+    """Nearest-rank percentiles, plus the maximum."""
+    if not values:
+        return {}
+    ordered = sorted(values)
+    result = {
+        f"p{p:g}": ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))] for p in points
+    }
+    result["max"] = ordered[-1]
+    return {k: round(v, 2) for k, v in result.items()}

@@ -1,0 +1,95 @@
+"""What the outbox and the counter triggers cost: the same ingest and apply, in scratch databases
+where one of them is switched off, against one where everything is as shipped.
+
+* outbox off: pgmq.send_batch(text, jsonb[]) -- the overload apply_events calls -- replaced by a no-op
+  of the same signature that returns as many ids, so apply_events runs unchanged;
+* triggers off: the statement-level counter triggers of migration 006 dropped.
+
+Ingest is inbox.ingest.store (parse, key, one transaction per 500 events) without HTTP; the apply is
+Worker threads in this process draining the backlog, so the figures isolate the database work.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from inbox.apply.worker import Worker
+from inbox.bench.cluster import Cluster
+from inbox.bench.config import Config
+from inbox.bench.events import Stream
+from inbox.bench.measure import Measurement
+from inbox.db.connect import connect
+from inbox.ingest import parse_texts, store
+from inbox.settings import Settings
+
+NOOP_SEND_BATCH = """
+CREATE OR REPLACE FUNCTION pgmq.send_batch(queue_name text, msgs jsonb[]) RETURNS SETOF bigint
+LANGUAGE sql AS $$ SELECT generate_series(1, cardinality(msgs))::bigint $$;
+"""
+DROP_TRIGGERS = """
+DROP TRIGGER quota_events_count_inserted ON inbox.quota_events;
+DROP TRIGGER quota_events_count_status_changes ON inbox.quota_events;
+DROP TRIGGER quota_processing_errors_count ON public.quota_processing_errors;
+"""
+VARIANTS = {"as_shipped": "", "outbox_off": NOOP_SEND_BATCH, "triggers_off": DROP_TRIGGERS}
+
+
+def ingest(dsn: str, stream: Stream, batch: int) -> float:
+    with connect(dsn, autocommit=True) as conn:
+        start = time.perf_counter()
+        for a, z in stream.batches(batch):
+            store(conn, parse_texts(stream.texts(a, z)), "http")
+        return time.perf_counter() - start
+
+
+def drain(dsn: str, cfg: Config) -> float:
+    """Worker threads claim and apply until nothing is left; returns the seconds it took."""
+    settings = Settings(batch_size=cfg.batch_size, database_url=dsn)
+    workers = [Worker(dsn, settings, f"bench:{i}") for i in range(cfg.worker_threads)]
+
+    def loop(worker: Worker) -> None:
+        while worker.process_once().claimed:
+            pass
+
+    threads = [threading.Thread(target=loop, args=(w,)) for w in workers]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - start
+    for worker in workers:
+        worker.close()
+    return seconds
+
+
+def overheads(cluster: Cluster, stream: Stream, cfg: Config, rounds: int) -> list[Measurement]:
+    """Each variant `rounds` times, interleaved, best round kept: noise only ever slows a run down."""
+    stream = stream.head(cfg.overhead_events)
+    best: dict[str, tuple[float, float]] = {}
+    for _ in range(rounds):
+        for name, change in VARIANTS.items():
+            dsn = cluster.database(name, seeded=True)
+            if change:
+                with connect(dsn, autocommit=True) as conn:
+                    conn.execute(change)
+            ingest_s = ingest(dsn, stream, cfg.http_batch)
+            apply_s = drain(dsn, cfg)
+            old = best.get(name, (float("inf"), float("inf")))
+            best[name] = (min(old[0], ingest_s), min(old[1], apply_s))
+    return [
+        Measurement(
+            f"apply_{name}",
+            f"apply, {name.replace('_', ' ')}",
+            len(stream),
+            apply_s,
+            {
+                "ingest_seconds": round(ingest_s, 4),
+                "ingest_events_per_second": round(len(stream) / ingest_s, 1),
+                "worker_threads": cfg.worker_threads,
+                "rounds": rounds,
+            },
+        )
+        for name, (ingest_s, apply_s) in best.items()
+    ]

@@ -1,0 +1,334 @@
+"""Paths 4, 6 and 7: our service as deployed, `inbox serve` and `inbox work` processes on the same
+PostgreSQL, fed over HTTP by this process. Validation and the outbox are on, as shipped."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from inbox.bench.cluster import (
+    Cluster,
+    RssSampler,
+    Service,
+    free_port,
+    inbox_cli,
+    scalar,
+    service_env,
+    services,
+    spawn,
+    wait_http,
+)
+from inbox.bench.config import Config
+from inbox.bench.events import Stream, generate
+from inbox.bench.load import paced, post_all
+from inbox.bench.measure import Measurement, percentiles, processed, status_counts, wait_drained
+from inbox.db.connect import DictConnection, connect
+
+NDJSON = "application/x-ndjson"
+WORKER_SESSIONS = "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name LIKE 'quota-inbox %:%:%'"
+
+
+@dataclass
+class Pipeline:
+    base_url: str
+    server: Service
+    workers: list[Service]
+
+    @property
+    def all(self) -> list[Service]:
+        return [self.server, *self.workers]
+
+
+def worker_env(dsn: str, cfg: Config, extra: dict[str, str] | None = None) -> dict[str, str]:
+    return service_env(
+        dsn,
+        {"INBOX_BATCH_SIZE": str(cfg.batch_size), "INBOX_WORKERS": str(cfg.worker_threads), **(extra or {})},
+    )
+
+
+def start_workers(
+    started: list[Service], workdir: Path, dsn: str, cfg: Config, extra: dict[str, str]
+) -> list[Service]:
+    workers = [
+        spawn(started, workdir, "inbox-work", inbox_cli("work"), worker_env(dsn, cfg, extra))
+        for _ in range(cfg.worker_processes)
+    ]
+    expected = cfg.worker_processes * cfg.worker_threads
+    with connect(dsn, autocommit=True) as conn:
+        deadline = time.monotonic() + 60
+        while scalar(conn, WORKER_SESSIONS) < expected:  # each worker thread connects on its first claim
+            for worker in workers:
+                worker.check_alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError("the worker processes did not connect within 60 s")
+            time.sleep(0.05)
+    return workers
+
+
+@contextmanager
+def pipeline(workdir: Path, dsn: str, cfg: Config, extra: dict[str, str] | None = None) -> Iterator[Pipeline]:
+    port = free_port()
+    with services(workdir) as started:
+        env = service_env(dsn, {"INBOX_HTTP_PORT": str(port)})
+        server = spawn(started, workdir, "inbox-serve", inbox_cli("serve"), env)
+        base_url = f"http://127.0.0.1:{port}"
+        wait_http(server, f"{base_url}/ready")
+        yield Pipeline(base_url, server, start_workers(started, workdir, dsn, cfg, extra or {}))
+
+
+def http_path(cluster: Cluster, stream: Stream, cfg: Config, workdir: Path) -> Measurement:
+    dsn = cluster.database("http", seeded=True)
+    batches = stream.batches(cfg.http_batch)
+    bodies = [stream.ndjson(a, z) for a, z in batches]
+    with pipeline(workdir, dsn, cfg) as running, connect(dsn, autocommit=True) as conn:
+        start = time.perf_counter()
+        post_all(running.base_url, "/events", len(bodies), bodies.__getitem__, cfg.http_senders, NDJSON)
+        ingested = time.perf_counter()
+        end = wait_drained(conn, running.all, timeout=600)
+        counts = status_counts(conn)
+    return Measurement(
+        "http",
+        "4. ours over HTTP: batch POSTs, workers, outbox",
+        len(stream),
+        end - start,
+        {
+            "ingest_seconds": round(ingested - start, 4),
+            "events_per_request": cfg.http_batch,
+            "concurrent_requests": cfg.http_senders,
+            "worker_processes": cfg.worker_processes,
+            "worker_threads": cfg.worker_threads,
+            "batch_size": cfg.batch_size,
+            "statuses": counts,
+        },
+    )
+
+
+@dataclass
+class AppliedWatcher:
+    """Client-side latency: polls the inbox, by primary key, for the dispatched events it has not yet
+    seen finished, every `poll` seconds. Its resolution is the poll interval plus one query."""
+
+    dsn: str
+    keys: list[tuple[str, int, bool]]
+    poll: float = 0.002
+    seen: dict[int, float] = field(default_factory=dict)
+    dispatched: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    QUERY = """
+        SELECT k.i
+        FROM unnest(%s::uuid[], %s::bigint[], %s::boolean[], %s::int[]) AS k(quota_id, version, is_delete, i)
+        JOIN inbox.quota_events e USING (quota_id, version, is_delete)
+        WHERE e.status IN ('applied', 'stale', 'dead')
+    """
+
+    def __enter__(self) -> AppliedWatcher:
+        self._thread = threading.Thread(target=self._run, name="applied-watcher", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        with connect(self.dsn, autocommit=True) as conn:
+            while not self._stop.is_set() or len(self.seen) < self.dispatched:
+                self._look(conn)
+                if self._stop.is_set() and len(self.seen) >= self.dispatched:
+                    return
+                time.sleep(self.poll)
+
+    def _look(self, conn: DictConnection) -> None:
+        waiting = [i for i in range(self.dispatched) if i not in self.seen]
+        if not waiting:
+            return
+        keys = [self.keys[i] for i in waiting]
+        rows = conn.execute(
+            self.QUERY, [[k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], waiting]
+        ).fetchall()
+        now = time.time()
+        for row in rows:
+            self.seen[int(row["i"])] = now
+
+
+def latency(cluster: Cluster, stream: Stream, cfg: Config, workdir: Path) -> Measurement:
+    dsn = cluster.database("latency", seeded=True)
+    total = min(len(stream), cfg.latency_rate * cfg.latency_seconds)
+    requests = [(a, z, stream.ndjson(a, z)) for a, z in stream.batches(cfg.latency_batch) if z <= total]
+    interval = cfg.latency_batch / cfg.latency_rate
+    watcher = AppliedWatcher(dsn, stream.keys(0, total))
+    with pipeline(workdir, dsn, cfg) as running, connect(dsn, autocommit=True) as conn:
+        with watcher:
+            sent = paced(running.base_url, requests, interval, on_dispatch=_dispatched(watcher))
+            wait_drained(conn, running.all, timeout=120)
+            time.sleep(0.05)
+        server_ms = [
+            float(r["ms"])
+            for r in conn.execute(
+                "SELECT extract(epoch FROM applied_at - received_at) * 1000 AS ms"
+                " FROM inbox.quota_events WHERE status = 'applied'"
+            ).fetchall()
+        ]
+    client_ms = [
+        (watcher.seen[i] - s.acked) * 1000 for s in sent for i in range(s.first, s.stop) if i in watcher.seen
+    ]
+    request_ms = [(s.acked - s.due) * 1000 for s in sent]
+    seconds = max(s.acked for s in sent) - min(s.due for s in sent)
+    return Measurement(
+        "latency",
+        f"6. latency at {cfg.latency_rate:,} events/s offered",
+        total,
+        seconds,
+        {
+            "offered_events_per_second": cfg.latency_rate,
+            "events_per_request": cfg.latency_batch,
+            "server_ms": percentiles(server_ms),
+            "client_ms": percentiles(client_ms),
+            "request_ms": percentiles(request_ms),
+            "server_note": "applied_at - received_at: both transaction start times (ingest, apply)",
+            "client_note": "202 received -> seen finished by a 2 ms poller (includes the poll interval)",
+        },
+    )
+
+
+def _dispatched(watcher: AppliedWatcher) -> Callable[[int], None]:
+    def note(stop: int) -> None:
+        watcher.dispatched = max(watcher.dispatched, stop)
+
+    return note
+
+
+@dataclass
+class Progress:
+    """(time, events processed) every `interval` seconds, from the database's counters."""
+
+    dsn: str
+    interval: float = 0.5
+    samples: list[tuple[float, int]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> Progress:
+        self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        with connect(self.dsn, autocommit=True) as conn:
+            while True:
+                self.samples.append((time.perf_counter(), processed(conn)))
+                if self._stop.wait(self.interval):
+                    self.samples.append((time.perf_counter(), processed(conn)))
+                    return
+
+    @property
+    def latest(self) -> int:
+        return self.samples[-1][1] if self.samples else 0
+
+    def time_at(self, events: float) -> float:
+        """When `events` had been processed, interpolated between samples."""
+        for (t0, n0), (t1, n1) in zip(self.samples, self.samples[1:], strict=False):
+            if n0 <= events <= n1 and n1 > n0:
+                return t0 + (t1 - t0) * (events - n0) / (n1 - n0)
+        raise ValueError(f"{events} events were never reached (last sample {self.latest})")
+
+
+SIZES = """
+SELECT pg_total_relation_size('inbox.quota_events') AS inbox_bytes,
+       (SELECT count(*) FROM inbox.quota_events) AS inbox_rows,
+       pg_total_relation_size('public.quota') AS quota_bytes,
+       (SELECT count(*) FROM public.quota) AS quota_rows,
+       pg_total_relation_size('pgmq.q_quota_changes') AS outbox_bytes,
+       (SELECT count(*) FROM pgmq.q_quota_changes) AS outbox_messages,
+       (SELECT n_dead_tup FROM pg_stat_user_tables
+        WHERE relid = 'inbox.quota_events'::regclass) AS inbox_dead_tuples
+"""
+
+
+def soak(cluster: Cluster, cfg: Config, workdir: Path) -> Measurement:
+    """Many events through HTTP with retention on (compressed to seconds): does throughput hold,
+    do the tables stay bounded, does memory stay flat? The producer keeps at most soak_backlog
+    events unprocessed, like a producer that is told to slow down, so ingest and apply overlap to
+    the end instead of the backlog draining alone."""
+    stream = generate(cfg.soak_events, cfg.soak_quotas)  # from version 1: the first lap creates them
+    dsn = cluster.database("soak")
+    batches = stream.batches(cfg.http_batch)
+    retention = {
+        "INBOX_RETENTION": f"PT{cfg.soak_retention_seconds}S",
+        "INBOX_RETENTION_INTERVAL_SECONDS": str(max(1, cfg.soak_retention_seconds // 2)),
+    }
+    progress = Progress(dsn)
+
+    def body(k: int) -> bytes:
+        start, stop = batches[k]
+        while start - progress.latest > cfg.soak_backlog:
+            time.sleep(0.02)
+        return stream.ndjson(start, stop)
+
+    with pipeline(workdir, dsn, cfg, retention) as running, connect(dsn, autocommit=True) as conn:
+        pids = {"inbox serve": running.server.process.pid, "bench client": _own_pid()}
+        pids.update({f"inbox work {i + 1}": w.process.pid for i, w in enumerate(running.workers)})
+        pids["postgres (largest process)"] = cluster.postmaster_pid()
+        with RssSampler(pids) as rss, progress:
+            start = time.perf_counter()
+            post_all(running.base_url, "/events", len(batches), body, cfg.http_senders, NDJSON)
+            end = wait_drained(conn, running.all, timeout=3600, poll=0.05)
+        time.sleep(cfg.soak_retention_seconds + 1)
+        purged = _purge(conn, cfg.soak_retention_seconds)
+        sizes = conn.execute(SIZES).fetchone()
+    return Measurement(
+        "soak",
+        f"7. soak: {len(stream):,} events over HTTP, retention on",
+        len(stream),
+        end - start,
+        {
+            **_tenths(progress, start, len(stream)),
+            "after_retention": {**(sizes or {}), "purged_at_end": purged},
+            "peak_rss_mb": {name: round(b / 2**20, 1) for name, b in rss.peaks.items()},
+            "retention_seconds": cfg.soak_retention_seconds,
+            "max_backlog": cfg.soak_backlog,
+        },
+    )
+
+
+def _tenths(progress: Progress, start: int | float, events: int) -> dict[str, float]:
+    tenth = events / 10
+    first = tenth / (progress.time_at(tenth) - start)
+    last = tenth / (progress.time_at(events) - progress.time_at(events - tenth))
+    return {
+        "first_tenth_events_per_second": round(first, 1),
+        "last_tenth_events_per_second": round(last, 1),
+        "last_over_first": round(last / first, 3),
+    }
+
+
+def _purge(conn: DictConnection, older_than_seconds: int) -> int:
+    """What the retention job does, run to the end once: the table left is what retention keeps."""
+    total = 0
+    while purged := int(
+        scalar(
+            conn,
+            "SELECT inbox.purge_finished_events(make_interval(secs => %s), 5000) AS n",
+            [older_than_seconds],
+        )
+    ):
+        total += purged
+    return total
+
+
+def _own_pid() -> int:
+    import os
+
+    return os.getpid()

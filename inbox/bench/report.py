@@ -1,0 +1,129 @@
+"""The results: a table on stdout, a JSON file, a PNG chart; the machine stated beside the figures."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from inbox.bench.measure import Measurement
+
+THROUGHPUT_PATHS = ("per_event", "pgmq", "ceiling", "http", "kafka")
+
+
+def machine() -> dict[str, Any]:
+    import psutil
+
+    load1, load5, _ = os.getloadavg()
+    return {
+        "cpu_cores": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "cpu": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "load_average_at_start": [round(load1, 2), round(load5, 2)],
+    }
+
+
+def ratios(results: dict[str, Measurement]) -> dict[str, float]:
+    """The comparisons the targets are stated in (all from this one run)."""
+    http = results.get("http")
+    if http is None:
+        return {}
+    out: dict[str, float] = {}
+    for key, name in (
+        ("per_event", "http_over_per_event"),
+        ("pgmq", "http_over_pgmq"),
+        ("ceiling", "http_over_ceiling"),
+    ):
+        if key in results and results[key].rate > 0:
+            out[name] = round(http.rate / results[key].rate, 3)
+    shipped = results.get("apply_as_shipped")
+    for variant in ("outbox_off", "triggers_off"):
+        other = results.get(f"apply_{variant}")
+        if shipped is not None and other is not None and other.rate > 0:
+            out[f"apply_with_{variant.split('_')[0]}_over_without"] = round(shipped.rate / other.rate, 3)
+    return out
+
+
+def document(results: dict[str, Measurement], meta: dict[str, Any]) -> dict[str, Any]:
+    return {**meta, "results": {k: m.as_json() for k, m in results.items()}, "ratios": ratios(results)}
+
+
+def table(doc: dict[str, Any]) -> str:
+    m = doc["machine"]
+    lines = [
+        f"Quota Inbox benchmark ({'quick' if doc['quick'] else 'full'}) on {m['cpu_cores']} cores, "
+        f"{m['memory_gb']} GB, PostgreSQL {doc['postgres']['server_version']} (embedded), "
+        f"load average at start {m['load_average_at_start'][0]}",
+        f"{'path':<54}{'events':>10}{'seconds':>10}{'events/s':>12}",
+    ]
+    for result in doc["results"].values():
+        if "events_per_second" in result and result.get("seconds"):
+            lines.append(
+                f"{result['title']:<54}{result['events']:>10,}{result['seconds']:>10.2f}"
+                f"{result['events_per_second']:>12,.0f}"
+            )
+        elif "todo" in result:
+            lines.append(f"{result['title']:<54}  TODO: {result['todo']}")
+    latency = doc["results"].get("latency")
+    if latency:
+        for side in ("server_ms", "client_ms"):
+            shown = "  ".join(f"{k} {v}" for k, v in latency[side].items())
+            lines.append(f"latency {side[:-3]:<7} ms  {shown}")
+    soak = doc["results"].get("soak")
+    if soak:
+        lines.append(
+            f"soak: first tenth {soak['first_tenth_events_per_second']:,.0f}/s, last tenth "
+            f"{soak['last_tenth_events_per_second']:,.0f}/s ({soak['last_over_first']:.0%})"
+        )
+        lines.append("soak peak RSS MB: " + ", ".join(f"{k} {v}" for k, v in soak["peak_rss_mb"].items()))
+        sizes = soak["after_retention"]
+        lines.append(
+            f"after retention: inbox {sizes['inbox_rows']:,} rows {sizes['inbox_bytes'] / 2**20:.0f} MB, "
+            f"quota {sizes['quota_rows']:,} rows {sizes['quota_bytes'] / 2**20:.0f} MB, "
+            f"outbox {sizes['outbox_messages']:,} messages {sizes['outbox_bytes'] / 2**20:.0f} MB"
+        )
+    lines.extend(f"{name}: {value}" for name, value in doc["ratios"].items())
+    return "\n".join(lines)
+
+
+def write_json(doc: dict[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(doc, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def chart(doc: dict[str, Any], path: Path) -> None:
+    """Throughput per path, and the apply with and without the outbox and the triggers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = doc["results"]
+    bars = [
+        (r["title"], r["events_per_second"])
+        for k, r in results.items()
+        if k in THROUGHPUT_PATHS and "todo" not in r
+    ]
+    bars += [(r["title"], r["events_per_second"]) for k, r in results.items() if k.startswith("apply_")]
+    m = doc["machine"]
+    fig, ax = plt.subplots(figsize=(10, 0.5 * len(bars) + 2.2))
+    labels = [title for title, _ in bars][::-1]
+    values = [value for _, value in bars][::-1]
+    ax.barh(labels, values, color=["#4c72b0" if "ours" in t else "#999999" for t in labels])
+    for y, value in enumerate(values):
+        ax.text(value, y, f" {value:,.0f}", va="center", fontsize=9)
+    ax.set_xlabel("events per second (higher is better)")
+    latency = results.get("latency", {}).get("server_ms", {})
+    ax.set_title(
+        f"Quota Inbox, one run on {m['cpu_cores']} cores / {m['memory_gb']} GB, embedded PostgreSQL "
+        f"{doc['postgres']['server_version']}\n"
+        f"p99 202->applied at 1,000/s: {latency.get('p99', '?')} ms"
+        + ("   (quick mode: tiny sizes, not for comparison)" if doc["quick"] else ""),
+        fontsize=10,
+    )
+    ax.set_xlim(0, max(values) * 1.18 if values else 1)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

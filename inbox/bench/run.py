@@ -1,0 +1,83 @@
+"""The whole run: one embedded PostgreSQL in a temp folder, every path on the same events, then
+the table, the JSON and the chart. Each path runs alone (nothing else of the run is busy), in a
+fresh database copied from one migrated (and, for the throughput paths, seeded) template."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+from inbox.bench import kafka, overhead, peers, pipeline
+from inbox.bench.cluster import Cluster
+from inbox.bench.config import FULL, QUICK, Config
+from inbox.bench.events import generate
+from inbox.bench.measure import Measurement
+from inbox.bench.report import chart, document, machine, table, write_json
+
+log = logging.getLogger(__name__)
+
+KAFKA_TODO = "inbox/kafka is not installed here (the `inbox consume` consumer); path 5 not measured"
+
+
+def missing_extras() -> list[str]:
+    return [name for name in ("matplotlib", "psutil") if importlib.util.find_spec(name) is None]
+
+
+def run(quick: bool, out: Path, progress: TextIO = sys.stderr) -> dict[str, Any]:
+    cfg = QUICK if quick else FULL
+    out.mkdir(parents=True, exist_ok=True)
+    meta: dict[str, Any] = {
+        "quick": quick,
+        "machine": machine(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    with tempfile.TemporaryDirectory(prefix="inbox-bench-") as tmp:
+        workdir = Path(tmp)
+        cluster = Cluster.start(workdir)
+        meta["postgres"] = cluster.settings()
+        results = measure_all(cluster, cfg, workdir, progress)
+    doc = document(results, {**meta, "config": cfg.__dict__})
+    write_json(doc, out / "bench.json")
+    chart(doc, out / "bench.png")
+    print(table(doc))
+    print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}", file=progress)
+    return doc
+
+
+def measure_all(cluster: Cluster, cfg: Config, workdir: Path, progress: TextIO) -> dict[str, Measurement]:
+    stream = generate(cfg.events, cfg.events, first_version=2)  # one update per quota (events.py)
+    cluster.seed(stream.ids)
+    steps: list[tuple[str, Callable[[], Measurement | list[Measurement]]]] = [
+        ("1 per event", lambda: peers.per_event(cluster, stream, cfg, workdir)),
+        ("2 pgmq", lambda: peers.pgmq_peer(cluster, stream, cfg)),
+        ("3 ceiling", lambda: peers.ceiling(cluster, stream)),
+        ("4 http", lambda: pipeline.http_path(cluster, stream, cfg, workdir)),
+        ("5 kafka", lambda: _kafka(cluster, stream, cfg, workdir)),
+        ("6 latency", lambda: pipeline.latency(cluster, stream, cfg, workdir)),
+        ("7 soak", lambda: pipeline.soak(cluster, cfg, workdir)),
+        (
+            "outbox and trigger overhead",
+            lambda: overhead.overheads(cluster, stream, cfg, rounds=1 if cfg.quick else 2),
+        ),
+    ]
+    results: dict[str, Measurement] = {}
+    for label, step in steps:
+        started = time.perf_counter()
+        print(f"bench: {label} ...", file=progress, flush=True)
+        outcome = step()
+        for measurement in outcome if isinstance(outcome, list) else [outcome]:
+            results[measurement.key] = measurement
+        print(f"bench: {label} done in {time.perf_counter() - started:.1f} s", file=progress, flush=True)
+    return results
+
+
+def _kafka(cluster: Cluster, stream: Any, cfg: Config, workdir: Path) -> Measurement:
+    if importlib.util.find_spec("inbox.kafka.consumer") is None:
+        return Measurement("kafka", "5. ours over Kafka (Tansu)", len(stream), 0.0, {"todo": KAFKA_TODO})
+    return kafka.kafka_path(cluster, stream, cfg, workdir)

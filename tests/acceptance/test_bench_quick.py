@@ -1,0 +1,64 @@
+"""`inbox bench --quick` end to end, as CI runs it: every path measured, nothing timed here.
+
+The figures of a quick run on a shared CI machine say nothing; the test checks that each path ran
+and produced a result, that the report files exist, and that the table was printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+THROUGHPUT = ("per_event", "pgmq", "ceiling", "http", "kafka", "latency", "soak")
+OVERHEAD = ("apply_as_shipped", "apply_outbox_off", "apply_triggers_off")
+
+
+def positive(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+
+def test_quick_bench_measures_every_path(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INBOX_")}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "inbox.cli",
+            "--log-level",
+            "WARNING",
+            "bench",
+            "--quick",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    doc = json.loads((tmp_path / "bench.json").read_text(encoding="utf-8"))
+    results = doc["results"]
+
+    for key in (*THROUGHPUT, *OVERHEAD):
+        assert key in results, f"{key} missing from {sorted(results)}"
+        assert "todo" not in results[key], results[key]["todo"]
+        assert positive(results[key]["events"]), (key, results[key])
+        assert positive(results[key]["events_per_second"]), (key, results[key])
+    for side in ("server_ms", "client_ms"):
+        assert all(positive(results["latency"][side][p]) for p in ("p50", "p95", "p99")), results["latency"]
+    soak = results["soak"]
+    assert positive(soak["first_tenth_events_per_second"]) and positive(soak["last_tenth_events_per_second"])
+    assert soak["peak_rss_mb"] and all(positive(mb) for mb in soak["peak_rss_mb"].values())
+    assert soak["after_retention"]["quota_rows"] > 0
+    assert set(doc["ratios"]) >= {"http_over_per_event", "http_over_pgmq", "http_over_ceiling"}
+    assert positive(doc["machine"]["cpu_cores"]) and positive(doc["machine"]["memory_gb"])
+
+    assert (tmp_path / "bench.png").read_bytes().startswith(b"\x89PNG")
+    assert "events/s" in done.stdout and "cores" in done.stdout
