@@ -4,15 +4,18 @@ of the stream is applied and everything else is finished (applied, stale or a de
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
+from decimal import Decimal
 
 import httpx
+import pytest
 from hypothesis import HealthCheck, given, settings
 
 from inbox.db.connect import DictConnection
-from tests.acceptance.conftest import StartServer
-from tests.fuzz_strategies import EXAMPLES, Body, Item, bodies
-from tests.helpers import dead_letters, drain, inbox_rows, quota, status_counts
+from tests.acceptance.conftest import LiveServer, StartServer
+from tests.fuzz_strategies import EDGE_NUMBERS, EXAMPLES, Body, Item, bodies
+from tests.helpers import dead_letters, drain, inbox_rows, quota, status_counts, titan_event, to_json
 
 BODY_LIMIT = 256 * 1024  # room for 100 000 nested brackets (400); two long tokens are too much (413)
 ANSWERS = {202, 400, 413, 422}
@@ -60,3 +63,30 @@ def test_hostile_bodies_get_clear_answers_and_the_valid_events_are_applied(
     for item in stored_intact:
         row = quota(db, item.quota_id)
         assert row is not None and row["source_version"] == item.version, item
+
+
+@pytest.mark.parametrize("number", EDGE_NUMBERS)
+def test_an_edge_number_in_a_quantity_is_refused_or_finished_and_its_neighbours_applied(
+    live: LiveServer, dsn: str, db: DictConnection, number: str
+) -> None:
+    """The explicit cases behind the fuzzing above: a quantity of 1e5000 came back from PostgreSQL as
+    5001 digits, which Python would not read as an int; the whole batch around it stalled."""
+    before, edge, after = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    odd = to_json(titan_event(edge, 1, "INSERT", qty_t=Decimal(7))).replace(
+        '"qty_t": 7', f'"qty_t": {number}'
+    )
+    body = "\n".join(
+        [to_json(titan_event(before, 1, "INSERT")), odd, to_json(titan_event(after, 1, "INSERT"))]
+    )
+
+    response = httpx.post(f"{live.base_url}/events", content=body, timeout=30)
+
+    assert response.status_code in (202, 400), response.text
+    if response.status_code == 400:
+        assert inbox_rows(db) == 0
+        return
+    counts = drain(dsn)
+    assert counts.claimed == 3
+    assert quota(db, before) is not None and quota(db, after) is not None
+    assert set(status_counts(db)) <= {"applied", "dead"}
+    assert {letter["error_class"] for letter in dead_letters(db)} <= {"invalid"}

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, TypeVar
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -30,6 +31,7 @@ from tests.fuzz_strategies import (
     render,
     valid_events,
 )
+from tests.helpers import titan_event
 
 T = TypeVar("T")
 FUZZ = settings(
@@ -221,3 +223,19 @@ def test_a_kafka_message_is_an_event_a_reject_or_skipped(value: bytes | None) ->
     assert isinstance(outcome, Event | Reject) or outcome in ("tombstone", "truncate")
     if isinstance(outcome, Reject):
         assert outcome.raw == value and outcome.reason
+
+
+@pytest.mark.parametrize("separator", ["\x85", "\u2028", "\u2029"], ids=["NEL", "LS", "PS"])
+def test_a_string_may_hold_a_unicode_line_separator_raw_in_ndjson(separator: str) -> None:
+    """The explicit case behind the property above: str.splitlines() cut such an event in two."""
+    events = [
+        json.dumps(
+            titan_event(uuid.uuid4(), 1, counterparty_id=f"A{separator}B"), ensure_ascii=False, default=str
+        )
+        for _ in range(2)
+    ]
+
+    batch = parse_body("\n".join(events).encode(), ndjson=True)
+
+    assert len(batch.keys) == 2
+    assert json.loads(batch.array_text)[0]["data"]["counterparty_id"] == f"A{separator}B"
