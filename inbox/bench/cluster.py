@@ -217,3 +217,33 @@ def scalar(conn: DictConnection, statement: str, params: Any = None) -> Any:
     row = conn.execute(statement, params).fetchone()
     assert row is not None
     return next(iter(row.values()))
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """CPU time (user + system) used so far by each named process; "postgres" counts the server's
+    processes alive now (the backends of this run's connections among them)."""
+    import psutil
+
+    used: dict[str, float] = {}
+    for name, pid in pids.items():
+        try:
+            process = psutil.Process(pid)
+            family = [process, *process.children()] if name == "postgres" else [process]
+            used[name] = sum(_cpu(p) for p in family)
+        except psutil.Error:
+            continue
+    return used
+
+
+def _cpu(process: Any) -> float:
+    import psutil
+
+    try:
+        times = process.cpu_times()
+    except psutil.Error:
+        return 0.0
+    return float(times.user + times.system)
+
+
+def cpu_used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {name: round(after[name] - before.get(name, 0.0), 2) for name in after}

@@ -3,6 +3,7 @@ PostgreSQL, fed over HTTP by this process. Validation and the outbox are on, as 
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,6 +15,8 @@ from inbox.bench.cluster import (
     Cluster,
     RssSampler,
     Service,
+    cpu_seconds,
+    cpu_used,
     free_port,
     inbox_cli,
     scalar,
@@ -41,6 +44,13 @@ class Pipeline:
     @property
     def all(self) -> list[Service]:
         return [self.server, *self.workers]
+
+    def pids(self, cluster: Cluster) -> dict[str, int]:
+        """The processes that do the work, by role, for memory and CPU figures."""
+        named = {"inbox serve": self.server.process.pid, "bench client": os.getpid()}
+        named.update({f"inbox work {i + 1}": w.process.pid for i, w in enumerate(self.workers)})
+        named["postgres"] = cluster.postmaster_pid()
+        return named
 
 
 def worker_env(dsn: str, cfg: Config, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -85,10 +95,13 @@ def http_path(cluster: Cluster, stream: Stream, cfg: Config, workdir: Path) -> M
     batches = stream.batches(cfg.http_batch)
     bodies = [stream.ndjson(a, z) for a, z in batches]
     with pipeline(workdir, dsn, cfg) as running, connect(dsn, autocommit=True) as conn:
+        pids = running.pids(cluster)
+        cpu_before = cpu_seconds(pids)
         start = time.perf_counter()
         post_all(running.base_url, "/events", len(bodies), bodies.__getitem__, cfg.http_senders, NDJSON)
         ingested = time.perf_counter()
         end = wait_drained(conn, running.all, timeout=600)
+        cpu = cpu_used(cpu_before, cpu_seconds(pids))
         counts = status_counts(conn)
     return Measurement(
         "http",
@@ -103,6 +116,10 @@ def http_path(cluster: Cluster, stream: Stream, cfg: Config, workdir: Path) -> M
             "worker_threads": cfg.worker_threads,
             "batch_size": cfg.batch_size,
             "statuses": counts,
+            # where the time goes: CPU seconds by process over the run (the machine has
+            # cpu_cores x seconds to give); postgres = every server process, ingest and apply
+            "cpu_seconds": cpu,
+            "cpu_us_per_event": {k: round(v / len(stream) * 1e6, 1) for k, v in cpu.items()},
         },
     )
 
@@ -278,10 +295,7 @@ def soak(cluster: Cluster, cfg: Config, workdir: Path) -> Measurement:
         return stream.ndjson(start, stop)
 
     with pipeline(workdir, dsn, cfg, retention) as running, connect(dsn, autocommit=True) as conn:
-        pids = {"inbox serve": running.server.process.pid, "bench client": _own_pid()}
-        pids.update({f"inbox work {i + 1}": w.process.pid for i, w in enumerate(running.workers)})
-        pids["postgres (largest process)"] = cluster.postmaster_pid()
-        with RssSampler(pids) as rss, progress:
+        with RssSampler(running.pids(cluster)) as rss, progress:
             start = time.perf_counter()
             post_all(running.base_url, "/events", len(batches), body, cfg.http_senders, NDJSON)
             end = wait_drained(conn, running.all, timeout=3600, poll=0.05)
@@ -326,9 +340,3 @@ def _purge(conn: DictConnection, older_than_seconds: int) -> int:
     ):
         total += purged
     return total
-
-
-def _own_pid() -> int:
-    import os
-
-    return os.getpid()
