@@ -39,13 +39,14 @@ PARTITIONS = 3
 
 
 @pytest.fixture
-def restartable_pg(tmp_path: Path) -> Iterator[RestartablePostgres]:
-    """A PostgreSQL of this test's own: stopping it disturbs no other test."""
-    pg = RestartablePostgres(tmp_path / "pg")
-    migrate(pg.dsn)
-    yield pg
-    if pg.running():
-        pg.stop()  # the wheel's own cleanup then only removes the files
+def restartable_pg() -> Iterator[RestartablePostgres]:
+    """A PostgreSQL of this test's own (outside pytest's basetemp: see RestartablePostgres)."""
+    pg = RestartablePostgres()
+    try:
+        migrate(pg.dsn)
+        yield pg
+    finally:
+        pg.close()
 
 
 @pytest.fixture
