@@ -35,10 +35,13 @@ def register(sub: Any) -> None:
 
 
 def cmd_bench(args: argparse.Namespace, settings: Any) -> None:
-    from inbox.bench.run import missing_extras, run
+    from inbox.bench.run import BenchFailed, missing_extras, run
     from inbox.cli import CliError
 
     missing = missing_extras()
     if missing:
         raise CliError(f"inbox bench needs {', '.join(missing)}: pip install -e '.[bench]'")
-    run(args.quick, args.out)
+    try:
+        run(args.quick, args.out)
+    except BenchFailed as exc:
+        raise CliError(str(exc)) from exc

@@ -78,12 +78,12 @@ class Cluster:
             return {n: str(conn.execute(f"SHOW {n}").fetchone()[n]) for n in names}  # type: ignore[index]
 
     def postmaster_pid(self) -> int:
-        with connect(self.admin_dsn, autocommit=True) as conn:
-            row = conn.execute("SELECT pg_backend_pid() AS pid").fetchone()
-        assert row is not None
         import psutil
 
-        return int(psutil.Process(int(row["pid"])).ppid())
+        with connect(self.admin_dsn, autocommit=True) as conn:
+            row = conn.execute("SELECT pg_backend_pid() AS pid").fetchone()
+            assert row is not None
+            return int(psutil.Process(int(row["pid"])).ppid())  # asked while this backend lives
 
 
 def free_port() -> int:

@@ -67,6 +67,8 @@ def table(doc: dict[str, Any]) -> str:
             )
         elif "todo" in result:
             lines.append(f"{result['title']:<54}  TODO: {result['todo']}")
+        elif "error" in result:
+            lines.append(f"{result['title']:<54}  FAILED: {result['error'][:200]}")
     latency = doc["results"].get("latency")
     if latency:
         for side in ("server_ms", "client_ms"):

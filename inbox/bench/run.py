@@ -47,7 +47,14 @@ def run(quick: bool, out: Path, progress: TextIO = sys.stderr) -> dict[str, Any]
     chart(doc, out / "bench.png")
     print(table(doc))
     print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}", file=progress)
+    failed = [m.title for m in results.values() if "error" in m.detail]
+    if failed:
+        raise BenchFailed(f"these steps failed (see the log above and bench.json): {', '.join(failed)}")
     return doc
+
+
+class BenchFailed(RuntimeError):
+    pass
 
 
 def measure_all(cluster: Cluster, cfg: Config, workdir: Path, progress: TextIO) -> dict[str, Measurement]:
@@ -70,7 +77,13 @@ def measure_all(cluster: Cluster, cfg: Config, workdir: Path, progress: TextIO) 
     for label, step in steps:
         started = time.perf_counter()
         print(f"bench: {label} ...", file=progress, flush=True)
-        outcome = step()
+        try:
+            outcome = step()
+        except Exception as exc:  # keep what the other steps measured; the run still fails at the end
+            log.exception("bench step %s failed", label)
+            outcome = Measurement(
+                f"failed: {label}", label, 0, 0.0, {"error": f"{type(exc).__name__}: {exc}"}
+            )
         for measurement in outcome if isinstance(outcome, list) else [outcome]:
             results[measurement.key] = measurement
         print(f"bench: {label} done in {time.perf_counter() - started:.1f} s", file=progress, flush=True)
