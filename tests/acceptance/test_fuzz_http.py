@@ -21,6 +21,8 @@ BODY_LIMIT = 256 * 1024  # room for 100 000 nested brackets (400); two long toke
 ANSWERS = {202, 400, 413, 422}
 
 
+@pytest.mark.soak
+@pytest.mark.timeout(1800 if EXAMPLES > 150 else 300)
 def test_hostile_bodies_get_clear_answers_and_the_valid_events_are_applied(
     start_server: StartServer, dsn: str, db: DictConnection
 ) -> None:

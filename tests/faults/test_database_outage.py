@@ -107,6 +107,7 @@ def _keys(batch: list[str]) -> list[tuple[uuid.UUID, int, bool]]:
     return [(k.quota_id, k.version, k.is_delete) for k in (key_event(loads(t)) for t in batch)]
 
 
+@pytest.mark.soak
 def test_database_stopped_and_started_under_load_loses_nothing(
     restartable_pg: RestartablePostgres, broker: KafkaBroker, tmp_path: Path
 ) -> None:

@@ -154,6 +154,7 @@ class Progress:
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(1800 if SOAK else 300)
 def test_workers_killed_mid_batch_again_and_again_end_exact(
     dsn: str, db: DictConnection, fleet: WorkerFleet
 ) -> None:

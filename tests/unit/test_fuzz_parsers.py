@@ -41,6 +41,11 @@ FUZZ = settings(
 )
 
 
+def fuzz(test: Callable[..., None]) -> Callable[..., None]:
+    """Hypothesis settings for these tests, and the soak mark: INBOX_SOAK=1 runs many more examples."""
+    return pytest.mark.timeout(1800 if EXAMPLES > 150 else 300)(pytest.mark.soak(FUZZ(test)))
+
+
 def _python(value: Any) -> Any:
     """A value tree as the worker may find it in a payload (numbers int or Decimal; NaN and the like
     only reach it through the sink's text columns, but must not crash it either)."""
@@ -94,7 +99,7 @@ def _assert_storable(value: Any) -> None:
 # -- inbox.ingest -----------------------------------------------------------------------------------
 
 
-@FUZZ
+@fuzz
 @given(st.one_of(st.text(max_size=200), json_values.map(render)))
 def test_loads_gives_storable_json_or_a_value_error(text: str) -> None:
     try:
@@ -114,7 +119,7 @@ def _alone(item: Item, shape: str) -> list[EventKey] | None:
         return None
 
 
-@FUZZ
+@fuzz
 @given(bodies(), st.booleans())
 def test_a_body_is_keyed_whole_exactly_as_its_items_alone_or_refused_whole(body: Body, ndjson: bool) -> None:
     batch, refused = _attempt(lambda: parse_body(body.raw, ndjson=ndjson), BadBatch)
@@ -134,7 +139,7 @@ def test_a_body_is_keyed_whole_exactly_as_its_items_alone_or_refused_whole(body:
         assert batch.keys == [key for keys in alone if keys is not None for key in keys]
 
 
-@FUZZ
+@fuzz
 @given(st.lists(items, min_size=1, max_size=5), st.sampled_from(["\n", "\r\n", "\n\n"]))
 def test_ndjson_of_keyable_items_is_keyed_line_by_line(chosen: list[Item], newline: str) -> None:
     """NDJSON lines are separated by newlines only: a string may hold any other character, raw."""
@@ -151,7 +156,7 @@ def test_ndjson_of_keyable_items_is_keyed_line_by_line(chosen: list[Item], newli
         assert batch.keys == [key for keys in expected if keys is not None for key in keys]
 
 
-@FUZZ
+@fuzz
 @given(st.binary(max_size=400), st.booleans())
 def test_split_body_gives_texts_or_a_bad_batch(raw: bytes, ndjson: bool) -> None:
     texts, refused = _attempt(lambda: split_body(raw, ndjson=ndjson), BadBatch)
@@ -164,7 +169,7 @@ def test_split_body_gives_texts_or_a_bad_batch(raw: bytes, ndjson: bool) -> None
 # -- inbox.formats and the worker's preparation -----------------------------------------------------
 
 
-@FUZZ
+@fuzz
 @given(st.one_of(json_values, items.map(lambda item: item.value)).map(_python))
 def test_key_event_keys_or_says_why(value: Any) -> None:
     key, refused = _attempt(lambda: key_event(value), UnkeyableEvent)
@@ -172,7 +177,7 @@ def test_key_event_keys_or_says_why(value: Any) -> None:
     assert str(refused) if key is None else isinstance(key.quota_id, uuid.UUID) and 0 <= key.version < 2**63
 
 
-@FUZZ
+@fuzz
 @given(st.one_of(json_values, mutated_events().map(lambda item: item.value)).map(_python))
 def test_interpret_returns_a_row_or_every_reason(value: Any) -> None:
     row, refused = _attempt(lambda: interpret(value), InvalidEvent)
@@ -183,7 +188,7 @@ def test_interpret_returns_a_row_or_every_reason(value: Any) -> None:
         assert row is None or isinstance(row, QuotaRow)
 
 
-@FUZZ
+@fuzz
 @given(valid_events())
 def test_valid_events_of_every_format_interpret_to_their_row(item: Any) -> None:
     row = interpret(_python(item.value))
@@ -192,7 +197,7 @@ def test_valid_events_of_every_format_interpret_to_their_row(item: Any) -> None:
     assert key_event(item.value).quota_id == item.quota_id
 
 
-@FUZZ
+@fuzz
 @given(st.one_of(json_values, mutated_events().map(lambda item: item.value)).map(_python), st.booleans())
 def test_preparing_any_payload_never_crashes_validation(payload: Any, is_delete: bool) -> None:
     """A crash inside validation would dead-letter the event as 'unprocessable': a bug, not bad input."""
@@ -207,7 +212,7 @@ def test_preparing_any_payload_never_crashes_validation(payload: Any, is_delete:
 # -- the Kafka message classifier -------------------------------------------------------------------
 
 
-@FUZZ
+@fuzz
 @given(
     st.one_of(
         st.none(),
