@@ -23,6 +23,7 @@ from tests.integration.test_outbox import keys, outbox
 from tests.processes import InboxProcess, inbox_env, inbox_process, wait_for
 
 LEASE_SECONDS = 2.0
+LAST_ERRORS = "SELECT DISTINCT last_error AS e FROM inbox.quota_events WHERE last_error IS NOT NULL"
 QUOTAS = 50
 
 
@@ -102,9 +103,7 @@ def test_a_statement_stuck_on_a_lock_is_cancelled_and_its_batch_given_back(
             if session.get("state") == "active":
                 longest_statement = max(longest_statement, session["running"])
             longest_overdue = max(longest_overdue, _longest_overdue_claim(db))
-            errors.update(
-                r["e"] for r in db.execute("SELECT DISTINCT last_error AS e FROM inbox.quota_events")
-            )
+            errors.update(r["e"] for r in db.execute(LAST_ERRORS))
             time.sleep(0.05)
         attempts = db.execute("SELECT max(attempts) AS n FROM inbox.quota_events").fetchone()
     with inbox_process("work", env=_worker_env(dsn), log=tmp_path / "w2.log"):
