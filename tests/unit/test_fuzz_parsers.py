@@ -10,7 +10,7 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from inbox.apply.prepare import prepare
@@ -144,8 +144,11 @@ def test_a_body_is_keyed_whole_exactly_as_its_items_alone_or_refused_whole(body:
 def test_ndjson_of_keyable_items_is_keyed_line_by_line(chosen: list[Item], newline: str) -> None:
     """NDJSON lines are separated by newlines only: a string may hold any other character, raw."""
     lines = [Item(Raw(json.dumps(_python(item.value), ensure_ascii=False, default=str))) for item in chosen]
+    text = newline.join(map(render, (line.value for line in lines)))
+    # A lone surrogate has no UTF-8 form: such a body is not UTF-8 (400), which other tests cover.
+    assume(all(not "\ud800" <= char <= "\udfff" for char in text))
     expected = [_alone(line, "ndjson") for line in lines]
-    body = newline.join(map(render, (line.value for line in lines))).encode("utf-8", "surrogatepass")
+    body = text.encode("utf-8")
 
     batch, refused = _attempt(lambda: parse_body(body, ndjson=True), BadBatch)
 
