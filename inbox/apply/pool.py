@@ -50,7 +50,7 @@ class WorkerPool:
     def stop(self, timeout: float = 30.0) -> None:
         """Finish the batches in hand, then stop; what is not finished returns when its lease expires."""
         self.stop_event.set()
-        self.waker.wake()
+        self.waker.wake_all()
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
         if self._metrics_server is not None:

@@ -14,7 +14,14 @@ log = logging.getLogger(__name__)
 
 
 class Waker:
-    """A generation counter: a worker that saw generation g sleeps until it moves or the timeout ends."""
+    """A generation counter: a worker that saw generation g sleeps until it moves or the timeout ends.
+
+    A hint wakes one sleeping worker, not all of them: a small batch is one worker's work, and
+    threads that all wake to race for it contend for the GIL (a waiting thread can lose up to the
+    5 ms switch interval per hand-over) and for the rows, which is most of the latency at a light
+    load. A worker that finds a full batch hands the hint on (Worker.run), so a backlog still
+    brings every worker in. A worker busy when the hint came sees the generation moved and looks.
+    """
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
@@ -26,6 +33,12 @@ class Waker:
             return self._generation
 
     def wake(self) -> None:
+        with self._cond:
+            self._generation += 1
+            self._cond.notify()
+
+    def wake_all(self) -> None:
+        """Every sleeping worker: to stop."""
         with self._cond:
             self._generation += 1
             self._cond.notify_all()

@@ -191,6 +191,8 @@ class Worker:
                 continue
             if counts.claimed == 0:
                 waker.wait(seen, timeout=self.settings.poll_seconds)
+            elif counts.claimed >= self.settings.batch_size:
+                waker.wake()  # a full batch: more may be due, bring in another worker
         self.close()
 
 
