@@ -25,6 +25,10 @@ from inbox.db.embedded import start_embedded
 from inbox.db.migrate import migrate
 
 TEMPLATE = "bench_template"
+OTHER_SESSIONS = (
+    "SELECT count(*) AS n FROM pg_stat_activity"
+    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+)
 SEEDED = "bench_seeded"
 
 
@@ -38,6 +42,10 @@ class Cluster:
     @classmethod
     def start(cls, workdir: Path) -> Cluster:
         cluster = cls(start_embedded(workdir / "pgdata", cleanup="delete"))
+        with psycopg.connect(cluster.admin_dsn, autocommit=True) as conn:
+            # time spent in each SQL function, for "where the time goes" (a clock read per call)
+            conn.execute("ALTER SYSTEM SET track_functions = 'all'")
+            conn.execute("SELECT pg_reload_conf()")
         migrate(cluster._create(TEMPLATE, template=None))
         return cluster
 
@@ -76,6 +84,21 @@ class Cluster:
         names = ("server_version", "shared_buffers", "fsync", "synchronous_commit", "max_connections")
         with connect(self.admin_dsn, autocommit=True) as conn:
             return {n: str(conn.execute(f"SHOW {n}").fetchone()[n]) for n in names}  # type: ignore[index]
+
+    def function_times(self, dsn: str, events: int, top: int = 8) -> dict[str, float]:
+        """Microseconds per event spent in each SQL function of one database (its own time, not
+        the functions it calls), the largest first. Read after its sessions ended: a session
+        reports its counts when it ends or idles, so they are complete only then."""
+        with connect(dsn, autocommit=True) as conn:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and scalar(conn, OTHER_SESSIONS):
+                time.sleep(0.05)
+            rows = conn.execute(
+                "SELECT schemaname || '.' || funcname || '(' || calls || ' calls)' AS name,"
+                " self_time AS ms FROM pg_stat_user_functions ORDER BY self_time DESC LIMIT %s",
+                [top],
+            ).fetchall()
+        return {str(r["name"]): round(float(r["ms"]) * 1000 / events, 1) for r in rows}
 
     def postmaster_pid(self) -> int:
         import psutil

@@ -103,6 +103,7 @@ def http_path(cluster: Cluster, stream: Stream, cfg: Config, workdir: Path) -> M
         end = wait_drained(conn, running.all, timeout=600)
         cpu = cpu_used(cpu_before, cpu_seconds(pids))
         counts = status_counts(conn)
+    functions = cluster.function_times(dsn, len(stream))
     return Measurement(
         "http",
         "4. ours over HTTP: batch POSTs, workers, outbox",
@@ -120,6 +121,8 @@ def http_path(cluster: Cluster, stream: Stream, cfg: Config, workdir: Path) -> M
             # cpu_cores x seconds to give); postgres = every server process, ingest and apply
             "cpu_seconds": cpu,
             "cpu_us_per_event": {k: round(v / len(stream) * 1e6, 1) for k, v in cpu.items()},
+            # inside PostgreSQL: wall time per event in each SQL function (waits included)
+            "sql_function_us_per_event": functions,
         },
     )
 
