@@ -17,10 +17,10 @@ class Waker:
     """A generation counter: a worker that saw generation g sleeps until it moves or the timeout ends.
 
     A hint wakes one sleeping worker, not all of them: a small batch is one worker's work, and
-    threads that all wake to race for it contend for the GIL (a waiting thread can lose up to the
-    5 ms switch interval per hand-over) and for the rows, which is most of the latency at a light
-    load. A worker that finds a full batch hands the hint on (Worker.run), so a backlog still
-    brings every worker in. A worker busy when the hint came sees the generation moved and looks.
+    threads that all wake to race for it spend CPU on empty claims and contend for the GIL (a
+    waiting thread can lose up to the 5 ms switch interval per hand-over). A worker that finds a
+    full batch hands the hint on (Worker.run), so a backlog still brings every worker in. A worker
+    busy when the hint came sees the generation moved and looks.
     """
 
     def __init__(self) -> None:
