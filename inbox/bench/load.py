@@ -27,8 +27,16 @@ class Client:
         self._conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=60)
 
     def post(self, path: str, body: bytes, content_type: str = "application/json") -> bytes:
-        self._conn.request("POST", path, body, {"Content-Type": content_type})
-        response = self._conn.getresponse()
+        try:
+            self._conn.request("POST", path, body, {"Content-Type": content_type})
+            response = self._conn.getresponse()
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            # The server closes a keep-alive connection left idle for 5 s (uvicorn's default), as
+            # the soak's producer does while it waits for the backlog; the sender learns it only
+            # now. Sending again on a new connection is safe: the inbox keys every event.
+            self._conn.close()
+            self._conn.request("POST", path, body, {"Content-Type": content_type})
+            response = self._conn.getresponse()
         data = response.read()
         if response.status != 202:
             raise Rejected(f"POST {path} answered {response.status}: {data[:300]!r}")

@@ -301,11 +301,15 @@ def soak(cluster: Cluster, cfg: Config, workdir: Path) -> Measurement:
         "INBOX_RETENTION_INTERVAL_SECONDS": str(max(1, cfg.soak_retention_seconds // 2)),
     }
     progress = Progress(dsn)
+    held_back: list[float] = []  # each time the producer waited for the backlog, how long
 
     def body(k: int) -> bytes:
         start, stop = batches[k]
-        while start - progress.latest > cfg.soak_backlog:
-            time.sleep(0.02)
+        if start - progress.latest > cfg.soak_backlog:
+            waited = time.perf_counter()
+            while start - progress.latest > cfg.soak_backlog:
+                time.sleep(0.02)
+            held_back.append(time.perf_counter() - waited)
         return stream.ndjson(start, stop)
 
     with pipeline(workdir, dsn, cfg, retention) as running, connect(dsn, autocommit=True) as conn:
@@ -327,6 +331,11 @@ def soak(cluster: Cluster, cfg: Config, workdir: Path) -> Measurement:
             "peak_rss_mb": {name: round(b / 2**20, 1) for name, b in rss.peaks.items()},
             "retention_seconds": cfg.soak_retention_seconds,
             "max_backlog": cfg.soak_backlog,
+            # how often and how long the producer waited for the workers: a stall would show here
+            "producer_waits": {
+                "count": len(held_back),
+                "longest_seconds": round(max(held_back, default=0.0), 2),
+            },
         },
     )
 
