@@ -113,6 +113,18 @@ def test_apply_joins_its_steps_in_linear_time(db: DictConnection, plans: list[di
 HOT_TABLES = {"quota_events", "quota_versions", "quota", "call_off", "quota_processing_errors"}
 
 
+def wide_reads(logged: list[dict[str, Any]], tables: set[str], most: int) -> list[tuple[str, str, float]]:
+    """Scans of these tables (from plans logged with log_analyze) that are seq scans or return more
+    than `most` rows over all their loops."""
+    return [
+        (node["Node Type"], node["Relation Name"], node["Actual Rows"] * node["Actual Loops"])
+        for entry in logged
+        for node in nodes(entry["Plan"])
+        if node.get("Relation Name") in tables
+        and (node["Node Type"] == "Seq Scan" or node["Actual Rows"] * node["Actual Loops"] > most)
+    ]
+
+
 def test_a_small_batch_reads_only_its_own_rows(db: DictConnection, plans: list[dict[str, Any]]) -> None:
     """Claim and apply, 10 events. The planner takes the input of apply_events for 100 rows,
     whatever its size. Against tables of a few thousand rows it found a hash join over a seq scan
@@ -130,15 +142,9 @@ def test_a_small_batch_reads_only_its_own_rows(db: DictConnection, plans: list[d
     assert result is not None and result["applied"] == 10 and result["published"] == 10
 
     assert plan_of(plans, "jsonb_to_recordset(p_events)") is not None
-    wide_reads = [
-        (node["Node Type"], node["Relation Name"], node["Actual Rows"] * node["Actual Loops"])
-        for entry in plans
-        for node in nodes(entry["Plan"])
-        if node.get("Relation Name") in HOT_TABLES
-        and (node["Node Type"] == "Seq Scan" or node["Actual Rows"] * node["Actual Loops"] > 10)
-    ]
     # each table is read by key: at most one row per event of the batch, never a whole table
-    assert wide_reads == [], wide_reads
+    too_wide = wide_reads(plans, HOT_TABLES, most=10)
+    assert too_wide == [], too_wide
 
 
 def test_the_counter_trigger_stays_linear_after_a_small_first_batch(
@@ -188,11 +194,5 @@ def test_a_retention_batch_reads_only_the_rows_it_deletes(
     assert row is not None and row["purged"] == 100
     assert db.execute("SELECT count(*) AS n FROM inbox.quota_events").fetchone() == {"n": 2900}
 
-    wide_reads = [
-        (node["Node Type"], node["Actual Rows"] * node["Actual Loops"])
-        for entry in purge_plans
-        for node in nodes(entry["Plan"])
-        if node.get("Relation Name") == "quota_events"
-        and (node["Node Type"] == "Seq Scan" or node["Actual Rows"] * node["Actual Loops"] > 100)
-    ]
-    assert wide_reads == [], wide_reads
+    too_wide = wide_reads(purge_plans, {"quota_events"}, most=100)
+    assert too_wide == [], too_wide
