@@ -83,6 +83,8 @@ def _migrate(dsn: str) -> None:
         raise CliError(f"database unreachable: {exc}", EXIT_DATABASE) from exc
     applied = ", ".join(report.applied) if report.applied else "none"
     print(f"migrations: {report.already} already applied, newly applied: {applied}", file=sys.stderr)
+    functions = f"{len(report.objects)} applied" if report.objects else "all up to date"
+    print(f"function files (sql/functions): {functions}", file=sys.stderr)
 
 
 def _migrate_if_pending(dsn: str) -> None:

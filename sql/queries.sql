@@ -1,5 +1,5 @@
 -- Named runtime queries. Each block starts with "-- name: <name>" and runs as one execute();
--- parameters use psycopg's %(name)s style. Logic lives in the functions of sql/migrations.
+-- parameters use psycopg's %(name)s style. Logic lives in the functions of sql/functions.
 
 -- name: create_migrations_table
 CREATE SCHEMA IF NOT EXISTS inbox;
@@ -20,18 +20,45 @@ SELECT pg_advisory_unlock(7215830113390201);
 -- name: applied_migrations
 SELECT version, name, checksum FROM inbox.schema_migrations ORDER BY version;
 
--- name: applied_migrations_if_any
-SELECT version, name, checksum
-FROM inbox.schema_migrations
-WHERE to_regclass('inbox.schema_migrations') IS NOT NULL
-ORDER BY version;
-
 -- name: migrations_table_exists
 SELECT to_regclass('inbox.schema_migrations') IS NOT NULL AS present;
 
 -- name: record_migration
 INSERT INTO inbox.schema_migrations (version, name, checksum)
 VALUES (%(version)s, %(name)s, %(checksum)s);
+
+-- name: schemas_others_may_create_in
+-- Who besides the schema's owner (and its members) and superusers may CREATE in public or inbox:
+-- such a role could plant a function or operator that a caller's search_path picks up.
+SELECT n.nspname AS schema,
+       EXISTS (SELECT 1 FROM aclexplode(n.nspacl) a
+               WHERE a.grantee = 0 AND a.privilege_type = 'CREATE') AS public_may_create,
+       ARRAY(SELECT r.rolname::text
+             FROM pg_roles r
+             WHERE NOT r.rolsuper
+               AND has_schema_privilege(r.oid, n.oid, 'CREATE')
+               AND NOT pg_has_role(r.oid, n.nspowner, 'MEMBER')
+               AND NOT pg_has_role(r.oid, current_user, 'MEMBER')
+             ORDER BY r.rolname) AS roles
+FROM pg_namespace n
+WHERE n.nspname IN ('public', 'inbox')
+ORDER BY n.nspname;
+
+-- name: applied_object_files
+SELECT file, checksum FROM inbox.schema_objects ORDER BY file;
+
+-- name: pin_search_path_locally
+-- Object files are created with nothing but pg_catalog on the path: every other name is qualified.
+SET LOCAL search_path = pg_catalog, pg_temp;
+
+-- name: record_object_file
+INSERT INTO inbox.schema_objects AS o (file, checksum)
+VALUES (%(file)s, %(checksum)s)
+ON CONFLICT (file) DO UPDATE SET checksum = excluded.checksum, applied_at = now();
+
+-- name: forget_object_files
+-- Files this version no longer ships: a numbered migration dropped what they defined.
+DELETE FROM inbox.schema_objects WHERE NOT (file = ANY (%(files)s::text[])) RETURNING file;
 
 -- name: pgmq_installed
 SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'pgmq') AS present;

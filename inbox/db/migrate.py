@@ -1,15 +1,25 @@
-"""Numbered migrations, applied in order under an advisory lock, each recorded with its checksum."""
+"""`inbox migrate`: numbered migrations, then the object files, under one advisory lock.
+
+1. Refuse a schema public or inbox that roles other than its owner may CREATE in: such a role could
+   plant a function or operator that some caller's search_path picks up.
+2. The numbered migrations of sql/migrations, in order, each in a transaction, recorded with its
+   checksum in inbox.schema_migrations; an applied one that was edited is refused.
+3. The object files of sql/functions, in manifest order, each in a transaction with search_path
+   pinned to pg_catalog, recorded with its checksum in inbox.schema_objects: a file is applied when
+   its checksum differs from the one recorded, and every file after a numbered migration ran (that
+   migration may have dropped or altered what the files define).
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psycopg
 
 from inbox.db.connect import DictConnection, connect
 from inbox.db.pgmq_setup import ensure_pgmq
-from inbox.db.sqlfiles import Migration, migrations, query
+from inbox.db.sqlfiles import Migration, ObjectFile, migrations, object_files, query
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +32,8 @@ class MigrationError(Exception):
 class MigrationReport:
     applied: list[str]
     already: int
+    # object files (sql/functions) applied by this run
+    objects: list[str] = field(default_factory=list)
 
 
 def _check_history(files: list[Migration], applied: list[dict[str, object]]) -> None:
@@ -43,17 +55,34 @@ def _check_history(files: list[Migration], applied: list[dict[str, object]]) -> 
             )
 
 
+def _refuse_schemas_others_may_create_in(conn: DictConnection) -> None:
+    for row in conn.execute(query("schemas_others_may_create_in")).fetchall():
+        schema = str(row["schema"])
+        grantees = "PUBLIC" if row["public_may_create"] else ", ".join(str(r) for r in row["roles"])
+        if grantees:
+            raise MigrationError(
+                f"schema {schema} lets {grantees} create objects in it, so a function planted there "
+                f"could run with the rights of whoever calls into this service's SQL; run "
+                f"REVOKE CREATE ON SCHEMA {schema} FROM {grantees}; (as the schema's owner), "
+                "then migrate again"
+            )
+
+
 def migrate(dsn: str) -> MigrationReport:
     files = migrations()
+    objects = object_files()
     with connect(dsn, autocommit=True, application_name="quota-inbox migrate") as conn:
         conn.execute(query("lock_migrations"))
         try:
-            return _migrate_locked(conn, files)
+            return _migrate_locked(conn, files, objects)
         finally:
             conn.execute(query("unlock_migrations"))
 
 
-def _migrate_locked(conn: DictConnection, files: list[Migration]) -> MigrationReport:
+def _migrate_locked(
+    conn: DictConnection, files: list[Migration], objects: list[ObjectFile]
+) -> MigrationReport:
+    _refuse_schemas_others_may_create_in(conn)
     conn.execute(query("create_migrations_table"))
     applied_rows = conn.execute(query("applied_migrations")).fetchall()
     _check_history(files, applied_rows)
@@ -75,15 +104,42 @@ def _migrate_locked(conn: DictConnection, files: list[Migration]) -> MigrationRe
             raise MigrationError(f"migration {label} failed: {exc}") from exc
         log.info("applied migration %s", label)
         newly.append(label)
-    return MigrationReport(applied=newly, already=len(done))
+    applied_objects = _apply_object_files(conn, objects, every_file=bool(newly))
+    return MigrationReport(applied=newly, already=len(done), objects=applied_objects)
+
+
+def _apply_object_files(conn: DictConnection, objects: list[ObjectFile], every_file: bool) -> list[str]:
+    recorded = {str(r["file"]): str(r["checksum"]) for r in conn.execute(query("applied_object_files"))}
+    applied: list[str] = []
+    for obj in objects:
+        if not every_file and recorded.get(obj.file) == obj.checksum:
+            continue
+        try:
+            with conn.transaction():
+                conn.execute(query("pin_search_path_locally"))
+                conn.execute(obj.sql.encode("utf-8"))
+                conn.execute(query("record_object_file"), {"file": obj.file, "checksum": obj.checksum})
+        except psycopg.Error as exc:
+            raise MigrationError(f"sql/functions/{obj.file} failed: {exc}") from exc
+        log.info("applied sql/functions/%s", obj.file)
+        applied.append(obj.file)
+    for row in conn.execute(query("forget_object_files"), {"files": [o.file for o in objects]}).fetchall():
+        log.info("forgot sql/functions/%s: this version no longer ships it", row["file"])
+    return applied
 
 
 def pending_migrations(conn: DictConnection) -> list[str]:
-    """Migrations not yet applied (or a MigrationError if the history does not match)."""
+    """What `inbox migrate` would do: the numbered migrations not yet applied or, once they all are,
+    the object files whose text differs from what the database has (or a MigrationError if the
+    history does not match)."""
     files = migrations()
     if not conn.execute(query("migrations_table_exists")).fetchone()["present"]:  # type: ignore[index]
         return [f"{m.version:03d}_{m.name}" for m in files]
     applied_rows = conn.execute(query("applied_migrations")).fetchall()
     _check_history(files, applied_rows)
     done = {int(row["version"]) for row in applied_rows}
-    return [f"{m.version:03d}_{m.name}" for m in files if m.version not in done]
+    pending = [f"{m.version:03d}_{m.name}" for m in files if m.version not in done]
+    if pending:
+        return pending
+    recorded = {str(r["file"]): str(r["checksum"]) for r in conn.execute(query("applied_object_files"))}
+    return [f"sql/functions/{o.file}" for o in object_files() if recorded.get(o.file) != o.checksum]

@@ -1,4 +1,11 @@
-"""Load the SQL that lives in sql/: named queries and numbered migrations."""
+"""Load the SQL that lives in sql/: named queries, numbered migrations and object files.
+
+sql/migrations/NNN_name.sql   numbered, immutable: tables, indexes, grants, data; applied once each.
+sql/functions/<schema>.<object>.sql
+                              one function, view or trigger each, the current definition
+                              (CREATE OR REPLACE); applied again whenever its text changes, in the
+                              order of sql/functions/manifest.txt.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +18,8 @@ from importlib.resources.abc import Traversable
 
 _NAME_LINE = re.compile(r"^-- name: (?P<name>\w+)\s*$", re.MULTILINE)
 _MIGRATION_FILE = re.compile(r"^(?P<version>\d{3})_(?P<name>[a-z0-9_]+)\.sql$")
+_OBJECT_FILE = re.compile(r"^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*\.sql$")
+MANIFEST = "manifest.txt"
 
 
 def sql_root() -> Traversable:
@@ -47,7 +56,11 @@ class Migration:
 
     @property
     def checksum(self) -> str:
-        return hashlib.sha256(self.sql.encode("utf-8")).hexdigest()
+        return _sha256(self.sql)
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def parse_migrations(entries: dict[str, str]) -> list[Migration]:
@@ -68,11 +81,53 @@ def parse_migrations(entries: dict[str, str]) -> list[Migration]:
     return ordered
 
 
-def migrations() -> list[Migration]:
-    folder = sql_root().joinpath("migrations")
-    entries = {
+def _sql_files(folder: str) -> dict[str, str]:
+    return {
         entry.name: entry.read_text(encoding="utf-8")
-        for entry in folder.iterdir()
+        for entry in sql_root().joinpath(folder).iterdir()
         if entry.name.endswith(".sql")
     }
-    return parse_migrations(entries)
+
+
+def migrations() -> list[Migration]:
+    return parse_migrations(_sql_files("migrations"))
+
+
+@dataclass(frozen=True)
+class ObjectFile:
+    """One file of sql/functions: a function, view or trigger as it stands now."""
+
+    file: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return _sha256(self.sql)
+
+
+def parse_manifest(text: str) -> list[str]:
+    """File names, one a line; blank lines and '#' comments are skipped."""
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def parse_object_files(manifest: str, entries: dict[str, str]) -> list[ObjectFile]:
+    """The object files in manifest order: every .sql file listed exactly once, nothing else listed."""
+    order = parse_manifest(manifest)
+    seen: set[str] = set()
+    for name in order:
+        if not _OBJECT_FILE.match(name):
+            raise ValueError(f"{MANIFEST} lists {name!r}, which is not named <schema>.<object>.sql")
+        if name in seen:
+            raise ValueError(f"{MANIFEST} lists {name} twice")
+        if name not in entries:
+            raise ValueError(f"{MANIFEST} lists {name}, which is not in sql/functions")
+        seen.add(name)
+    unlisted = sorted(set(entries) - seen)
+    if unlisted:
+        raise ValueError(f"sql/functions/{unlisted[0]} is not listed in {MANIFEST}: add it where it belongs")
+    return [ObjectFile(name, entries[name]) for name in order]
+
+
+def object_files() -> list[ObjectFile]:
+    manifest = sql_root().joinpath("functions", MANIFEST).read_text(encoding="utf-8")
+    return parse_object_files(manifest, _sql_files("functions"))

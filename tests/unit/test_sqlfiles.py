@@ -1,4 +1,4 @@
-"""Loading sql/: numbered migrations and named queries; no database."""
+"""Loading sql/: numbered migrations, object files and named queries; no database."""
 
 from __future__ import annotations
 
@@ -6,7 +6,18 @@ import hashlib
 
 import pytest
 
-from inbox.db.sqlfiles import Migration, migrations, parse_migrations, parse_queries, queries, query
+from inbox.db.sqlfiles import (
+    Migration,
+    ObjectFile,
+    migrations,
+    object_files,
+    parse_manifest,
+    parse_migrations,
+    parse_object_files,
+    parse_queries,
+    queries,
+    query,
+)
 
 
 def test_migrations_in_order() -> None:
@@ -93,7 +104,57 @@ def test_no_names_means_no_queries() -> None:
 def test_shipped_queries_load() -> None:
     loaded = queries()
     assert {"ingest_events", "claim_events", "apply_events", "lock_migrations", "ping"} <= set(loaded)
+    assert "applied_migrations_if_any" not in loaded  # nothing ran it
     assert all(text.strip() for text in loaded.values())
     assert query("ping") == loaded["ping"]
     with pytest.raises(KeyError):
         query("no_such_query")
+
+
+# -- object files (sql/functions) -------------------------------------------------------------------
+
+
+def test_object_files_come_in_manifest_order() -> None:
+    manifest = "# why this order\ninbox.b.sql\n\n  public.a.sql  \n"
+    parsed = parse_object_files(manifest, {"public.a.sql": "A", "inbox.b.sql": "B"})
+    assert parsed == [ObjectFile("inbox.b.sql", "B"), ObjectFile("public.a.sql", "A")]
+
+
+def test_manifest_skips_comments_and_blank_lines() -> None:
+    assert parse_manifest("# a\n\ninbox.x.sql\n  # b\n") == ["inbox.x.sql"]
+
+
+@pytest.mark.parametrize(
+    ("manifest", "files", "message"),
+    [
+        ("inbox.a.sql\ninbox.a.sql\n", {"inbox.a.sql": ""}, "lists inbox.a.sql twice"),
+        ("inbox.a.sql\ninbox.b.sql\n", {"inbox.a.sql": ""}, "lists inbox.b.sql, which is not in sql/"),
+        ("inbox.a.sql\n", {"inbox.a.sql": "", "inbox.b.sql": ""}, "inbox.b.sql is not listed in manifest"),
+        ("a.sql\n", {"a.sql": ""}, r"'a\.sql', which is not named <schema>\.<object>\.sql"),
+        ("inbox.A.sql\n", {"inbox.A.sql": ""}, "not named"),
+    ],
+    ids=["twice", "missing-file", "unlisted-file", "no-schema", "upper-case"],
+)
+def test_a_manifest_that_disagrees_with_the_folder_is_refused(
+    manifest: str, files: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_object_files(manifest, files)
+
+
+def test_object_file_checksum_is_the_sha256_of_the_text() -> None:
+    assert ObjectFile("inbox.f.sql", "SELECT 1;").checksum == hashlib.sha256(b"SELECT 1;").hexdigest()
+
+
+def test_shipped_object_files_are_each_listed_once_and_replace_what_they_define() -> None:
+    shipped = object_files()
+    assert len({o.file for o in shipped}) == len(shipped) >= 20
+    for obj in shipped:
+        schema, name, _ = obj.file.split(".")
+        qualified = f"{schema}.{name}"
+        # the header first, then the definition, which replaces (or drops and re-creates) its object
+        assert obj.sql.startswith("-- ----"), obj.file
+        assert f"CREATE OR REPLACE FUNCTION {qualified}(" in obj.sql or (
+            f"DROP VIEW IF EXISTS {qualified};\nCREATE VIEW {qualified} AS" in obj.sql
+        ), obj.file
+        assert "\nCREATE FUNCTION" not in obj.sql and "\nCREATE TRIGGER" not in obj.sql, obj.file

@@ -1,0 +1,221 @@
+-- -------------------------------------------------------------------------------------------------
+-- Function: inbox.apply_events(p_worker text, p_events jsonb)
+--     RETURNS TABLE (applied, stale, dead, not_owned, published)
+--
+-- Reads:       inbox.quota_events, inbox.quota_versions, public.call_off
+-- Writes:      inbox.quota_versions, public.quota, inbox.quota_events, public.quota_processing_errors,
+--              pgmq queue quota_changes (pgmq.send_batch)
+-- Called by:   query apply_events (inbox/apply/worker.py)
+-- -------------------------------------------------------------------------------------------------
+-- Apply a validated batch that p_worker holds, in one transaction of two statements:
+--   invalid events            -> dead letters (error_class from the worker, usually 'invalid')
+--   deletes of quotas with call-offs, if they would take effect -> dead letters ('delete_blocked')
+--   per quota, the highest remaining (version, is_delete) passes the version gate -> applied
+--   everything else           -> stale (not above the applied version, or superseded in this batch)
+-- Every effective change is published to the pgmq queue quota_changes in the same transaction:
+--   {quota_id, version, previous_version, op: upsert|delete, quota: row after | null, applied_at}
+-- Deletes run in a second statement: its fresh snapshot sees a quota row that another worker
+-- inserted and committed while this one waited for the gate lock (the first snapshot predates it).
+-- p_events: JSON array of {quota_id, version, is_delete, error_class, error, <normalised quota columns>}.
+-- Rows whose lease this worker no longer holds are left alone and counted as not_owned.
+-- Linear in the batch size, whatever the planner's estimates: each event's inbox row is locked by
+-- its primary key (LATERAL), and the CTEs are joined on booleans, never filtered on a computed
+-- value. The planner estimates a filter like "outcome = 'candidate'" on a CTE at one row; it then
+-- joined the CTEs in nested loops (500 x 500 comparisons per join, 80% of the apply time).
+--
+-- Shaped by the benchmark's profile (migration 008, README, Performance):
+-- 1. Each outbox message is built once. The first version (003) turned every changed row into JSON
+--    in its first statement, aggregated it into one jsonb value, parsed that back into rows in the second
+--    statement and built each message again. Now the first statement builds the final messages and
+--    hands the second three parallel arrays (message, quota_id, is_delete); the second still runs
+--    the deletes with its own, fresher snapshot (see 003) and publishes the upserts and the deletes
+--    that removed a row.
+-- 2. Every table is read by key, whatever the planner estimates: the gate row by a LATERAL lookup,
+--    the deletes by = ANY, and no seq scans (SET below). The first version read the whole inbox once
+--    per batch whenever it held a few thousand rows, which made small batches (light load) slow.
+CREATE OR REPLACE FUNCTION inbox.apply_events(p_worker text, p_events jsonb)
+RETURNS TABLE (applied bigint, stale bigint, dead bigint, not_owned bigint, published bigint)
+LANGUAGE plpgsql
+-- Every table here is reached by key from the batch. The planner takes the batch (a function
+-- scan) for 100 rows whatever its size; against tables of a few thousand rows it then found a hash
+-- join over a seq scan cheaper than the lookups, and each small batch read the whole inbox to mark
+-- its few events (tests/integration/test_query_plans.py). Seq scans are left for the last resort.
+SET enable_seqscan = off
+AS $$
+#variable_conflict use_column
+DECLARE
+    -- what passed the gate, ordered by quota_id: the message to publish, its quota, whether a delete
+    v_messages  jsonb[];
+    v_quota_ids uuid[];
+    v_is_delete boolean[];
+BEGIN
+    WITH input AS (
+        SELECT *
+        FROM jsonb_to_recordset(p_events) AS x(
+            quota_id uuid, version bigint, is_delete boolean, error_class text, error text,
+            counterparty_id text, direction text, period_month date, qty_t numeric,
+            tolerance_pct numeric, incoterm_code text, metal_code text, source_updated_at timestamptz)
+    ),
+    owned AS (
+        SELECT i.*, e.payload, e.attempts
+        FROM input i
+        CROSS JOIN LATERAL (
+            SELECT x.payload, x.attempts
+            FROM inbox.quota_events x
+            WHERE (x.quota_id, x.version, x.is_delete) = (i.quota_id, i.version, i.is_delete)
+              AND x.status = 'processing' AND x.lease_owner = p_worker
+            FOR UPDATE
+        ) e
+    ),
+    checked AS (
+        SELECT o.*,
+               o.error IS NULL                                                            AS valid,
+               v.quota_id IS NULL
+                   OR (o.version, o.is_delete) > (v.version, v.is_delete)                 AS above_gate,
+               o.is_delete AND o.error IS NULL
+                   AND EXISTS (SELECT 1 FROM public.call_off c WHERE c.quota_id = o.quota_id) AS blocked
+        FROM owned o
+        -- By primary key, per event (LIMIT 1 keeps the planner from flattening it into a join): it
+        -- takes the input for 100 rows whatever its size, and hash-joined a 10-event batch to a seq
+        -- scan of the whole gate table, most of the apply's time at a light load.
+        LEFT JOIN LATERAL (
+            SELECT g.quota_id, g.version, g.is_delete
+            FROM inbox.quota_versions g
+            WHERE g.quota_id = o.quota_id
+            LIMIT 1
+        ) v ON true
+    ),
+    ranked AS (
+        SELECT c.*,
+               max(ARRAY[c.version, c.is_delete::int]) FILTER (WHERE c.valid AND NOT c.blocked)
+                   OVER (PARTITION BY c.quota_id)                                         AS best
+        FROM checked c
+    ),
+    -- every owned event, with what became of it: candidate (passes to the gate), dead_blocked, or
+    -- neither (stale; or invalid, which outcomes reads from error)
+    classified AS (
+        SELECT r.*,
+               r.valid AND NOT r.blocked AND r.above_gate
+                   AND ARRAY[r.version, r.is_delete::int] = r.best                        AS candidate,
+               r.valid AND r.blocked AND r.above_gate
+                   AND (r.best IS NULL OR ARRAY[r.version, r.is_delete::int] > r.best)    AS dead_blocked
+        FROM ranked r
+    ),
+    gate AS (
+        INSERT INTO inbox.quota_versions AS v (quota_id, version, is_delete, applied_at)
+        SELECT c.quota_id, c.version, c.is_delete, now()
+        FROM classified c
+        WHERE c.candidate
+        ORDER BY c.quota_id  -- one lock order for every worker: no deadlocks between batches
+        ON CONFLICT (quota_id) DO UPDATE
+            SET version = excluded.version,
+                is_delete = excluded.is_delete,
+                previous_version = v.version,
+                applied_at = excluded.applied_at
+            WHERE (excluded.version, excluded.is_delete) > (v.version, v.is_delete)
+        RETURNING v.quota_id, v.version, v.is_delete, v.previous_version, v.applied_at
+    ),
+    upserted AS (
+        INSERT INTO public.quota AS q (
+            quota_id, counterparty_id, direction, period_month, qty_t, tolerance_pct,
+            incoterm_code, metal_code, source_version, source_updated_at)
+        SELECT c.quota_id, c.counterparty_id, c.direction, c.period_month, c.qty_t, c.tolerance_pct,
+               c.incoterm_code, c.metal_code, c.version, c.source_updated_at
+        FROM classified c
+        JOIN gate g USING (quota_id, version, is_delete)
+        WHERE NOT c.is_delete
+        ORDER BY c.quota_id
+        ON CONFLICT (quota_id) DO UPDATE
+            SET counterparty_id = excluded.counterparty_id,
+                direction = excluded.direction,
+                period_month = excluded.period_month,
+                qty_t = excluded.qty_t,
+                tolerance_pct = excluded.tolerance_pct,
+                incoterm_code = excluded.incoterm_code,
+                metal_code = excluded.metal_code,
+                source_version = excluded.source_version,
+                source_updated_at = excluded.source_updated_at,
+                updated_at = now()  -- created_at is deliberately absent: set once
+        RETURNING q.*
+    ),
+    outcomes AS (
+        SELECT o.quota_id, o.version, o.is_delete, o.payload, o.attempts,
+               CASE
+                   WHEN o.error IS NOT NULL THEN 'dead'
+                   WHEN o.candidate AND g.quota_id IS NOT NULL THEN 'applied'
+                   WHEN o.dead_blocked THEN 'dead'
+                   ELSE 'stale'
+               END AS status,
+               CASE
+                   WHEN o.error IS NOT NULL THEN coalesce(o.error_class, 'invalid')
+                   WHEN o.dead_blocked THEN 'delete_blocked'
+               END AS error_class,
+               CASE
+                   WHEN o.error IS NOT NULL THEN o.error
+                   WHEN o.dead_blocked THEN
+                       format('cannot delete quota %s at version %s: %s call-off(s) reference it',
+                              o.quota_id, o.version,
+                              (SELECT count(*) FROM public.call_off x WHERE x.quota_id = o.quota_id))
+               END AS error
+        FROM classified o
+        LEFT JOIN gate g USING (quota_id, version, is_delete)
+    ),
+    marked AS (
+        UPDATE inbox.quota_events e
+        SET status = o.status,
+            lease_owner = NULL,
+            lease_expires_at = NULL,
+            last_error = o.error,
+            applied_at = CASE WHEN o.status = 'applied' THEN now() END
+        FROM outcomes o
+        WHERE (e.quota_id, e.version, e.is_delete) = (o.quota_id, o.version, o.is_delete)
+        RETURNING e.status
+    ),
+    buried AS (
+        INSERT INTO public.quota_processing_errors (
+            event_data, error_message, retry_count, quota_id, version, is_delete, error_class)
+        SELECT o.payload, o.error, o.attempts, o.quota_id, o.version, o.is_delete, o.error_class
+        FROM outcomes o
+        WHERE o.status = 'dead'
+        RETURNING 1
+    )
+    SELECT count(*) FILTER (WHERE m.status = 'applied'),
+           count(*) FILTER (WHERE m.status = 'stale'),
+           count(*) FILTER (WHERE m.status = 'dead'),
+           (SELECT count(*) FROM input) - count(*),
+           (SELECT array_agg(jsonb_build_object(
+                        'quota_id', g.quota_id,
+                        'version', g.version,
+                        'previous_version', g.previous_version,
+                        'op', CASE WHEN g.is_delete THEN 'delete' ELSE 'upsert' END,
+                        'quota', CASE WHEN g.is_delete THEN NULL ELSE to_jsonb(u) END,
+                        'applied_at', g.applied_at)
+                    ORDER BY g.quota_id)
+            FROM gate g LEFT JOIN upserted u USING (quota_id)),
+           (SELECT array_agg(g.quota_id ORDER BY g.quota_id) FROM gate g),
+           (SELECT array_agg(g.is_delete ORDER BY g.quota_id) FROM gate g)
+    INTO applied, stale, dead, not_owned, v_messages, v_quota_ids, v_is_delete
+    FROM marked m;
+
+    WITH deleted AS (
+        -- = ANY(array): an index lookup per delete, whatever the planner guesses of unnest's size
+        DELETE FROM public.quota q
+        WHERE q.quota_id = ANY (ARRAY(SELECT c.quota_id
+                                      FROM unnest(v_quota_ids, v_is_delete) AS c(quota_id, is_delete)
+                                      WHERE c.is_delete))
+        RETURNING q.quota_id
+    ),
+    messages AS (
+        SELECT array_agg(c.message ORDER BY c.n) AS batch
+        FROM unnest(v_messages, v_quota_ids, v_is_delete) WITH ORDINALITY AS c(message, quota_id, is_delete, n)
+        LEFT JOIN deleted d USING (quota_id)
+        -- a delete of a quota that is not there changes nothing and publishes nothing
+        WHERE NOT c.is_delete OR d.quota_id IS NOT NULL
+    )
+    SELECT count(*) INTO published
+    FROM messages m, LATERAL pgmq.send_batch('quota_changes', m.batch) AS sent
+    WHERE m.batch IS NOT NULL;
+
+    RETURN NEXT;
+END;
+$$;
