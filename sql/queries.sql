@@ -78,7 +78,7 @@ SELECT s.inserted
 FROM (SELECT inbox.ingest_events(%(events)s::jsonb, %(quota_ids)s::uuid[], %(versions)s::bigint[],
                                  %(is_delete)s::boolean[], %(source)s::text) AS inserted) s,
      LATERAL inbox.add_counters(ARRAY['duplicate'], ARRAY[''],
-                                ARRAY[cardinality(%(quota_ids)s::uuid[]) - s.inserted]::float8[]) c;
+                                ARRAY[pg_catalog.cardinality(%(quota_ids)s::uuid[]) - s.inserted]::float8[]) c;
 
 -- name: claim_events
 SELECT quota_id, version, is_delete, payload, attempts
@@ -258,6 +258,6 @@ SELECT (SELECT count(*) FROM inbox.quota_events WHERE status = 'pending')    AS 
 -- Messages that could not be parsed or keyed, verbatim; a redelivered one is a no-op.
 INSERT INTO inbox.rejects (topic, "partition", "offset", key, raw, headers, reason)
 SELECT *
-FROM unnest(%(topics)s::text[], %(partitions)s::integer[], %(offsets)s::bigint[], %(keys)s::bytea[],
+FROM pg_catalog.unnest(%(topics)s::text[], %(partitions)s::integer[], %(offsets)s::bigint[], %(keys)s::bytea[],
             %(raws)s::bytea[], %(headers)s::jsonb[], %(reasons)s::text[])
 ON CONFLICT DO NOTHING;

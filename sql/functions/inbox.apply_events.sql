@@ -41,6 +41,7 @@ LANGUAGE plpgsql
 -- join over a seq scan cheaper than the lookups, and each small batch read the whole inbox to mark
 -- its few events (tests/integration/test_query_plans.py). Seq scans are left for the last resort.
 SET enable_seqscan = off
+SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE

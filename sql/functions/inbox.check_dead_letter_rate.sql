@@ -10,7 +10,9 @@
 -- are at least p_threshold of them (at most once per p_window).
 CREATE OR REPLACE FUNCTION inbox.check_dead_letter_rate(p_window interval, p_threshold integer)
 RETURNS TABLE (dead_letters bigint, by_class jsonb, msg_id bigint)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
 #variable_conflict use_column
 DECLARE
     v_total bigint;

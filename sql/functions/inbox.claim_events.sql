@@ -15,6 +15,7 @@ CREATE OR REPLACE FUNCTION inbox.claim_events(p_worker text, p_limit integer, p_
 RETURNS TABLE (quota_id uuid, version bigint, is_delete boolean, payload jsonb, attempts integer)
 LANGUAGE sql
 SET enable_bitmapscan = off
+SET search_path = pg_catalog, pg_temp
 AS $$
     WITH due AS (
         SELECT e.quota_id, e.version, e.is_delete

@@ -7,7 +7,9 @@
 -- Called by:   every INSERT into public.quota_processing_errors
 -- -------------------------------------------------------------------------------------------------
 CREATE OR REPLACE FUNCTION inbox.count_dead_letters() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
 BEGIN
     PERFORM inbox.add_counters(array_agg('dead'::text), array_agg(s.error_class), array_agg(s.n))
     FROM (SELECT n.error_class, count(*)::float8 AS n FROM new_rows n GROUP BY n.error_class) s;

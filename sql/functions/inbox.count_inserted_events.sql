@@ -7,7 +7,9 @@
 -- Called by:   every INSERT into inbox.quota_events
 -- -------------------------------------------------------------------------------------------------
 CREATE OR REPLACE FUNCTION inbox.count_inserted_events() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
 BEGIN
     PERFORM inbox.add_counters(array_agg('ingested'::text), array_agg(s.source), array_agg(s.n))
     FROM (SELECT n.source, count(*)::float8 AS n FROM new_rows n GROUP BY n.source) s;

@@ -17,6 +17,7 @@ LANGUAGE plpgsql
 -- (migration 009, tests/integration/test_query_plans.py). The join stays: only the old row tells a
 -- status change from an update that changed something else, which must count nothing.
 SET enable_nestloop = off
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM inbox.add_counters(array_agg(d.metric), array_agg(d.label), array_agg(d.value))

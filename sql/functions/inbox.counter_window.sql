@@ -9,7 +9,9 @@
 -- how much of their minute lies inside the window.
 CREATE OR REPLACE FUNCTION inbox.counter_window(p_metric text, p_window interval)
 RETURNS double precision
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
     SELECT coalesce(sum(c.value * extract(epoch FROM
                         least(c.minute + interval '1 minute', now()) - greatest(c.minute, now() - p_window))
                         / extract(epoch FROM least(c.minute + interval '1 minute', now()) - c.minute)), 0)

@@ -10,7 +10,9 @@
 -- One folder at a time (advisory transaction lock); the others return at once.
 CREATE OR REPLACE FUNCTION inbox.fold_counters(p_keep interval DEFAULT '1 day')
 RETURNS bigint
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
 DECLARE
     v_folded bigint;
 BEGIN

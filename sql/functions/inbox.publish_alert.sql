@@ -9,7 +9,9 @@
 -- Returns the pgmq msg_id, or NULL when suppressed. The alert row lock serialises publishers.
 CREATE OR REPLACE FUNCTION inbox.publish_alert(p_alert text, p_message jsonb, p_renotify interval)
 RETURNS bigint
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
 DECLARE
     v_msg_id bigint;
 BEGIN

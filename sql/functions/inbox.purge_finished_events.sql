@@ -20,7 +20,9 @@
 -- (README, Performance).
 CREATE OR REPLACE FUNCTION inbox.purge_finished_events(p_older_than interval, p_limit integer)
 RETURNS bigint
-LANGUAGE sql AS $$
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
     WITH doomed AS (
         SELECT e.ctid AS address
         FROM inbox.quota_events e

@@ -13,7 +13,9 @@ CREATE OR REPLACE FUNCTION inbox.reap_expired_leases(
     p_backoff_base interval,
     p_backoff_cap  interval
 ) RETURNS TABLE (retried bigint, dead bigint)
-LANGUAGE sql AS $$
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
     SELECT r.retried, r.dead
     FROM (
         SELECT coalesce(jsonb_agg(jsonb_build_object(

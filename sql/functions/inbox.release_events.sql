@@ -17,7 +17,9 @@ CREATE OR REPLACE FUNCTION inbox.release_events(
     p_backoff_base interval,
     p_backoff_cap  interval
 ) RETURNS TABLE (retried bigint, dead bigint)
-LANGUAGE sql AS $$
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
     WITH keys AS (
         SELECT * FROM jsonb_to_recordset(p_keys) AS k(quota_id uuid, version bigint, is_delete boolean)
     ),

@@ -16,7 +16,9 @@
 -- A dead letter already resolved (also by a concurrent replay: FOR UPDATE, then re-checked) is skipped.
 CREATE OR REPLACE FUNCTION inbox.replay_dead_letters(p_ids uuid[], p_note text DEFAULT 'replayed')
 RETURNS TABLE (id uuid, quota_id uuid, version bigint, is_delete boolean, outcome text)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
 #variable_conflict use_column
 BEGIN
     RETURN QUERY

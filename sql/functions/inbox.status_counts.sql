@@ -13,7 +13,9 @@
 -- PostgreSQL wiki. p_count_below: the table size under which counting is cheap.
 CREATE OR REPLACE FUNCTION inbox.status_counts(p_count_below bigint DEFAULT 8 * 1024 * 1024)
 RETURNS TABLE (status text, events bigint, exact boolean)
-LANGUAGE plpgsql VOLATILE AS $$  -- VOLATILE: PostgreSQL runs EXPLAIN only in volatile functions
+LANGUAGE plpgsql VOLATILE  -- VOLATILE: PostgreSQL runs EXPLAIN only in volatile functions
+SET search_path = pg_catalog, pg_temp
+AS $$
 #variable_conflict use_column
 DECLARE
     v_status text;

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from dataclasses import replace
 
 import pytest
+from psycopg import sql
 
 import inbox.db.migrate as migrate_module
 from inbox.db.connect import DictConnection, connect
@@ -192,3 +194,42 @@ def test_racing_migrators_both_succeed_and_record_each_migration_once(empty_dsn:
     assert sorted(applied) == sorted(_label(m) for m in shipped)
     assert sorted(len(report.applied) for report in reports) == [0] * (racers - 1) + [len(shipped)]
     assert _recorded(empty_dsn) == [(m.version, m.name, m.checksum) for m in shipped]
+
+
+# -- schemas others may create in (H3) --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("grantee", ["PUBLIC", "a role"])
+def test_migrate_refuses_a_public_schema_others_may_create_in(
+    dsn: str, db: DictConnection, grantee: str
+) -> None:
+    role = f"creator_{os.getpid()}"
+    target = "PUBLIC" if grantee == "PUBLIC" else role
+    if grantee != "PUBLIC":
+        db.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
+    try:
+        db.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.SQL(target)))
+
+        with pytest.raises(MigrationError) as refused:
+            migrate(dsn)
+        message = str(refused.value)
+        assert "\n" not in message
+        assert f"REVOKE CREATE ON SCHEMA public FROM {target};" in message
+
+        db.execute(sql.SQL("REVOKE CREATE ON SCHEMA public FROM {}").format(sql.SQL(target)))
+        assert migrate(dsn).applied == []
+    finally:
+        if grantee != "PUBLIC":
+            db.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            db.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_migrate_refuses_an_inbox_schema_others_may_create_in(dsn: str, db: DictConnection) -> None:
+    db.execute("GRANT CREATE ON SCHEMA inbox TO PUBLIC")
+    with pytest.raises(MigrationError, match="REVOKE CREATE ON SCHEMA inbox FROM PUBLIC;"):
+        migrate(dsn)
+
+
+def test_a_fresh_server_lets_nobody_else_create_in_public(empty_dsn: str) -> None:
+    # PostgreSQL 15 and later: public belongs to pg_database_owner, with no CREATE for PUBLIC
+    assert migrate(empty_dsn).applied
