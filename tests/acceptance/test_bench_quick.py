@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
-THROUGHPUT = ("per_event", "pgmq", "ceiling", "http", "kafka", "latency", "soak")
+THROUGHPUT = ("per_event", "pgmq", "ceiling", "ceiling_honest", "http", "kafka", "latency", "soak")
 OVERHEAD = ("apply_as_shipped", "apply_outbox_off", "apply_triggers_off")
 
 
@@ -57,7 +57,26 @@ def test_quick_bench_measures_every_path(tmp_path: Path) -> None:
     assert positive(soak["first_tenth_events_per_second"]) and positive(soak["last_tenth_events_per_second"])
     assert soak["peak_rss_mb"] and all(positive(mb) for mb in soak["peak_rss_mb"].values())
     assert soak["after_retention"]["quota_rows"] > 0
-    assert set(doc["ratios"]) >= {"http_over_per_event", "http_over_pgmq", "http_over_ceiling"}
+    assert set(doc["ratios"]) >= {
+        "http_over_per_event",
+        "http_over_pgmq",
+        "http_over_ceiling",
+        "http_over_honest_ceiling",
+        "apply_over_honest_ceiling_apply",
+    }
+    # the honest ceiling did the pipeline's work: every event finished, one message per change (each
+    # event of the stream is a change), CPU stated for PostgreSQL, each session and the client
+    honest = results["ceiling_honest"]
+    assert honest["statuses"] == {"applied": honest["events"]}, honest["statuses"]
+    assert honest["outbox_messages"] == honest["events"]
+    assert honest["sessions"] == 2
+    assert set(honest["cpu_us_per_event"]) == {
+        "postgres",
+        "postgres session 1",
+        "postgres session 2",
+        "bench client",
+    }
+    assert positive(honest["cpu_us_per_event"]["postgres"])
     assert positive(doc["machine"]["cpu_cores"]) and positive(doc["machine"]["memory_gb"])
 
     assert (tmp_path / "bench.png").read_bytes().startswith(b"\x89PNG")

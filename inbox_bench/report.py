@@ -8,9 +8,9 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from inbox.bench.measure import Measurement
+from inbox_bench.measure import Measurement
 
-THROUGHPUT_PATHS = ("per_event", "pgmq", "ceiling", "http", "kafka")
+THROUGHPUT_PATHS = ("per_event", "pgmq", "ceiling", "ceiling_honest", "http", "kafka")
 
 
 def machine() -> dict[str, Any]:
@@ -28,18 +28,29 @@ def machine() -> dict[str, Any]:
 
 def ratios(results: dict[str, Measurement]) -> dict[str, float]:
     """The comparisons the targets are stated in (all from this one run)."""
-    http = results.get("http")
-    if http is None:
-        return {}
     out: dict[str, float] = {}
+    http = results.get("http")
     for key, name in (
         ("per_event", "http_over_per_event"),
         ("pgmq", "http_over_pgmq"),
         ("ceiling", "http_over_ceiling"),
+        ("ceiling_honest", "http_over_honest_ceiling"),
     ):
-        if key in results and results[key].rate > 0:
+        if http is not None and key in results and results[key].rate > 0:
             out[name] = round(http.rate / results[key].rate, 3)
+    honest = results.get("ceiling_honest")
+    pgmq = results.get("pgmq")
+    if honest is not None and honest.rate > 0:
+        if pgmq is not None:
+            out["honest_ceiling_over_pgmq"] = round(honest.rate / pgmq.rate, 3)
+        if "ceiling" in results:
+            out["honest_ceiling_over_old_ceiling"] = round(honest.rate / results["ceiling"].rate, 3)
     shipped = results.get("apply_as_shipped")
+    if shipped is not None and honest is not None and honest.detail.get("apply_events_per_second"):
+        # issue 13's target: the apply alone >= 75% of the honest ceiling's apply
+        out["apply_over_honest_ceiling_apply"] = round(
+            shipped.rate / honest.detail["apply_events_per_second"], 3
+        )
     for variant in ("outbox_off", "triggers_off"):
         other = results.get(f"apply_{variant}")
         if shipped is not None and other is not None and other.rate > 0:
@@ -69,6 +80,11 @@ def table(doc: dict[str, Any]) -> str:
             lines.append(f"{result['title']:<54}  TODO: {result['todo']}")
         elif "error" in result:
             lines.append(f"{result['title']:<54}  FAILED: {result['error'][:200]}")
+    for key in ("ceiling", "ceiling_honest", "http"):
+        cpu = doc["results"].get(key, {}).get("cpu_us_per_event")
+        if cpu:
+            shown = ", ".join(f"{name} {us:,.0f}" for name, us in cpu.items())
+            lines.append(f"CPU us per event, {key}: {shown}")
     latency = doc["results"].get("latency")
     if latency:
         for side in ("server_ms", "client_ms"):

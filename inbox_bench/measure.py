@@ -6,8 +6,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from inbox.bench.cluster import Service, scalar
 from inbox.db.connect import DictConnection
+from inbox_bench.cluster import Service, scalar
 
 BUSY = """
 SELECT EXISTS (SELECT 1 FROM inbox.quota_events WHERE status = 'pending')

@@ -1,5 +1,5 @@
 """Path 1, the seed's design: one HTTP request per event, upserted straight into quota in one
-transaction. Run as `python -m inbox.bench.seed_app PORT DSN`.
+transaction. Run as `python -m inbox_bench.seed_app PORT DSN`.
 
 It is built from the same parts as our service (FastAPI on uvicorn, a psycopg pool, run_in_threadpool,
 our parser and our validation), so the difference measured is the design, not the plumbing. It does

@@ -4,7 +4,6 @@ service's own processes (`inbox serve`, `inbox work`, `inbox consume`) started a
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -107,13 +106,6 @@ class Cluster:
             row = conn.execute("SELECT pg_backend_pid() AS pid").fetchone()
             assert row is not None
             return int(psutil.Process(int(row["pid"])).ppid())  # asked while this backend lives
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

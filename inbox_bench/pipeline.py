@@ -11,13 +11,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from inbox.bench.cluster import (
+from inbox.db.connect import DictConnection, connect
+from inbox_bench.cluster import (
     Cluster,
     RssSampler,
     Service,
     cpu_seconds,
     cpu_used,
-    free_port,
     inbox_cli,
     scalar,
     service_env,
@@ -25,11 +25,11 @@ from inbox.bench.cluster import (
     spawn,
     wait_http,
 )
-from inbox.bench.config import Config
-from inbox.bench.events import Stream, generate
-from inbox.bench.load import paced, post_all
-from inbox.bench.measure import Measurement, percentiles, processed, status_counts, wait_drained
-from inbox.db.connect import DictConnection, connect
+from inbox_bench.config import Config
+from inbox_bench.events import Stream, generate
+from inbox_bench.load import paced, post_all
+from inbox_bench.measure import Measurement, percentiles, processed, status_counts, wait_drained
+from inbox_bench.tansu import free_port
 
 NDJSON = "application/x-ndjson"
 WORKER_SESSIONS = "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name LIKE 'quota-inbox %:%:%'"

