@@ -258,6 +258,6 @@ SELECT (SELECT count(*) FROM inbox.quota_events WHERE status = 'pending')    AS 
 -- Messages that could not be parsed or keyed, verbatim; a redelivered one is a no-op.
 INSERT INTO inbox.rejects (topic, "partition", "offset", key, raw, headers, reason)
 SELECT *
-FROM pg_catalog.unnest(%(topics)s::text[], %(partitions)s::integer[], %(offsets)s::bigint[], %(keys)s::bytea[],
+FROM unnest(%(topics)s::text[], %(partitions)s::integer[], %(offsets)s::bigint[], %(keys)s::bytea[],
             %(raws)s::bytea[], %(headers)s::jsonb[], %(reasons)s::text[])
 ON CONFLICT DO NOTHING;
