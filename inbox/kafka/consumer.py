@@ -131,6 +131,7 @@ class KafkaIngestor:
             self._close_db()
             if metrics_server is not None:
                 metrics_server.shutdown()
+                metrics_server.server_close()
             log.info("consumer stopped", extra=self.stats.as_log())
         return self.stats
 
