@@ -4,7 +4,6 @@ invalid events posted to the running service become dead letters, and InboxDeadL
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -19,17 +18,11 @@ import yaml
 
 from inbox.db.connect import DictConnection
 from tests.helpers import dead_letters, titan_event, to_json
-from tests.processes import inbox_env, inbox_process
+from tests.processes import free_port, inbox_env, inbox_process
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "deploy" / "prometheus" / "inbox-rules.yml"
 DEAD_LETTERS = 12  # the rule: at least 10 within 5 minutes
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _wait(condition: Callable[[], Any], what: str, log: Path, timeout: float = 60) -> Any:
@@ -78,7 +71,7 @@ def start_prometheus(tmp_path: Path) -> Iterator[Callable[[str], Prometheus]]:
         }
         config_file = tmp_path / "prometheus.yml"
         config_file.write_text(yaml.safe_dump(config))
-        port, log = _free_port(), tmp_path / "prometheus.log"
+        port, log = free_port(), tmp_path / "prometheus.log"
         with log.open("wb") as out:
             process = subprocess.Popen(
                 [

@@ -36,7 +36,8 @@ from inbox.settings import Settings
 from tests.acceptance.conftest import UNREACHABLE_DSN
 from tests.cdc_events import QuotaStream, expected_rows, quota_stream
 from tests.helpers import drain, inbox_rows
-from tests.kafka_broker import GROUP_TIMEOUTS, KafkaBroker, _free_port, kafka_broker
+from tests.kafka_broker import GROUP_TIMEOUTS, KafkaBroker, kafka_broker
+from tests.processes import free_port
 
 PARTITIONS = 3
 SOAK = os.environ.get("INBOX_SOAK") == "1"
@@ -543,7 +544,7 @@ def test_metrics_port_serves_the_consumer_lag(feed: Feed, dsn: str) -> None:
         committer.close()
     fast_statistics = {**GROUP_TIMEOUTS, "statistics.interval.ms": 200}
 
-    port = _free_port()
+    port = free_port()
     settings = feed.settings(
         metrics_port=port, metrics_refresh_seconds=0.1, kafka_config_json=fast_statistics
     )
@@ -553,7 +554,7 @@ def test_metrics_port_serves_the_consumer_lag(feed: Feed, dsn: str) -> None:
         wait_for(lambda: (_lag_scrape(url) or {}).get("lag") == behind, "the lag while the database is away")
         assert (_lag_scrape(url) or {})["database_up"] == 0
 
-    port = _free_port()
+    port = free_port()
     settings = feed.settings(
         metrics_port=port, metrics_refresh_seconds=0.1, kafka_config_json=fast_statistics
     )
