@@ -8,10 +8,15 @@ never sum().
 
 A scrape reads the figures at most once per INBOX_METRICS_REFRESH_SECONDS; the metrics job of a
 worker process refreshes them in the background so a scrape seldom waits on the database.
+
+One figure is the process's own: `inbox consume` adds its Kafka consumer lag (ConsumerLag, from
+librdkafka's statistics), for the partitions assigned to it. The alert rules that read all of these
+are in deploy/prometheus/.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -37,6 +42,9 @@ from inbox.db.sqlfiles import query
 log = logging.getLogger(__name__)
 
 SOURCES = ("http", "kafka", "sink", "replay")
+# The error classes of public.quota_processing_errors. Each is served from the start (at 0), so the
+# first dead letter of a class is an increase Prometheus sees, not the birth of a new series.
+ERROR_CLASSES = ("invalid", "delete_blocked", "apply_error", "retries_exhausted", "unprocessable")
 # A scrape must not hang on a database that does not answer.
 CONNECT_TIMEOUT_SECONDS = 3
 # Simple counters: (metric in inbox.metric_counters, Prometheus name without _total, help).
@@ -120,27 +128,31 @@ class InboxCollector(Collector):
         self.source = source
 
     def collect(self) -> Iterable[Metric]:
-        snap = self.source.snapshot()
-        yield GaugeMetricFamily(
-            "inbox_database_up", "1 when the last read of the figures reached the database.", snap.database_up
-        )
-        if not snap.has_figures:
-            return  # never read: no figures rather than made-up zeros
-        yield from _counters(snap)
-        yield _latency_histogram(snap)
-        yield GaugeMetricFamily(
-            "inbox_queue_depth", "Events pending or being processed.", snap.pending + snap.processing
-        )
-        yield GaugeMetricFamily(
-            "inbox_oldest_pending_age_seconds",
-            "Age of the oldest pending event since it was received (0 when none).",
-            snap.oldest_pending_age,
-        )
-        yield GaugeMetricFamily(
-            "inbox_dead_letters_unresolved",
-            "Dead letters not yet replayed or resolved.",
-            snap.dead_letters_unresolved,
-        )
+        return families(self.source.snapshot())
+
+
+def families(snap: Snapshot) -> Iterator[Metric]:
+    """The metric families of one snapshot: what /metrics serves of the database's figures."""
+    yield GaugeMetricFamily(
+        "inbox_database_up", "1 when the last read of the figures reached the database.", snap.database_up
+    )
+    if not snap.has_figures:
+        return  # never read: no figures rather than made-up zeros
+    yield from _counters(snap)
+    yield _latency_histogram(snap)
+    yield GaugeMetricFamily(
+        "inbox_queue_depth", "Events pending or being processed.", snap.pending + snap.processing
+    )
+    yield GaugeMetricFamily(
+        "inbox_oldest_pending_age_seconds",
+        "Age of the oldest pending event since it was received (0 when none).",
+        snap.oldest_pending_age,
+    )
+    yield GaugeMetricFamily(
+        "inbox_dead_letters_unresolved",
+        "Dead letters not yet replayed or resolved.",
+        snap.dead_letters_unresolved,
+    )
 
 
 def _counters(snap: Snapshot) -> Iterator[Metric]:
@@ -155,7 +167,7 @@ def _counters(snap: Snapshot) -> Iterator[Metric]:
     dead = CounterMetricFamily(
         "inbox_events_dead", "Events moved to dead letters, by error class.", labels=["error_class"]
     )
-    for error_class in snap.labels("dead"):
+    for error_class in sorted({*ERROR_CLASSES, *snap.labels("dead")}):
         dead.add_metric([error_class], snap.counter("dead", error_class))
     yield dead
 
@@ -191,14 +203,64 @@ def source_for(dsn: str, refresh_seconds: float) -> MetricsSource:
     return MetricsSource(dsn, refresh_seconds)
 
 
-@cache
-def registry_for(dsn: str, refresh_seconds: float) -> CollectorRegistry:
+class ConsumerLag(Collector):
+    """The Kafka consumer's lag per assigned partition: librdkafka's `consumer_lag` statistic, the
+    partition's high watermark minus the group's committed offset. The consumer commits only what the
+    database has stored, so this is what Kafka holds that the inbox does not have yet.
+
+    Fed by the consumer's stats_cb (every `statistics.interval.ms`, from inside consume()). A
+    partition whose group has committed nothing yet has no known lag and is left out; a partition
+    revoked from this process disappears with the next statistics.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lag: dict[tuple[str, int], int] = {}
+
+    def update(self, stats_json: str) -> None:
+        """librdkafka's statistics JSON (the stats_cb argument)."""
+        try:
+            topics = json.loads(stats_json).get("topics", {})
+            lag = {
+                (topic, int(partition)): int(figures["consumer_lag"])
+                for topic, topic_figures in topics.items()
+                for partition, figures in topic_figures.get("partitions", {}).items()
+                # -1 is librdkafka's internal unassigned partition; lag -1 means unknown
+                if int(partition) >= 0 and figures.get("desired") and int(figures["consumer_lag"]) >= 0
+            }
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("metrics: unreadable Kafka statistics: %s", exc)
+            return
+        with self._lock:
+            self._lag = lag
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(
+            "inbox_kafka_consumer_lag",
+            "Messages in the partition after the group's committed offset (this process's partitions).",
+            labels=["topic", "partition"],
+        )
+        with self._lock:
+            for (topic, partition), lag in sorted(self._lag.items()):
+                family.add_metric([topic, str(partition)], lag)
+        yield family
+
+
+def _registry(dsn: str, refresh_seconds: float, *own: Collector) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(InboxCollector(source_for(dsn, refresh_seconds)))
+    for collector in (InboxCollector(source_for(dsn, refresh_seconds)), *own):
+        registry.register(collector)
     return registry
 
 
-def serve_metrics(dsn: str, refresh_seconds: float, host: str, port: int) -> tuple[Any, int]:
-    """GET /metrics on host:port in a daemon thread; returns (server, bound port)."""
-    server, _thread = start_http_server(port, addr=host, registry=registry_for(dsn, refresh_seconds))
+@cache
+def registry_for(dsn: str, refresh_seconds: float) -> CollectorRegistry:
+    return _registry(dsn, refresh_seconds)
+
+
+def serve_metrics(dsn: str, refresh_seconds: float, host: str, port: int, *own: Collector) -> tuple[Any, int]:
+    """GET /metrics on host:port in a daemon thread; returns (server, bound port). `own`: collectors
+    of this process's own figures, served next to the database's."""
+    registry = _registry(dsn, refresh_seconds, *own) if own else registry_for(dsn, refresh_seconds)
+    server, _thread = start_http_server(port, addr=host, registry=registry)
     return server, int(server.server_port)

@@ -26,8 +26,9 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> None:
     signal.signal(signal.SIGINT, handler)
     try:
         consumer_config(settings)
-        dsn = with_role(database_url(settings), settings.ingest_role)
+        url = database_url(settings)
+        dsn = with_role(url, settings.ingest_role)
         check_schema(dsn)
     except KafkaSetupError as exc:
         raise CliError(str(exc)) from exc
-    KafkaIngestor(dsn, settings, stop).run()
+    KafkaIngestor(dsn, settings, stop, metrics_dsn=with_role(url, settings.readonly_role)).run()

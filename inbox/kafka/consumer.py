@@ -9,6 +9,8 @@ The delivery contract, at-least-once made effectively-once by the inbox key:
   Nothing unstored is ever committed; partitions revoked meanwhile are dropped from the batch.
 * revocation: stored offsets are committed before the partitions go; SIGTERM finishes the batch in
   hand (if the database takes it), commits, and leaves the group.
+* INBOX_METRICS_PORT set: /metrics served there, with this process's consumer lag per partition from
+  librdkafka's statistics (inbox/metrics.py: ConsumerLag).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from inbox.db.connect import DictConnection, connect, set_worker_session
 from inbox.db.migrate import MigrationError, pending_migrations
 from inbox.kafka.batch import Batch
 from inbox.kafka.store import store_batch
+from inbox.metrics import ConsumerLag, serve_metrics
 from inbox.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,9 @@ RETRY_FIRST_SECONDS = 0.5
 RETRY_MAX_SECONDS = 10.0
 # While paused, how often to serve the group (rebalance callbacks run inside consume()).
 SERVE_GROUP_SECONDS = 0.2
+# How often librdkafka reports statistics (the consumer lag of /metrics) when metrics are served;
+# INBOX_KAFKA_CONFIG_JSON may set statistics.interval.ms otherwise.
+STATISTICS_INTERVAL_MS = 5000
 
 
 class KafkaSetupError(Exception):
@@ -58,6 +64,7 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
         "client.id": f"quota-inbox-{socket.gethostname()}-{os.getpid()}",
         # A new group starts at the beginning of the topic: no event published before it is missed.
         "auto.offset.reset": "earliest",
+        **({"statistics.interval.ms": STATISTICS_INTERVAL_MS} if settings.metrics_port is not None else {}),
         **extra,
         **FIXED_CONFIG,
     }
@@ -81,8 +88,12 @@ class ConsumeStats:
 class KafkaIngestor:
     """Runs until stop is set; one instance per process (or thread), each a member of the group."""
 
-    def __init__(self, dsn: str, settings: Settings, stop: threading.Event) -> None:
+    def __init__(
+        self, dsn: str, settings: Settings, stop: threading.Event, metrics_dsn: str | None = None
+    ) -> None:
         self.dsn = dsn
+        self.metrics_dsn = metrics_dsn or dsn  # the DSN /metrics reads the database's figures with
+        self.lag = ConsumerLag()
         self.settings = settings
         self.stop = stop
         self.stats = ConsumeStats()
@@ -94,11 +105,13 @@ class KafkaIngestor:
     # -- the loop ---------------------------------------------------------------------------------
 
     def run(self) -> ConsumeStats:
+        metrics_server = self._serve_metrics()
         consumer = Consumer(
             {
                 **consumer_config(self.settings),
                 "logger": logging.getLogger("librdkafka"),
                 "error_cb": self._on_error,
+                **({"stats_cb": self.lag.update} if metrics_server is not None else {}),
             }
         )
         consumer.subscribe(
@@ -116,8 +129,24 @@ class KafkaIngestor:
         finally:
             consumer.close()  # revokes the partitions (committing what is stored) and leaves the group
             self._close_db()
+            if metrics_server is not None:
+                metrics_server.shutdown()
+                metrics_server.server_close()
             log.info("consumer stopped", extra=self.stats.as_log())
         return self.stats
+
+    def _serve_metrics(self) -> Any:
+        if self.settings.metrics_port is None:
+            return None
+        server, port = serve_metrics(
+            self.metrics_dsn,
+            self.settings.metrics_refresh_seconds,
+            self.settings.http_host,
+            self.settings.metrics_port,
+            self.lag,
+        )
+        log.info("metrics served", extra={"url": f"http://{self.settings.http_host}:{port}/metrics"})
+        return server
 
     def _next_batch(self, consumer: Consumer) -> Batch:
         self._beat()

@@ -23,16 +23,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
+from confluent_kafka import Consumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from inbox.db.connect import DictConnection, connect
 from inbox.db.migrate import migrate
 from inbox.kafka.consumer import ConsumeStats, KafkaIngestor
 from inbox.settings import Settings
+from tests.acceptance.conftest import UNREACHABLE_DSN
 from tests.cdc_events import QuotaStream, expected_rows, quota_stream
 from tests.helpers import drain, inbox_rows
 from tests.kafka_broker import GROUP_TIMEOUTS, KafkaBroker, kafka_broker
+from tests.processes import free_port
 
 PARTITIONS = 3
 SOAK = os.environ.get("INBOX_SOAK") == "1"
@@ -506,3 +511,58 @@ def test_consume_refuses_an_unmigrated_database(empty_dsn: str) -> None:
     assert result.returncode == 1
     assert "inbox: error: migrations not applied: 001_csla_tables" in result.stderr
     assert "run `inbox migrate`" in result.stderr
+
+
+def _lag_scrape(url: str) -> dict[str, Any] | None:
+    """The consumer's /metrics: inbox_database_up and the lag by partition; None until it answers."""
+    try:
+        response = httpx.get(url, timeout=5)
+    except httpx.TransportError:
+        return None
+    assert response.status_code == 200, response.text
+    samples = [s for family in text_string_to_metric_families(response.text) for s in family.samples]
+    return {
+        "database_up": next(s.value for s in samples if s.name == "inbox_database_up"),
+        "lag": {int(s.labels["partition"]): s.value for s in samples if s.name == "inbox_kafka_consumer_lag"},
+    }
+
+
+def test_metrics_port_serves_the_consumer_lag(feed: Feed, dsn: str) -> None:
+    """`inbox consume`'s /metrics: per partition, what the topic holds after the group's committed
+    offset; it stays while the database is away (nothing stored, nothing committed), then drops to 0."""
+    stream = quota_stream(random.Random(5), 90, duplicate_share=0.0)
+    feed.produce(stream.messages)
+    assert all(feed.end_offsets[p] > 2 for p in range(PARTITIONS))
+    committer = Consumer(
+        {"bootstrap.servers": feed.broker.bootstrap, "group.id": feed.group, **GROUP_TIMEOUTS}
+    )
+    try:  # the group has stored the first two messages of each partition
+        committer.commit(
+            offsets=[TopicPartition(feed.topic, p, 2) for p in range(PARTITIONS)], asynchronous=False
+        )
+    finally:
+        committer.close()
+    fast_statistics = {**GROUP_TIMEOUTS, "statistics.interval.ms": 200}
+
+    port = free_port()
+    settings = feed.settings(
+        metrics_port=port, metrics_refresh_seconds=0.1, kafka_config_json=fast_statistics
+    )
+    behind = {p: feed.end_offsets[p] - 2 for p in range(PARTITIONS)}
+    with consuming_in_process(UNREACHABLE_DSN, settings):
+        url = f"http://127.0.0.1:{port}/metrics"
+        wait_for(lambda: (_lag_scrape(url) or {}).get("lag") == behind, "the lag while the database is away")
+        assert (_lag_scrape(url) or {})["database_up"] == 0
+
+    port = free_port()
+    settings = feed.settings(
+        metrics_port=port, metrics_refresh_seconds=0.1, kafka_config_json=fast_statistics
+    )
+    with consuming_in_process(dsn, settings):
+        url = f"http://127.0.0.1:{port}/metrics"
+        wait_for(feed.all_committed, "every offset committed")
+        wait_for(
+            lambda: (_lag_scrape(url) or {}).get("lag") == dict.fromkeys(range(PARTITIONS), 0),
+            "no lag once everything is stored",
+        )
+        assert (_lag_scrape(url) or {})["database_up"] == 1
