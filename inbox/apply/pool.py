@@ -6,9 +6,9 @@ import logging
 import threading
 from typing import Any
 
+from inbox.apply.jobs import start_scheduler
 from inbox.apply.waker import NotifyListener, Waker
 from inbox.apply.worker import Worker, worker_name
-from inbox.jobs import start_scheduler
 from inbox.metrics import serve_metrics
 from inbox.settings import Settings
 
