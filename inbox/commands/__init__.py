@@ -30,6 +30,9 @@ from inbox.commands.config import load_settings, settings_help
 from inbox.commands.errors import EXIT_DATABASE, CliError, one_line
 from inbox.logs import setup_logging
 
+LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
+LONG_RUNNING = {"serve", "work", "run", "consume"}
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -39,7 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR (default INFO; WARNING for --demo)"
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        default=None,
+        help="DEBUG, INFO, WARNING or ERROR, any case (default: INFO for the long-running commands serve, "
+        "work, run and consume; WARNING for the one-shot ones; ERROR for run --demo). Logs go to stderr.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in (service, consume, outbox, status, dlq, replay, bench):
@@ -47,9 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def default_log_level(args: argparse.Namespace) -> str:
+    """A one-shot command's answer is its output: its logs stay quiet unless something is wrong."""
+    if getattr(args, "demo", False):
+        return "ERROR"  # the demo dead-letters events on purpose: its tables say so
+    return "INFO" if args.command in LONG_RUNNING else "WARNING"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.log_level or ("WARNING" if getattr(args, "demo", False) else "INFO"))
+    setup_logging(args.log_level or default_log_level(args))
     try:
         settings = load_settings()
         args.func(args, settings)

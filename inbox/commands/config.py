@@ -3,24 +3,32 @@
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import pydantic
 from psycopg import errors as pg_errors
+from pydantic_settings import SettingsError
 
 from inbox.commands.errors import CliError
 from inbox.db.connect import DictConnection, connect
 from inbox.db.embedded import start_embedded
-from inbox.settings import Settings
+from inbox.settings import Settings, format_duration
 
 
 def settings_help() -> str:
     lines = ["Settings (environment variables):"]
     for name, field in Settings.model_fields.items():
         default = field.default
-        shown = "unset" if default is None else str(default)
+        if default is None:
+            shown = "unset"
+        elif isinstance(default, timedelta):
+            shown = format_duration(default)
+        else:
+            shown = str(default)
         lines.append(f"  INBOX_{name.upper():<24} {field.description} [default: {shown}]")
     return "\n".join(lines)
 
@@ -28,10 +36,19 @@ def settings_help() -> str:
 def load_settings() -> Settings:
     try:
         return Settings()
+    except SettingsError as exc:
+        # pydantic-settings parses JSON-valued variables itself and names only the field; the value
+        # is never echoed (INBOX_KAFKA_CONFIG_JSON may hold SASL passwords).
+        match = re.search(r'field "(\w+)"', str(exc))
+        name = f"INBOX_{match[1].upper()}" if match else "an INBOX_ variable holding JSON"
+        raise CliError(
+            f'invalid settings: {name}: not valid JSON (expected an object, like {{"key": "value"}})'
+        ) from None
     except pydantic.ValidationError as exc:
         # Name the variable and the rule; never echo the value, which may be a secret.
         problems = "; ".join(
-            f"INBOX_{'_'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
+            f"INBOX_{'_'.join(str(part) for part in error['loc']).upper()}: "
+            f"{error['msg'].removeprefix('Value error, ')}"
             for error in exc.errors()
         )
         raise CliError(f"invalid settings: {problems}") from None
@@ -49,10 +66,15 @@ def database(settings: Settings, application_name: str = "quota-inbox cli") -> I
     with connect(database_url(settings), autocommit=True, application_name=application_name) as conn:
         try:
             yield conn
-        except (pg_errors.UndefinedTable, pg_errors.UndefinedFunction) as exc:
+        except NOT_MIGRATED as exc:
             raise CliError(
-                f"the database is not migrated for this version (run `inbox migrate`): {exc}"
+                f"the database is not migrated for this version (run `inbox migrate`): "
+                f"{exc.diag.message_primary or exc}"
             ) from exc
+
+
+# What a command's connection raises when the schema is missing or older than this version.
+NOT_MIGRATED = (pg_errors.UndefinedTable, pg_errors.UndefinedFunction, pg_errors.InvalidSchemaName)
 
 
 Command = Callable[[argparse.Namespace, Settings], None]

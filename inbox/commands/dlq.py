@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from inbox.commands.config import database
@@ -20,18 +19,17 @@ from inbox.commands.errors import CliError
 from inbox.commands.output import jsonable, print_json, print_table, shorten
 from inbox.db.connect import DictConnection
 from inbox.db.sqlfiles import query
-from inbox.settings import Settings
+from inbox.settings import Settings, parse_duration
 
 REPLAY_NOTE = "replayed with inbox dlq replay"
-_RELATIVE = re.compile(r"^(?P<n>\d+)(?P<unit>[smhd])$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
 def since_arg(text: str) -> datetime:
-    """--since: an ISO 8601 time (UTC when it has no offset) or an age such as 30m, 2h, 7d."""
-    match = _RELATIVE.match(text.strip())
-    if match:
-        return datetime.now(UTC) - timedelta(**{_UNITS[match["unit"]]: int(match["n"])})
+    """--since: an ISO 8601 time (UTC when it has no offset) or an age such as 30m, 2h, 7d, P1D."""
+    try:
+        return datetime.now(UTC) - parse_duration(text)
+    except ValueError:
+        pass
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:

@@ -16,12 +16,19 @@ from inbox.settings import Settings
 def cmd_outbox_tail(args: argparse.Namespace, settings: Settings) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    printed = 0
     with database(settings, application_name="quota-inbox outbox") as conn:
         try:
             for row in outbox.messages(conn, last=args.last, follow=args.follow, ack=args.ack, stop=stop):
                 outbox.render(row, sys.stdout)
+                printed += 1
         except KeyboardInterrupt:
-            return
+            pass
+    # stdout carries the messages (JSON lines, for jq and pipes); what happened goes to stderr.
+    if args.ack:
+        print(f"acknowledged {printed} message(s): archived in pgmq.a_{outbox.QUEUE}", file=sys.stderr)
+    elif not printed and not args.follow:
+        print(f"the outbox queue {outbox.QUEUE} is empty", file=sys.stderr)
 
 
 def register(sub: Any) -> None:

@@ -76,12 +76,12 @@ def test_migrate_applies_everything_then_is_a_no_op(empty_dsn: str) -> None:
     assert first.returncode == 0, first.stderr
     assert _applied_migrations(empty_dsn) == shipped
     for version, name, _ in shipped:
-        assert f"{version:03d}_{name}" in first.stderr
+        assert f"{version:03d}_{name}" in first.stdout
 
     second = inbox_cli("migrate", database_url=empty_dsn)
 
     assert second.returncode == 0, second.stderr
-    assert f"{len(shipped)} already applied, newly applied: none" in second.stderr
+    assert f"{len(shipped)} already applied, newly applied: none" in second.stdout
     assert _applied_migrations(empty_dsn) == shipped
 
 
@@ -198,13 +198,13 @@ def test_run_demo_prints_quota_rows_and_a_dead_letter(empty_dsn: str) -> None:
 @pytest.fixture
 def worker_process(dsn: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
     log = tmp_path / "work.log"
-    with log.open("w") as stderr:
+    with log.open("w") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "inbox.cli", "work", "--concurrency", "2"],
             env=_env(dsn, INBOX_POLL_SECONDS="30"),
             cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
+            stdout=output,
+            stderr=subprocess.STDOUT,
             text=True,
         )
     try:
