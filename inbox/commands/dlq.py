@@ -7,16 +7,18 @@ inbox.resolve_dead_letter; migration 006).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
+
+from psycopg.types.json import Jsonb
 
 from inbox.commands.config import database
 from inbox.commands.errors import CliError
-from inbox.commands.output import jsonable, print_json, print_table, shorten
+from inbox.commands.output import print_block, print_json, print_table, print_wrapped_json
 from inbox.db.connect import DictConnection
 from inbox.db.sqlfiles import query
 from inbox.settings import Settings, parse_duration
@@ -39,35 +41,72 @@ def since_arg(text: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-LIST_COLUMNS = [
-    "id",
-    "quota_id",
-    "version",
-    "event_type",
-    "error_class",
-    "retry_count",
-    "created_at",
-    "inbox_status",
-    "superseded",
-    "error_message",
-]
+# The classes the service writes (inbox/apply/prepare.py, inbox/apply/worker.py, migration 003); the
+# database may hold others (a sink or an older version): those it holds are accepted too.
+ERROR_CLASSES = ("invalid", "unprocessable", "delete_blocked", "apply_error", "retries_exhausted")
+REPLAY_COLUMNS = ["id", "quota_id", "version", "is_delete", "outcome", "ended"]
 
 
 def _filters(args: argparse.Namespace) -> dict[str, Any]:
     return {"quota_id": args.quota_id, "error_class": args.error_class, "since": args.since}
 
 
+def _check_error_class(conn: DictConnection, error_class: str | None) -> None:
+    """An unknown class is a typo, not an empty answer."""
+    if error_class is None:
+        return
+    known = sorted({*ERROR_CLASSES, *(r["error_class"] for r in conn.execute(query("dlq_error_classes")))})
+    if error_class not in known:
+        raise CliError(f"unknown --error-class {error_class!r}; known: {', '.join(known)}")
+
+
 def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> None:
     params = {**_filters(args), "include_resolved": args.include_resolved, "limit": args.limit}
     with database(settings) as conn:
+        _check_error_class(conn, args.error_class)
         rows = conn.execute(query("dlq_list"), params).fetchall()
     if args.json:
         print_json(rows, sys.stdout)
         return
-    shown = [{**r, "error_message": shorten(r["error_message"], 60)} for r in rows]
-    print_table(shown, LIST_COLUMNS, sys.stdout)
+    print_letters(rows, sys.stdout)
     if len(rows) == args.limit:
         print(f"(first {args.limit}; narrow the filters or raise --limit)", file=sys.stderr)
+
+
+def print_letters(rows: list[dict[str, Any]], out: TextIO) -> None:
+    if not rows:
+        print("no dead letters match", file=out)
+    for index, row in enumerate(rows):
+        if index:
+            print(file=out)
+        print_block(_title(row), _fields(row), out)
+
+
+def _title(row: dict[str, Any]) -> str:
+    state = "open" if row["resolved_at"] is None else "resolved"
+    return f"{row['id']}  {row['error_class']}  {row['created_at']:%Y-%m-%d %H:%M:%S}  {state}"
+
+
+def _fields(row: dict[str, Any]) -> list[tuple[str, str]]:
+    kind = "delete" if row["is_delete"] else (row["event_type"] or "upsert")
+    inbox = row["inbox_status"] or "gone (deleted by retention)"
+    if row["superseded"]:
+        inbox += f"; superseded: version {row['applied_version']} applied since (a replay ends as stale)"
+    fields = [
+        ("quota", f"{row['quota_id']} version {row['version']} ({kind})"),
+        ("inbox", f"{inbox}; tries {row['retry_count']}"),
+        ("error", _message(row)),
+    ]
+    if row["resolved_at"] is not None:
+        note = row["resolution_note"] or "(no note)"
+        fields.append(("resolved", f"{row['resolved_at']:%Y-%m-%d %H:%M:%S}: {note}"))
+    return fields
+
+
+def _message(row: dict[str, Any]) -> str:
+    shown: str = row["error_message"]
+    cut = row.get("error_length", len(shown)) - len(shown)
+    return f"{shown}… ({cut} more characters: inbox dlq show {row['id']})" if cut > 0 else shown
 
 
 def _find(conn: DictConnection, dead_letter_id: uuid.UUID) -> dict[str, Any]:
@@ -83,30 +122,80 @@ def cmd_dlq_show(args: argparse.Namespace, settings: Settings) -> None:
     if args.json:
         print_json(row, sys.stdout)
         return
-    for name, value in row.items():
-        if name != "event_data":
-            print(f"{name:<16} {'NULL' if value is None else value}")
-    print("event_data:")
-    print(json.dumps(jsonable(row["event_data"]), indent=2))
+    print_block(_title(row), _fields(row), sys.stdout)
+    print("  event (as stored):", file=sys.stdout)
+    print_wrapped_json(row["event_data"], sys.stdout, indent="    ")
 
 
 def cmd_dlq_replay(args: argparse.Namespace, settings: Settings) -> None:
     if bool(args.ids) == args.all_matching:
         raise CliError("give dead letter ids, or --all-matching with filters, not both and not neither")
-    if not args.all_matching and any(_filters(args).values()):
-        raise CliError("--quota-id, --error-class and --since go with --all-matching")
+    if not args.all_matching and (any(_filters(args).values()) or args.dry_run):
+        raise CliError("--quota-id, --error-class, --since and --dry-run go with --all-matching")
     with database(settings) as conn:
+        _check_error_class(conn, args.error_class)
+        if args.dry_run:
+            return _dry_run(conn, args)
         rows = _replay_matching(conn, args) if args.all_matching else _replay_ids(conn, args.ids, args.note)
+        _follow(conn, rows, args.wait)
     if args.json:
         print_json(rows, sys.stdout)
-    else:
-        print_table(rows, ["id", "quota_id", "version", "is_delete", "outcome"], sys.stdout)
+        return
+    print_table(rows, REPLAY_COLUMNS, sys.stdout)
     outcomes = {o: sum(1 for r in rows if r["outcome"] == o) for o in ("requeued", "reinserted", "in_inbox")}
     print(
         f"replayed {len(rows)} dead letter(s): {outcomes['requeued']} requeued, "
-        f"{outcomes['reinserted']} reinserted, {outcomes['in_inbox']} already in the inbox",
-        file=sys.stderr,
+        f"{outcomes['reinserted']} reinserted, {outcomes['in_inbox']} already in the inbox"
     )
+
+
+def _dry_run(conn: DictConnection, args: argparse.Namespace) -> None:
+    """What --all-matching would replay now, changing nothing."""
+    params = {**_filters(args), "include_resolved": False, "limit": None}
+    rows = conn.execute(query("dlq_list"), params).fetchall()
+    if args.json:
+        print_json(rows, sys.stdout)
+        return
+    print_letters(rows, sys.stdout)
+    print(f"\ndry run: would replay {len(rows)} dead letter(s); nothing changed")
+
+
+def _follow(conn: DictConnection, rows: list[dict[str, Any]], wait_seconds: float) -> None:
+    """Add 'ended' to each replayed row: where its event is once the workers have taken it (or the
+    wait is over): applied, stale, dead again under a new dead letter id, or still waiting."""
+    keys = [
+        {"quota_id": str(r["quota_id"]), "version": r["version"], "is_delete": r["is_delete"]} for r in rows
+    ]
+    workers = conn.execute(query("worker_sessions")).fetchone()
+    has_workers = bool(workers and workers["sessions"])
+    deadline = time.monotonic() + (wait_seconds if has_workers else 0)
+    while True:
+        ended = {
+            (e["quota_id"], e["version"], e["is_delete"]): e
+            for e in conn.execute(query("dlq_replay_ended"), {"keys": Jsonb(keys)}).fetchall()
+        }
+        waiting = [e for e in ended.values() if e["inbox_status"] in ("pending", "processing")]
+        if not waiting or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    for row in rows:
+        now = ended[(row["quota_id"], row["version"], row["is_delete"])]
+        row["inbox_status"] = now["inbox_status"]
+        row["dead_letter_id"] = now["dead_letter_id"]
+        row["ended"] = _ended(now, has_workers)
+
+
+def _ended(now: dict[str, Any], has_workers: bool) -> str:
+    status = now["inbox_status"]
+    if status == "dead":
+        return f"dead again: {now['dead_letter_id']}" if now["dead_letter_id"] else "dead"
+    if status in ("pending", "processing") and not has_workers:
+        return f"{status}: no worker connected"
+    if status in ("pending", "processing"):
+        return f"{status}: not done within --wait"
+    if status == "stale":
+        return "stale: a newer version was applied"
+    return status or "gone"
 
 
 def _replay_ids(conn: DictConnection, ids: Sequence[uuid.UUID], note: str) -> list[dict[str, Any]]:
@@ -152,7 +241,9 @@ def register(sub: Any) -> None:
 
     listing = dlq_sub.add_parser("list", help="open dead letters, oldest first")
     _add_filters(listing)
-    listing.add_argument("--include-resolved", action="store_true", help="resolved ones too")
+    listing.add_argument(
+        "--include-resolved", action="store_true", help="resolved ones too, with when and the note"
+    )
     listing.add_argument("--limit", type=int, default=100, help="at most this many rows (default 100)")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(func=cmd_dlq_list)
@@ -173,6 +264,18 @@ def register(sub: Any) -> None:
     _add_filters(replay)
     replay.add_argument("--note", default=REPLAY_NOTE, help="resolution note")
     replay.add_argument("--batch-size", type=int, default=1000, help="dead letters per transaction")
+    replay.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="with --all-matching: list what would be replayed, change nothing",
+    )
+    replay.add_argument(
+        "--wait",
+        type=float,
+        default=30.0,
+        help="seconds to wait for the workers to take the replayed events, to report where each ended "
+        "(default 30; 0: do not wait; no wait when no worker is connected)",
+    )
     replay.add_argument("--json", action="store_true", help="machine-readable output")
     replay.set_defaults(func=cmd_dlq_replay)
 
@@ -184,7 +287,7 @@ def register(sub: Any) -> None:
 
 def _add_filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quota-id", type=uuid.UUID, default=None, help="one quota")
-    parser.add_argument("--error-class", default=None, help="invalid, delete_blocked, apply_error, ...")
+    parser.add_argument("--error-class", default=None, help=f"one of {', '.join(ERROR_CLASSES)}, ...")
     parser.add_argument(
         "--since", type=since_arg, default=None, help="created at or after: ISO time or 30m/2h/7d"
     )

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import textwrap
 import uuid
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -33,17 +36,66 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+def dumps_exact(value: Any, indent: int | None = 2) -> str:
+    """JSON in which a Decimal is a number with its stored digits (json writes no Decimal; a float
+    would round it, a string would change its type). Times and ids are strings, as in jsonable."""
+    numbers: list[str] = []
+    marker = uuid.uuid4().hex  # no stored string can be a fresh random marker
+
+    def walk(item: Any) -> Any:
+        if isinstance(item, Decimal) and item.is_finite():
+            numbers.append(str(item))
+            return f"{marker}{len(numbers) - 1}"
+        if isinstance(item, dict):
+            return {k: walk(v) for k, v in item.items()}
+        if isinstance(item, list | tuple):
+            return [walk(v) for v in item]
+        return jsonable(item)
+
+    text = json.dumps(walk(value), indent=indent)
+    return re.sub(f'"{marker}(\\d+)"', lambda m: numbers[int(m[1])], text)
+
+
 def print_json(value: Any, out: TextIO) -> None:
-    print(json.dumps(jsonable(value), indent=2), file=out)
+    print(dumps_exact(value), file=out)
+
+
+def terminal_width() -> int:
+    """The terminal's columns ($COLUMNS when set); 100 when not a terminal; never below 40."""
+    return max(shutil.get_terminal_size((100, 24)).columns, 40)
+
+
+def wrap(text: str, width: int, indent: str = "") -> list[str]:
+    """Lines of at most width columns; long words (ids, JSON) are broken rather than overflow."""
+    return textwrap.wrap(text, width, initial_indent=indent, subsequent_indent=indent) or [indent.rstrip()]
+
+
+def print_block(title: str, fields: list[tuple[str, str]], out: TextIO, width: int | None = None) -> None:
+    """One record as a block: a title line, then 'label  value' lines, values wrapped to the width."""
+    width = width or terminal_width()
+    for line in wrap(title, width):
+        print(line, file=out)
+    label_width = max((len(label) for label, _ in fields), default=0)
+    for label, text in fields:
+        lines = wrap(text, width - label_width - 4)
+        print(f"  {label:<{label_width}}  {lines[0]}".rstrip(), file=out)
+        for line in lines[1:]:
+            print(" " * (label_width + 4) + line, file=out)
+
+
+def print_wrapped_json(value: Any, out: TextIO, indent: str = "  ", width: int | None = None) -> None:
+    """Pretty JSON (exact numbers), each line wrapped to the width under its own indentation."""
+    width = width or terminal_width()
+    for line in dumps_exact(value).splitlines():
+        lead = indent + " " * (len(line) - len(line.lstrip()))
+        pieces = wrap(line.strip(), max(width - len(lead) - 2, 20))
+        print(lead + pieces[0], file=out)
+        for piece in pieces[1:]:
+            print(lead + "  " + piece, file=out)
 
 
 def seconds(value: timedelta | None) -> str:
     return "-" if value is None else f"{value.total_seconds():.1f}s"
-
-
-def shorten(text: str, width: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 class Progress:
