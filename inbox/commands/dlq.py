@@ -18,7 +18,7 @@ from psycopg.types.json import Jsonb
 
 from inbox.commands.config import database
 from inbox.commands.errors import CliError
-from inbox.commands.output import print_block, print_json, print_table, print_wrapped_json
+from inbox.commands.output import print_block, print_json, print_wrapped_json
 from inbox.db.connect import DictConnection
 from inbox.db.sqlfiles import query
 from inbox.settings import Settings, parse_duration
@@ -44,7 +44,6 @@ def since_arg(text: str) -> datetime:
 # The classes the service writes (inbox/apply/prepare.py, inbox/apply/worker.py, migration 003); the
 # database may hold others (a sink or an older version): those it holds are accepted too.
 ERROR_CLASSES = ("invalid", "unprocessable", "delete_blocked", "apply_error", "retries_exhausted")
-REPLAY_COLUMNS = ["id", "quota_id", "version", "is_delete", "outcome", "ended"]
 
 
 def _filters(args: argparse.Namespace) -> dict[str, Any]:
@@ -141,7 +140,13 @@ def cmd_dlq_replay(args: argparse.Namespace, settings: Settings) -> None:
     if args.json:
         print_json(rows, sys.stdout)
         return
-    print_table(rows, REPLAY_COLUMNS, sys.stdout)
+    for row in rows:
+        kind = " (delete)" if row["is_delete"] else ""
+        print_block(
+            f"{row['id']}  {row['outcome']}",
+            [("quota", f"{row['quota_id']} version {row['version']}{kind}"), ("ended", row["ended"])],
+            sys.stdout,
+        )
     outcomes = {o: sum(1 for r in rows if r["outcome"] == o) for o in ("requeued", "reinserted", "in_inbox")}
     print(
         f"replayed {len(rows)} dead letter(s): {outcomes['requeued']} requeued, "

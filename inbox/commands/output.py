@@ -15,9 +15,9 @@ from typing import Any, TextIO
 def print_table(rows: list[dict[str, Any]], columns: list[str], out: TextIO) -> None:
     cells = [[("NULL" if row[c] is None else str(row[c])) for c in columns] for row in rows]
     widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
-    print("  " + "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)), file=out)
+    print("  " + "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip(), file=out)
     for r in cells:
-        print("  " + "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)), file=out)
+        print("  " + "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip(), file=out)
     if not rows:
         print("  (none)", file=out)
 

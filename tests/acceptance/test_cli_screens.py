@@ -188,5 +188,6 @@ def test_replay_reports_where_each_event_ended_even_dead_again_under_a_new_id(
 def test_replay_without_a_worker_says_the_events_wait(dsn: str, dead: dict[str, Any]) -> None:
     out = ok(run_inbox("dlq", "replay", str(dead["invalid_v1"]), database_url=dsn, COLUMNS=str(WIDTH)))
 
+    fits(out)
     assert "pending: no worker connected" in out
     assert "replayed 1 dead letter(s): 1 requeued" in out
