@@ -1,6 +1,6 @@
 """A downstream consumer of the outbox: keeps a replica of public.quota from the pgmq queue quota_changes.
 
-Run: python examples/outbox_consumer.py postgresql://.../csla
+Run: python examples/outbox_consumer.py "$DSN"    (the database `inbox` migrated; `--follow` keeps going)
 
 Each page is read with a visibility timeout, applied with a version gate (so a redelivered or
 out-of-order message changes nothing) and archived in the same transaction: exactly once downstream.
@@ -13,7 +13,7 @@ import json
 import sys
 from decimal import Decimal
 from functools import partial
-from typing import Any
+from typing import Any, TextIO
 
 import psycopg
 from pgmq import SyncPGMQueue
@@ -80,14 +80,46 @@ def consume_page(queue: SyncPGMQueue, pool: ConnectionPool[Any], page: int = 100
     return len(messages)
 
 
-def main(dsn: str) -> None:
+def main(dsn: str, out: TextIO | None = None) -> int:
+    """Drain the queue into downstream_quota; returns how many messages were applied."""
+    # Connect once first, with a short timeout: a wrong DSN is one error at once, not a pool that
+    # retries in the background until its 30 s timeout.
+    with psycopg.connect(dsn, connect_timeout=10) as conn:
+        conn.execute(CREATE_REPLICA)
+    total = 0
     with ConnectionPool(dsn, configure=exact_json, open=True) as pool:
-        with pool.connection() as conn:
-            conn.execute(CREATE_REPLICA)
         queue = SyncPGMQueue(pool=pool, init_extension=False)
-        while consume_page(queue, pool):
-            pass
+        while applied := consume_page(queue, pool):
+            total += applied
+            if out:
+                print(f"applied {applied} message(s) to downstream_quota ({total} so far)", file=out)
+    return total
+
+
+def cli(argv: list[str]) -> int:
+    if len(argv) != 1 or argv[0].startswith("-"):
+        print(
+            'usage: python examples/outbox_consumer.py DSN  (e.g. "$(inbox dsn)" or '
+            "postgresql://user@host:5432/db): copies the outbox queue quota_changes into the table "
+            "downstream_quota of that database, then exits",
+            file=sys.stderr,
+        )
+        return 2
+    print(f"reading the outbox queue {QUEUE} into downstream_quota", file=sys.stdout, flush=True)
+    try:
+        total = main(argv[0], sys.stdout)
+    except psycopg.OperationalError as exc:
+        print(f"outbox_consumer: error: cannot connect: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    except psycopg.errors.UndefinedTable:
+        print("outbox_consumer: error: no queue quota_changes here: run `inbox migrate`", file=sys.stderr)
+        return 1
+    except psycopg.ProgrammingError as exc:
+        print(f"outbox_consumer: error: not a PostgreSQL connection string: {exc}".strip(), file=sys.stderr)
+        return 1
+    print(f"done: {total} message(s) applied; the queue is empty", flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    sys.exit(cli(sys.argv[1:]))

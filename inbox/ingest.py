@@ -7,7 +7,7 @@ exact digits; Python parses the same text (decimals as Decimal) only to key and 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
@@ -183,6 +183,56 @@ def parse_texts(texts: Sequence[str], key: Callable[[Any], EventKey] = key_event
 
 def parse_body(body: bytes, *, ndjson: bool = False) -> ParsedBatch:
     return parse_texts(split_body(body, ndjson=ndjson))
+
+
+def event_texts(body: bytes) -> list[str]:
+    """The raw text of each event in a JSON array, NDJSON, or a single JSON value (a file to replay)."""
+    texts = split_body(body)
+    if len(texts) == 1 and texts[0].lstrip().startswith("["):
+        return list(_array_elements(texts[0]))
+    return texts
+
+
+def _array_elements(text: str) -> Iterator[str]:
+    """Each element of a JSON array as its own text, verbatim (digits kept), for batching."""
+    decoder = json.JSONDecoder(parse_float=Decimal, parse_int=Decimal)
+    position = text.index("[") + 1
+    while True:
+        position = _skip_whitespace(text, position)
+        if text.startswith("]", position):
+            return
+        try:
+            _, end = decoder.raw_decode(text, position)
+        except json.JSONDecodeError as exc:
+            raise BadBatch([(None, f"not valid JSON: {exc}")], unparseable=True) from exc
+        yield text[position:end]
+        position = _skip_whitespace(text, end)
+        if text.startswith(",", position):
+            position += 1
+        elif not text.startswith("]", position):
+            raise BadBatch(
+                [(None, f"not valid JSON: expected ',' or ']' at character {position}")], unparseable=True
+            )
+
+
+def _skip_whitespace(text: str, position: int) -> int:
+    while position < len(text) and text[position] in " \t\r\n":
+        position += 1
+    return position
+
+
+def parse_in_batches(texts: Sequence[str], batch_size: int) -> list[ParsedBatch]:
+    """Every batch parsed and keyed before anything is stored: one bad event stores nothing."""
+    batches: list[ParsedBatch] = []
+    problems: list[tuple[int | None, str]] = []
+    for start in range(0, len(texts), batch_size):
+        try:
+            batches.append(parse_texts(texts[start : start + batch_size]))
+        except BadBatch as exc:
+            problems.extend((None if i is None else start + i, reason) for i, reason in exc.problems)
+    if problems:
+        raise BadBatch(problems, unparseable=False)
+    return batches
 
 
 def store(conn: DictConnection, batch: ParsedBatch, source: Source) -> IngestResult:

@@ -14,6 +14,7 @@ from typing import Any, TextIO
 from inbox.db.connect import DictConnection
 from inbox.db.sqlfiles import query
 
+QUEUE = "quota_changes"
 VISIBILITY_SECONDS = 30
 
 

@@ -2,12 +2,50 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from pydantic import BeforeValidator, Field, SecretStr, TypeAdapter, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_SHORT_DURATION = re.compile(r"^\s*(?P<n>-?\d+(?:\.\d+)?)\s*(?P<unit>s|m|h|d|w)?\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_TIMEDELTA = TypeAdapter(timedelta)
+
+
+def parse_duration(value: object) -> timedelta:
+    """A duration as people type it: 90s, 15m, 12h, 7d, 2w; ISO 8601 (P7D, PT12H, P1DT2H); a number
+    of seconds. Never negative."""
+    if isinstance(value, timedelta):
+        duration = value
+    elif isinstance(value, str) and (match := _SHORT_DURATION.match(value)):
+        duration = timedelta(seconds=float(match["n"]) * _UNIT_SECONDS[match["unit"] or "s"])
+    else:
+        try:
+            duration = _TIMEDELTA.validate_python(value)
+        except ValidationError:
+            raise ValueError(
+                "not a duration: use a number with a unit (90s, 15m, 12h, 7d, 2w) or ISO 8601 (P7D, PT12H)"
+            ) from None
+    if duration < timedelta(0):
+        raise ValueError("must not be negative")
+    return duration
+
+
+def format_duration(value: timedelta) -> str:
+    """The short form parse_duration reads back: 7d, 12h, 90s (the largest unit that divides it)."""
+    seconds = value.total_seconds()
+    for unit in ("d", "h", "m"):
+        if seconds and seconds % _UNIT_SECONDS[unit] == 0:
+            return f"{int(seconds // _UNIT_SECONDS[unit])}{unit}"
+    return f"{seconds:g}s"
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 
 # A role name goes into libpq's startup options (inbox/db/connect.py: with_role): a plain lower-case
 # identifier needs no quoting there, and nothing else can ride along with it.
@@ -85,10 +123,10 @@ class Settings(BaseSettings):
         15_000, ge=0, description="statement_timeout of worker sessions (0 disables)."
     )
     reap_interval_seconds: float = Field(5.0, gt=0, description="How often expired leases are reaped.")
-    retention: timedelta = Field(
+    retention: Duration = Field(
         timedelta(days=7),
         description="Finished inbox rows (applied, stale, dead and resolved) older than this are deleted "
-        "(an ISO 8601 duration: P7D, PT12H).",
+        "(a duration: 90s, 12h, 7d, or ISO 8601 such as P7D, PT12H).",
     )
     retention_interval_seconds: float = Field(60.0, gt=0, description="How often retention runs.")
     retention_batch_size: int = Field(
@@ -109,6 +147,23 @@ class Settings(BaseSettings):
     metrics_refresh_seconds: float = Field(
         15.0, gt=0, description="How old the figures behind /metrics may get before they are read again."
     )
+
+    @field_validator("database_url")
+    @classmethod
+    def _conninfo(cls, value: SecretStr | None) -> SecretStr | None:
+        """Refused here, in one line, rather than as a traceback at the first connection."""
+        if value is None:
+            return value
+        try:
+            conninfo_to_dict(value.get_secret_value())
+        except psycopg.ProgrammingError as exc:
+            # libpq quotes pieces of the string, which may be a password: masked.
+            reason = re.sub(r'"[^"]*"', '"…"', str(exc)).strip()
+            raise ValueError(
+                f"not a PostgreSQL connection string ({reason}); expected "
+                "postgresql://user@host:5432/dbname or key=value pairs such as 'host=... dbname=...'"
+            ) from None
+        return value
 
     @field_validator("api_token", "hmac_secret")
     @classmethod

@@ -154,6 +154,34 @@ SELECT status, events, exact FROM inbox.v_status;
 -- name: status_lag
 SELECT * FROM inbox.v_lag;
 
+-- name: status_exact_counts
+-- Every state counted (v_status estimates the finished ones on a large table); `inbox status` runs
+-- it under a statement_timeout and falls back to v_status with the age of its statistics.
+SELECT s.status, count(e.status) AS events, true AS exact
+FROM unnest(ARRAY['pending', 'processing', 'applied', 'stale', 'dead']) WITH ORDINALITY AS s(status, n)
+LEFT JOIN inbox.quota_events e ON e.status = s.status
+GROUP BY s.status, s.n
+ORDER BY s.n;
+
+-- name: set_local_statement_timeout
+SELECT set_config('statement_timeout', %(timeout)s::text, true);
+
+-- name: status_statistics
+-- How old the statistics behind v_status's estimates are.
+SELECT greatest(t.last_analyze, t.last_autoanalyze) AS analyzed_at, t.n_mod_since_analyze AS changed_since
+FROM pg_stat_user_tables t
+WHERE t.relid = 'inbox.quota_events'::regclass;
+
+-- name: status_processed
+-- Exact flows from the counters the triggers of migration 006 keep (inbox.metric_counters): events
+-- received, applied, rejected as stale, dead-lettered and retried, in the last hour and since install.
+SELECT m.metric,
+       round(inbox.counter_window(m.metric, '1 hour'))::bigint AS last_hour,
+       (SELECT coalesce(round(sum(c.value)), 0)::bigint
+        FROM inbox.metric_counters c WHERE c.metric = m.metric) AS since_install
+FROM unnest(ARRAY['ingested', 'applied', 'stale', 'dead', 'retried']) WITH ORDINALITY AS m(metric, n)
+ORDER BY m.n;
+
 -- name: status_dead_letters_by_class
 SELECT error_class, count(*) AS dead_letters, min(created_at) AS oldest
 FROM public.quota_processing_errors
@@ -172,7 +200,8 @@ SELECT now() AS now;
 
 -- name: dlq_list
 SELECT id, quota_id, version, is_delete, event_type, error_class, retry_count, created_at,
-       resolved_at, inbox_status, applied_version, superseded, left(error_message, 200) AS error_message
+       resolved_at, resolution_note, inbox_status, applied_version, superseded,
+       left(error_message, 500) AS error_message, length(error_message) AS error_length
 FROM inbox.v_dead_letters
 WHERE (resolved_at IS NULL OR %(include_resolved)s)
   AND (%(quota_id)s::uuid IS NULL OR quota_id = %(quota_id)s::uuid)
@@ -203,6 +232,28 @@ FROM inbox.replay_dead_letters(
           ORDER BY d.created_at, d.id
           LIMIT %(limit)s),
     %(note)s::text);
+
+-- name: dlq_error_classes
+-- The error classes stored so far (the open index answers for open ones; resolved ones are few).
+SELECT DISTINCT error_class FROM public.quota_processing_errors ORDER BY error_class;
+
+-- name: dlq_replay_ended
+-- Where replayed events are now: their inbox row's state and, if one died again, its new open
+-- dead letter (replay resolved the old one, so an open letter for the key is a new one).
+SELECT k.quota_id, k.version, k.is_delete, e.status AS inbox_status,
+       (SELECT d.id FROM public.quota_processing_errors d
+        WHERE (d.quota_id, d.version, d.is_delete) = (k.quota_id, k.version, k.is_delete)
+          AND d.resolved_at IS NULL
+        ORDER BY d.created_at DESC
+        LIMIT 1) AS dead_letter_id
+FROM jsonb_to_recordset(%(keys)s::jsonb) AS k(quota_id uuid, version bigint, is_delete boolean)
+LEFT JOIN inbox.quota_events e USING (quota_id, version, is_delete);
+
+-- name: worker_sessions
+-- Connected worker sessions (application_name 'quota-inbox host:pid:n', as v_lag counts them).
+SELECT count(*) AS sessions
+FROM pg_stat_activity a
+WHERE a.datname = current_database() AND a.application_name LIKE 'quota-inbox %%:%%:%%';
 
 -- name: dlq_resolve
 SELECT inbox.resolve_dead_letter(%(id)s::uuid, %(note)s::text) AS resolved_at;

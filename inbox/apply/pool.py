@@ -6,13 +6,17 @@ import logging
 import threading
 from typing import Any
 
+from inbox.apply.jobs import start_scheduler
 from inbox.apply.waker import NotifyListener, Waker
 from inbox.apply.worker import Worker, worker_name
-from inbox.jobs import start_scheduler
 from inbox.metrics import serve_metrics
 from inbox.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+class MetricsPortUnavailable(Exception):
+    """INBOX_METRICS_PORT cannot be bound (in use, or not allowed)."""
 
 
 class WorkerPool:
@@ -29,6 +33,21 @@ class WorkerPool:
         self._metrics_server: Any = None
 
     def start(self) -> None:
+        if self.settings.metrics_port is not None:  # first: a busy port fails before any work starts
+            try:
+                self._metrics_server, port = serve_metrics(
+                    self.dsn,
+                    self.settings.metrics_refresh_seconds,
+                    self.settings.http_host,
+                    self.settings.metrics_port,
+                )
+            except OSError as exc:
+                raise MetricsPortUnavailable(
+                    f"cannot serve /metrics on {self.settings.http_host}:{self.settings.metrics_port}: "
+                    f"{exc.strerror or exc}; set INBOX_METRICS_PORT to a free port (0: any free port) "
+                    "or unset it"
+                ) from exc
+            log.info("metrics served", extra={"url": f"http://{self.settings.http_host}:{port}/metrics"})
         self.listener.start()
         for worker in self.workers:
             thread = threading.Thread(
@@ -37,14 +56,6 @@ class WorkerPool:
             thread.start()
             self._threads.append(thread)
         self._scheduler = start_scheduler(self.dsn, self.settings)
-        if self.settings.metrics_port is not None:
-            self._metrics_server, port = serve_metrics(
-                self.dsn,
-                self.settings.metrics_refresh_seconds,
-                self.settings.http_host,
-                self.settings.metrics_port,
-            )
-            log.info("metrics served", extra={"url": f"http://{self.settings.http_host}:{port}/metrics"})
         log.info("worker pool started", extra={"workers": self.concurrency})
 
     def stop(self, timeout: float = 30.0) -> None:

@@ -1,4 +1,4 @@
-"""`inbox run --demo`: feed a bundled sample stream through the real HTTP path and show the outcome."""
+"""The sample stream of `inbox run --demo` (inbox/commands/demo.py) and how it is fed and awaited."""
 
 from __future__ import annotations
 
@@ -36,48 +36,3 @@ def wait_until_settled(dsn: str, timeout: float = 30.0) -> None:
                 return
             time.sleep(0.05)
     raise TimeoutError("the demo events were not all processed in time")
-
-
-def run_demo(base_url: str, dsn: str, token: str | None, out: Any) -> None:
-    lines = sample_lines()
-    half = len(lines) // 2
-    first = post(base_url, "\n".join(lines[:half]).encode(), "application/x-ndjson", token)
-    second = post(base_url, ("[" + ",".join(lines[half:]) + "]").encode(), "application/json", token)
-    print(f"POST /events (NDJSON, {half} events)     -> 202 {first}", file=out)
-    print(f"POST /events (JSON array, {len(lines) - half} events) -> 202 {second}", file=out)
-    wait_until_settled(dsn)
-    with connect(dsn, autocommit=True) as conn:
-        print("\ninbox.quota_events by status:", file=out)
-        for row in conn.execute(query("inbox_counts")):
-            print(f"  {row['status']:<10} {row['n']}", file=out)
-        print("\npublic.quota:", file=out)
-        print_table(
-            conn.execute(query("quota_states")).fetchall(),
-            [
-                "quota_id",
-                "source_version",
-                "direction",
-                "period_month",
-                "qty_t",
-                "tolerance_pct",
-                "incoterm_code",
-                "metal_code",
-            ],
-            out,
-        )
-        print("\npublic.quota_processing_errors (unresolved dead letters):", file=out)
-        print_table(
-            conn.execute(query("unresolved_dead_letters")).fetchall(),
-            ["quota_id", "version", "error_class", "error_message"],
-            out,
-        )
-
-
-def print_table(rows: list[dict[str, Any]], columns: list[str], out: Any) -> None:
-    cells = [[("NULL" if row[c] is None else str(row[c])) for c in columns] for row in rows]
-    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
-    print("  " + "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)), file=out)
-    for r in cells:
-        print("  " + "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)), file=out)
-    if not rows:
-        print("  (none)", file=out)

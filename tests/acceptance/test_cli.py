@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -76,12 +77,12 @@ def test_migrate_applies_everything_then_is_a_no_op(empty_dsn: str) -> None:
     assert first.returncode == 0, first.stderr
     assert _applied_migrations(empty_dsn) == shipped
     for version, name, _ in shipped:
-        assert f"{version:03d}_{name}" in first.stderr
+        assert f"{version:03d}_{name}" in first.stdout
 
     second = inbox_cli("migrate", database_url=empty_dsn)
 
     assert second.returncode == 0, second.stderr
-    assert f"{len(shipped)} already applied, newly applied: none" in second.stderr
+    assert f"{len(shipped)} already applied, newly applied: none" in second.stdout
     assert _applied_migrations(empty_dsn) == shipped
 
 
@@ -151,11 +152,29 @@ def _section(text: str, title: str) -> str:
     return text[start : end if end != -1 else len(text)]
 
 
+def _hold_port(port: int) -> socket.socket | None:
+    """Occupy the port if nothing does yet (something else holding it makes it just as busy)."""
+    sock = socket.socket()
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError:
+        sock.close()
+        return None
+    sock.listen()
+    return sock
+
+
 def test_run_demo_prints_quota_rows_and_a_dead_letter(empty_dsn: str) -> None:
-    result = inbox_cli("run", "--demo", database_url=empty_dsn, INBOX_HTTP_PORT="0")
+    held = _hold_port(8080)  # the default INBOX_HTTP_PORT is busy: the demo takes another port
+    try:
+        result = inbox_cli("run", "--demo", database_url=empty_dsn)
+    finally:
+        if held is not None:
+            held.close()
 
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
+    assert '"level"' not in result.stdout + result.stderr  # no log lines inside the demo's tables
     assert "-> 202 {'accepted': 4, 'duplicates': 1}" in result.stdout
     quotas = _section(result.stdout, "public.quota:")
     letters = _section(result.stdout, "public.quota_processing_errors")
@@ -198,13 +217,13 @@ def test_run_demo_prints_quota_rows_and_a_dead_letter(empty_dsn: str) -> None:
 @pytest.fixture
 def worker_process(dsn: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
     log = tmp_path / "work.log"
-    with log.open("w") as stderr:
+    with log.open("w") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "inbox.cli", "work", "--concurrency", "2"],
             env=_env(dsn, INBOX_POLL_SECONDS="30"),
             cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
+            stdout=output,
+            stderr=subprocess.STDOUT,
             text=True,
         )
     try:

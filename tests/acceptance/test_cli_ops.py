@@ -192,7 +192,7 @@ def test_dlq_replay_all_matching(db: DictConnection, dsn: str, dead: dict[str, A
     ok(result)
     drain(dsn)
 
-    assert "replayed 2 dead letter(s)" in result.stderr
+    assert "replayed 2 dead letter(s)" in result.stdout
     # still invalid (validation comes before the version gate): each dies again as a new letter
     open_letters = {d["id"]: (d["quota_id"], d["error_class"]) for d in dead_letters(db)}
     assert sorted(open_letters.values()) == sorted(

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from inbox.apply.jobs import DatabaseWatch, check_alerts, purge_finished
 from inbox.apply.worker import reap_expired_leases
 from inbox.db.connect import DictConnection, connect
-from inbox.jobs import DatabaseWatch, check_alerts, purge_finished
 from inbox.settings import Settings
 from tests.acceptance.conftest import UNREACHABLE_DSN
 from tests.helpers import dead_letters, drain, event_status, ingest, quota, titan_event
@@ -327,7 +327,7 @@ def test_dead_letter_rate_over_threshold_is_published_once_per_window(
     ingest(db, [titan_event(uuid.uuid4(), 1, "DELETE", metal_code=None)])
     ingest(db, [titan_event(uuid.uuid4(), 1, qty_t=Decimal("0"))])
     drain(dsn)
-    with caplog.at_level(logging.ERROR, logger="inbox.jobs"):
+    with caplog.at_level(logging.ERROR, logger="inbox.apply.jobs"):
         first = check_alerts(dsn, settings, DatabaseWatch())
         second = check_alerts(dsn, settings, DatabaseWatch())
 
@@ -346,7 +346,7 @@ def test_database_unreachable_is_logged_at_once_and_published_when_it_is_back(
 ) -> None:
     watch = DatabaseWatch()
     settings = Settings()
-    with caplog.at_level(logging.INFO, logger="inbox.jobs"):
+    with caplog.at_level(logging.INFO, logger="inbox.apply.jobs"):
         check_alerts(UNREACHABLE_DSN, settings, watch)
         assert watch.down_since is not None
         assert alerts(db) == []

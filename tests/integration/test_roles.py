@@ -19,11 +19,11 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from inbox.apply.jobs import DatabaseWatch, check_alerts, metrics_job, purge_finished
 from inbox.apply.worker import reap_expired_leases
 from inbox.db.connect import DictConnection, connect, with_role
 from inbox.db.migrate import migrate
 from inbox.ingest import store_events
-from inbox.jobs import DatabaseWatch, check_alerts, metrics_job, purge_finished
 from inbox.metrics import MetricsSource
 from inbox.settings import Settings
 from tests.conftest import create_database, drop_database

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from inbox.cli import build_parser
+from inbox.commands import build_parser
 from inbox.metrics import ERROR_CLASSES, ConsumerLag, Snapshot, families
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,7 +12,8 @@ import pytest
 from pydantic import SecretStr, ValidationError
 
 import inbox.http.signing as signing
-from inbox.cli import CliError, is_loopback, require_webhook_auth
+from inbox.commands.errors import CliError
+from inbox.commands.service import is_loopback, require_webhook_auth
 from inbox.http.signing import sign, signature_problem
 from inbox.settings import Settings
 

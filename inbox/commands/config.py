@@ -1,0 +1,93 @@
+"""Settings of a command: loaded from INBOX_* with one-line errors, listed in --help, and the DSN."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+import pydantic
+from psycopg import errors as pg_errors
+from pydantic_settings import SettingsError
+
+from inbox.commands.errors import CliError
+from inbox.db.connect import DictConnection, connect
+from inbox.db.embedded import start_embedded
+from inbox.settings import Settings, format_duration
+
+
+def settings_help() -> str:
+    lines = ["Settings (environment variables):"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if default is None:
+            shown = "unset"
+        elif isinstance(default, timedelta):
+            shown = format_duration(default)
+        else:
+            shown = str(default)
+        lines.append(f"  INBOX_{name.upper():<24} {field.description} [default: {shown}]")
+    return "\n".join(lines)
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except SettingsError as exc:
+        # pydantic-settings parses JSON-valued variables itself and names only the field; the value
+        # is never echoed (INBOX_KAFKA_CONFIG_JSON may hold SASL passwords).
+        match = re.search(r'field "(\w+)"', str(exc))
+        name = f"INBOX_{match[1].upper()}" if match else "an INBOX_ variable holding JSON"
+        raise CliError(
+            f'invalid settings: {name}: not valid JSON (expected an object, like {{"key": "value"}})'
+        ) from None
+    except pydantic.ValidationError as exc:
+        # Name the variable and the rule; never echo the value, which may be a secret.
+        problems = "; ".join(
+            f"INBOX_{'_'.join(str(part) for part in error['loc']).upper()}: "
+            f"{error['msg'].removeprefix('Value error, ')}"
+            for error in exc.errors()
+        )
+        raise CliError(f"invalid settings: {problems}") from None
+
+
+def database_url(settings: Settings) -> str:
+    if settings.database_url:
+        return settings.database_url.get_secret_value()
+    return start_embedded(settings.data_dir, cleanup="stop")
+
+
+@contextmanager
+def database(settings: Settings, application_name: str = "quota-inbox cli") -> Iterator[DictConnection]:
+    """A connection for one command; a schema without the migrations is an expected condition."""
+    with connect(database_url(settings), autocommit=True, application_name=application_name) as conn:
+        try:
+            yield conn
+        except NOT_MIGRATED as exc:
+            raise CliError(
+                f"the database is not migrated for this version (run `inbox migrate`): "
+                f"{exc.diag.message_primary or exc}"
+            ) from exc
+
+
+# What a command's connection raises when the schema is missing or older than this version.
+NOT_MIGRATED = (pg_errors.UndefinedTable, pg_errors.UndefinedFunction, pg_errors.InvalidSchemaName)
+
+
+Command = Callable[[argparse.Namespace, Settings], None]
+
+
+def add_command(sub: Any, name: str, func: Command, help_: str) -> argparse.ArgumentParser:
+    """A subcommand whose --help ends with the settings it reads."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=help_,
+        description=help_,
+        epilog=settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.set_defaults(func=func)
+    return parser

@@ -1,0 +1,40 @@
+"""`inbox consume`: Titan's Kafka topic into the inbox (inbox/kafka); stops on SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from typing import Any
+
+from inbox.commands.config import add_command, database_url
+from inbox.commands.errors import CliError
+from inbox.settings import Settings
+
+
+def cmd_consume(args: argparse.Namespace, settings: Settings) -> None:
+    """confluent-kafka is imported only when this command runs."""
+    from inbox.db.connect import with_role
+    from inbox.kafka.consumer import KafkaIngestor, KafkaSetupError, check_schema, consumer_config
+
+    stop = threading.Event()
+
+    def handler(signum: int, frame: Any) -> None:
+        stop.set()  # the loop finishes the batch in hand, commits and leaves the group
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    try:
+        consumer_config(settings)
+        url = database_url(settings)
+        dsn = with_role(url, settings.ingest_role)
+        check_schema(dsn)
+    except KafkaSetupError as exc:
+        raise CliError(str(exc)) from exc
+    KafkaIngestor(dsn, settings, stop, metrics_dsn=with_role(url, settings.readonly_role)).run()
+
+
+def register(sub: Any) -> None:
+    add_command(
+        sub, "consume", cmd_consume, "read the Kafka topic into the inbox (INBOX_KAFKA_*); stops on SIGTERM"
+    )

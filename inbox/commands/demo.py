@@ -1,0 +1,43 @@
+"""`inbox run --demo`: feed a bundled sample stream through the real HTTP path and show the outcome."""
+
+from __future__ import annotations
+
+from typing import TextIO
+
+from inbox.commands.output import print_table
+from inbox.db.connect import connect
+from inbox.db.sqlfiles import query
+from inbox.demo import post, sample_lines, wait_until_settled
+
+QUOTA_COLUMNS = [
+    "quota_id",
+    "source_version",
+    "direction",
+    "period_month",
+    "qty_t",
+    "tolerance_pct",
+    "incoterm_code",
+    "metal_code",
+]
+
+
+def run_demo(base_url: str, dsn: str, token: str | None, out: TextIO) -> None:
+    lines = sample_lines()
+    half = len(lines) // 2
+    first = post(base_url, "\n".join(lines[:half]).encode(), "application/x-ndjson", token)
+    second = post(base_url, ("[" + ",".join(lines[half:]) + "]").encode(), "application/json", token)
+    print(f"POST /events (NDJSON, {half} events)     -> 202 {first}", file=out)
+    print(f"POST /events (JSON array, {len(lines) - half} events) -> 202 {second}", file=out)
+    wait_until_settled(dsn)
+    with connect(dsn, autocommit=True) as conn:
+        print("\ninbox.quota_events by status:", file=out)
+        for row in conn.execute(query("inbox_counts")):
+            print(f"  {row['status']:<10} {row['n']}", file=out)
+        print("\npublic.quota:", file=out)
+        print_table(conn.execute(query("quota_states")).fetchall(), QUOTA_COLUMNS, out)
+        print("\npublic.quota_processing_errors (unresolved dead letters):", file=out)
+        print_table(
+            conn.execute(query("unresolved_dead_letters")).fetchall(),
+            ["quota_id", "version", "error_class", "error_message"],
+            out,
+        )
