@@ -60,6 +60,10 @@ def database_url(settings: Settings) -> str:
     return start_embedded(settings.data_dir, cleanup="stop")
 
 
+# What a command's connection raises when the schema is missing or older than this version.
+NOT_MIGRATED = (pg_errors.UndefinedTable, pg_errors.UndefinedFunction, pg_errors.InvalidSchemaName)
+
+
 @contextmanager
 def database(settings: Settings, application_name: str = "quota-inbox cli") -> Iterator[DictConnection]:
     """A connection for one command; a schema without the migrations is an expected condition."""
@@ -71,10 +75,6 @@ def database(settings: Settings, application_name: str = "quota-inbox cli") -> I
                 f"the database is not migrated for this version (run `inbox migrate`): "
                 f"{exc.diag.message_primary or exc}"
             ) from exc
-
-
-# What a command's connection raises when the schema is missing or older than this version.
-NOT_MIGRATED = (pg_errors.UndefinedTable, pg_errors.UndefinedFunction, pg_errors.InvalidSchemaName)
 
 
 Command = Callable[[argparse.Namespace, Settings], None]
