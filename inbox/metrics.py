@@ -262,5 +262,15 @@ def serve_metrics(dsn: str, refresh_seconds: float, host: str, port: int, *own: 
     """GET /metrics on host:port in a daemon thread; returns (server, bound port). `own`: collectors
     of this process's own figures, served next to the database's."""
     registry = _registry(dsn, refresh_seconds, *own) if own else registry_for(dsn, refresh_seconds)
-    server, _thread = start_http_server(port, addr=host, registry=registry)
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        raise MetricsPortUnavailable(
+            f"cannot serve /metrics on {host}:{port}: {exc.strerror or exc}; set INBOX_METRICS_PORT to a "
+            "free port (0: any free port) or unset it"
+        ) from exc
     return server, int(server.server_port)
+
+
+class MetricsPortUnavailable(Exception):
+    """INBOX_METRICS_PORT cannot be bound (in use, or not allowed): the commands print it as one line."""

@@ -15,10 +15,6 @@ from inbox.settings import Settings
 log = logging.getLogger(__name__)
 
 
-class MetricsPortUnavailable(Exception):
-    """INBOX_METRICS_PORT cannot be bound (in use, or not allowed)."""
-
-
 class WorkerPool:
     def __init__(self, dsn: str, settings: Settings, concurrency: int | None = None) -> None:
         self.dsn = dsn
@@ -34,19 +30,12 @@ class WorkerPool:
 
     def start(self) -> None:
         if self.settings.metrics_port is not None:  # first: a busy port fails before any work starts
-            try:
-                self._metrics_server, port = serve_metrics(
-                    self.dsn,
-                    self.settings.metrics_refresh_seconds,
-                    self.settings.http_host,
-                    self.settings.metrics_port,
-                )
-            except OSError as exc:
-                raise MetricsPortUnavailable(
-                    f"cannot serve /metrics on {self.settings.http_host}:{self.settings.metrics_port}: "
-                    f"{exc.strerror or exc}; set INBOX_METRICS_PORT to a free port (0: any free port) "
-                    "or unset it"
-                ) from exc
+            self._metrics_server, port = serve_metrics(
+                self.dsn,
+                self.settings.metrics_refresh_seconds,
+                self.settings.http_host,
+                self.settings.metrics_port,
+            )
             log.info("metrics served", extra={"url": f"http://{self.settings.http_host}:{port}/metrics"})
         self.listener.start()
         for worker in self.workers:

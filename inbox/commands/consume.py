@@ -16,6 +16,7 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> None:
     """confluent-kafka is imported only when this command runs."""
     from inbox.db.connect import with_role
     from inbox.kafka.consumer import KafkaIngestor, KafkaSetupError, check_schema, consumer_config
+    from inbox.metrics import MetricsPortUnavailable
 
     stop = threading.Event()
 
@@ -31,7 +32,10 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> None:
         check_schema(dsn)
     except KafkaSetupError as exc:
         raise CliError(str(exc)) from exc
-    KafkaIngestor(dsn, settings, stop, metrics_dsn=with_role(url, settings.readonly_role)).run()
+    try:
+        KafkaIngestor(dsn, settings, stop, metrics_dsn=with_role(url, settings.readonly_role)).run()
+    except MetricsPortUnavailable as exc:  # raised before the consumer joins the group
+        raise CliError(str(exc)) from exc
 
 
 def register(sub: Any) -> None:

@@ -140,7 +140,8 @@ def _wait_for_signal(stop: threading.Event) -> None:
 
 @contextmanager
 def start_pool(dsn: str, settings: Settings, concurrency: int | None) -> Iterator[WorkerPool]:
-    from inbox.apply.pool import MetricsPortUnavailable, WorkerPool
+    from inbox.apply.pool import WorkerPool
+    from inbox.metrics import MetricsPortUnavailable
 
     pool = WorkerPool(dsn, settings, concurrency)
     try:

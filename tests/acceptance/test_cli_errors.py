@@ -119,8 +119,12 @@ def test_a_busy_http_port_names_the_setting_and_the_reason(busy_port: int) -> No
     assert "INBOX_HTTP_PORT" in line
 
 
-def test_a_busy_metrics_port_names_the_setting(dsn: str, busy_port: int) -> None:
-    line = one_line(run("work", database_url=dsn, INBOX_METRICS_PORT=str(busy_port)))
+@pytest.mark.parametrize("command", ["work", "consume"])
+def test_a_busy_metrics_port_names_the_setting(dsn: str, busy_port: int, command: str) -> None:
+    # consume: the port is bound before the consumer contacts a broker (none listens on port 1)
+    line = one_line(
+        run(command, database_url=dsn, INBOX_METRICS_PORT=str(busy_port), INBOX_KAFKA_BOOTSTRAP="127.0.0.1:1")
+    )
 
     assert f"cannot serve /metrics on 127.0.0.1:{busy_port}: Address already in use" in line
     assert "INBOX_METRICS_PORT" in line
