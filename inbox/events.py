@@ -14,16 +14,23 @@ import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
+
+from inbox.text import unsafe_character
 
 EVENT_TYPES = ("INSERT", "UPDATE", "DELETE")
 DIRECTIONS = ("BUY", "SELL")
 MAX_VERSION = 2**63 - 1
-# PostgreSQL numeric: up to 131072 digits before the point and 16383 after.
-_NUMERIC_MAX_ADJUSTED = 131071
-_NUMERIC_MIN_EXPONENT = -16383
+# The numbers an event may hold (SECURITY.md, "Bounded input"). PostgreSQL writes a number out in
+# full each time it prints a payload: 1e131071 is 8 bytes in and 131,072 digits out. At most 40
+# zeros beyond its digits bounds how much any accepted body grows when read; a quota field needs
+# far fewer (a tonnage, a percentage), and Debezium's integers (ts_ns, lsn) have at most 20 digits.
+MAX_NUMBER_DIGITS = 1000
+MAX_NUMBER_ZEROS = 40
+# The offsets PostgreSQL's timestamptz takes (Python's fromisoformat takes up to 23:59:59.999999).
+MAX_UTC_OFFSET = timedelta(hours=15, minutes=59, seconds=59)
 _DATE_PREFIX = re.compile(r"^(\d{4})-(\d{2})-(\d{2})(?:$|[T ])")
 # The canonical 8-4-4-4-12 text form, either case (uuid.UUID also takes braces, urns and bare hex).
 _CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -54,14 +61,23 @@ class QuotaRow:
     source_updated_at: datetime | None
 
 
-def fits_numeric(number: Decimal) -> bool:
-    """Whether PostgreSQL's numeric can hold the number exactly."""
-    exponent = number.as_tuple().exponent
-    return (
-        isinstance(exponent, int)
-        and number.adjusted() <= _NUMERIC_MAX_ADJUSTED
-        and exponent >= _NUMERIC_MIN_EXPONENT
-    )
+def number_problem(number: Decimal) -> str | None:
+    """Why an event may not hold this number, or None: not finite, more than MAX_NUMBER_DIGITS
+    digits, or more than MAX_NUMBER_ZEROS zeros beyond its digits once written out in full (1e40 and
+    1e-41 are the extremes: 41 and 43 characters). Within these, PostgreSQL's numeric holds it exactly."""
+    if not number.is_finite():
+        return "is not a finite number"
+    _, digit_tuple, exponent = number.as_tuple()
+    assert isinstance(exponent, int)
+    if len(digit_tuple) > MAX_NUMBER_DIGITS:
+        return f"is beyond the range an event may hold (more than {MAX_NUMBER_DIGITS} digits)"
+    zeros = exponent if exponent > 0 else -exponent - len(digit_tuple)
+    if zeros > MAX_NUMBER_ZEROS:
+        return (
+            f"is beyond the range an event may hold (more than {MAX_NUMBER_ZEROS} zeros beyond its "
+            "digits written out in full; 1e40 and 1e-41 are the limits)"
+        )
+    return None
 
 
 def parse_uuid(value: Any) -> uuid.UUID | None:
@@ -155,6 +171,8 @@ def quota_row(data: Mapping[str, Any], errors: list[str] | None = None) -> Quota
     incoterm_code = data.get("incoterm_code")
     if incoterm_code is not None and not isinstance(incoterm_code, str):
         errors.append(f"incoterm_code must be a string or null, got {json_type(incoterm_code)}")
+    elif incoterm_code is not None and not _safe_text(incoterm_code, "incoterm_code", errors):
+        incoterm_code = None
     metal_code = _required_text(data, "metal_code", errors)
     source_updated_at = _timestamp(data.get("updated_at"), errors)
     if errors:
@@ -181,10 +199,16 @@ def _required_text(data: Mapping[str, Any], field: str, errors: list[str]) -> st
     if not isinstance(value, str) or not value.strip():
         errors.append(f"{field} is required (a non-empty string), got {show_value(value)}")
         return None
-    if "\x00" in value:
-        errors.append(f"{field} must not contain NUL characters")
-        return None
-    return value
+    return value if _safe_text(value, field, errors) else None
+
+
+def _safe_text(value: str, field: str, errors: list[str]) -> bool:
+    """No control character (NUL included), bidi control or lone surrogate in a quota's text field:
+    such text forges rows and reorders what an operator's terminal shows (inbox/text.py)."""
+    unsafe = unsafe_character(value)
+    if unsafe is not None:
+        errors.append(f"{field} holds a control character ({unsafe}), which a quota's text may not")
+    return unsafe is None
 
 
 def _decimal(data: Mapping[str, Any], field: str, errors: list[str], *, required: bool) -> Decimal | None:
@@ -197,6 +221,9 @@ def _decimal(data: Mapping[str, Any], field: str, errors: list[str], *, required
     if isinstance(value, bool) or not isinstance(value, int | Decimal | str):
         errors.append(f"{field} must be a number, got {json_type(value)}")
         return None
+    if isinstance(value, str) and len(value) > MAX_NUMBER_DIGITS + 100:
+        errors.append(f"{field} has more than {MAX_NUMBER_DIGITS} digits")
+        return None
     try:
         number = Decimal(value.strip()) if isinstance(value, str) else Decimal(value)
     except InvalidOperation:
@@ -205,8 +232,9 @@ def _decimal(data: Mapping[str, Any], field: str, errors: list[str], *, required
     if not number.is_finite():
         errors.append(f"{field} must be finite, got {show_value(value)}")
         return None
-    if not fits_numeric(number):
-        errors.append(f"{field} is beyond the range of an exact numeric")
+    problem = number_problem(number)
+    if problem is not None:
+        errors.append(f"{field} {problem}")
         return None
     return number
 
@@ -238,7 +266,25 @@ def _timestamp(value: Any, errors: list[str]) -> datetime | None:
     except ValueError:
         errors.append(f"updated_at must be an ISO-8601 timestamp, got {show_value(value)}")
         return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    # What PostgreSQL's timestamptz takes, exactly (checked against the server in the tests): an
+    # offset within +-15:59:59 in whole seconds, and an instant within years 1 to 9999 in UTC (which
+    # Python can read back).
+    offset = parsed.utcoffset()
+    assert offset is not None
+    if abs(offset) > MAX_UTC_OFFSET or offset.microseconds:
+        errors.append(
+            "updated_at has a time-zone offset PostgreSQL refuses (it takes whole seconds within "
+            f"+-15:59:59): {show_value(value)}"
+        )
+        return None
+    try:
+        parsed.astimezone(UTC)
+    except OverflowError:
+        errors.append(f"updated_at is outside the years 1 to 9999 in UTC: {show_value(value)}")
+        return None
+    return parsed
 
 
 def json_type(value: Any) -> str:

@@ -7,6 +7,7 @@ exact digits; Python parses the same text (decimals as Decimal) only to key and 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -14,12 +15,15 @@ from typing import Any, Literal
 
 from inbox.db.connect import DictConnection
 from inbox.db.sqlfiles import query
-from inbox.events import EventKey, UnkeyableEvent, fits_numeric
+from inbox.events import MAX_NUMBER_DIGITS, EventKey, UnkeyableEvent, number_problem
 from inbox.formats import key_event
 
 Source = Literal["http", "kafka", "sink", "replay"]
 MAX_NESTING = 64
 _NUL_ESCAPE = "\\u0000"
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+# The only way a decoded string can hold a lone UTF-16 surrogate is an escape \uD800-\uDFFF.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 class BadBatch(ValueError):
@@ -53,17 +57,27 @@ def _reject_constant(name: str) -> Any:
 
 
 def _int_checked(text: str) -> int:
-    if len(text.lstrip("-")) > 4000:
-        raise ValueError("integer with more than 4000 digits")
+    if len(text.lstrip("-")) > MAX_NUMBER_DIGITS:
+        raise ValueError(f"number {text[:40]}... has more than {MAX_NUMBER_DIGITS} digits")
     return int(text)
 
 
 def _decimal_checked(text: str) -> Decimal:
+    """A JSON number with a fraction or an exponent, within the limits of events.number_problem.
+
+    The length comes first: Decimal() refuses an exponent of 19 digits or more with
+    decimal.InvalidOperation, which is no ValueError, and must never be reached."""
+    mantissa, _, exponent = text.lower().partition("e")
+    if len(mantissa) > MAX_NUMBER_DIGITS + 2:
+        raise ValueError(f"number {text[:40]}... has more than {MAX_NUMBER_DIGITS} digits")
+    if len(exponent.lstrip("+-")) > 6:
+        raise ValueError(f"number {text[:40]} has an exponent of more than 6 digits")
     number = Decimal(text)
-    # Without an exponent, 100 characters of digits always fit (131072 before the point, 16383
-    # after): the exact check is needed only for the rare long or exponent-written number.
-    if (len(text) > 100 or "e" in text or "E" in text) and not fits_numeric(number):
-        raise ValueError(f"number {text[:40]} is beyond what PostgreSQL can store exactly")
+    # 40 characters without an exponent are within every limit: the check runs for the rare rest.
+    if len(text) > 40 or exponent:
+        problem = number_problem(number)
+        if problem is not None:
+            raise ValueError(f"number {text[:40]} {problem}")
     return number
 
 
@@ -77,37 +91,39 @@ def loads(text: str) -> Any:
 
 
 def _check_structure(value: Any, text: str) -> None:
-    """Bounded nesting, and no NUL in any string: PostgreSQL's jsonb cannot hold \\u0000.
+    """Bounded nesting, and no NUL or lone surrogate in any string: PostgreSQL's jsonb cannot hold
+    \\u0000, and a lone surrogate (\\ud800) is no character at all.
 
-    The text answers both cheaply, nearly always, so the walk (a quarter of the ingest's CPU when it
+    The text answers these cheaply, nearly always, so the walk (a quarter of the ingest's CPU when it
     visited every value) runs only when it must: strict JSON has no raw control character inside a
-    string, so a NUL can only come from a \\u0000 escape; and a value cannot nest deeper than the
-    number of brackets its text opens. Without a NUL escape the walk visits containers only.
+    string, so a NUL or a surrogate can only come from an escape; and a value cannot nest deeper than
+    the number of brackets its text opens. Without such an escape the walk visits containers only.
     """
-    may_hold_nul = _NUL_ESCAPE in text
-    if not may_hold_nul and text.count("{") + text.count("[") <= MAX_NESTING:
+    may_hold_bad_text = _NUL_ESCAPE in text or _SURROGATE_ESCAPE.search(text) is not None
+    if not may_hold_bad_text and text.count("{") + text.count("[") <= MAX_NESTING:
         return
     stack: list[tuple[Any, int]] = [([value], 0)]  # wrapped: a scalar at the top is checked too
     while stack:
         container, depth = stack.pop()
         if depth > MAX_NESTING:
             raise ValueError(f"nested deeper than {MAX_NESTING} levels")
-        if may_hold_nul:
+        if may_hold_bad_text:
             _check_strings(container)
         children = container.values() if isinstance(container, dict) else container
         stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
 
 
 def _check_strings(container: dict[str, Any] | list[Any]) -> None:
-    """No NUL in the keys or in the string values of one container."""
+    """No NUL or lone surrogate in the keys or in the string values of one container."""
     if isinstance(container, dict):
-        if any("\x00" in key for key in container):
-            raise ValueError("a key contains \\u0000, which PostgreSQL cannot store")
-        values: Any = container.values()
+        strings = [*container, *(v for v in container.values() if isinstance(v, str))]
     else:
-        values = container
-    if any(isinstance(v, str) and "\x00" in v for v in values):
-        raise ValueError("a string contains \\u0000, which PostgreSQL cannot store")
+        strings = [v for v in container if isinstance(v, str)]
+    for string in strings:
+        if "\x00" in string:
+            raise ValueError("a string contains \\u0000, which PostgreSQL cannot store")
+        if _LONE_SURROGATE.search(string):
+            raise ValueError("a string contains a lone UTF-16 surrogate (\\ud800-\\udfff): not text")
 
 
 def split_body(body: bytes, *, ndjson: bool = False) -> list[str]:

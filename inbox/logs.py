@@ -7,19 +7,31 @@ import logging
 import sys
 from datetime import UTC, datetime
 
+from inbox.text import LOG_FIELD_CHARS, shorten
+
 # uvicorn adds an ANSI-coloured copy of each message; the JSON line needs only one.
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "color_message"}
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON line per record. JSON escapes every control character, so a stored string cannot
+    drive the terminal of whoever tails the log; each text field is cut to LOG_FIELD_CHARS characters
+    (the message to four times that), saying how many were cut, so a 2 MB eventType is no 2 MB line."""
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": shorten(record.getMessage(), 4 * LOG_FIELD_CHARS),
         }
-        entry.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
+        entry.update(
+            {
+                k: shorten(v) if isinstance(v, str) else v
+                for k, v in record.__dict__.items()
+                if k not in _STANDARD
+            }
+        )
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from argparse import ArgumentTypeError
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
@@ -87,6 +88,18 @@ class Settings(BaseSettings):
         description="Role the HTTP ingestor's /metrics reads as (SET ROLE at connect), e.g. inbox_readonly.",
     )
     max_body_bytes: int = Field(10 * 1024 * 1024, gt=0, description="Larger request bodies get 413.")
+    max_events_per_request: int = Field(
+        10_000, ge=1, description="A request with more events gets 413 (split it); nothing of it is stored."
+    )
+    http_header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="A connection that has not sent a request's headers this long after it opened (or "
+        "after its previous response) is closed.",
+    )
+    http_max_concurrency: int = Field(
+        100, ge=1, description="Connections and requests the HTTP server takes at once; beyond, 503."
+    )
     kafka_bootstrap: str = Field("localhost:9092", description="Kafka bootstrap servers of `inbox consume`.")
     kafka_topic: str = Field("titan.quota", description="The topic `inbox consume` reads.")
     kafka_group: str = Field(
@@ -171,6 +184,9 @@ class Settings(BaseSettings):
         # An empty token would be compared against an empty bearer: set but open.
         if value is not None and not value.get_secret_value().strip():
             raise ValueError("must not be empty; unset it instead")
+        # A newline from a secret file would make every request fail to match, silently.
+        if value is not None and value.get_secret_value() != value.get_secret_value().strip():
+            raise ValueError("begins or ends with whitespace (a newline from a file?); remove it")
         return value
 
     def effective_statement_timeout_ms(self) -> int:
@@ -179,3 +195,14 @@ class Settings(BaseSettings):
         if self.statement_timeout_ms == 0:
             return lease_ms
         return min(self.statement_timeout_ms, lease_ms)
+
+
+def positive_int(text: str) -> int:
+    """argparse type of a count that overrides a setting (--batch-size, --limit): 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value

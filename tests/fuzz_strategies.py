@@ -41,8 +41,15 @@ EDGE_NUMBERS = (
     "1e-16383",  # numeric's smallest scale
     "1e-16384",  # one beyond
     "1e999999999",
-    "9" * 4000,
-    "9" * 4001,
+    "1e9999999999999999999",  # issue 12 H1: decimal.InvalidOperation, a 500 and a consumer crash loop
+    "1e-99999999999999999999",
+    "1e40",  # the most zeros a number may add (H2: 1e131071 was 8 bytes in, 131,072 digits out)
+    "1e41",
+    "1e-41",
+    "1e-42",
+    "0e-100",  # zero, printed with 100 decimal places
+    "9" * 1000,  # the most digits a number may have
+    "9" * 1001,
     "NaN",
     "Infinity",
     "-Infinity",
@@ -54,6 +61,16 @@ EDGE_STRINGS = (
     '"\\ud83d\\ude00"',  # a valid surrogate pair
     '"\\""',
     '"' + "x" * 100_000 + '"',
+    # issue 12 M8 and Low: terminal escapes, forged rows, bidi overrides, a lone low surrogate
+    '"\\u001b[2J\\u001b]0;pwned\\u0007"',
+    '"UPDATE\\r\\n| 00000000-0000-0000-0000-000000000000 | fake row"',
+    '"\\u202eUSDC"',
+    '"\\udc00"',
+    # issue 12 H4: offsets Python takes and PostgreSQL refuses, and the last one it takes
+    '"2026-01-01T00:00:00+20:00"',
+    '"2026-01-01T00:00:00+05:30:15.5"',
+    '"0001-01-01T00:00:00+10:00"',
+    '"2026-01-01T00:00:00-15:59:59"',
 )
 EDGE_STRUCTURES = (
     "[" * 64 + "]" * 64,  # at the nesting limit

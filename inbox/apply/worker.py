@@ -28,6 +28,7 @@ from inbox.apply.waker import Waker
 from inbox.db.connect import DictConnection, connect, set_worker_session
 from inbox.db.sqlfiles import query
 from inbox.settings import Settings
+from inbox.text import shorten
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +141,19 @@ class Worker:
         )
 
     def _bury(self, event: dict[str, Any], exc: psycopg.Error) -> BatchCounts:
+        """Dead-letter one event the database refused, sending only its key and the reason: the
+        columns it refused are not sent again, so this cannot fail the same way. Should it fail
+        anyway, the event alone goes back with an attempt counted (dead when they are used up);
+        either way its neighbours never pay for it."""
         sqlstate = getattr(exc, "sqlstate", None)
-        return self._apply([{**event, "error_class": "apply_error", "error": f"[{sqlstate}] {exc}"}])
+        error = shorten(f"[{sqlstate}] {str(exc).strip()}")
+        try:
+            return self._apply([{**_keys([event])[0], "error_class": "apply_error", "error": error}])
+        except psycopg.Error as again:
+            if is_transient(again):
+                raise
+            log.error("could not dead-letter a refused event; it is released: %s", again)
+            return self._release([event], error)
 
     def _release(self, prepared: Sequence[dict[str, Any]], error: str) -> BatchCounts:
         keys = _keys(prepared)

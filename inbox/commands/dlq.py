@@ -21,7 +21,7 @@ from inbox.commands.errors import CliError
 from inbox.commands.output import print_block, print_json, print_wrapped_json
 from inbox.db.connect import DictConnection
 from inbox.db.sqlfiles import query
-from inbox.settings import Settings, parse_duration
+from inbox.settings import Settings, parse_duration, positive_int
 
 REPLAY_NOTE = "replayed with inbox dlq replay"
 
@@ -249,7 +249,9 @@ def register(sub: Any) -> None:
     listing.add_argument(
         "--include-resolved", action="store_true", help="resolved ones too, with when and the note"
     )
-    listing.add_argument("--limit", type=int, default=100, help="at most this many rows (default 100)")
+    listing.add_argument(
+        "--limit", type=positive_int, default=100, help="at most this many rows (default 100)"
+    )
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(func=cmd_dlq_list)
 
@@ -268,7 +270,7 @@ def register(sub: Any) -> None:
     )
     _add_filters(replay)
     replay.add_argument("--note", default=REPLAY_NOTE, help="resolution note")
-    replay.add_argument("--batch-size", type=int, default=1000, help="dead letters per transaction")
+    replay.add_argument("--batch-size", type=positive_int, default=1000, help="dead letters per transaction")
     replay.add_argument(
         "--dry-run",
         action="store_true",

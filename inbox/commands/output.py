@@ -11,9 +11,19 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, TextIO
 
+from inbox.text import LOG_FIELD_CHARS, printable
+
+# A table cell shows at most this many characters of a value, a block's field LOG_FIELD_CHARS; the
+# cut says how many characters it left out. Values may be stored strings from outside: each one
+# goes through text.printable, so an ESC sequence, a line break or a bidi override in an eventType
+# cannot drive the terminal or forge a row.
+CELL_CHARS = 200
+
 
 def print_table(rows: list[dict[str, Any]], columns: list[str], out: TextIO) -> None:
-    cells = [[("NULL" if row[c] is None else str(row[c])) for c in columns] for row in rows]
+    cells = [
+        [("NULL" if row[c] is None else printable(str(row[c]), CELL_CHARS)) for c in columns] for row in rows
+    ]
     widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
     print("  " + "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip(), file=out)
     for r in cells:
@@ -73,11 +83,11 @@ def wrap(text: str, width: int, indent: str = "") -> list[str]:
 def print_block(title: str, fields: list[tuple[str, str]], out: TextIO, width: int | None = None) -> None:
     """One record as a block: a title line, then 'label  value' lines, values wrapped to the width."""
     width = width or terminal_width()
-    for line in wrap(title, width):
+    for line in wrap(printable(title, LOG_FIELD_CHARS), width):
         print(line, file=out)
     label_width = max((len(label) for label, _ in fields), default=0)
     for label, text in fields:
-        lines = wrap(text, width - label_width - 4)
+        lines = wrap(printable(text, LOG_FIELD_CHARS), width - label_width - 4)
         print(f"  {label:<{label_width}}  {lines[0]}".rstrip(), file=out)
         for line in lines[1:]:
             print(" " * (label_width + 4) + line, file=out)

@@ -10,7 +10,7 @@ from inbox.commands.config import database
 from inbox.commands.errors import CliError
 from inbox.commands.output import Progress, print_json
 from inbox.ingest import BadBatch, event_texts, parse_in_batches, store
-from inbox.settings import Settings
+from inbox.settings import Settings, positive_int
 
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> None:
@@ -50,6 +50,6 @@ def register(sub: Any) -> None:
         "replay", help="store events from a file (JSON array or NDJSON, - for stdin) with source 'replay'"
     )
     file_replay.add_argument("file", help="path, or - for standard input")
-    file_replay.add_argument("--batch-size", type=int, default=1000, help="events per transaction")
+    file_replay.add_argument("--batch-size", type=positive_int, default=1000, help="events per transaction")
     file_replay.add_argument("--json", action="store_true", help="machine-readable summary")
     file_replay.set_defaults(func=cmd_replay)

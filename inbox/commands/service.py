@@ -116,10 +116,9 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def _server(settings: Settings, dsn: str) -> uvicorn.Server:
-    from inbox.http.app import create_app
+    from inbox.http.server import server_config
 
-    config = uvicorn.Config(create_app(settings, dsn), log_config=None, access_log=False)
-    return uvicorn.Server(config)
+    return uvicorn.Server(server_config(settings, dsn))
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:

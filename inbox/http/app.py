@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 5
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
+# A body up to this size is parsed on the event loop (well under a millisecond: the hop to a thread
+# would cost more); a larger one in a thread, so that a 10 MiB body never stalls /health.
+PARSE_ON_LOOP_BYTES = 64 * 1024
 
 
 class BodyTooLarge(Exception):
@@ -156,12 +159,22 @@ def create_app(settings: Settings, dsn: str) -> FastAPI:
             if problem is not None:
                 return _unauthenticated(request, f"bad signature: {problem}")
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        ndjson = content_type in NDJSON_TYPES
         try:
-            batch = parse_body(body, ndjson=content_type in NDJSON_TYPES)
+            if len(body) <= PARSE_ON_LOOP_BYTES:
+                batch = parse_body(body, ndjson=ndjson)
+            else:  # off the event loop: /health and the other requests are answered meanwhile
+                batch = await run_in_threadpool(parse_body, body, ndjson=ndjson)
         except BadBatch as exc:
             problems = [{"index": index, "reason": reason} for index, reason in exc.problems]
             status = 400 if exc.unparseable else 422
             return _error(status, "nothing was stored", problems=problems)
+        if len(batch) > settings.max_events_per_request:
+            return _error(
+                413,
+                f"{len(batch)} events in one request, more than INBOX_MAX_EVENTS_PER_REQUEST "
+                f"({settings.max_events_per_request}); nothing was stored: send them in smaller requests",
+            )
         try:
             result = await run_in_threadpool(_store, batch)
         except (psycopg.Error, PoolTimeout) as exc:

@@ -11,6 +11,7 @@ Per message value (one event per message):
 from __future__ import annotations
 
 import base64
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,9 @@ from confluent_kafka import Message
 from inbox.events import EventKey, UnkeyableEvent, json_type
 from inbox.formats import key_event, skip_reason
 from inbox.ingest import ParsedBatch, loads
+from inbox.text import shorten
+
+log = logging.getLogger(__name__)
 
 Partition = tuple[str, int]
 
@@ -96,12 +100,24 @@ def parsed(events: list[Event]) -> ParsedBatch:
 
 
 def classify(origin: Origin, value: bytes | None) -> Event | Reject | str:
-    """An Event, a Reject, or the reason the message is skipped ("tombstone", "truncate")."""
+    """An Event, a Reject, or the reason the message is skipped ("tombstone", "truncate").
+
+    Never raises: a message nothing foresaw becomes a reject too (and an error in the log, since it
+    means a bug here), so that one message can never stop the partition behind it."""
     if value is None:
         return "tombstone"
+    try:
+        return _classify(origin, value)
+    except Exception as exc:
+        log.exception(
+            "could not classify a message; it is stored as a reject", extra={"offset": origin.offset}
+        )
+        return Reject(origin, value, shorten(f"could not be read ({type(exc).__name__}): {exc}"))
 
+
+def _classify(origin: Origin, value: bytes) -> Event | Reject | str:
     def reject(reason: str) -> Reject:
-        return Reject(origin, value, reason)
+        return Reject(origin, value, shorten(reason))
 
     try:
         text = value.decode("utf-8")

@@ -12,6 +12,7 @@ from inbox.db.connect import DictConnection
 from inbox.db.sqlfiles import query
 from inbox.ingest import store
 from inbox.kafka.batch import Batch, Event, Reject, parsed
+from inbox.text import shorten
 
 log = logging.getLogger(__name__)
 
@@ -33,19 +34,26 @@ def store_batch(conn: DictConnection, batch: Batch) -> Stored:
     return Stored(accepted, duplicates, len(rejects))
 
 
+# What one event can make PostgreSQL refuse (a value it does not take; a batch beyond its 1 GB
+# limits): halving finds it. Anything else (connection, timeout, privileges) is the database's
+# trouble, not the batch's, and the consumer waits for it.
+REFUSALS = (psycopg.DataError, psycopg.errors.ProgramLimitExceeded)
+
+
 def _store_events(conn: DictConnection, events: list[Event]) -> tuple[int, int, list[Reject]]:
     """(accepted, duplicates, events PostgreSQL refused). store() runs in a savepoint here, so when
-    PostgreSQL refuses a value Python accepted (a lone UTF-16 surrogate escape, say), the batch is
-    halved until the culprit is alone; it becomes a reject and the rest is stored."""
+    PostgreSQL refuses a value Python accepted, the batch is halved until the culprit is alone; it
+    becomes a reject and the rest is stored."""
     if not events:
         return 0, 0, []
     try:
         result = store(conn, parsed(events), "kafka")
-    except psycopg.DataError as exc:
+    except REFUSALS as exc:
         if len(events) == 1:
             (event,) = events
             log.warning(
-                "PostgreSQL refused an event", extra={"offset": event.origin.offset, "error": str(exc)}
+                "PostgreSQL refused an event",
+                extra={"offset": event.origin.offset, "error": shorten(str(exc))},
             )
             return 0, 0, [_refused(event, exc)]
         middle = len(events) // 2
@@ -55,9 +63,8 @@ def _store_events(conn: DictConnection, events: list[Event]) -> tuple[int, int, 
 
 
 def _refused(event: Event, exc: psycopg.Error) -> Reject:
-    return Reject(
-        event.origin, event.text.encode("utf-8"), f"PostgreSQL refused the event: {str(exc).strip()}"
-    )
+    reason = shorten(f"PostgreSQL refused the event: {str(exc).strip()}")
+    return Reject(event.origin, event.text.encode("utf-8", "surrogatepass"), reason)
 
 
 def _reject_columns(rejects: list[Reject]) -> dict[str, list[object]]:

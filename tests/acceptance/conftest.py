@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import uvicorn
 
-from inbox.http.app import create_app
+from inbox.http.server import server_config
 from inbox.settings import Settings
 
 # A DSN where nothing listens: connections are refused at once.
@@ -29,10 +29,7 @@ StartServer = Callable[..., LiveServer]
 
 
 def _start(dsn: str, settings: Settings) -> tuple[LiveServer, uvicorn.Server, threading.Thread]:
-    config = uvicorn.Config(
-        create_app(settings, dsn), host="127.0.0.1", port=0, log_config=None, access_log=False
-    )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(server_config(settings, dsn, host="127.0.0.1", port=0))
     thread = threading.Thread(target=server.run, name="test-http", daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
