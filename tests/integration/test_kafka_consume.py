@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from inbox.kafka.consumer import ConsumeStats, KafkaIngestor
 from inbox.settings import Settings
 from tests.acceptance.conftest import UNREACHABLE_DSN
 from tests.cdc_events import QuotaStream, expected_rows, quota_stream
-from tests.helpers import drain, inbox_rows
+from tests.helpers import drain, inbox_rows, titan_event, to_json
 from tests.kafka_broker import GROUP_TIMEOUTS, KafkaBroker, kafka_broker
 from tests.processes import free_port
 
@@ -320,12 +321,13 @@ def test_garbage_goes_to_rejects_verbatim_and_the_consumer_moves_on(
     inbox_count = counter(dsn)
     stream = quota_stream(random.Random(7), 200, duplicate_share=0.0)
     quota_id = uuid.uuid4()
-    # Python accepts a lone UTF-16 surrogate escape, PostgreSQL's jsonb does not: found by halving.
+    # A lone UTF-16 surrogate escape: no text, and PostgreSQL's jsonb refuses it (refused before it
+    # is sent; tests/integration/test_hostile_input.py has the halving behind that).
     refused = (
         b'{"eventType": "INSERT", "data": {"quota_id": "%s", "counterparty_id": "\\ud800"},'
         b' "metadata": {"version": 1}}' % str(quota_id).encode()
     )
-    garbage = [(raw, reason) for raw, reason in GARBAGE] + [(refused, "PostgreSQL refused the event")]
+    garbage = [(raw, reason) for raw, reason in GARBAGE] + [(refused, "lone UTF-16 surrogate")]
     messages = list(stream.messages)
     for index, (raw, _) in enumerate(garbage):
         messages.insert(index * 25, (b"garbage-key", raw))
@@ -343,6 +345,36 @@ def test_garbage_goes_to_rejects_verbatim_and_the_consumer_moves_on(
         assert row["headers"] == [{"key": "trace", "value": "abc"}, {"key": "bin", "value_base64": "AP8="}]
     assert outcome["stats"].rejected == len(garbage)
     assert_exact_end_state(dsn, stream)
+
+
+@pytest.mark.parametrize(
+    "number", ["1e9999999999999999999", "1e-99999999999999999999", "1e131071"], ids=["huge", "tiny", "h2"]
+)
+def test_a_poison_number_between_two_good_events_is_rejected_and_both_are_stored(
+    feed: Feed, dsn: str, db: DictConnection, counter: Callable[[str], InboxCounter], number: str
+) -> None:
+    """Issue 12 H1: `inbox consume` exited 1 on [good, poison, good], storing and committing nothing,
+    at every restart: a crash loop on the partition."""
+    inbox_count = counter(dsn)
+    first, poison_id, last = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    poison = to_json(titan_event(poison_id, 1, qty_t=Decimal(7))).replace('"qty_t": 7', f'"qty_t": {number}')
+    messages = [
+        (b"good", to_json(titan_event(first, 1)).encode()),
+        (b"poison", poison.encode()),
+        (b"good", to_json(titan_event(last, 1)).encode()),
+    ]
+    feed.produce(messages, partitions=1)
+
+    with consuming_in_process(dsn, feed.settings()) as outcome:
+        wait_for(lambda: inbox_count() == 2, "both good events")
+        wait_for(feed.all_committed, "every offset committed")
+
+    stored = {row["quota_id"] for row in db.execute("SELECT quota_id FROM inbox.quota_events").fetchall()}
+    assert stored == {first, last}
+    (reject,) = db.execute('SELECT "offset", raw, reason FROM inbox.rejects').fetchall()
+    assert (reject["offset"], bytes(reject["raw"])) == (1, poison.encode())
+    assert reject["reason"].startswith("not valid JSON: number")
+    assert outcome["stats"].rejected == 1
 
 
 @pytest.mark.soak
