@@ -17,6 +17,7 @@ import pytest
 
 import inbox.http.app as app_module
 from inbox.db.connect import DictConnection
+from inbox.ingest import parse_body
 from tests.acceptance.conftest import LiveServer, StartServer
 from tests.helpers import inbox_rows, titan_event, to_json
 
@@ -102,7 +103,7 @@ def test_health_is_answered_while_a_big_body_is_being_parsed(
     """Issue 12 M7: a 10 MiB body blocked /health for 1.2 s, parsed on the event loop. Here the parse
     of a big body is held open until /health has answered: on the loop it could not be."""
     parsing, health_answered = threading.Event(), threading.Event()
-    real_parse = app_module.parse_body
+    real_parse = parse_body
 
     def held_parse(body: bytes, *, ndjson: bool = False) -> Any:
         parsing.set()
