@@ -47,28 +47,14 @@ def _neighbours_applied_poison_dead(
     return letters[0]
 
 
-def test_a_payload_that_prints_past_postgresqls_string_limit_costs_itself_only(
-    db: DictConnection, dsn: str
-) -> None:
-    """1e131071 is 8 bytes in jsonb and 131,072 digits each time PostgreSQL prints it: 8,200 of them
-    (about 1 kB stored, compressed) pass the 1 GB limit of a string. The claim printed payloads: it
-    failed, rolled back, attempts never rose, and every worker retried the same batch forever."""
-    good = [uuid.uuid4() for _ in range(4)]
-    poison = uuid.uuid4()
-    ingest(db, [titan_event(q, 1, "INSERT") for q in good[:2]])
-    _store_raw(db, poison, _with_extra(poison, "[" + ",".join(["1e131071"] * 8200) + "]"))
-    ingest(db, [titan_event(q, 1, "INSERT") for q in good[2:]])
-
-    counts = drain(dsn)
-
-    letter = _neighbours_applied_poison_dead(db, poison, good)
-    assert counts.applied == 4
-    assert letter["error_class"] == "unreadable"
-    assert letter["error_message"].startswith("its payload cannot be read: [54000]"), letter
-    assert letter["retry_count"] == 1
-
-
 def test_a_payload_that_prints_far_larger_than_it_is_stored_is_not_read(db: DictConnection, dsn: str) -> None:
+    """1e131071 is 8 bytes in jsonb and 131,072 digits each time PostgreSQL prints it: about 8,200 of
+    them (a kilobyte stored, compressed) pass the 1 GB limit of a string, and the claim, which
+    printed payloads, failed, rolled back without spending an attempt, and every worker retried the
+    same batch forever. Now the claim returns keys only and the payloads are streamed one by one: a
+    statement that fails on one row hands over every row before it and the row alone is dead-lettered
+    with its SQLSTATE (not run here: printing 1 GB takes this machine 30 s); one that prints to more
+    than a worker reads is dead-lettered without being parsed (here: 20 of them, 2.6 MB)."""
     good = [uuid.uuid4() for _ in range(3)]
     poison = uuid.uuid4()
     ingest(db, [titan_event(good[0], 1, "INSERT")])
@@ -80,6 +66,7 @@ def test_a_payload_that_prints_far_larger_than_it_is_stored_is_not_read(db: Dict
     letter = _neighbours_applied_poison_dead(db, poison, good)
     assert letter["error_class"] == "unreadable"
     assert "prints to" in letter["error_message"]
+    assert letter["retry_count"] == 1  # the claim spent an attempt
 
 
 def test_a_payload_stored_larger_than_a_worker_reads_is_not_printed(db: DictConnection, dsn: str) -> None:
