@@ -141,6 +141,17 @@ class Settings(BaseSettings):
         description="Finished inbox rows (applied, stale, dead and resolved) older than this are deleted "
         "(a duration: 90s, 12h, 7d, or ISO 8601 such as P7D, PT12H).",
     )
+    history_retention: Duration = Field(
+        timedelta(days=30),
+        description="Kafka rejects received, and dead letters resolved, longer ago than this are deleted "
+        "(a duration, as INBOX_RETENTION). Open dead letters are never deleted.",
+    )
+    gate_retention: Duration | None = Field(
+        None,
+        description="When set, the version gate of a deleted quota is forgotten this long after the delete "
+        "(a duration); an event older than the delete arriving after that would apply again, so set it "
+        "well beyond the longest redelivery plus INBOX_RETENTION. Unset: kept forever.",
+    )
     retention_interval_seconds: float = Field(60.0, gt=0, description="How often retention runs.")
     retention_batch_size: int = Field(
         5000, ge=1, description="Rows deleted per retention transaction (short locks, SKIP LOCKED)."

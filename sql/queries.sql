@@ -10,9 +10,20 @@ CREATE TABLE IF NOT EXISTS inbox.schema_migrations (
     applied_at timestamptz NOT NULL DEFAULT now()
 );
 
--- name: lock_migrations
--- Session-level: one migrator at a time, across hosts.
-SELECT pg_advisory_lock(7215830113390201);
+-- name: try_lock_migrations
+-- Session-level: one migrator at a time, across hosts. Tried, not waited for: any role that can
+-- connect may take an advisory lock, so a holder that never lets go must not hang `inbox migrate`.
+SELECT pg_catalog.pg_try_advisory_lock(7215830113390201) AS locked;
+
+-- name: migration_lock_holder
+-- Who holds the lock of try_lock_migrations (a bigint key: classid is its high half, objid its low).
+SELECT l.pid, a.usename, a.application_name, a.client_addr::text AS client_addr, a.backend_start
+FROM pg_catalog.pg_locks l
+LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted AND l.database = (
+          SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database())
+  AND l.classid = (7215830113390201 >> 32)::oid AND l.objid = (7215830113390201 & 4294967295)::oid
+  AND l.objsubid = 1;
 
 -- name: unlock_migrations
 SELECT pg_advisory_unlock(7215830113390201);
@@ -73,16 +84,33 @@ CREATE EXTENSION IF NOT EXISTS pgmq;
 SELECT current_setting('server_version_num')::integer AS version_num;
 
 -- name: ingest_events
--- What was not new is counted for inbox_events_duplicate_total, in the same statement.
-SELECT s.inserted
-FROM (SELECT inbox.ingest_events(%(events)s::jsonb, %(quota_ids)s::uuid[], %(versions)s::bigint[],
-                                 %(is_delete)s::boolean[], %(source)s::text) AS inserted) s,
-     LATERAL inbox.add_counters(ARRAY['duplicate'], ARRAY[''],
-                                ARRAY[pg_catalog.cardinality(%(quota_ids)s::uuid[]) - s.inserted]::float8[]) c;
+-- What was not new is counted for inbox_events_duplicate_total by the function itself.
+SELECT inbox.ingest_events(%(events)s::jsonb, %(quota_ids)s::uuid[], %(versions)s::bigint[],
+                           %(is_delete)s::boolean[], %(source)s::text) AS inserted;
 
 -- name: claim_events
-SELECT quota_id, version, is_delete, payload, attempts
+-- Keys only: the payloads are read next, by claimed_payloads.
+SELECT quota_id, version, is_delete, attempts
 FROM inbox.claim_events(%(worker)s::text, %(limit)s::integer, %(lease)s::interval);
+
+-- name: claimed_payloads
+-- The payloads, as text, of the events this worker holds, one row per key in the order given. A
+-- plain statement, not a function: a set-returning function computes all its rows before the first
+-- is sent, and this one must print each payload only as its row goes out, so that a worker
+-- streaming the result (inbox/apply/worker.py: read_payloads) receives every row before one that
+-- cannot be printed (the 1 GB string limit, statement_timeout) and knows which one failed. A
+-- payload stored larger than max_bytes is not printed at all (payload NULL; stored_bytes says why).
+-- Each row by primary key (LIMIT 1 keeps the planner from making it a join over a scan).
+SELECT k.quota_id, k.version, k.is_delete, e.stored_bytes,
+       CASE WHEN e.stored_bytes <= %(max_bytes)s::integer THEN e.payload::text END AS payload
+FROM pg_catalog.jsonb_to_recordset(%(keys)s::jsonb) AS k(quota_id uuid, version bigint, is_delete boolean)
+CROSS JOIN LATERAL (
+    SELECT x.payload, pg_catalog.pg_column_size(x.payload) AS stored_bytes
+    FROM inbox.quota_events x
+    WHERE (x.quota_id, x.version, x.is_delete) = (k.quota_id, k.version, k.is_delete)
+      AND x.status = 'processing' AND x.lease_owner = %(worker)s::text
+    LIMIT 1
+) e;
 
 -- name: apply_events
 SELECT applied, stale, dead, not_owned, published FROM inbox.apply_events(%(worker)s::text, %(events)s::jsonb);
@@ -276,6 +304,10 @@ WHERE d.resolved_at IS NULL AND d.created_at = now();
 
 -- name: purge_finished_events
 SELECT inbox.purge_finished_events(%(older_than)s::interval, %(limit)s::integer) AS purged;
+
+-- name: purge_history
+SELECT rejects, dead_letters, gates
+FROM inbox.purge_history(%(older_than)s::interval, %(gates_older_than)s::interval, %(limit)s::integer);
 
 -- name: check_dead_letter_rate
 SELECT dead_letters, by_class, msg_id

@@ -64,14 +64,38 @@ def purge_finished(dsn: str, settings: Settings, budget_seconds: float) -> int:
                 return total
 
 
+def purge_history(dsn: str, settings: Settings, budget_seconds: float) -> dict[str, int]:
+    """Delete old rejects, long-resolved dead letters and (INBOX_GATE_RETENTION) the gates of long
+    deleted quotas, batch by batch as purge_finished does. Returns how many of each were deleted."""
+    totals = {"rejects": 0, "dead_letters": 0, "gates": 0}
+    deadline = time.monotonic() + budget_seconds
+    params = {
+        "older_than": settings.history_retention,
+        "gates_older_than": settings.gate_retention,
+        "limit": settings.retention_batch_size,
+    }
+    with connect(dsn, autocommit=True, application_name="quota-inbox retention") as conn:
+        while True:
+            row = conn.execute(query("purge_history"), params).fetchone()
+            assert row is not None
+            for kind in totals:
+                totals[kind] += int(row[kind])
+            if max(row.values()) < settings.retention_batch_size or time.monotonic() > deadline:
+                return totals
+
+
 def retention_job(dsn: str, settings: Settings) -> None:
+    budget = settings.retention_interval_seconds / 2
     try:
-        purged = purge_finished(dsn, settings, budget_seconds=settings.retention_interval_seconds / 2)
+        purged = purge_finished(dsn, settings, budget_seconds=budget)
+        history = purge_history(dsn, settings, budget_seconds=budget)
     except psycopg.Error as exc:
         log.warning("retention could not run: %s", exc)
         return
     if purged:
         log.info("retention deleted finished inbox rows", extra={"purged": purged})
+    if any(history.values()):
+        log.info("retention deleted old history", extra=history)
 
 
 @dataclass

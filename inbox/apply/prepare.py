@@ -5,21 +5,36 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from inbox.events import InvalidEvent
-from inbox.formats import interpret
+from inbox.db.connect import load_json
+from inbox.events import EventKey, InvalidEvent, UnkeyableEvent
+from inbox.formats import interpret, key_event
 
 log = logging.getLogger(__name__)
 
 
 def prepare(row: dict[str, Any]) -> dict[str, Any]:
-    """One claimed row -> {key..., error_class, error, quota columns}; never raises."""
+    """One claimed row -> {key..., error_class, error, quota columns}; never raises.
+
+    row: the key, and either payload (the JSON text the inbox holds) or unreadable (why it could
+    not be read: inbox/apply/worker.py, read_payloads).
+    """
     prepared: dict[str, Any] = {
         "quota_id": str(row["quota_id"]),
         "version": row["version"],
         "is_delete": row["is_delete"],
     }
-    payload = row["payload"]
+    if row.get("unreadable") is not None:
+        prepared.update(error_class="unreadable", error=str(row["unreadable"]))
+        return prepared
     try:
+        payload = load_json(row["payload"])
+    except (ValueError, RecursionError, MemoryError) as exc:  # nested past Python's limits, say
+        prepared.update(
+            error_class="unreadable", error=f"the stored payload cannot be read: {type(exc).__name__}"
+        )
+        return prepared
+    try:
+        _check_key(row, payload)
         quota = interpret(payload)  # any format: Titan, Debezium, flattened
         if (quota is None) != row["is_delete"]:
             raise InvalidEvent(["the event's inbox key and its payload disagree on whether it is a delete"])
@@ -44,3 +59,23 @@ def prepare(row: dict[str, Any]) -> dict[str, Any]:
             else quota.source_updated_at.isoformat(),
         )
     return prepared
+
+
+def _check_key(row: dict[str, Any], payload: Any) -> None:
+    """The key an event is filed under must be the payload's own: whoever files events (the ingest
+    role, the sink, SQL) passes the key next to the payload, and the version gate trusts the key
+    while the quota's columns come from the payload. Filed under another quota's key, or above its
+    own version, an event could otherwise write one quota's fields into another at any version."""
+    try:
+        own = key_event(payload)
+    except UnkeyableEvent as exc:
+        raise InvalidEvent([f"the payload has no key of its own: {exc}"]) from exc
+    filed = EventKey(quota_id=own.quota_id, version=row["version"], is_delete=row["is_delete"])
+    if str(row["quota_id"]) != str(own.quota_id) or filed != own:
+        raise InvalidEvent(
+            [
+                f"filed under key ({row['quota_id']}, version {row['version']}, "
+                f"{'delete' if row['is_delete'] else 'upsert'}) but the payload's key is ({own.quota_id}, "
+                f"version {own.version}, {'delete' if own.is_delete else 'upsert'})"
+            ]
+        )

@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -39,6 +40,11 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
     pg_errors.LockNotAvailable,
     pg_errors.QueryCanceled,  # statement_timeout
 )
+
+
+# How much longer than its stored size a payload's text may be before it is not read: jsonb prints
+# ", " and ": " where a compact body had "," and ":", which can nearly double a small-valued array.
+PRINTED_GROWTH = 4
 
 
 @dataclass
@@ -91,12 +97,20 @@ class Worker:
     # -- one batch ----------------------------------------------------------------------------
 
     def claim(self) -> list[dict[str, Any]]:
-        params = {
-            "worker": self.name,
-            "limit": self.settings.batch_size,
-            "lease": timedelta(seconds=self.settings.lease_seconds),
-        }
-        return self._connection().execute(query("claim_events"), params).fetchall()
+        """Claim a batch and read its payloads: the rows prepare() takes. Rows whose payloads were not
+        read within half the lease are given back (see read_payloads)."""
+        conn = self._connection()
+        keys = claim_keys(conn, self.name, self.settings)
+        rows, unread = read_payloads(
+            conn,
+            self.name,
+            keys,
+            max_bytes=self.settings.max_body_bytes,
+            budget_seconds=self.settings.lease_seconds / 2,
+        )
+        if unread:
+            self._release(unread, "its payload was not read before half the lease had passed")
+        return rows
 
     def process_once(self) -> BatchCounts:
         """Claim and finish one batch. Returns zero counts when nothing is due."""
@@ -208,6 +222,94 @@ class Worker:
         self.close()
 
 
+def claim_keys(conn: DictConnection, worker: str, settings: Settings) -> list[dict[str, Any]]:
+    """Claim up to a batch of due events: their keys and attempts, never their payloads. Once this
+    returns (autocommit), each row has spent an attempt, whatever reading its payload does next."""
+    params = {
+        "worker": worker,
+        "limit": settings.batch_size,
+        "lease": timedelta(seconds=settings.lease_seconds),
+    }
+    return conn.execute(query("claim_events"), params).fetchall()
+
+
+def read_payloads(
+    conn: DictConnection,
+    worker: str,
+    keys: Sequence[dict[str, Any]],
+    *,
+    max_bytes: int,
+    budget_seconds: float = float("inf"),
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The payload text of each claimed row, or why it cannot be read; and the rows left unread.
+
+    One payload can cost far more to print than to store (1e131071: 8 bytes stored, 131,072 digits
+    printed), enough to pass the 1 GB string limit or statement_timeout. So the payloads are streamed,
+    one row at a time as PostgreSQL prints them: when the statement fails, every row before the one
+    that broke it has arrived. The rest are read again; a row that fails a statement on its own is
+    unreadable, and is dead-lettered by the apply (error_class 'unreadable') with the reason, while
+    its neighbours go on. A row stored larger than max_bytes is not printed at all ('unreadable' too).
+    Past budget_seconds, what is still unread is returned as such, for the caller to give back.
+    A lost connection is raised: the leases bring the rows back.
+    """
+    deadline = time.monotonic() + budget_seconds
+    rows: list[dict[str, Any]] = []
+    remaining = _keys(keys)
+    while remaining and time.monotonic() < deadline:
+        received: list[dict[str, Any]] = []
+        failure = _stream_payloads(conn, worker, remaining, max_bytes, received)
+        rows.extend(received)
+        if failure is None:
+            return rows, []  # a key that did not come back is no longer this worker's
+        got = {_key_of(r) for r in received}
+        remaining = [k for k in remaining if _key_of(k) not in got]
+        if not received:
+            # Nothing arrived: the first row broke the statement, or the statement failed before
+            # it. Read alone, the first row tells which.
+            alone: list[dict[str, Any]] = []
+            failure = _stream_payloads(conn, worker, remaining[:1], max_bytes, alone)
+            if failure is None:
+                rows.extend(alone)
+            else:
+                reason = f"its payload cannot be read: [{failure.sqlstate}] {str(failure).strip()}"
+                rows.append({**remaining[0], "unreadable": reason[:2000]})
+            remaining = remaining[1:]
+    return rows, remaining
+
+
+def _stream_payloads(
+    conn: DictConnection, worker: str, keys: list[dict[str, Any]], max_bytes: int, into: list[dict[str, Any]]
+) -> psycopg.Error | None:
+    """Stream the payloads of keys into `into`; the error that ended the statement, if one did."""
+    params = {"worker": worker, "keys": Jsonb(keys), "max_bytes": max_bytes}
+    try:
+        for row in conn.cursor().stream(query("claimed_payloads"), params):
+            key = {"quota_id": str(row["quota_id"]), "version": row["version"], "is_delete": row["is_delete"]}
+            text = row["payload"]
+            if text is None:
+                stored = row["stored_bytes"]
+                reason = f"its payload is stored in {stored} bytes, over the {max_bytes} a worker reads"
+                into.append({**key, "unreadable": reason})
+            elif len(text) > PRINTED_GROWTH * max_bytes:
+                # stored small, printed huge: numbers written with large exponents (1e131071)
+                reason = (
+                    f"its payload is stored in {row['stored_bytes']} bytes but prints to {len(text)} "
+                    f"characters, over the {PRINTED_GROWTH * max_bytes} a worker reads"
+                )
+                into.append({**key, "unreadable": reason})
+            else:
+                into.append({**key, "payload": text})
+    except psycopg.Error as exc:
+        if conn.closed or conn.broken:
+            raise
+        return exc
+    return None
+
+
+def _key_of(row: dict[str, Any]) -> tuple[str, int, bool]:
+    return (str(row["quota_id"]), int(row["version"]), bool(row["is_delete"]))
+
+
 def reap_expired_leases(conn: DictConnection, settings: Settings, limit: int = 1000) -> BatchCounts:
     # One transaction, so the dead letters it wrote can be found by their created_at (= now()).
     with conn.transaction():
@@ -227,7 +329,9 @@ def reap_expired_leases(conn: DictConnection, settings: Settings, limit: int = 1
 
 
 def _keys(events: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{k: e[k] for k in ("quota_id", "version", "is_delete")} for e in events]
+    return [
+        {"quota_id": str(e["quota_id"]), "version": e["version"], "is_delete": e["is_delete"]} for e in events
+    ]
 
 
 def log_dead_letters(rows: Sequence[dict[str, Any]]) -> None:

@@ -31,6 +31,11 @@ def _exact_int(text: str) -> int | Decimal:
 _loads = partial(json.loads, parse_float=Decimal, parse_int=_exact_int)
 
 
+def load_json(text: str) -> Any:
+    """JSON text as PostgreSQL printed it, read the way every jsonb value of a connection is."""
+    return _loads(text)
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), default=_encode_extra)
 

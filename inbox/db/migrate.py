@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 import psycopg
@@ -68,15 +69,40 @@ def _refuse_schemas_others_may_create_in(conn: DictConnection) -> None:
             )
 
 
-def migrate(dsn: str) -> MigrationReport:
+# How long `inbox migrate` waits for another migrator to finish before it gives up.
+LOCK_WAIT_SECONDS = 60.0
+
+
+def migrate(dsn: str, *, lock_wait_seconds: float = LOCK_WAIT_SECONDS) -> MigrationReport:
     files = migrations()
     objects = object_files()
     with connect(dsn, autocommit=True, application_name="quota-inbox migrate") as conn:
-        conn.execute(query("lock_migrations"))
+        _lock(conn, lock_wait_seconds)
         try:
             return _migrate_locked(conn, files, objects)
         finally:
             conn.execute(query("unlock_migrations"))
+
+
+def _lock(conn: DictConnection, wait_seconds: float) -> None:
+    """Take the migration lock, waiting up to wait_seconds for another migrator. Any role that can
+    connect may take an advisory lock (PostgreSQL grants them to PUBLIC): a session that holds it and
+    never lets go gets named, instead of hanging every `inbox migrate` and `inbox run` start."""
+    deadline = time.monotonic() + wait_seconds
+    while not conn.execute(query("try_lock_migrations")).fetchone()["locked"]:  # type: ignore[index]
+        if time.monotonic() >= deadline:
+            holders = conn.execute(query("migration_lock_holder")).fetchall()
+            who = "; ".join(
+                f"pid {h['pid']} (user {h['usename']}, application {h['application_name']!r}, "
+                f"from {h['client_addr'] or 'local socket'}, connected {h['backend_start']})"
+                for h in holders
+            )
+            raise MigrationError(
+                f"another session has held the migration lock for over {wait_seconds:g} s: "
+                f"{who or 'it let go just now'}. If it is not a migration still running, end it "
+                "(SELECT pg_terminate_backend(<pid>);) and migrate again"
+            )
+        time.sleep(min(0.2, max(deadline - time.monotonic(), 0.0)))
 
 
 def _migrate_locked(

@@ -4,6 +4,9 @@
 -- Reads:       inbox.quota_events, public.quota_processing_errors
 -- Writes:      inbox.quota_events (DELETE)
 -- Called by:   query purge_finished_events (inbox/jobs.py, retention)
+-- Privileges:  SECURITY DEFINER, executable by inbox_worker: the worker may not DELETE from the inbox
+--              itself (migration 012), so that it cannot delete a pending row; this function deletes
+--              only finished ones
 -- -------------------------------------------------------------------------------------------------
 -- Delete up to p_limit finished inbox rows received more than p_older_than ago. SKIP LOCKED:
 -- concurrent purgers take disjoint rows and never wait; each call is one short transaction.
@@ -21,6 +24,7 @@
 CREATE OR REPLACE FUNCTION inbox.purge_finished_events(p_older_than interval, p_limit integer)
 RETURNS bigint
 LANGUAGE sql
+SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
     WITH doomed AS (
@@ -43,3 +47,6 @@ AS $$
     )
     SELECT count(*) FROM gone
 $$;
+
+REVOKE EXECUTE ON FUNCTION inbox.purge_finished_events(interval, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION inbox.purge_finished_events(interval, integer) TO inbox_worker;

@@ -24,4 +24,8 @@ FROM public.quota_processing_errors d
 LEFT JOIN inbox.quota_events e USING (quota_id, version, is_delete)
 LEFT JOIN inbox.quota_versions g ON g.quota_id = d.quota_id;
 
-GRANT SELECT ON inbox.v_dead_letters TO inbox_worker, inbox_readonly;
+GRANT SELECT ON inbox.v_dead_letters TO inbox_worker;
+-- Read-only reads counts and states, never payloads (migration 012): every column but event_data.
+GRANT SELECT (id, quota_id, version, is_delete, event_type, error_class, error_message, retry_count,
+              created_at, resolved_at, resolution_note, inbox_status, applied_version, superseded)
+    ON inbox.v_dead_letters TO inbox_readonly;

@@ -144,10 +144,10 @@ def install_change_log(db: DictConnection) -> None:
         CREATE FUNCTION test_log_quota_change() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
             IF TG_OP = 'DELETE' THEN
-                INSERT INTO test_quota_changes (quota_id, version, op)
+                INSERT INTO public.test_quota_changes (quota_id, version, op)
                 SELECT quota_id, version, 'delete' FROM inbox.quota_versions WHERE quota_id = OLD.quota_id;
             ELSE
-                INSERT INTO test_quota_changes (quota_id, version, op)
+                INSERT INTO public.test_quota_changes (quota_id, version, op)
                 VALUES (NEW.quota_id, NEW.source_version, 'upsert');
             END IF;
             RETURN NULL;

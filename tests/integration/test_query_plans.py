@@ -19,8 +19,10 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from inbox.apply.prepare import prepare
+from inbox.apply.worker import read_payloads
 from inbox.db.connect import DictConnection
 from inbox.db.sqlfiles import query
+from inbox.settings import Settings
 from tests.helpers import ingest, titan_event
 
 BATCH = 500
@@ -72,6 +74,14 @@ def backlog(db: DictConnection, events: int) -> None:
     ingest(db, [titan_event(uuid.uuid4(), 1, "INSERT") for _ in range(events)])
 
 
+def _claimed(db: DictConnection, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """Claim (keys), then read the payloads: the rows prepare() takes, as the worker does."""
+    keys = db.execute(query("claim_events"), params).fetchall()
+    rows, unread = read_payloads(db, WORKER, keys, max_bytes=Settings().max_body_bytes)
+    assert unread == []
+    return rows
+
+
 def test_claim_reads_the_due_index_in_order_and_stops_at_the_limit(
     db: DictConnection, plans: list[dict[str, Any]]
 ) -> None:
@@ -92,7 +102,7 @@ def test_claim_reads_the_due_index_in_order_and_stops_at_the_limit(
 def test_apply_joins_its_steps_in_linear_time(db: DictConnection, plans: list[dict[str, Any]]) -> None:
     backlog(db, BATCH)
     params = {"worker": WORKER, "limit": BATCH, "lease": timedelta(seconds=30)}
-    rows = db.execute(query("claim_events"), params).fetchall()
+    rows = _claimed(db, params)
     result = db.execute(
         query("apply_events"), {"worker": WORKER, "events": Jsonb([prepare(row) for row in rows])}
     ).fetchone()
@@ -135,7 +145,7 @@ def test_a_small_batch_reads_only_its_own_rows(db: DictConnection, plans: list[d
     db.execute("SET auto_explain.log_analyze = on")
     params = {"worker": WORKER, "limit": 10, "lease": timedelta(seconds=30)}
     plans.clear()  # the claim's and the apply's statements only
-    rows = db.execute(query("claim_events"), params).fetchall()
+    rows = _claimed(db, params)
     result = db.execute(
         query("apply_events"), {"worker": WORKER, "events": Jsonb([prepare(row) for row in rows])}
     ).fetchone()
@@ -156,7 +166,7 @@ def test_the_counter_trigger_stays_linear_after_a_small_first_batch(
     backlog(db, BATCH + 2)
     for limit in (2, BATCH):  # a session whose first batch is small, as a worker's often is
         params = {"worker": WORKER, "limit": limit, "lease": timedelta(seconds=30)}
-        rows = db.execute(query("claim_events"), params).fetchall()
+        rows = _claimed(db, params)
         assert len(rows) == limit
         applied = db.execute(
             query("apply_events"), {"worker": WORKER, "events": Jsonb([prepare(row) for row in rows])}

@@ -19,10 +19,10 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from inbox.apply.jobs import DatabaseWatch, check_alerts, metrics_job, purge_finished
+from inbox.apply.jobs import DatabaseWatch, check_alerts, metrics_job, purge_finished, purge_history
 from inbox.apply.worker import reap_expired_leases
 from inbox.db.connect import DictConnection, connect, with_role
-from inbox.db.migrate import migrate
+from inbox.db.migrate import MigrationError, migrate
 from inbox.ingest import store_events
 from inbox.metrics import MetricsSource
 from inbox.settings import Settings
@@ -169,6 +169,12 @@ def test_ingest_role_files_events_from_every_feed(
         "SELECT pgmq.send('quota_changes', '{}')",
         "TRUNCATE inbox.quota_events",
         "CREATE TABLE inbox.mine (x int)",
+        # M3: counters only through ingest_events and its trigger, never forged
+        "SELECT inbox.add_counters(ARRAY['ingested'], ARRAY['http'], ARRAY['NaN']::float8[])",
+        "SELECT inbox.add_counters(ARRAY['forged'], ARRAY['x'], ARRAY[1e300]::float8[])",
+        "INSERT INTO inbox.metric_counters (metric, label, minute, backend, value)"
+        " VALUES ('x', '', now(), 0, 1)",
+        "SELECT * FROM inbox.reset_gate(gen_random_uuid(), NULL, 'x')",
     ],
 )
 def test_ingest_role_cannot_touch_quota_dead_letters_or_event_state(
@@ -251,6 +257,14 @@ def test_worker_role_runs_the_whole_data_path_and_its_jobs(
         "DELETE FROM public.call_off",
         "SELECT * FROM pgmq.read('quota_changes', 30, 10)",
         "SELECT pgmq.drop_queue('quota_changes')",
+        # what an event says is not the worker's to change, nor may it delete one in hand
+        "UPDATE inbox.quota_events SET payload = '{}'",
+        "UPDATE inbox.quota_events SET version = version + 1",
+        "UPDATE inbox.quota_events SET quota_id = gen_random_uuid()",
+        "UPDATE inbox.quota_events SET source = 'replay'",
+        "DELETE FROM inbox.quota_events WHERE status = 'pending'",
+        "DELETE FROM inbox.rejects",
+        "SELECT * FROM inbox.reset_gate(gen_random_uuid(), NULL, 'x')",
     ],
 )
 def test_worker_role_cannot_change_the_schema_or_rewrite_history(
@@ -291,9 +305,20 @@ def test_readonly_role_reads_the_dba_views_and_the_metrics(
         "SELECT * FROM inbox.claim_events('intruder', 10, '1 minute')",
         "SELECT inbox.fold_counters()",
         "CREATE TABLE inbox.mine (x int)",
+        # M5: counts and states, never payloads
+        "SELECT payload FROM inbox.quota_events",
+        "SELECT * FROM inbox.quota_events",
+        "SELECT event_data FROM public.quota_processing_errors",
+        "SELECT event_data FROM inbox.v_dead_letters",
+        "SELECT * FROM inbox.v_dead_letters",
+        "SELECT * FROM pgmq.q_quota_changes",
+        "SELECT * FROM inbox.rejects",
+        "SELECT * FROM inbox.reset_gate(gen_random_uuid(), NULL, 'x')",
     ],
 )
-def test_readonly_role_writes_nothing(refusing: dict[str, DictConnection], statement: str) -> None:
+def test_readonly_role_writes_nothing_and_reads_no_payload(
+    refusing: dict[str, DictConnection], statement: str
+) -> None:
     assert _denied(refusing["inbox_readonly"], statement)
 
 
@@ -314,6 +339,8 @@ def test_every_security_definer_function_pins_its_search_path_and_is_not_public(
         "inbox.ingest_events",
         "inbox.add_counters",
         "inbox.titan_quota_sink_to_inbox",
+        "inbox.purge_finished_events",
+        "inbox.purge_history",
     }
     for row in rows:
         assert row["proconfig"] == ["search_path=pg_catalog, pg_temp"], row["name"]
@@ -378,3 +405,237 @@ def test_inbox_run_needs_no_ddl_right_once_the_owner_has_migrated(
         db.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(login)))
     assert response.status_code == 202
     assert "inbox_database_up 1.0" in metrics.text
+
+
+# -- issue 12: what the ingest role may claim --------------------------------------------------------
+
+
+def _file(
+    conn: DictConnection, event: dict[str, object], key: tuple[uuid.UUID, int, bool], source: str
+) -> int:
+    """inbox.ingest_events called directly, with the key given apart from the payload."""
+    row = conn.execute(
+        "SELECT inbox.ingest_events(%s::jsonb, %s::uuid[], %s::bigint[], %s::boolean[], %s) AS n",
+        [f"[{to_json(event)}]", [key[0]], [key[1]], [key[2]], source],
+    ).fetchone()
+    assert row is not None
+    return int(row["n"])
+
+
+@pytest.mark.parametrize("source", ["replay", "sink", "reconcile"])
+def test_ingest_role_files_only_as_http_or_kafka(
+    db: DictConnection, as_role: dict[str, DictConnection], source: str
+) -> None:
+    """The source says where an event came from (replay: an operator put it back); the ingest role
+    may not pass its events off as something else. The sink's trigger still files as 'sink'
+    (test_ingest_role_files_events_from_every_feed), and the owner replays."""
+    q = uuid.uuid4()
+    event = titan_event(q, 1, "INSERT")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="may not file events as source"):
+        _file(as_role["inbox_ingest"], event, (q, 1, False), source)
+    assert _file(as_role["inbox_ingest"], event, (q, 1, False), "kafka") == 1
+    assert store_events(db, [to_json(titan_event(q, 2))], "replay").accepted == 1
+    sources = db.execute("SELECT version, source FROM inbox.quota_events ORDER BY version").fetchall()
+    assert sources == [{"version": 1, "source": "kafka"}, {"version": 2, "source": "replay"}]
+
+
+def test_an_event_filed_under_a_key_not_its_own_is_a_dead_letter_not_applied(
+    dsn: str, db: DictConnection, as_role: dict[str, DictConnection]
+) -> None:
+    """M4: quota A took quota B's fields at the highest version, because the gate trusted the key
+    the caller gave and apply took the columns from the payload."""
+    a, b = uuid.uuid4(), uuid.uuid4()
+    ingest(db, [titan_event(a, 1, "INSERT", qty_t=Decimal("1"))])
+    drain(dsn)
+    top = 2**63 - 1
+    _file(as_role["inbox_ingest"], titan_event(b, 1, "INSERT", qty_t=Decimal("999")), (a, top, False), "http")
+    _file(as_role["inbox_ingest"], titan_event(a, 2, "UPDATE", qty_t=Decimal("2")), (a, 3, False), "http")
+
+    counts = drain(dsn)
+
+    assert (counts.applied, counts.dead) == (0, 2)
+    row = quota(db, a)
+    assert row is not None and (row["source_version"], row["qty_t"]) == (1, Decimal("1"))
+    assert quota(db, b) is None
+    gate = db.execute("SELECT version FROM inbox.quota_versions WHERE quota_id = %s", [a]).fetchone()
+    assert gate == {"version": 1}
+    letters = {d["version"]: d for d in dead_letters(db)}
+    assert letters[top]["error_class"] == "invalid"
+    assert f"the payload's key is ({b}, version 1, upsert)" in letters[top]["error_message"]
+    assert (
+        "the payload's key is (" in letters[3]["error_message"] and "version 2" in letters[3]["error_message"]
+    )
+
+
+def test_counters_only_grow(db: DictConnection) -> None:
+    """M3: NaN, -Infinity or a negative delta made /metrics lie and v_lag fail (bigint out of range);
+    refused even for the owner."""
+    for value in ("NaN", "-Infinity", "Infinity", "-1"):
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="finite number >= 0"):
+            db.execute(
+                "SELECT inbox.add_counters(ARRAY['ingested'], ARRAY['http'], ARRAY[%s]::float8[])", [value]
+            )
+    assert db.execute("SELECT count(*) AS n FROM inbox.metric_counters").fetchone() == {"n": 0}
+    assert db.execute("SELECT received_5m FROM inbox.v_lag").fetchone() == {"received_5m": 0}
+
+
+# -- issue 12: read-only means counts and states -----------------------------------------------------
+
+
+def test_pg_monitor_does_not_read_the_outbox(dsn: str, db: DictConnection) -> None:
+    """pgmq grants SELECT on every table of its schema to pg_monitor; the outbox carries whole quotas."""
+    ingest(db, [titan_event(uuid.uuid4(), 1, "INSERT")])
+    drain(dsn)
+    with connect(with_role(dsn, "pg_monitor"), autocommit=True) as monitor:
+        for table in ("q_quota_changes", "a_quota_changes", "q_inbox_alerts", "a_inbox_alerts"):
+            assert _denied(monitor, f"SELECT * FROM pgmq.{table}"), table
+
+
+def test_readonly_role_still_sees_every_count_and_state(
+    dsn: str, db: DictConnection, as_role: dict[str, DictConnection]
+) -> None:
+    ingest(db, [titan_event(uuid.uuid4(), 1, "INSERT", qty_t=-1)])
+    drain(dsn)
+    readonly = as_role["inbox_readonly"]
+    row = readonly.execute(
+        "SELECT quota_id, version, status, attempts, last_error FROM inbox.quota_events"
+    ).fetchone()
+    assert row is not None and row["status"] == "dead"
+    letter = readonly.execute(
+        "SELECT error_class, event_type, inbox_status, superseded FROM inbox.v_dead_letters"
+    ).fetchone()
+    assert letter == {
+        "error_class": "invalid",
+        "event_type": "INSERT",
+        "inbox_status": "dead",
+        "superseded": False,
+    }
+
+
+# -- issue 12: the version gate can be reset, and is audited -----------------------------------------
+
+
+def test_a_delete_at_the_highest_version_can_be_undone_by_resetting_the_gate(
+    dsn: str, db: DictConnection, as_role: dict[str, DictConnection]
+) -> None:
+    """M2: a DELETE at 2^63 - 1 removed the quota for good: nothing can pass such a gate."""
+    q = uuid.uuid4()
+    top = 2**63 - 1
+    ingest(db, [titan_event(q, 1, "INSERT"), titan_event(q, top, "DELETE")])
+    drain(dsn)
+    ingest(db, [titan_event(q, 2, qty_t=Decimal("2"))])
+    assert drain(dsn).stale == 1 and quota(db, q) is None
+
+    for role in ROLES:
+        assert _denied(as_role[role], f"SELECT * FROM inbox.reset_gate('{q}', NULL, 'mine')"), role
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="say why"):
+        db.execute("SELECT * FROM inbox.reset_gate(%s, 1, ' ')", [q])
+    reset = db.execute("SELECT * FROM inbox.reset_gate(%s, 1, 'forged delete, ticket 42')", [q]).fetchone()
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="only lowers it"):
+        db.execute("SELECT * FROM inbox.reset_gate(%s, 2, 'up again')", [q])
+    ingest(db, [titan_event(q, 3, qty_t=Decimal("3"))])
+    counts = drain(dsn)
+
+    assert reset == {"old_version": top, "old_is_delete": True, "new_version": 1}
+    assert counts.applied == 1
+    row = quota(db, q)
+    assert row is not None and (row["source_version"], row["qty_t"]) == (3, Decimal("3"))
+    audit = db.execute(
+        "SELECT old_version, old_is_delete, new_version, note, reset_by = session_user AS by_me"
+        " FROM inbox.gate_resets WHERE quota_id = %s",
+        [q],
+    ).fetchall()
+    assert audit == [
+        {
+            "old_version": top,
+            "old_is_delete": True,
+            "new_version": 1,
+            "note": "forged delete, ticket 42",
+            "by_me": True,
+        }
+    ]
+
+
+# -- issue 12: retention of the history tables -------------------------------------------------------
+
+
+def test_retention_prunes_old_rejects_resolved_dead_letters_and_only_safe_delete_gates(
+    dsn: str, db: DictConnection, as_role: dict[str, DictConnection]
+) -> None:
+    gone, alive, in_hand, recent = uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    ingest(
+        db,
+        [titan_event(q, 1, "INSERT") for q in (gone, alive, in_hand, recent)]
+        + [titan_event(uuid.uuid4(), 1, "INSERT", direction="HOLD") for _ in range(2)],
+    )
+    drain(dsn)
+    ingest(db, [titan_event(q, 2, "DELETE") for q in (gone, in_hand, recent)])
+    drain(dsn)
+    ingest(db, [titan_event(in_hand, 1, "INSERT", qty_t=Decimal("5"))], source="replay")
+    db.execute(
+        "UPDATE inbox.quota_events SET status = 'pending' WHERE quota_id = %s AND version = 1", [in_hand]
+    )
+    for offset in (1, 2):
+        as_role["inbox_ingest"].execute(
+            'INSERT INTO inbox.rejects (topic, "partition", "offset", raw, reason)'
+            " VALUES (%s, 0, %s, %s, %s)",
+            ["titan.quota", offset, b"garbage", "not JSON"],
+        )
+    db.execute("UPDATE inbox.rejects SET received_at = now() - interval '40 days' WHERE \"offset\" = 1")
+    first, second = (d["id"] for d in dead_letters(db))
+    db.execute("SELECT inbox.resolve_dead_letter(%s, 'seen')", [first])
+    db.execute(
+        "UPDATE public.quota_processing_errors SET resolved_at = now() - interval '40 days' WHERE id = %s",
+        [first],
+    )
+    db.execute(
+        "UPDATE public.quota_processing_errors SET created_at = now() - interval '40 days'"
+    )  # second stays open
+    db.execute(
+        "UPDATE inbox.quota_versions SET applied_at = now() - interval '400 days' WHERE quota_id <> %s",
+        [recent],
+    )
+    worker_dsn = with_role(dsn, "inbox_worker")
+
+    kept_gates = purge_history(worker_dsn, Settings(), 10)
+    assert kept_gates == {"rejects": 1, "dead_letters": 1, "gates": 0}
+
+    pruned = purge_history(worker_dsn, Settings(gate_retention=timedelta(days=365)), 10)
+    assert pruned == {"rejects": 0, "dead_letters": 0, "gates": 1}
+    gates = {r["quota_id"] for r in db.execute("SELECT quota_id FROM inbox.quota_versions")}
+    assert gone not in gates and {alive, in_hand, recent} <= gates
+    assert [d["id"] for d in dead_letters(db)] == [second]
+    rejects = db.execute('SELECT "offset" FROM inbox.rejects').fetchall()
+    assert rejects == [{"offset": 2}]
+
+
+# -- issue 12: what every role can do anyway ---------------------------------------------------------
+
+
+def test_a_stuck_holder_of_the_migration_lock_is_named_not_waited_for(
+    dsn: str, as_role: dict[str, DictConnection]
+) -> None:
+    """Advisory locks are granted to PUBLIC: inbox_readonly could take the migration lock and hang
+    every `inbox migrate` (and `inbox run` start) for as long as it liked."""
+    holder = as_role["inbox_readonly"]
+    holder.execute("SELECT pg_advisory_lock(7215830113390201)")
+    pid = holder.execute("SELECT pg_backend_pid() AS pid").fetchone()
+    assert pid is not None
+    with pytest.raises(MigrationError, match=rf"held the migration lock for over 0.5 s: pid {pid['pid']} "):
+        migrate(dsn, lock_wait_seconds=0.5)
+    holder.execute("SELECT pg_advisory_unlock_all()")
+    assert migrate(dsn, lock_wait_seconds=0.5).applied == []
+
+
+def test_a_notify_from_any_role_is_only_a_hint(
+    dsn: str, db: DictConnection, as_role: dict[str, DictConnection]
+) -> None:
+    """NOTIFY cannot be revoked per channel: any role that connects can send inbox_quota_events. A
+    worker woken by it claims what is due, as its poll would: nothing else happens."""
+    q = uuid.uuid4()
+    ingest(db, [titan_event(q, 1, "INSERT")])
+    db.execute("UPDATE inbox.quota_events SET next_attempt_at = now() + interval '1 hour'")
+    as_role["inbox_readonly"].execute("NOTIFY inbox_quota_events, 'apply everything now'")
+
+    assert drain(dsn).claimed == 0
+    assert status_counts(db) == {"pending": 1}
