@@ -28,7 +28,7 @@ def prepare(row: dict[str, Any]) -> dict[str, Any]:
         return prepared
     try:
         payload = load_json(row["payload"])
-    except (ValueError, RecursionError, MemoryError) as exc:  # nested past Python's limits, say
+    except (ValueError, ArithmeticError, RecursionError, MemoryError) as exc:  # too deep, too long
         prepared.update(
             error_class="unreadable", error=f"the stored payload cannot be read: {type(exc).__name__}"
         )
