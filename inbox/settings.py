@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 from argparse import ArgumentTypeError
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
-import psycopg
-from psycopg.conninfo import conninfo_to_dict
 from pydantic import BeforeValidator, Field, SecretStr, TypeAdapter, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -61,7 +60,12 @@ class Settings(BaseSettings):
         description="PostgreSQL 15+ connection string (it may hold a password: never logged). "
         "Unset: an embedded PostgreSQL in INBOX_DATA_DIR.",
     )
-    data_dir: Path = Field(Path(".inbox-data"), description="Where the embedded PostgreSQL keeps its files.")
+    data_dir: Path | None = Field(
+        None,
+        description="Where the embedded PostgreSQL keeps its files. Unset: one folder per user, "
+        "~/.local/share/quota-inbox/postgres (/var/lib/quota-inbox/postgres for root); a relative "
+        "path is resolved against the working directory, and the command says so.",
+    )
     http_host: str = Field("127.0.0.1", description="Address the HTTP ingestor listens on.")
     http_port: int = Field(8080, ge=0, le=65535, description="Port of the HTTP ingestor.")
     api_token: SecretStr | None = Field(
@@ -105,10 +109,11 @@ class Settings(BaseSettings):
     kafka_group: str = Field(
         "quota-inbox", description="Consumer group; the processes of one group share the partitions."
     )
-    kafka_config_json: dict[str, str | int | float | bool] = Field(
-        {},
+    kafka_config_json: SecretStr = Field(
+        SecretStr("{}"),
         description="Extra librdkafka settings as a JSON object (SASL, TLS, timeouts), "
-        'e.g. {"security.protocol": "SASL_SSL"}.',
+        'e.g. {"security.protocol": "SASL_SSL"}; a secret (it may hold a SASL password): never logged '
+        "or echoed.",
     )
     kafka_batch_size: int = Field(
         1000, ge=1, le=100_000, description="Kafka messages stored per transaction."
@@ -172,24 +177,80 @@ class Settings(BaseSettings):
         15.0, gt=0, description="How old the figures behind /metrics may get before they are read again."
     )
 
+    allowed_hosts: str = Field(
+        "",
+        description="Without INBOX_API_TOKEN or INBOX_HMAC_SECRET, requests must name this machine in "
+        "Host (localhost, 127.0.0.0/8, [::1]); these comma-separated host names are accepted too.",
+    )
+    allowed_origins: str = Field(
+        "",
+        description="A request with an Origin header (sent by browsers) is refused unless its origin "
+        "is in this comma-separated list, e.g. https://admin.example.com.",
+    )
+    trusted_proxies: str = Field(
+        "",
+        description="Comma-separated addresses of reverse proxies whose X-Forwarded-For and "
+        "X-Forwarded-Proto are believed; unset: no one's.",
+    )
+    openapi: bool = Field(False, description="Serve the OpenAPI description at /openapi.json.")
+    metrics_token: SecretStr | None = Field(
+        None,
+        description="When set, /metrics (also on INBOX_METRICS_PORT) needs 'Authorization: Bearer "
+        "<token>' (Prometheus: the scrape config's authorization.credentials).",
+    )
+
     @field_validator("database_url")
     @classmethod
-    def _conninfo(cls, value: SecretStr | None) -> SecretStr | None:
-        """Refused here, in one line, rather than as a traceback at the first connection."""
-        if value is None:
-            return value
-        try:
-            conninfo_to_dict(value.get_secret_value())
-        except psycopg.ProgrammingError as exc:
-            # libpq quotes pieces of the string, which may be a password: masked.
-            reason = re.sub(r'"[^"]*"', '"…"', str(exc)).strip()
-            raise ValueError(
-                f"not a PostgreSQL connection string ({reason}); expected "
-                "postgresql://user@host:5432/dbname or key=value pairs such as 'host=... dbname=...'"
-            ) from None
+    def _parses(cls, value: SecretStr | None) -> SecretStr | None:
+        from inbox.db.location import dsn_problem
+
+        problem = None if value is None else dsn_problem(value.get_secret_value())
+        if problem:
+            raise ValueError(problem)
         return value
 
-    @field_validator("api_token", "hmac_secret")
+    @field_validator("kafka_config_json", mode="before")
+    @classmethod
+    def _kafka_config(cls, value: object) -> object:
+        """A JSON object of librdkafka settings; the reason for a refusal names no part of it."""
+        if isinstance(value, dict):
+            value = json.dumps(value)
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if not isinstance(text, str):
+            raise ValueError("must be a JSON object")
+        try:
+            parsed = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
+                'expected an object such as {"security.protocol": "SASL_SSL"}'
+            ) from None
+        if not isinstance(parsed, dict):
+            raise ValueError("must be a JSON object of librdkafka settings")
+        for key, item in parsed.items():
+            if not isinstance(item, str | int | float | bool):
+                raise ValueError(f"the value of {key!r} must be a string, number or boolean")
+        return text
+
+    def secret_values(self) -> list[str]:
+        """Every secret these settings hold, for the log filter (inbox/logs.py)."""
+        from inbox.db.location import secrets_in
+
+        found = secrets_in(self.database_url.get_secret_value()) if self.database_url else []
+        for secret in (self.api_token, self.hmac_secret, self.metrics_token):
+            if secret is not None:
+                found.append(secret.get_secret_value())
+        for key, value in self.kafka_config().items():
+            if isinstance(value, str) and re.search(r"password|secret|jaas|token|key", key, re.IGNORECASE):
+                found.append(value)
+        return found
+
+    def kafka_config(self) -> dict[str, str | int | float | bool]:
+        """INBOX_KAFKA_CONFIG_JSON as librdkafka settings (checked at load)."""
+        parsed: dict[str, str | int | float | bool] = json.loads(self.kafka_config_json.get_secret_value())
+        return parsed
+
+    @field_validator("api_token", "hmac_secret", "metrics_token")
     @classmethod
     def _not_blank(cls, value: SecretStr | None) -> SecretStr | None:
         # An empty token would be compared against an empty bearer: set but open.

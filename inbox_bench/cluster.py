@@ -40,7 +40,7 @@ class Cluster:
 
     @classmethod
     def start(cls, workdir: Path) -> Cluster:
-        cluster = cls(start_embedded(workdir / "pgdata", cleanup="delete"))
+        cluster = cls(start_embedded(workdir, cleanup="delete"))
         with psycopg.connect(cluster.admin_dsn, autocommit=True) as conn:
             # time spent in each SQL function, for "where the time goes" (a clock read per call)
             conn.execute("ALTER SYSTEM SET track_functions = 'all'")

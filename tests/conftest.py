@@ -51,8 +51,10 @@ def pg_admin_dsn() -> Iterator[str]:
     from inbox.db.embedded import start_embedded
 
     # Not pytest's tmp_path: pytest prunes old basetemp folders, which would pull the data directory
-    # from under a server still used by another pytest run on the same machine.
-    yield start_embedded(Path(tempfile.mkdtemp(prefix="inbox-test-pg-")) / "data", cleanup="delete")
+    # from under a server still used by another pytest run on the same machine. The fresh empty
+    # folder is the data directory itself: its parent (the temp directory) is open to the server's
+    # user, which as root is not this process's.
+    yield start_embedded(Path(tempfile.mkdtemp(prefix="inbox-test-pg-")), cleanup="delete")
 
 
 def _admin(dsn: str) -> psycopg.Connection[tuple[object, ...]]:

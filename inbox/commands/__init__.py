@@ -9,6 +9,7 @@
 | replay     | replay FILE                                                     |
 | outbox     | outbox tail                                                     |
 | bench      | bench (delegates to inbox/bench)                                |
+| dsn        | dsn (the connection string of the database in use)              |
 | errors     | CliError, exit codes                                            |
 | config     | settings loading, settings help, the DSN, a command's connection |
 | output     | tables, JSON, progress                                          |
@@ -25,10 +26,11 @@ from collections.abc import Sequence
 
 import psycopg
 
-from inbox.commands import bench, consume, dlq, outbox, replay, service, status
+from inbox.commands import bench, consume, dlq, dsn, outbox, replay, service, status
 from inbox.commands.config import load_settings, settings_help
 from inbox.commands.errors import EXIT_DATABASE, CliError, one_line
-from inbox.logs import setup_logging
+from inbox.db.embedded import EmbeddedError
+from inbox.logs import redact, setup_logging
 
 LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
 LONG_RUNNING = {"serve", "work", "run", "consume"}
@@ -50,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         "work, run and consume; WARNING for the one-shot ones; ERROR for run --demo). Logs go to stderr.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (service, consume, outbox, status, dlq, replay, bench):
+    for group in (service, consume, outbox, status, dlq, replay, dsn, bench):
         group.register(sub)
     return parser
 
@@ -67,10 +69,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level or default_log_level(args))
     try:
         settings = load_settings()
+        redact(settings.secret_values())
         args.func(args, settings)
     except CliError as exc:
         print(f"inbox: error: {exc}", file=sys.stderr)
         return exc.code
+    except EmbeddedError as exc:
+        print(f"inbox: error: {one_line(str(exc))}", file=sys.stderr)
+        return EXIT_DATABASE
     except psycopg.OperationalError as exc:
         print(f"inbox: error: {one_line(f'database unreachable: {exc}')}", file=sys.stderr)
         return EXIT_DATABASE

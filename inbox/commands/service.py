@@ -17,7 +17,7 @@ import psycopg
 import uvicorn
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from inbox.commands.config import add_command, database_url
+from inbox.commands.config import add_command, database_url, shown_dsn
 from inbox.commands.errors import EXIT_DATABASE, CliError
 from inbox.db.connect import connect, with_role
 from inbox.db.migrate import MigrationError, migrate, pending_migrations
@@ -182,7 +182,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> None:
             time.sleep(0.05)
         host, port = server.servers[0].sockets[0].getsockname()[:2]
         base_url = f"http://{host}:{port}"
-        print(f"serving {base_url} (POST /events, GET /health, GET /ready)", flush=True)
+        print(f"serving {base_url} (POST /events, GET /health, GET /ready)")
+        print(f'database: {shown_dsn(settings, dsn)}  (psql "$(inbox dsn)")', flush=True)
         try:
             if args.demo:
                 from inbox.commands.demo import run_demo

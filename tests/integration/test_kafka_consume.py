@@ -457,7 +457,7 @@ class RestartablePostgres:
         self._owned: Path | None = None
         if data_dir is None:
             self._owned = Path(tempfile.mkdtemp(prefix="inbox-restartable-pg-"))
-            data_dir = self._owned / "data"
+            data_dir = self._owned  # the empty folder itself: the server's own user must reach it
         self.data_dir = data_dir
         self.dsn = start_embedded(data_dir, cleanup="stop" if self._owned else "delete")
 
