@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import cache
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import psycopg
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -258,19 +261,52 @@ def registry_for(dsn: str, refresh_seconds: float) -> CollectorRegistry:
     return _registry(dsn, refresh_seconds)
 
 
-def serve_metrics(dsn: str, refresh_seconds: float, host: str, port: int, *own: Collector) -> tuple[Any, int]:
-    """GET /metrics on host:port in a daemon thread; returns (server, bound port). `own`: collectors
-    of this process's own figures, served next to the database's."""
+def serve_metrics(
+    dsn: str, refresh_seconds: float, host: str, port: int, *own: Collector, token: str | None = None
+) -> tuple[Any, int]:
+    """GET /metrics on host:port in a daemon thread, behind a bearer token when one is given; returns
+    (server, bound port). `own`: collectors of this process's own figures, served next to the
+    database's."""
     registry = _registry(dsn, refresh_seconds, *own) if own else registry_for(dsn, refresh_seconds)
+    app = make_wsgi_app(registry)
+    if token:
+        app = _bearer_required(app, token)
+    server_class = _MetricsServerV6 if ":" in host else _MetricsServer
     try:
-        server, _thread = start_http_server(port, addr=host, registry=registry)
+        server = make_server(host, port, app, server_class, _QuietHandler)
     except OSError as exc:
         raise MetricsPortUnavailable(
             f"cannot serve /metrics on {host}:{port}: {exc.strerror or exc}; set INBOX_METRICS_PORT to a "
             "free port (0: any free port) or unset it"
         ) from exc
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server, int(server.server_port)
 
 
 class MetricsPortUnavailable(Exception):
     """INBOX_METRICS_PORT cannot be bound (in use, or not allowed): the commands print it as one line."""
+
+
+class _MetricsServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _MetricsServerV6(_MetricsServer):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # one line per scrape is noise
+
+
+def _bearer_required(app: Any, token: str) -> Any:
+    from inbox.http.guard import bearer_matches
+
+    def guarded(environ: dict[str, Any], start_response: Any) -> Any:
+        if bearer_matches(environ.get("HTTP_AUTHORIZATION"), token):
+            return app(environ, start_response)
+        start_response("401 Unauthorized", [("Content-Type", "text/plain"), ("WWW-Authenticate", "Bearer")])
+        return [b"missing or wrong bearer token for /metrics\n"]
+
+    return guarded

@@ -30,11 +30,13 @@ class WorkerPool:
 
     def start(self) -> None:
         if self.settings.metrics_port is not None:  # first: a busy port fails before any work starts
+            token = self.settings.metrics_token
             self._metrics_server, port = serve_metrics(
                 self.dsn,
                 self.settings.metrics_refresh_seconds,
                 self.settings.http_host,
                 self.settings.metrics_port,
+                token=token.get_secret_value() if token else None,
             )
             log.info("metrics served", extra={"url": f"http://{self.settings.http_host}:{port}/metrics"})
         self.listener.start()

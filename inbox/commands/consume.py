@@ -32,9 +32,11 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> None:
         check_schema(dsn)
     except KafkaSetupError as exc:
         raise CliError(str(exc)) from exc
+    # A busy metrics port, or a setting librdkafka refuses (named, never its value): both before the
+    # consumer joins the group.
     try:
         KafkaIngestor(dsn, settings, stop, metrics_dsn=with_role(url, settings.readonly_role)).run()
-    except MetricsPortUnavailable as exc:  # raised before the consumer joins the group
+    except (MetricsPortUnavailable, KafkaSetupError) as exc:
         raise CliError(str(exc)) from exc
 
 

@@ -21,11 +21,15 @@ QUOTA_COLUMNS = [
 ]
 
 
-def run_demo(base_url: str, dsn: str, token: str | None, out: TextIO) -> None:
+def run_demo(
+    base_url: str, dsn: str, token: str | None, out: TextIO, hmac_secret: bytes | None = None
+) -> None:
     lines = sample_lines()
     half = len(lines) // 2
-    first = post(base_url, "\n".join(lines[:half]).encode(), "application/x-ndjson", token)
-    second = post(base_url, ("[" + ",".join(lines[half:]) + "]").encode(), "application/json", token)
+    first = post(base_url, "\n".join(lines[:half]).encode(), "application/x-ndjson", token, hmac_secret)
+    second = post(
+        base_url, ("[" + ",".join(lines[half:]) + "]").encode(), "application/json", token, hmac_secret
+    )
     print(f"POST /events (NDJSON, {half} events)     -> 202 {first}", file=out)
     print(f"POST /events (JSON array, {len(lines) - half} events) -> 202 {second}", file=out)
     wait_until_settled(dsn)

@@ -189,7 +189,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> None:
                 from inbox.commands.demo import run_demo
 
                 token = settings.api_token.get_secret_value() if settings.api_token else None
-                run_demo(base_url, dsn, token, sys.stdout)
+                secret = settings.hmac_secret.get_secret_value().encode() if settings.hmac_secret else None
+                run_demo(base_url, dsn, token, sys.stdout, secret)
             else:
                 _wait_for_signal(threading.Event())
         finally:

@@ -30,7 +30,7 @@ def dsn_problem(dsn: str) -> str | None:
     try:
         conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as exc:
-        reason = re.sub(r'"[^"]*"', "…", " ".join(str(exc).split()))
+        reason = re.sub(r'"[^"]*"', '"…"', " ".join(str(exc).split()))
         hint = (
             " (a % must start a two-hex-digit escape: write a literal % as %25)"
             if "percent" in reason

@@ -10,6 +10,7 @@ from typing import Any
 
 from inbox.db.connect import connect
 from inbox.db.sqlfiles import query
+from inbox.http.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
 
 def sample_lines() -> list[str]:
@@ -17,10 +18,16 @@ def sample_lines() -> list[str]:
     return [line for line in text.splitlines() if line.strip()]
 
 
-def post(base_url: str, body: bytes, content_type: str, token: str | None) -> dict[str, Any]:
+def post(
+    base_url: str, body: bytes, content_type: str, token: str | None, hmac_secret: bytes | None = None
+) -> dict[str, Any]:
     headers = {"Content-Type": content_type}
     if token:
         headers["Authorization"] = f"Bearer {token}"
+    if hmac_secret:  # signed as any sender must when INBOX_HMAC_SECRET is set (SECURITY.md)
+        timestamp = str(int(time.time()))
+        headers[SIGNATURE_HEADER] = sign(hmac_secret, timestamp, body)
+        headers[TIMESTAMP_HEADER] = timestamp
     request = urllib.request.Request(f"{base_url}/events", data=body, headers=headers, method="POST")  # noqa: S310
     with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (our own loopback server)
         result: dict[str, Any] = json.loads(response.read())

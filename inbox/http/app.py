@@ -5,7 +5,6 @@ A request is atomic: either every event in it is stored (new or duplicate) or no
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -23,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from inbox.db.connect import DictConnection, configure, with_role
 from inbox.db.migrate import MigrationError, pending_migrations
 from inbox.db.sqlfiles import query
+from inbox.http.guard import NDJSON_TYPES, RequestGuard, bearer_matches, split_list
 from inbox.http.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature_problem
 from inbox.ingest import BadBatch, IngestResult, ParsedBatch, parse_body, store
 from inbox.metrics import registry_for
@@ -31,7 +31,6 @@ from inbox.settings import Settings
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 5
-NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
 # A body up to this size is parsed on the event loop (well under a millisecond: the hop to a thread
 # would cost more); a larger one in a thread, so that a 10 MiB body never stalls /health.
 PARSE_ON_LOOP_BYTES = 64 * 1024
@@ -61,11 +60,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def _authorized(request: Request, token: str) -> bool:
-    header = request.headers.get("authorization", "")
-    scheme, _, provided = header.partition(" ")
-    if scheme.lower() != "bearer":
-        return False
-    return hmac.compare_digest(provided.strip().encode("utf-8"), token.encode("utf-8"))
+    return bearer_matches(request.headers.get("authorization"), token)
 
 
 def _unauthenticated(request: Request, reason: str) -> JSONResponse:
@@ -127,6 +122,7 @@ def create_app(settings: Settings, dsn: str) -> FastAPI:
     token = settings.api_token.get_secret_value() if settings.api_token else None
     hmac_secret = settings.hmac_secret.get_secret_value().encode("utf-8") if settings.hmac_secret else None
     metrics_dsn = with_role(dsn, settings.readonly_role)
+    metrics_token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -140,6 +136,15 @@ def create_app(settings: Settings, dsn: str) -> FastAPI:
         title="Quota Inbox",
         summary="Titan quota change events into the CSLA inbox.",
         lifespan=lifespan,
+        docs_url=None,  # Swagger UI and ReDoc load their scripts from a CDN
+        redoc_url=None,
+        openapi_url="/openapi.json" if settings.openapi else None,
+    )
+    app.add_middleware(
+        RequestGuard,
+        check_host=token is None and hmac_secret is None,
+        allowed_hosts=split_list(settings.allowed_hosts),
+        allowed_origins=split_list(settings.allowed_origins),
     )
 
     def _store(batch: ParsedBatch) -> IngestResult:
@@ -205,7 +210,9 @@ def create_app(settings: Settings, dsn: str) -> FastAPI:
         return JSONResponse({"status": "ready" if ok else "not ready", "detail": detail}, status_code=status)
 
     @app.get("/metrics")
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        if metrics_token is not None and not _authorized(request, metrics_token):
+            return _unauthenticated(request, "missing or wrong bearer token for /metrics")
         # Counters come from the database: every process serves the same figures (inbox/metrics.py).
         registry = registry_for(metrics_dsn, settings.metrics_refresh_seconds)
         body = await run_in_threadpool(generate_latest, registry)

@@ -5,7 +5,9 @@
   within INBOX_HTTP_HEADER_TIMEOUT_SECONDS of the connection opening or of the previous response;
 * INBOX_HTTP_MAX_CONCURRENCY connections and requests at once (uvicorn's limit_concurrency: 503
   beyond);
-* headers of at most 16 KiB (h11's default, kept), idle keep-alive connections closed after 5 s.
+* headers of at most 16 KiB (h11's default, kept), idle keep-alive connections closed after 5 s;
+* X-Forwarded-For and X-Forwarded-Proto believed only from INBOX_TRUSTED_PROXIES (uvicorn's default
+  would believe them from 127.0.0.1).
 """
 
 from __future__ import annotations
@@ -90,6 +92,9 @@ def server_config(settings: Settings, dsn: str, **overrides: Any) -> uvicorn.Con
         "http": protocol_with_deadline(settings.http_header_timeout_seconds),
         "limit_concurrency": settings.http_max_concurrency,
         "timeout_keep_alive": KEEP_ALIVE_SECONDS,
+        # X-Forwarded-For and -Proto only from the proxies named in INBOX_TRUSTED_PROXIES
+        "proxy_headers": bool(settings.trusted_proxies.strip()),
+        "forwarded_allow_ips": settings.trusted_proxies.strip() or None,
         **overrides,
     }
     return uvicorn.Config(create_app(settings, dsn), **options)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -70,6 +71,19 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+def _names_only(exc: KafkaException, config: dict[str, Any]) -> str:
+    """librdkafka's reason with every quoted value cut out (it quotes the value it refuses, which may
+    be a password); the names of settings stay."""
+    reason = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
+    return re.sub(r'"([^"]*)"', lambda m: m.group(0) if m.group(1) in config else "…", reason)
+
+
+def _stop_serving(metrics_server: Any) -> None:
+    if metrics_server is not None:
+        metrics_server.shutdown()
+        metrics_server.server_close()
+
+
 @dataclass
 class ConsumeStats:
     messages: int = 0
@@ -105,15 +119,18 @@ class KafkaIngestor:
     # -- the loop ---------------------------------------------------------------------------------
 
     def run(self) -> ConsumeStats:
+        config = consumer_config(self.settings)
         metrics_server = self._serve_metrics()
-        consumer = Consumer(
-            {
-                **consumer_config(self.settings),
-                "logger": logging.getLogger("librdkafka"),
-                "error_cb": self._on_error,
-                **({"stats_cb": self.lag.update} if metrics_server is not None else {}),
-            }
-        )
+        hooks = {
+            "logger": logging.getLogger("librdkafka"),
+            "error_cb": self._on_error,
+            **({"stats_cb": self.lag.update} if metrics_server is not None else {}),
+        }
+        try:
+            consumer = Consumer({**config, **hooks})
+        except KafkaException as exc:
+            _stop_serving(metrics_server)
+            raise KafkaSetupError(f"librdkafka refused the settings: {_names_only(exc, config)}") from None
         consumer.subscribe(
             [self.settings.kafka_topic],
             on_assign=self._on_assign,
@@ -129,9 +146,7 @@ class KafkaIngestor:
         finally:
             consumer.close()  # revokes the partitions (committing what is stored) and leaves the group
             self._close_db()
-            if metrics_server is not None:
-                metrics_server.shutdown()
-                metrics_server.server_close()
+            _stop_serving(metrics_server)
             log.info("consumer stopped", extra=self.stats.as_log())
         return self.stats
 
@@ -144,6 +159,7 @@ class KafkaIngestor:
             self.settings.http_host,
             self.settings.metrics_port,
             self.lag,
+            token=self.settings.metrics_token.get_secret_value() if self.settings.metrics_token else None,
         )
         log.info("metrics served", extra={"url": f"http://{self.settings.http_host}:{port}/metrics"})
         return server

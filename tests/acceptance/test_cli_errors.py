@@ -57,23 +57,7 @@ def busy_port() -> Iterator[int]:
         yield int(sock.getsockname()[1])
 
 
-# -- settings -----------------------------------------------------------------------------------
-
-
-def test_kafka_config_that_is_not_json_names_the_variable_not_the_value() -> None:
-    line = one_line(run("status", INBOX_KAFKA_CONFIG_JSON="sasl.password=hunter2"))
-
-    assert "INBOX_KAFKA_CONFIG_JSON: not valid JSON" in line
-    assert "hunter2" not in line
-
-
-@pytest.mark.parametrize("dsn", ["not a dsn", "host=db password=hunter 2"])
-def test_a_malformed_dsn_is_one_line_that_shows_no_part_of_it(dsn: str) -> None:
-    line = one_line(run("status", database_url=dsn))
-
-    assert "INBOX_DATABASE_URL: not a PostgreSQL connection string" in line
-    assert "hunter" not in line
-    assert '"not"' not in line
+# -- settings (a malformed INBOX_DATABASE_URL or INBOX_KAFKA_CONFIG_JSON: tests/acceptance/test_exposure.py)
 
 
 def test_log_level_takes_any_case(dsn: str) -> None:
