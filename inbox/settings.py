@@ -47,6 +47,9 @@ def format_duration(value: timedelta) -> str:
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 
+# The placeholders of example files (docker-compose, .env samples): refused as a token or secret.
+_PLACEHOLDER = re.compile(r"^(change[-_ ]?me|replace[-_ ]?me|changeit)\b", re.IGNORECASE)
+
 # A role name goes into libpq's startup options (inbox/db/connect.py: with_role): a plain lower-case
 # identifier needs no quoting there, and nothing else can ride along with it.
 RoleName = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")]
@@ -259,6 +262,9 @@ class Settings(BaseSettings):
         # A newline from a secret file would make every request fail to match, silently.
         if value is not None and value.get_secret_value() != value.get_secret_value().strip():
             raise ValueError("begins or ends with whitespace (a newline from a file?); remove it")
+        # A placeholder from an example file is known to everyone who read the example.
+        if value is not None and _PLACEHOLDER.match(value.get_secret_value().strip()):
+            raise ValueError("is a placeholder; set a random value, e.g. `openssl rand -hex 32`")
         return value
 
     def effective_statement_timeout_ms(self) -> int:

@@ -173,3 +173,76 @@ def test_the_sink_table_has_the_flattened_quota_row() -> None:
         "__deleted",
         "__source_ts_ms",
     ]
+
+
+# -- exposure (issue 12, M9) ----------------------------------------------------------------------
+
+LOGINS_SQL = (ROOT / "deploy" / "compose" / "logins.sql").read_text(encoding="utf-8")
+ROLES_MIGRATION = (ROOT / "sql" / "migrations" / "007_roles.sql").read_text(encoding="utf-8")
+OWNER = COMPOSE["services"]["postgres"]["environment"]["POSTGRES_USER"]
+
+
+def granted(login: str) -> set[str]:
+    """The roles deploy/compose/logins.sql grants to login."""
+    roles = set()
+    for role, logins in re.findall(r"^GRANT (\w+)\s+TO ([\w, ]+);", LOGINS_SQL, re.MULTILINE):
+        if login in {name.strip() for name in logins.split(",")}:
+            roles.add(role)
+    return roles
+
+
+def login_of(service: str) -> str:
+    url = environment(SERVICES[service])["INBOX_DATABASE_URL"]
+    match = re.match(r"postgresql://(\w+):", url)
+    assert match, url
+    return match.group(1)
+
+
+def test_every_published_port_is_bound_to_loopback() -> None:
+    published = {name: service["ports"] for name, service in SERVICES.items() if service.get("ports")}
+    assert set(published) == {"postgres", "serve"}
+    for name, ports in published.items():
+        for port in ports:
+            assert str(port).startswith("127.0.0.1:"), (name, port)
+
+
+def test_kafka_plaintext_and_the_connect_rest_api_stay_on_the_compose_network() -> None:
+    kafka = environment(SERVICES["kafka"])
+    assert "ports" not in SERVICES["kafka"]
+    assert "ports" not in SERVICES["connect"]
+    assert "localhost" not in kafka["KAFKA_ADVERTISED_LISTENERS"]
+    assert kafka["KAFKA_ADVERTISED_LISTENERS"] == "INTERNAL://kafka:9092"
+
+
+def test_no_secret_has_a_default_and_no_placeholder_passes() -> None:
+    text = (ROOT / "docker-compose.yml").read_text(encoding="utf-8")
+    for secret in ("POSTGRES_PASSWORD", "INBOX_API_TOKEN", "SINK_DB_PASSWORD", "WEBHOOK_DB_PASSWORD"):
+        uses = re.findall(r"\$\{" + secret + r"(:?[-?=+]?)", text)
+        assert uses, secret
+        assert set(uses) == {":?"}, (secret, uses)  # required, never a default
+    for name, service in SERVICES.items():
+        for variable, value in environment(service).items():
+            if re.search(r"PASSWORD|TOKEN|SECRET", variable) and variable != "SINK_DATABASE_USER":
+                assert value.startswith("${") and ":?" in value, (name, variable)
+            if variable == "INBOX_DATABASE_URL":
+                assert re.match(r"postgresql://\w+:\$\{\w+:\?[^}]*\}@postgres:5432/csla$", value), value
+    assert "change-me" not in text
+    with pytest.raises(ValueError, match="placeholder"):
+        Settings(api_token="change-me-before-exposing")  # the value this file used to default to
+
+
+def test_each_process_logs_in_as_its_own_login_with_the_roles_of_migration_007() -> None:
+    for role in ("inbox_ingest", "inbox_worker", "inbox_readonly"):
+        assert f"CREATE ROLE {role} NOLOGIN" in ROLES_MIGRATION
+    assert login_of("migrate") == OWNER
+    assert granted(login_of("serve")) == {"inbox_ingest", "inbox_readonly"}
+    assert granted(login_of("consume")) == {"inbox_ingest"}
+    assert granted(login_of("work")) == {"inbox_worker", "inbox_readonly"}
+    assert environment(SERVICES["connect"])["SINK_DATABASE_USER"] == "quota_sink"
+    assert granted("quota_sink") == {"inbox_ingest"}
+    logins = {login_of(name) for name in ("serve", "consume", "work")} | {"quota_sink"}
+    assert OWNER not in logins and len(logins) == 4  # one login per process, none the owner
+    # the logins exist before any process that uses them starts
+    for name in ("serve", "work", "consume", "connect-sink"):
+        assert SERVICES[name]["depends_on"]["logins"]["condition"] == "service_completed_successfully"
+    assert "./deploy/compose/logins.sql:/logins.sql:ro" in SERVICES["logins"]["volumes"]
