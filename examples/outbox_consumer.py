@@ -1,6 +1,7 @@
 """A downstream consumer of the outbox: keeps a replica of public.quota from the pgmq queue quota_changes.
 
-Run: python examples/outbox_consumer.py "$DSN"    (the database `inbox` migrated; `--follow` keeps going)
+Run: python examples/outbox_consumer.py "$(inbox dsn)"   (the database `inbox` uses, migrated; or any DSN;
+`--follow` keeps going)
 
 Each page is read with a visibility timeout, applied with a version gate (so a redelivered or
 out-of-order message changes nothing) and archived in the same transaction: exactly once downstream.
@@ -10,6 +11,7 @@ Numbers are read as Decimal, so quantities stay exact.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from decimal import Decimal
 from functools import partial
@@ -115,7 +117,9 @@ def cli(argv: list[str]) -> int:
         print("outbox_consumer: error: no queue quota_changes here: run `inbox migrate`", file=sys.stderr)
         return 1
     except psycopg.ProgrammingError as exc:
-        print(f"outbox_consumer: error: not a PostgreSQL connection string: {exc}".strip(), file=sys.stderr)
+        # libpq quotes the pieces it stumbles on, which may be the password: never shown
+        reason = re.sub(r'"[^"]*"', '"…"', " ".join(str(exc).split()))
+        print(f"outbox_consumer: error: not a PostgreSQL connection string: {reason}", file=sys.stderr)
         return 1
     print(f"done: {total} message(s) applied; the queue is empty", flush=True)
     return 0

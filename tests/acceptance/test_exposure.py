@@ -195,6 +195,19 @@ def test_a_malformed_dsn_is_one_line_without_the_password(bad: str) -> None:
     assert '"not"' not in lines[0]  # libpq quotes the pieces it stumbles on: none is shown
 
 
+def test_the_outbox_consumer_example_shows_no_part_of_a_malformed_dsn() -> None:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "outbox_consumer.py"), f"postgresql://u:{PASSWORD}%zz@h/db"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "outbox_consumer: error: not a PostgreSQL connection string" in result.stderr
+    assert PASSWORD not in result.stdout + result.stderr
+
+
 def test_a_secret_that_reaches_a_log_call_is_written_as_stars() -> None:
     redact([PASSWORD])
     record = logging.makeLogRecord(
