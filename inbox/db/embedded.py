@@ -96,6 +96,9 @@ def release_embedded(data_dir: Path) -> None:
     handle = _handles.pop(data_dir.expanduser().resolve(), None)
     if handle is None:
         return
+    if not handle.data_dir.is_dir():  # removed under us (by its owner): nothing left to stop
+        os.close(handle.handle_fd)
+        return
     with _locked(handle.data_dir):
         os.close(handle.handle_fd)
         if handle.cleanup is None or not _last_user(handle.data_dir):
