@@ -6,24 +6,26 @@ exact digits; Python parses the same text (decimals as Decimal) only to key and 
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 from inbox.db.connect import DictConnection
 from inbox.db.sqlfiles import query
 from inbox.events import MAX_NUMBER_DIGITS, EventKey, UnkeyableEvent, number_problem
 from inbox.formats import key_event
 
-Source = Literal["http", "kafka", "sink", "replay"]
+Source = Literal["http", "kafka", "sink", "replay", "reconcile"]
 MAX_NESTING = 64
 _NUL_ESCAPE = "\\u0000"
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 # The only way a decoded string can hold a lone UTF-16 surrogate is an escape \uD800-\uDFFF.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_JSON_WHITESPACE = " \t\r\n"
 
 
 class BadBatch(ValueError):
@@ -273,3 +275,85 @@ def store_events(conn: DictConnection, events: Sequence[str | bytes], source: So
     """The Python ingest API: raw event texts in, one transaction, counts of new and duplicate events."""
     texts = [e.decode("utf-8") if isinstance(e, bytes) else e for e in events]
     return store(conn, parse_texts(texts), source)
+
+
+def stream_values(
+    stream: BinaryIO, *, chunk_size: int = 1 << 20, max_value_chars: int = 64 << 20
+) -> Iterator[Any]:
+    """Each event of a file too large to hold: the elements of a JSON array, NDJSON lines, or one value.
+
+    Parsed as loads() parses a text (decimals exact, NaN refused, nesting bounded), holding one chunk
+    and the value being read, never the file. A JSON syntax error ends the stream with a BadBatch
+    naming the event's index: past it, where the next event starts cannot be known.
+    """
+    decoder = json.JSONDecoder(
+        parse_float=_decimal_checked, parse_int=_int_checked, parse_constant=_reject_constant
+    )
+    utf8 = codecs.getincrementaldecoder("utf-8")()
+    buffer, position, eof, index, in_array = "", 0, False, 0, False
+    read_bytes = 0
+
+    def fail(reason: str) -> BadBatch:
+        return BadBatch([(index, reason)], unparseable=True)
+
+    def fill() -> bool:
+        nonlocal buffer, position, eof, read_bytes
+        if eof:
+            return False
+        chunk = stream.read(chunk_size)
+        try:
+            text = utf8.decode(chunk, final=not chunk)
+        except UnicodeDecodeError as exc:
+            raise fail(f"not UTF-8: {exc.reason} near byte {read_bytes + exc.start}") from exc
+        read_bytes += len(chunk)
+        eof = not chunk
+        buffer = buffer[position:] + text
+        position = 0
+        return True
+
+    def at_content() -> str:
+        """The next character that is not JSON whitespace ('' at the end of the stream)."""
+        nonlocal position
+        while True:
+            while position < len(buffer) and buffer[position] in _JSON_WHITESPACE:
+                position += 1
+            if position < len(buffer) or not fill():
+                return buffer[position : position + 1]
+
+    while True:
+        char = at_content()
+        if not char:
+            if in_array:
+                raise fail("not valid JSON: the array is not closed (']' missing at the end)")
+            return
+        if char == "[" and not in_array:
+            in_array, position = True, position + 1
+            if at_content() == "]":
+                in_array, position = False, position + 1
+            continue
+        while True:
+            try:
+                value, end = decoder.raw_decode(buffer, position)
+                # A number that ends with the buffer may go on in the next chunk.
+                complete = end < len(buffer) or eof
+                if complete:
+                    _check_structure(value, buffer[position:end])
+            except (ValueError, RecursionError) as exc:
+                if not eof and len(buffer) - position < max_value_chars and fill():
+                    continue
+                raise fail(f"not valid JSON: {exc}") from exc
+            if complete or not fill():
+                break
+        position = end
+        yield value
+        index += 1
+        if in_array:
+            separator = at_content()
+            if separator == "]":
+                in_array, position = False, position + 1
+            elif separator == ",":
+                position += 1
+                if at_content() == "]":
+                    raise fail("not valid JSON: a ',' before ']'")
+            else:
+                raise fail("not valid JSON: expected ',' or ']' after an element of the array")

@@ -44,7 +44,7 @@ from inbox.db.sqlfiles import query
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("http", "kafka", "sink", "replay")
+SOURCES = ("http", "kafka", "sink", "replay", "reconcile")
 # The error classes of public.quota_processing_errors. Each is served from the start (at 0), so the
 # first dead letter of a class is an increase Prometheus sees, not the birth of a new series.
 ERROR_CLASSES = ("invalid", "delete_blocked", "apply_error", "retries_exhausted", "unprocessable")

@@ -344,3 +344,235 @@ SELECT *
 FROM unnest(%(topics)s::text[], %(partitions)s::integer[], %(offsets)s::bigint[], %(keys)s::bytea[],
             %(raws)s::bytea[], %(headers)s::jsonb[], %(reasons)s::text[])
 ON CONFLICT DO NOTHING;
+
+-- ---------------------------------------------------------------------------------------------
+-- The story of one quota (inbox quota show): every read by key, newest first, at most `limit`
+-- rows each (the caller asks for one more to know whether there are older ones).
+
+-- name: quota_show_row
+SELECT quota_id, counterparty_id, direction, period_month, qty_t, tolerance_pct, incoterm_code,
+       metal_code, source_version, source_updated_at, created_at, updated_at
+FROM public.quota
+WHERE quota_id = %(quota_id)s::uuid;
+
+-- name: quota_show_gate
+SELECT version, is_delete, previous_version, applied_at
+FROM inbox.quota_versions
+WHERE quota_id = %(quota_id)s::uuid;
+
+-- name: quota_show_events
+-- The primary key read backwards from the quota's highest version.
+SELECT e.version, e.is_delete,
+       coalesce(e.payload ->> 'eventType', e.payload -> 'payload' ->> 'op', e.payload ->> 'op',
+                e.payload -> 'payload' ->> '__op', e.payload ->> '__op') AS op,
+       e.source, e.status, e.attempts, e.received_at, e.applied_at, e.next_attempt_at,
+       e.lease_owner, e.last_error
+FROM inbox.quota_events e
+WHERE e.quota_id = %(quota_id)s::uuid
+ORDER BY e.version DESC, e.is_delete DESC
+LIMIT %(limit)s;
+
+-- name: quota_show_dead_letters
+SELECT d.id, d.version, d.is_delete, d.error_class, d.error_message, d.retry_count, d.created_at,
+       d.resolved_at, d.resolution_note
+FROM public.quota_processing_errors d
+WHERE d.quota_id = %(quota_id)s::uuid
+ORDER BY d.version DESC, d.created_at DESC
+LIMIT %(limit)s;
+
+-- name: quota_show_outbox
+-- By the expression indexes of migration 011 on the queue and its archive.
+SELECT m.place, m.msg_id, m.enqueued_at, m.archived_at, m.read_ct, m.message
+FROM (
+    SELECT 'queue'::text AS place, q.msg_id, q.enqueued_at, NULL::timestamptz AS archived_at, q.read_ct,
+           q.message
+    FROM pgmq.q_quota_changes q
+    WHERE q.message ->> 'quota_id' = %(quota_id)s::text
+    UNION ALL
+    SELECT 'archive', a.msg_id, a.enqueued_at, a.archived_at, a.read_ct, a.message
+    FROM pgmq.a_quota_changes a
+    WHERE a.message ->> 'quota_id' = %(quota_id)s::text
+) m
+ORDER BY m.msg_id DESC
+LIMIT %(limit)s;
+
+-- name: quota_show_repairs
+SELECT r.run_id, r.drift, r.versions, r.columns, r.version, r.is_delete, r.outcome, r.note, r.csla,
+       r.replaced, r.filed_at
+FROM inbox.reconcile_repairs r
+WHERE r.quota_id = %(quota_id)s::uuid
+ORDER BY r.filed_at DESC, r.id DESC
+LIMIT %(limit)s;
+
+-- ---------------------------------------------------------------------------------------------
+-- Reconcile (inbox reconcile): Titan's truth streamed into a temp table with COPY, compared by
+-- inbox.quota_drift (migration 011) into another, streamed out, repaired in batches.
+
+-- name: reconcile_create_source
+-- Titan's column names, so that inbox.quota_drift reads it as it reads a DBA's copy of Titan's table.
+CREATE TEMP TABLE reconcile_source (
+    item            bigint      NOT NULL,
+    quota_id        uuid        NOT NULL,
+    version         bigint      NOT NULL,
+    is_delete       boolean     NOT NULL,
+    invalid         text        NULL,
+    counterparty_id text        NULL,
+    direction       text        NULL,
+    period_month    date        NULL,
+    qty_t           numeric     NULL,
+    tolerance_pct   numeric     NULL,
+    incoterm_code   text        NULL,
+    metal_code      text        NULL,
+    updated_at      timestamptz NULL
+);
+
+-- name: reconcile_copy_source
+COPY pg_temp.reconcile_source (item, quota_id, version, is_delete, invalid, counterparty_id, direction,
+                               period_month, qty_t, tolerance_pct, incoterm_code, metal_code, updated_at)
+FROM STDIN;
+
+-- name: reconcile_analyze_source
+-- Temp tables are never analyzed by autovacuum: without statistics the comparison is planned blind.
+ANALYZE pg_temp.reconcile_source;
+
+-- name: reconcile_compare
+CREATE TEMP TABLE reconcile_drift AS
+SELECT d.* FROM inbox.quota_drift('pg_temp.reconcile_source') d;
+
+-- name: reconcile_index_drift
+CREATE UNIQUE INDEX ON pg_temp.reconcile_drift (quota_id);
+
+-- name: reconcile_counts
+SELECT (SELECT count(*) FROM pg_temp.reconcile_source)                    AS source_rows,
+       (SELECT count(DISTINCT s.quota_id) FROM pg_temp.reconcile_source s) AS source_quotas,
+       (SELECT count(*) FROM public.quota)                                  AS csla_quotas;
+
+-- name: reconcile_drift_counts
+SELECT d.drift, d.versions, count(*) AS quotas
+FROM pg_temp.reconcile_drift d
+GROUP BY d.drift, d.versions
+ORDER BY d.drift, d.versions;
+
+-- name: reconcile_drift_rows
+SELECT d.quota_id, d.drift, d.versions, d.columns, d.source_version, d.source_deleted, d.csla_version,
+       d.gate_version, d.gate_deleted, d.source, d.csla, d.invalid
+FROM pg_temp.reconcile_drift d
+ORDER BY d.quota_id;
+
+-- name: reconcile_file_repairs
+-- One batch of the drift (the quotas after `after`, in quota_id order), filed through the inbox in one
+-- transaction as Titan events of source 'reconcile', built from the source's columns:
+--   missing, differs  an UPDATE at the source's version
+--   extra             a DELETE at the source's delete version, or (absent from the source) at CSLA's
+--                     version: (v, delete) ranks above the upsert (v) the gate holds
+--   ahead, invalid    nothing (the note says why)
+-- At the key of a finished inbox event (applied, stale, dead) the repair takes that row over,
+-- pending again (as a dead-letter replay does), and resolves its open dead letter; the replaced
+-- row's summary is kept in inbox.reconcile_repairs. An event pending or in hand at that key is left
+-- to the workers (in_flight). Every drift acted on is logged in inbox.reconcile_repairs.
+WITH batch AS (
+    SELECT d.*
+    FROM pg_temp.reconcile_drift d
+    WHERE d.quota_id > %(after)s::uuid
+    ORDER BY d.quota_id
+    LIMIT %(limit)s
+),
+planned AS (
+    SELECT b.*,
+           CASE WHEN b.drift <> 'invalid' AND b.versions IS DISTINCT FROM 'ahead'
+                THEN coalesce(b.source_version, b.gate_version, b.csla_version)
+           END                    AS repair_version,
+           b.drift = 'extra'      AS repair_delete,
+           CASE WHEN b.drift = 'invalid' THEN 'the source row breaks CSLA''s rules: ' || b.invalid
+                WHEN b.versions = 'ahead' THEN
+                    format('CSLA is ahead of the source (v%%s%%s applied, the source has v%%s%%s): an older '
+                           'truth is never filed; check the source', coalesce(b.gate_version, b.csla_version),
+                           CASE WHEN b.gate_deleted THEN ' delete' ELSE '' END, b.source_version,
+                           CASE WHEN b.source_deleted THEN ' delete' ELSE '' END)
+           END                    AS note
+    FROM batch b
+),
+existing AS (
+    SELECT e.quota_id, e.version, e.is_delete, e.source, e.status, e.attempts, e.received_at,
+           e.applied_at, e.last_error
+    FROM planned p
+    JOIN inbox.quota_events e
+      ON (e.quota_id, e.version, e.is_delete) = (p.quota_id, p.repair_version, p.repair_delete)
+    FOR UPDATE OF e
+),
+filed AS (
+    INSERT INTO inbox.quota_events AS e (quota_id, version, is_delete, payload, source)
+    SELECT p.quota_id, p.repair_version, p.repair_delete,
+           jsonb_build_object(
+               'eventType', CASE WHEN p.repair_delete THEN 'DELETE' ELSE 'UPDATE' END,
+               'data', CASE WHEN p.repair_delete THEN jsonb_build_object('quota_id', p.quota_id)
+                            ELSE (p.source - 'source_updated_at')
+                                 || jsonb_build_object('quota_id', p.quota_id,
+                                                       'updated_at', p.source -> 'source_updated_at')
+                       END,
+               'metadata', jsonb_build_object('version', p.repair_version, 'source', 'reconcile',
+                                              'timestamp', now(), 'reconcile_run', %(run_id)s::uuid,
+                                              'drift', p.drift)),
+           'reconcile'
+    FROM planned p
+    WHERE p.repair_version IS NOT NULL
+      -- An init plan, run before the first insert: every row to replace is read (and locked) as it
+      -- was. Read lazily after the ON CONFLICT update of its row, FOR UPDATE would skip it.
+      AND (SELECT count(*) FROM existing) >= 0
+    ORDER BY p.quota_id
+    ON CONFLICT (quota_id, version, is_delete) DO UPDATE
+        SET payload = excluded.payload, source = 'reconcile', status = 'pending', attempts = 0,
+            received_at = now(), next_attempt_at = now(), last_error = NULL, applied_at = NULL
+        WHERE e.status IN ('applied', 'stale', 'dead')
+    RETURNING e.quota_id
+),
+resolved AS (
+    UPDATE public.quota_processing_errors d
+    SET resolved_at = now(),
+        resolution_note = format('replaced by inbox reconcile --repair (run %%s)', %(run_id)s::uuid)
+    FROM existing x
+    JOIN filed f USING (quota_id)
+    WHERE (d.quota_id, d.version, d.is_delete) = (x.quota_id, x.version, x.is_delete)
+      AND d.resolved_at IS NULL
+    RETURNING d.quota_id, d.id
+),
+logged AS (
+    INSERT INTO inbox.reconcile_repairs (
+        run_id, quota_id, drift, versions, columns, version, is_delete, outcome, note, csla, replaced)
+    SELECT %(run_id)s::uuid, p.quota_id, p.drift, p.versions, p.columns,
+           CASE WHEN f.quota_id IS NOT NULL THEN p.repair_version END,
+           CASE WHEN f.quota_id IS NOT NULL THEN p.repair_delete END,
+           CASE WHEN p.repair_version IS NULL THEN 'not_repaired'
+                WHEN f.quota_id IS NULL THEN 'in_flight'
+                WHEN x.quota_id IS NOT NULL THEN 'refiled'
+                ELSE 'filed'
+           END,
+           coalesce(p.note,
+                    CASE WHEN f.quota_id IS NULL THEN
+                        format('v%%s%%s is %%s in the inbox: the workers apply it', p.repair_version,
+                               CASE WHEN p.repair_delete THEN ' delete' ELSE '' END,
+                               coalesce(x.status, 'being filed'))
+                    END,
+                    CASE WHEN r.id IS NOT NULL THEN format('resolved dead letter %%s', r.id) END),
+           p.csla,
+           CASE WHEN x.quota_id IS NOT NULL AND f.quota_id IS NOT NULL THEN
+               jsonb_build_object('source', x.source, 'status', x.status, 'attempts', x.attempts,
+                                  'received_at', x.received_at, 'applied_at', x.applied_at,
+                                  'last_error', x.last_error)
+           END
+    FROM planned p
+    LEFT JOIN filed f USING (quota_id)
+    LEFT JOIN existing x USING (quota_id)
+    LEFT JOIN resolved r USING (quota_id)
+    RETURNING outcome
+)
+SELECT (SELECT b.quota_id FROM batch b ORDER BY b.quota_id DESC LIMIT 1) AS last_quota_id,
+       count(*) FILTER (WHERE l.outcome = 'filed')        AS filed,
+       count(*) FILTER (WHERE l.outcome = 'refiled')      AS refiled,
+       count(*) FILTER (WHERE l.outcome = 'in_flight')    AS in_flight,
+       count(*) FILTER (WHERE l.outcome = 'not_repaired') AS not_repaired
+FROM logged l;
+
+-- name: wake_workers
+-- The hint ingest sends: idle workers look for due events now.
+SELECT pg_notify('inbox_quota_events', '');
