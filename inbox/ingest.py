@@ -296,11 +296,13 @@ def stream_values(
     def fail(reason: str) -> BadBatch:
         return BadBatch([(index, reason)], unparseable=True)
 
-    def fill() -> bool:
+    def fill(grow: bool = False) -> bool:
+        """Read the next chunk; grow: as much as the unread part again (a value longer than a chunk
+        is read in a logarithmic number of attempts, and an error past hope fails as fast)."""
         nonlocal buffer, position, eof, read_bytes
         if eof:
             return False
-        chunk = stream.read(chunk_size)
+        chunk = stream.read(max(chunk_size, len(buffer) - position) if grow else chunk_size)
         try:
             text = utf8.decode(chunk, final=not chunk)
         except UnicodeDecodeError as exc:
@@ -339,10 +341,11 @@ def stream_values(
                 if complete:
                     _check_structure(value, buffer[position:end])
             except (ValueError, RecursionError) as exc:
-                if not eof and len(buffer) - position < max_value_chars and fill():
+                # Maybe only cut short by the end of the buffer: read on, up to the largest value.
+                if not eof and len(buffer) - position < max_value_chars and fill(grow=True):
                     continue
                 raise fail(f"not valid JSON: {exc}") from exc
-            if complete or not fill():
+            if complete or not fill(grow=True):
                 break
         position = end
         yield value
@@ -355,5 +358,7 @@ def stream_values(
                 position += 1
                 if at_content() == "]":
                     raise fail("not valid JSON: a ',' before ']'")
+            elif not separator:
+                raise fail("not valid JSON: the array is not closed (']' missing at the end)")
             else:
                 raise fail("not valid JSON: expected ',' or ']' after an element of the array")
