@@ -2,7 +2,7 @@
 
 Six reads, each by key (public.quota and the gate by primary key, the inbox by its primary key's
 prefix, the dead letters by their quota index, the outbox queue and archive by the expression
-indexes of migration 011, the repairs by their quota index): fast on an inbox of any size
+indexes of migration 012, the repairs by their quota index): fast on an inbox of any size
 (tests/integration/test_quota_story.py reads the plans). Lists are newest first and bounded; the
 story says when older rows were left out.
 
@@ -128,8 +128,11 @@ def _standing(story: QuotaStory) -> str:
         if row is not None:
             return f"row at v{row['source_version']} but no version gate: written outside the pipeline"
         return "never applied"
+    # the gate knows its feed since migration 012; before, the event may still be in the inbox
     applied = (gate["version"], gate["is_delete"])
-    by = next((e["source"] for e in story.events if (e["version"], e["is_delete"]) == applied), None)
+    by = gate["source"] or next(
+        (e["source"] for e in story.events if (e["version"], e["is_delete"]) == applied), None
+    )
     origin = f" from {by}" if by else ""
     if gate["is_delete"]:
         text = f"deleted at v{gate['version']}{origin}, applied {_when(gate['applied_at'])}"
@@ -162,8 +165,8 @@ def render(story: QuotaStory, out: TextIO) -> None:
         gate = story.gate
         previous = "none" if gate["previous_version"] is None else f"v{gate['previous_version']}"
         print(
-            f"  {_version(gate['version'], gate['is_delete'])}, previous {previous}, "
-            f"applied {_when(gate['applied_at'])}",
+            f"  {_version(gate['version'], gate['is_delete'])} from {gate['source'] or 'unknown'}, "
+            f"previous {previous}, applied {_when(gate['applied_at'])}",
             file=out,
         )
     _section(story, "events", "inbox events, by version", out, _event_line)

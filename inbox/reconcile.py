@@ -3,7 +3,7 @@
 Memory stays flat whatever the size: the source is read as a stream (a file of events in any format
 the inbox accepts, or Titan's table through a server-side cursor), each event keyed and validated by
 the inbox's own parsers (inbox/formats.py), and copied into a temp table with COPY. The comparison
-is one SQL function, inbox.quota_drift (migration 011), which a DBA can run against a table of their
+is one SQL function, inbox.quota_drift (sql/functions), which a DBA can run against a table of their
 own; its result lands in a second temp table, streamed out in quota_id order and repaired from in
 batches.
 

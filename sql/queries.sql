@@ -356,7 +356,7 @@ FROM public.quota
 WHERE quota_id = %(quota_id)s::uuid;
 
 -- name: quota_show_gate
-SELECT version, is_delete, previous_version, applied_at
+SELECT version, is_delete, previous_version, applied_at, source
 FROM inbox.quota_versions
 WHERE quota_id = %(quota_id)s::uuid;
 
@@ -381,7 +381,7 @@ ORDER BY d.version DESC, d.created_at DESC
 LIMIT %(limit)s;
 
 -- name: quota_show_outbox
--- By the expression indexes of migration 011 on the queue and its archive.
+-- By the expression indexes of migration 012 on the queue and its archive.
 SELECT m.place, m.msg_id, m.enqueued_at, m.archived_at, m.read_ct, m.message
 FROM (
     SELECT 'queue'::text AS place, q.msg_id, q.enqueued_at, NULL::timestamptz AS archived_at, q.read_ct,
@@ -406,7 +406,7 @@ LIMIT %(limit)s;
 
 -- ---------------------------------------------------------------------------------------------
 -- Reconcile (inbox reconcile): Titan's truth streamed into a temp table with COPY, compared by
--- inbox.quota_drift (migration 011) into another, streamed out, repaired in batches.
+-- inbox.quota_drift (sql/functions) into another, streamed out, repaired in batches.
 
 -- name: reconcile_create_source
 -- Titan's column names, so that inbox.quota_drift reads it as it reads a DBA's copy of Titan's table.

@@ -11,6 +11,8 @@
 --   invalid events            -> dead letters (error_class from the worker, usually 'invalid')
 --   deletes of quotas with call-offs, if they would take effect -> dead letters ('delete_blocked')
 --   per quota, the highest remaining (version, is_delete) passes the version gate -> applied
+--     (an event of source 'reconcile' passes at the gate's own (version, is_delete) too: it
+--     repairs a row changed outside the pipeline, `inbox reconcile --repair`; migration 012)
 --   everything else           -> stale (not above the applied version, or superseded in this batch)
 -- Every effective change is published to the pgmq queue quota_changes in the same transaction:
 --   {quota_id, version, previous_version, op: upsert|delete, quota: row after | null, applied_at}
@@ -58,10 +60,10 @@ BEGIN
             tolerance_pct numeric, incoterm_code text, metal_code text, source_updated_at timestamptz)
     ),
     owned AS (
-        SELECT i.*, e.payload, e.attempts
+        SELECT i.*, e.payload, e.attempts, e.source
         FROM input i
         CROSS JOIN LATERAL (
-            SELECT x.payload, x.attempts
+            SELECT x.payload, x.attempts, x.source
             FROM inbox.quota_events x
             WHERE (x.quota_id, x.version, x.is_delete) = (i.quota_id, i.version, i.is_delete)
               AND x.status = 'processing' AND x.lease_owner = p_worker
@@ -72,7 +74,10 @@ BEGIN
         SELECT o.*,
                o.error IS NULL                                                            AS valid,
                v.quota_id IS NULL
-                   OR (o.version, o.is_delete) > (v.version, v.is_delete)                 AS above_gate,
+                   OR (o.version, o.is_delete) > (v.version, v.is_delete)
+                   -- a repair of a row changed outside the pipeline, at the version it claims
+                   OR (o.source = 'reconcile' AND (o.version, o.is_delete) = (v.version, v.is_delete))
+                                                                                          AS above_gate,
                o.is_delete AND o.error IS NULL
                    AND EXISTS (SELECT 1 FROM public.call_off c WHERE c.quota_id = o.quota_id) AS blocked
         FROM owned o
@@ -103,8 +108,8 @@ BEGIN
         FROM ranked r
     ),
     gate AS (
-        INSERT INTO inbox.quota_versions AS v (quota_id, version, is_delete, applied_at)
-        SELECT c.quota_id, c.version, c.is_delete, now()
+        INSERT INTO inbox.quota_versions AS v (quota_id, version, is_delete, applied_at, source)
+        SELECT c.quota_id, c.version, c.is_delete, now(), c.source
         FROM classified c
         WHERE c.candidate
         ORDER BY c.quota_id  -- one lock order for every worker: no deadlocks between batches
@@ -112,8 +117,11 @@ BEGIN
             SET version = excluded.version,
                 is_delete = excluded.is_delete,
                 previous_version = v.version,
-                applied_at = excluded.applied_at
+                applied_at = excluded.applied_at,
+                source = excluded.source
             WHERE (excluded.version, excluded.is_delete) > (v.version, v.is_delete)
+               OR (excluded.source = 'reconcile'
+                   AND (excluded.version, excluded.is_delete) = (v.version, v.is_delete))
         RETURNING v.quota_id, v.version, v.is_delete, v.previous_version, v.applied_at
     ),
     upserted AS (
