@@ -43,9 +43,3 @@ CREATE INDEX reconcile_repairs_quota_idx ON inbox.reconcile_repairs (quota_id, f
 -- large archive create them CONCURRENTLY by hand first (same names) and this becomes a no-op.
 CREATE INDEX IF NOT EXISTS q_quota_changes_quota_id_idx ON pgmq.q_quota_changes ((message ->> 'quota_id'));
 CREATE INDEX IF NOT EXISTS a_quota_changes_quota_id_idx ON pgmq.a_quota_changes ((message ->> 'quota_id'));
-
--- inbox_readonly (DBAs) can tell a quota's story: the row, the gate, the outbox, the repairs.
-GRANT USAGE ON SCHEMA pgmq TO inbox_readonly;
-GRANT SELECT ON public.quota, inbox.quota_versions, inbox.reconcile_repairs,
-                pgmq.q_quota_changes, pgmq.a_quota_changes
-    TO inbox_readonly;
