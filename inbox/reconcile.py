@@ -336,8 +336,8 @@ def summary_lines(summary: Summary) -> list[str]:
 
 def repair_line(repaired: Repaired) -> str:
     return (
-        f"repair run {repaired.run_id}: {repaired.filed} events filed, {repaired.refiled} refiled over "
-        f"finished events, {repaired.in_flight} left to events already in flight, "
-        f"{repaired.not_repaired} not repaired (see the notes in `inbox quota show`); the workers apply "
-        "them: reconcile again once the inbox has drained"
+        f"repair run {repaired.run_id}: filed {repaired.filed} new events and {repaired.refiled} over "
+        f"finished events of the same key; left {repaired.in_flight} to events in flight; "
+        f"{repaired.not_repaired} not repaired (the notes are in `inbox quota show`). The workers apply "
+        "the repairs: reconcile again once the inbox has drained"
     )
