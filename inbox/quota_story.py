@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 from inbox.db.connect import DictConnection
 from inbox.db.sqlfiles import query
+from inbox.text import printable
 
 FORMAT = "inbox.quota_story/1"
 SECTIONS = ("events", "dead_letters", "outbox", "repairs")
@@ -151,34 +152,54 @@ def _standing(story: QuotaStory) -> str:
 
 
 def render(story: QuotaStory, out: TextIO) -> None:
-    print(f"quota {story.quota_id}: {verdict(story)}", file=out)
-    print("\npublic.quota:", file=out)
+    """The story as text. Stored values come from outside (an eventType, an error message): every
+    line goes through text.printable, so none can drive the terminal or forge a line."""
+    safe: Any = _Printable(out)
+    print(f"quota {story.quota_id}: {verdict(story)}", file=safe)
+    print(file=safe)
+    print("public.quota:", file=safe)
     if story.quota is None:
-        print("  (no row)", file=out)
+        print("  (no row)", file=safe)
     else:
         for name, value in story.quota.items():
-            print(f"  {name:<18} {'NULL' if value is None else value}", file=out)
-    print("\nversion gate (inbox.quota_versions):", file=out)
+            print(f"  {name:<18} {'NULL' if value is None else value}", file=safe)
+    print(file=safe)
+    print("version gate (inbox.quota_versions):", file=safe)
     if story.gate is None:
-        print("  (none)", file=out)
+        print("  (none)", file=safe)
     else:
         gate = story.gate
         previous = "none" if gate["previous_version"] is None else f"v{gate['previous_version']}"
         print(
             f"  {_version(gate['version'], gate['is_delete'])} from {gate['source'] or 'unknown'}, "
             f"previous {previous}, applied {_when(gate['applied_at'])}",
-            file=out,
+            file=safe,
         )
-    _section(story, "events", "inbox events, by version", out, _event_line)
-    _section(story, "dead_letters", "dead letters", out, _dead_letter_line)
-    _section(story, "outbox", "outbox messages (quota_changes), by msg_id", out, _message_line)
-    _section(story, "repairs", "reconcile repairs", out, _repair_line)
+    _section(story, "events", "inbox events, by version", safe, _event_line)
+    _section(story, "dead_letters", "dead letters", safe, _dead_letter_line)
+    _section(story, "outbox", "outbox messages (quota_changes), by msg_id", safe, _message_line)
+    _section(story, "repairs", "reconcile repairs", safe, _repair_line)
 
 
-def _section(story: QuotaStory, name: str, title: str, out: TextIO, line: Any) -> None:
+class _Printable:
+    """A text stream that escapes what a terminal would act on (text.printable) in all it is given."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+
+    def write(self, text: str) -> int:
+        # print() writes its line end on its own; anything else is a value to escape
+        return self.out.write(text if text == "\n" else printable(text))
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+def _section(story: QuotaStory, name: str, title: str, out: Any, line: Any) -> None:
     rows: list[dict[str, Any]] = getattr(story, name)
     older = " (older ones not shown)" if name in story.truncated else ""
-    print(f"\n{title}: {len(rows)}{older}", file=out)
+    print(file=out)
+    print(f"{title}: {len(rows)}{older}", file=out)
     for row in rows:
         print(f"  {line(row)}", file=out)
 

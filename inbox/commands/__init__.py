@@ -8,6 +8,8 @@
 | dlq        | dlq list, show, replay, resolve                                 |
 | replay     | replay FILE                                                     |
 | outbox     | outbox tail                                                     |
+| quota      | quota show (inbox/quota_story.py)                               |
+| reconcile  | reconcile (inbox/reconcile.py)                                  |
 | bench      | bench (delegates to inbox/bench)                                |
 | dsn        | dsn (the connection string of the database in use)              |
 | errors     | CliError, exit codes                                            |
@@ -26,7 +28,7 @@ from collections.abc import Sequence
 
 import psycopg
 
-from inbox.commands import bench, consume, dlq, dsn, outbox, replay, service, status
+from inbox.commands import bench, consume, dlq, dsn, outbox, quota, reconcile, replay, service, status
 from inbox.commands.config import load_settings, settings_help
 from inbox.commands.errors import EXIT_DATABASE, CliError, one_line
 from inbox.db.embedded import EmbeddedError
@@ -52,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         "work, run and consume; WARNING for the one-shot ones; ERROR for run --demo). Logs go to stderr.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (service, consume, outbox, status, dlq, replay, dsn, bench):
+    for group in (service, consume, outbox, status, dlq, replay, dsn, quota, reconcile, bench):
         group.register(sub)
     return parser
 
@@ -70,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings()
         redact(settings.secret_values())
-        args.func(args, settings)
+        code = args.func(args, settings)  # None, or an exit code that is no error (reconcile: drift)
     except CliError as exc:
         print(f"inbox: error: {exc}", file=sys.stderr)
         return exc.code
@@ -82,4 +84,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_DATABASE
     except KeyboardInterrupt:
         return 130
-    return 0
+    return int(code or 0)

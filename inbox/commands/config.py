@@ -86,7 +86,8 @@ def database(settings: Settings, application_name: str = "quota-inbox cli") -> I
             ) from exc
 
 
-Command = Callable[[argparse.Namespace, Settings], None]
+# A command returns None, or an exit code that is not an error (reconcile: 1 when it found drift).
+Command = Callable[[argparse.Namespace, Settings], int | None]
 
 
 def add_command(sub: Any, name: str, func: Command, help_: str) -> argparse.ArgumentParser:

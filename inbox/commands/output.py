@@ -7,7 +7,8 @@ import re
 import shutil
 import textwrap
 import uuid
-from datetime import datetime, timedelta
+from collections.abc import Callable
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TextIO
 
@@ -35,7 +36,7 @@ def print_table(rows: list[dict[str, Any]], columns: list[str], out: TextIO) -> 
 def jsonable(value: Any) -> Any:
     if isinstance(value, timedelta):
         return value.total_seconds()
-    if isinstance(value, datetime):
+    if isinstance(value, datetime | date):  # a quota's period_month is a date
         return value.isoformat()
     if isinstance(value, uuid.UUID | Decimal):
         return str(value)
@@ -135,3 +136,40 @@ class Progress:
     def done(self) -> None:
         if self.tty:
             print(file=self.out)
+
+
+class TerminalBar:
+    """A progress bar on a terminal, nothing elsewhere: for a command whose stdout is its report
+    (reconcile), where Progress's lines would only add noise to a log. Counts what show() is given,
+    or, with a total and position(), how far through a file it is."""
+
+    def __init__(
+        self,
+        out: TextIO,
+        label: str,
+        total: int | None = None,
+        position: Callable[[], int] | None = None,
+        width: int = 30,
+    ) -> None:
+        """total: of what position() (bytes read) or show()'s count measures; None: a count only."""
+        self.out = out
+        self.label = label
+        self.total = total
+        self.position = position
+        self.width = width
+        self.shown = out.isatty()
+
+    def show(self, count: int) -> None:
+        if not self.shown:
+            return
+        if self.total:
+            done = self.position() if self.position else count
+            filled = round(min(done / self.total, 1.0) * self.width)
+            bar = "#" * filled + "." * (self.width - filled)
+            print(f"\r{self.label} [{bar}] {count:,}", end="", file=self.out, flush=True)
+        else:
+            print(f"\r{self.label} {count:,}", end="", file=self.out, flush=True)
+
+    def done(self) -> None:
+        if self.shown:
+            print(file=self.out, flush=True)

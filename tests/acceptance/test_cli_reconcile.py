@@ -29,9 +29,11 @@ def test_quota_show_text_and_json(db: DictConnection, dsn: str) -> None:
     assert "v1 (http) was stale" in text.splitlines()[0]
     assert "qty_t              5.000" in text
 
-    document = json.loads(ok(run_inbox("quota", "show", str(quota_id), "--json", database_url=dsn)))
+    document = json.loads(
+        ok(run_inbox("quota", "show", str(quota_id), "--json", database_url=dsn)), parse_float=Decimal
+    )
     assert document["format"] == "inbox.quota_story/1"
-    assert document["quota"]["qty_t"] == "5.000"  # exact, as text
+    assert str(document["quota"]["qty_t"]) == "5.000"  # a JSON number with its stored digits
     assert [e["status"] for e in document["events"]] == ["stale", "applied"]
     assert [m["message"]["version"] for m in document["outbox"]] == [2]
 

@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.soak, pytest.mark.timeout(3600 if SOAK else 600)]
 # Linux carries it over exec from the forking parent (pytest, however large it is at that moment).
 MEASURED = """
 import os, re, resource, sys
-from inbox.cli import main
+from inbox.commands import main
 code = main(sys.argv[1:])
 with open("/proc/self/status") as status:
     peak_kb = re.search(r"VmHWM:\\s+(\\d+) kB", status.read())[1]

@@ -1,79 +1,27 @@
-"""`inbox quota show` and `inbox reconcile`: arguments and output only.
+"""`inbox reconcile`: compare public.quota with Titan's truth, and --repair (inbox/reconcile.py).
 
-The logic lives in inbox/quota_story.py and inbox/reconcile.py. Exit codes of reconcile: 0 when
-public.quota equals the source, 1 when drift was found (repaired or not), 2 on an error (nothing
-compared, or a repair refused).
+Exit codes: 0 when public.quota equals the source, 1 when drift was found (repaired or not), 2 on
+an error (nothing compared, or a repair refused).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import IO, Any, TextIO
 
-from inbox import quota_story, reconcile
-from inbox.cli import EXIT_DATABASE, CliError
+from inbox import reconcile
+from inbox.commands.config import database
+from inbox.commands.errors import CliError
+from inbox.commands.output import TerminalBar, dumps_exact
 from inbox.ingest import BadBatch, stream_values
-from inbox.ops import _database, _jsonable, _print_json
 from inbox.settings import Settings
+from inbox.text import printable
 
 EXIT_DRIFT = 1
-EXIT_ERROR = EXIT_DATABASE  # 2: nothing compared, or a repair refused
-
-
-class TerminalBar:
-    """A progress bar on a terminal, nothing elsewhere (logs and pipes get the report only)."""
-
-    def __init__(
-        self,
-        out: TextIO,
-        label: str,
-        total: int | None = None,
-        position: Callable[[], int] | None = None,
-        width: int = 30,
-    ) -> None:
-        """total: of what position() (bytes read) or show()'s count measures; None: a count only."""
-        self.out = out
-        self.label = label
-        self.total = total
-        self.position = position
-        self.width = width
-        self.shown = out.isatty()
-
-    def show(self, count: int) -> None:
-        if not self.shown:
-            return
-        if self.total:
-            done = self.position() if self.position else count
-            filled = round(min(done / self.total, 1.0) * self.width)
-            bar = "#" * filled + "." * (self.width - filled)
-            print(f"\r{self.label} [{bar}] {count:,}", end="", file=self.out, flush=True)
-        else:
-            print(f"\r{self.label} {count:,}", end="", file=self.out, flush=True)
-
-    def done(self) -> None:
-        if self.shown:
-            print(file=self.out, flush=True)
-
-
-# -- inbox quota show -----------------------------------------------------------------------------
-
-
-def cmd_quota_show(args: argparse.Namespace, settings: Settings) -> int:
-    with _database(settings) as conn:
-        story = quota_story.read_story(conn, args.quota_id, args.limit)
-    if args.json:
-        _print_json(story.as_json(), sys.stdout)
-    else:
-        quota_story.render(story, sys.stdout)
-    return 0 if story.known else 1
-
-
-# -- inbox reconcile ------------------------------------------------------------------------------
+EXIT_ERROR = 2  # nothing compared, or a repair refused
 
 
 def _source(args: argparse.Namespace) -> tuple[Iterable[Any], TerminalBar]:
@@ -101,7 +49,7 @@ def _source(args: argparse.Namespace) -> tuple[Iterable[Any], TerminalBar]:
 def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     values, bar = _source(args)
     out = sys.stdout
-    with _database(settings) as conn:
+    with database(settings, application_name="quota-inbox reconcile") as conn:
         try:
             loaded = reconcile.load_source(conn, values, bar.show)
         except (BadBatch, reconcile.SourceUnreadable) as exc:
@@ -115,7 +63,7 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
             if args.json:
                 _json_line({"record": "drift", **row}, out)
             else:
-                print(reconcile.drift_line(row), file=out)
+                print(printable(reconcile.drift_line(row)), file=out)  # source values from outside
         if args.json:
             _json_line(summary.as_json(), out)
         else:
@@ -140,24 +88,21 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _json_line(record: dict[str, Any], out: TextIO) -> None:
-    print(json.dumps(_jsonable(record), separators=(",", ":")), file=out)
+    """One JSON line; numbers keep their stored digits (dumps_exact)."""
+    print(dumps_exact(record, indent=None), file=out)
 
 
-# -- the parsers ----------------------------------------------------------------------------------
+# -- the parser -----------------------------------------------------------------------------------
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
 
 
 def register(sub: Any) -> None:
-    quota = sub.add_parser("quota", help="look at one quota")
-    quota_sub = quota.add_subparsers(dest="quota_command", required=True, metavar="COMMAND")
-    show = quota_sub.add_parser(
-        "show",
-        help="the whole story of one quota: row, version gate, events, dead letters, outbox, repairs",
-    )
-    show.add_argument("quota_id", type=uuid.UUID, help="the quota's UUID")
-    show.add_argument("--limit", type=int, default=100, help="newest rows shown per list (default 100)")
-    show.add_argument("--json", action="store_true", help="machine-readable (format inbox.quota_story/1)")
-    show.set_defaults(func=cmd_quota_show)
-
     rec = sub.add_parser(
         "reconcile",
         help="compare public.quota with Titan's truth; exit 0 equal, 1 drift, 2 error",
@@ -174,7 +119,7 @@ def register(sub: Any) -> None:
     )
     rec.add_argument(
         "--max-deletes",
-        type=int,
+        type=_count,
         default=1000,
         help="refuse a repair that would delete more quotas than this (default 1000): a partial source "
         "must not empty CSLA",
