@@ -21,7 +21,6 @@ from inbox.db.sqlfiles import query
 from inbox.text import printable
 
 FORMAT = "inbox.quota_story/1"
-SECTIONS = ("events", "dead_letters", "outbox", "repairs")
 
 
 @dataclass
@@ -59,19 +58,24 @@ def read_story(conn: DictConnection, quota_id: uuid.UUID, limit: int = 100) -> Q
     """Everything the database knows about one quota, in one read-only snapshot."""
     params = {"quota_id": quota_id, "limit": limit + 1}
     with conn.transaction():
-        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        conn.execute(query("read_only_snapshot"))
         story = QuotaStory(
             quota_id=quota_id,
             quota=conn.execute(query("quota_show_row"), params).fetchone(),
             gate=conn.execute(query("quota_show_gate"), params).fetchone(),
         )
-        for section in SECTIONS:
-            rows = conn.execute(query(f"quota_show_{section}"), params).fetchall()
-            if len(rows) > limit:
-                story.truncated.append(section)
-                rows = rows[:limit]
-            rows.reverse()  # read newest first (bounded); told oldest first
-            setattr(story, section, rows)
+        lists = {
+            "events": conn.execute(query("quota_show_events"), params).fetchall(),
+            "dead_letters": conn.execute(query("quota_show_dead_letters"), params).fetchall(),
+            "outbox": conn.execute(query("quota_show_outbox"), params).fetchall(),
+            "repairs": conn.execute(query("quota_show_repairs"), params).fetchall(),
+        }
+    for section, rows in lists.items():
+        if len(rows) > limit:
+            story.truncated.append(section)
+            rows = rows[:limit]
+        rows.reverse()  # read newest first (bounded); told oldest first
+        setattr(story, section, rows)
     return story
 
 

@@ -134,15 +134,17 @@ class Repaired:
 def table_values(dsn: str, table: str, fetch: int = 10_000) -> Iterator[dict[str, Any]]:
     """Titan's table, read only, through a server-side cursor: each row as a flattened record (the
     format a JDBC sink writes), so that the inbox's parser judges it like any event."""
-    statement = sql.SQL("SELECT {} FROM {}").format(
-        sql.SQL(", ").join(sql.Identifier(c) for c in TITAN_COLUMNS), sql.Identifier(*table.split("."))
-    )
     try:
         with connect(dsn, application_name="quota-inbox reconcile source") as conn:
             conn.read_only = True
             with conn.cursor(name="reconcile_source") as cursor:
                 cursor.itersize = fetch
-                cursor.execute(statement)
+                cursor.execute(
+                    sql.SQL("SELECT {} FROM {}").format(
+                        sql.SQL(", ").join(sql.Identifier(c) for c in TITAN_COLUMNS),
+                        sql.Identifier(*table.split(".")),
+                    )
+                )
                 for row in cursor:
                     yield {name: _as_event_value(value) for name, value in row.items()}
     except psycopg.Error as exc:

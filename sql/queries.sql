@@ -349,6 +349,10 @@ ON CONFLICT DO NOTHING;
 -- The story of one quota (inbox quota show): every read by key, newest first, at most `limit`
 -- rows each (the caller asks for one more to know whether there are older ones).
 
+-- name: read_only_snapshot
+-- The first statement of a transaction whose reads must agree with each other.
+SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY;
+
 -- name: quota_show_row
 SELECT quota_id, counterparty_id, direction, period_month, qty_t, tolerance_pct, incoterm_code,
        metal_code, source_version, source_updated_at, created_at, updated_at
