@@ -2,7 +2,7 @@
 
 Six reads, each by key (public.quota and the gate by primary key, the inbox by its primary key's
 prefix, the dead letters by their quota index, the outbox queue and archive by the expression
-indexes of migration 012, the repairs by their quota index): fast on an inbox of any size
+indexes of migration 013, the repairs by their quota index): fast on an inbox of any size
 (tests/integration/test_quota_story.py reads the plans). Lists are newest first and bounded; the
 story says when older rows were left out.
 
@@ -133,7 +133,7 @@ def _standing(story: QuotaStory) -> str:
         if row is not None:
             return f"row at v{row['source_version']} but no version gate: written outside the pipeline"
         return "never applied"
-    # the gate knows its feed since migration 012; before, the event may still be in the inbox
+    # the gate knows its feed since migration 013; before, the event may still be in the inbox
     applied = (gate["version"], gate["is_delete"])
     by = gate["source"] or next(
         (e["source"] for e in story.events if (e["version"], e["is_delete"]) == applied), None

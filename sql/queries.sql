@@ -385,7 +385,7 @@ ORDER BY d.version DESC, d.created_at DESC
 LIMIT %(limit)s;
 
 -- name: quota_show_outbox
--- By the expression indexes of migration 012 on the queue and its archive.
+-- By the expression indexes of migration 013 on the queue and its archive.
 SELECT m.place, m.msg_id, m.enqueued_at, m.archived_at, m.read_ct, m.message
 FROM (
     SELECT 'queue'::text AS place, q.msg_id, q.enqueued_at, NULL::timestamptz AS archived_at, q.read_ct,

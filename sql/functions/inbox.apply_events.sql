@@ -12,7 +12,7 @@
 --   deletes of quotas with call-offs, if they would take effect -> dead letters ('delete_blocked')
 --   per quota, the highest remaining (version, is_delete) passes the version gate -> applied
 --     (an event of source 'reconcile' passes at the gate's own (version, is_delete) too: it
---     repairs a row changed outside the pipeline, `inbox reconcile --repair`; migration 012)
+--     repairs a row changed outside the pipeline, `inbox reconcile --repair`; migration 013)
 --   everything else           -> stale (not above the applied version, or superseded in this batch)
 -- Every effective change is published to the pgmq queue quota_changes in the same transaction:
 --   {quota_id, version, previous_version, op: upsert|delete, quota: row after | null, applied_at}
