@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -31,7 +31,8 @@ MAX_NUMBER_DIGITS = 1000
 MAX_NUMBER_ZEROS = 40
 # The offsets PostgreSQL's timestamptz takes (Python's fromisoformat takes up to 23:59:59.999999).
 MAX_UTC_OFFSET = timedelta(hours=15, minutes=59, seconds=59)
-_DATE_PREFIX = re.compile(r"^(\d{4})-(\d{2})-(\d{2})(?:$|[T ])")
+# Debezium's time.precision.mode=isostring writes a date as "2026-03-15Z".
+_DATE_PREFIX = re.compile(r"^(\d{4})-(\d{2})-(\d{2})(?:$|[T ]|Z$)")
 # The canonical 8-4-4-4-12 text form, either case (uuid.UUID also takes braces, urns and bare hex).
 _CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
@@ -45,6 +46,10 @@ class EventKey:
     quota_id: uuid.UUID
     version: int
     is_delete: bool
+    # Debezium's source.lsn: the position of the change in Titan's WAL, which orders one database's
+    # changes; None for events without one (Titan events). See inbox/formats.py, source_lsn().
+    # Not part of the key's identity (the inbox's primary key is the three fields above).
+    source_lsn: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@
 * Titan event: ``{eventType, data, metadata}`` (inbox/events.py).
 * Debezium change event: ``{before, after, op, source, ts_ms}``, bare or inside JsonConverter's
   ``{schema, payload}`` wrapper. op c, u, r upsert from ``after``; d deletes and is keyed from
-  ``before`` (so Titan's table needs REPLICA IDENTITY FULL); t (truncate) is not an event.
+  ``before``; t (truncate) is not an event.
 * Flattened record (Debezium's ExtractNewRecordState): the row's columns plus ``__op``,
   ``__deleted`` ("true"/"false") and ``__source_ts_ms``, bare or wrapped. A delete is
   ``__deleted = "true"`` or ``__op = "d"`` -- the same rule as the sink trigger in
@@ -17,6 +17,13 @@ timestamps without a zone as milli/micro/nanoseconds since the epoch. Without th
 of a Connect Decimal is unknown, so decimals must arrive as numbers or numeric text
 (decimal.handling.mode=string or double); an integer period_month (or its digits, as a JDBC sink
 writes it into a text column) still means days since 1970-01-01, Debezium's default for DATE.
+
+A Debezium delete under REPLICA IDENTITY DEFAULT carries only the key in ``before``: its NOT NULL
+columns hold type defaults (version 0, "", 0, "AA=="), nullable ones null. Its version is not
+Titan's, so it is a *version-less delete*: keyed at version 0 with its ``source.lsn`` (``__lsn``
+when flattened, ``add.fields`` must include ``lsn``), and ordered by that LSN against the changes
+already applied (sql/functions/inbox.apply_events.sql). Without an LSN it cannot be placed and
+is refused with the fix (REPLICA IDENTITY FULL) named.
 
 Not events, and so never stored (see skip_reason): a tombstone (a null value, which Debezium sends
 after each delete) and a Debezium truncate.
@@ -39,6 +46,7 @@ from inbox.events import (
     json_type,
     key_from,
     key_titan_event,
+    parse_version,
     quota_row,
     show_value,
     validate_titan_event,
@@ -88,8 +96,10 @@ def format_of(value: Any) -> Format | None:
     return _format_of(body) if isinstance(body, dict) else None
 
 
-def key_event(value: Any) -> EventKey:
-    """The inbox key of an event in any format; UnkeyableEvent says why there is none."""
+def key_event(value: Any, *, need_lsn: bool = True) -> EventKey:
+    """The inbox key of an event in any format; UnkeyableEvent says why there is none. A key-only
+    Debezium delete without an LSN has none unless need_lsn is False (the worker's check of a stored
+    event's key: the JDBC sink stores such deletes, and apply_events dead-letters them)."""
     if not isinstance(value, dict):
         raise UnkeyableEvent(f"an event must be a JSON object, not {json_type(value)}")
     body, _ = _unwrap(value)
@@ -97,16 +107,46 @@ def key_event(value: Any) -> EventKey:
         raise UnkeyableEvent(f"payload must be a JSON object, not {json_type(body)}")
     match _format_of(body):
         case "debezium":
-            return _key_debezium(body)
+            return _key_debezium(body, need_lsn)
         case "flattened":
-            return key_from(
-                body.get("quota_id"),
-                body.get("version"),
-                _flattened_is_delete(body),
-                quota_id_at="quota_id",
-                version_at="version",
-            )
+            return _key_flattened(body, need_lsn)
     return key_titan_event(body)
+
+
+def ordering(value: Any) -> tuple[int | None, bool]:
+    """(source LSN, whether it is a version-less delete) of a stored event; (None, False) for a Titan
+    event or anything unreadable. The worker hands both to inbox.apply_events."""
+    body, _ = _unwrap(value)
+    if not isinstance(body, dict):
+        return None, False
+    match _format_of(body):
+        case "debezium":
+            before = body.get("before")
+            return source_lsn(body), body.get("op") == "d" and isinstance(before, dict) and _key_only(before)
+        case "flattened":
+            return source_lsn(body), _flattened_is_delete(body) and _key_only(body)
+    return None, False
+
+
+def source_lsn(body: dict[str, Any]) -> int | None:
+    """Debezium's source.lsn (``__lsn`` in a flattened record), when it is a usable integer."""
+    source = body.get("source")
+    lsn = source.get("lsn") if isinstance(source, dict) else body.get("__lsn")
+    return parse_version(lsn)  # the same range: an integer between 0 and 2^63-1
+
+
+def _key_only(row: dict[str, Any]) -> bool:
+    """Whether a deleted row holds only its key: REPLICA IDENTITY DEFAULT sends the NOT NULL columns
+    as type defaults (version 0, empty text) and the nullable ones as null. Titan requires a
+    counterparty and a metal, so a real old row never has both empty."""
+    return (
+        row.get("version") in (None, 0)
+        and row.get("counterparty_id") in (None, "")
+        and row.get("metal_code") in (None, "")
+    )
+
+
+_IDENTITY_FIX = "Titan's table needs REPLICA IDENTITY FULL (ALTER TABLE public.quota REPLICA IDENTITY FULL)"
 
 
 def interpret(value: Any) -> QuotaRow | None:
@@ -159,24 +199,42 @@ def _debezium_side(body: dict[str, Any]) -> tuple[str, str]:
     return op, side
 
 
-def _key_debezium(body: dict[str, Any]) -> EventKey:
+def _key_debezium(body: dict[str, Any], need_lsn: bool) -> EventKey:
     op, side = _debezium_side(body)
-    row = body[side]
-    try:
-        return key_from(
-            row.get("quota_id"),
-            row.get("version"),
-            op == "d",
-            quota_id_at=f"{side}.quota_id",
-            version_at=f"{side}.version",
-        )
-    except UnkeyableEvent as exc:
-        if op != "d":
-            raise
-        # Without REPLICA IDENTITY FULL, `before` holds only the primary key: no version.
-        raise UnkeyableEvent(
-            f"{exc} (a delete is keyed from the old row: Titan's table needs REPLICA IDENTITY FULL)"
-        ) from exc
+    return _keyed(body[side], op == "d", source_lsn(body), f"{side}.", "source.lsn", need_lsn)
+
+
+def _key_flattened(record: dict[str, Any], need_lsn: bool) -> EventKey:
+    return _keyed(record, _flattened_is_delete(record), source_lsn(record), "", "__lsn", need_lsn)
+
+
+def _keyed(
+    row: dict[str, Any], is_delete: bool, lsn: int | None, where: str, lsn_at: str, need_lsn: bool
+) -> EventKey:
+    """The key of a Debezium row; a version-less delete is keyed at version 0 by its LSN."""
+    if is_delete and _key_only(row):
+        # REPLICA IDENTITY DEFAULT: `before` holds only the key, its version is not Titan's.
+        if lsn is None and need_lsn:
+            raise UnkeyableEvent(
+                f"a delete without the old row's version (REPLICA IDENTITY DEFAULT sends only the key) "
+                f"needs {lsn_at} to be ordered by: {_IDENTITY_FIX}"
+                + ("" if where else ", or add lsn to ExtractNewRecordState's add.fields")
+            )
+        key = key_from(row.get("quota_id"), 0, True, quota_id_at=f"{where}quota_id")
+    else:
+        try:
+            key = key_from(
+                row.get("quota_id"),
+                row.get("version"),
+                is_delete,
+                quota_id_at=f"{where}quota_id",
+                version_at=f"{where}version",
+            )
+        except UnkeyableEvent as exc:
+            if not is_delete:
+                raise
+            raise UnkeyableEvent(f"{exc} (a delete is keyed from the old row: {_IDENTITY_FIX})") from exc
+    return EventKey(key.quota_id, key.version, key.is_delete, lsn)
 
 
 def _interpret_debezium(body: dict[str, Any], schema: Any) -> QuotaRow | None:
@@ -233,8 +291,34 @@ def _decoded(row: dict[str, Any], schemas: dict[str, dict[str, Any]], errors: li
     return {name: _decode(name, row.get(name), schemas.get(name, {}), errors) for name in QUOTA_FIELDS}
 
 
+_DECIMAL_FIELDS = ("qty_t", "tolerance_pct")
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+_NUMERIC_TEXT = re.compile(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*")
+_SCHEMA_FIX = "send the schema (value.converter.schemas.enable=true)"
+
+
 def _decode(name: str, value: Any, schema: dict[str, Any], errors: list[str]) -> Any:
     logical = schema.get("name")
+    if not schema:
+        # Without the {schema, payload} wrapper some encodings cannot be read: name the fix.
+        if (
+            name in _DECIMAL_FIELDS
+            and isinstance(value, str)
+            and not _NUMERIC_TEXT.fullmatch(value)
+            and _BASE64.fullmatch(value)
+        ):
+            errors.append(
+                f"{name} {show_value(value)} looks like a Connect Decimal (base64), which cannot be read "
+                f"without its schema: {_SCHEMA_FIX} or set decimal.handling.mode=string on the connector"
+            )
+            return value
+        if name == "updated_at" and isinstance(value, int | Decimal) and not isinstance(value, bool):
+            errors.append(
+                f"updated_at is a bare number: a timestamp without a zone sent without its schema, in an "
+                f"unknown unit; {_SCHEMA_FIX}, set time.precision.mode=isostring on the connector, or make "
+                f"Titan's column timestamptz"
+            )
+            return value
     try:
         if logical == CONNECT_DECIMAL and isinstance(value, str):
             return connect_decimal(value, _decimal_scale(schema))

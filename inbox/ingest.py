@@ -17,7 +17,7 @@ from typing import Any, BinaryIO, Literal
 from inbox.db.connect import DictConnection
 from inbox.db.sqlfiles import query
 from inbox.events import MAX_NUMBER_DIGITS, EventKey, UnkeyableEvent, number_problem
-from inbox.formats import key_event
+from inbox.formats import key_event, skip_reason
 
 Source = Literal["http", "kafka", "sink", "replay", "reconcile"]
 MAX_NESTING = 64
@@ -38,11 +38,24 @@ class BadBatch(ValueError):
 
 
 @dataclass(frozen=True)
+class Rejected:
+    """An item of a batch that could not be keyed: its index, why, and its text verbatim."""
+
+    index: int
+    reason: str
+    raw: str = field(repr=False)
+
+
+@dataclass(frozen=True)
 class ParsedBatch:
-    """Events ready to store: their keys, and the batch as one JSON array text."""
+    """Events ready to store: their keys, and the batch as one JSON array text. skipped counts the
+    tombstones and truncates left out; rejected holds the items that could not be keyed, left out
+    of the events when the caller allowed a partial batch (store() keeps them in inbox.rejects)."""
 
     keys: list[EventKey]
     array_text: str = field(repr=False)
+    skipped: int = 0
+    rejected: list[Rejected] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -52,6 +65,8 @@ class ParsedBatch:
 class IngestResult:
     accepted: int
     duplicates: int
+    skipped: int = 0
+    rejected: list[Rejected] = field(default_factory=list)
 
 
 def _reject_constant(name: str) -> Any:
@@ -161,15 +176,20 @@ def _is_json(text: str) -> bool:
     return True
 
 
-def parse_texts(texts: Sequence[str], key: Callable[[Any], EventKey] = key_event) -> ParsedBatch:
+def parse_texts(
+    texts: Sequence[str], key: Callable[[Any], EventKey] = key_event, *, partial: bool = False
+) -> ParsedBatch:
     """Parse and key events; a text that is a JSON array contributes its elements.
 
-    All-or-nothing: any unparseable or unkeyable event makes the whole batch a BadBatch that names
-    each bad item by its index.
+    Tombstones and truncates (formats.skip_reason) are left out and counted. Text that is not JSON
+    makes the whole batch a BadBatch. An item that cannot be keyed does too, naming each bad item by
+    its index, unless partial: then it is left out of the events and kept, with its reason and text,
+    in ParsedBatch.rejected (even when no item is left to store).
     """
     problems: list[tuple[int | None, str]] = []
     items: list[Any] = []
     raw_parts: list[str] = []
+    spans: list[tuple[int, int, bool]] = []  # per text: its items' range in items, is it an array
     unparseable = False
     for line_no, text in enumerate(texts):
         try:
@@ -179,28 +199,82 @@ def parse_texts(texts: Sequence[str], key: Callable[[Any], EventKey] = key_event
             where = line_no if len(texts) > 1 else None
             problems.append((where, f"not valid JSON: {exc}"))
             continue
+        first = len(items)
         if isinstance(value, list):
             items.extend(value)
             raw_parts.append(text.strip()[1:-1])  # the elements, verbatim, without the brackets
         else:
             items.append(value)
             raw_parts.append(text)
+        spans.append((first, len(items), isinstance(value, list)))
     if unparseable:
         raise BadBatch(problems, unparseable=True)
     keys: list[EventKey] = []
+    left_out: set[int] = set()
+    skipped = 0
     for index, item in enumerate(items):
+        if skip_reason(item) is not None:
+            skipped += 1
+            left_out.add(index)
+            continue
         try:
             keys.append(key(item))
         except UnkeyableEvent as exc:
             problems.append((index, str(exc)))
-    if problems:
+            left_out.add(index)
+    if problems and not partial:
         raise BadBatch(problems, unparseable=False)
+    rejected = [
+        Rejected(index, reason, _item_text(index, raw_parts, spans))
+        for index, reason in problems
+        if index is not None
+    ]
+    if left_out:
+        raw_parts = [_kept(part, span, left_out) for part, span in zip(raw_parts, spans, strict=True)]
     array_text = "[" + ",".join(part for part in raw_parts if part.strip()) + "]"
-    return ParsedBatch(keys=keys, array_text=array_text)
+    return ParsedBatch(keys=keys, array_text=array_text, skipped=skipped, rejected=rejected)
 
 
-def parse_body(body: bytes, *, ndjson: bool = False) -> ParsedBatch:
-    return parse_texts(split_body(body, ndjson=ndjson))
+def _item_text(index: int, raw_parts: list[str], spans: list[tuple[int, int, bool]]) -> str:
+    """The verbatim text of one item of the batch."""
+    for part, (first, end, is_array) in zip(raw_parts, spans, strict=True):
+        if first <= index < end:
+            return _element_texts(part)[index - first] if is_array else part.strip()
+    raise IndexError(index)
+
+
+def _kept(part: str, span: tuple[int, int, bool], left_out: set[int]) -> str:
+    """The raw text of one body part without the items left out (the slow path: rare)."""
+    first, end, is_array = span
+    if not any(first <= i < end for i in left_out):
+        return part
+    if not is_array:
+        return ""
+    elements = _element_texts(part)
+    return ",".join(text for n, text in enumerate(elements, start=first) if n not in left_out)
+
+
+def _element_texts(part: str) -> list[str]:
+    """The verbatim texts of a comma-separated sequence of JSON values."""
+    decoder = json.JSONDecoder(parse_float=Decimal, parse_int=int)
+    texts: list[str] = []
+    position, length = 0, len(part)
+    while True:
+        while position < length and part[position] in " \t\r\n":
+            position += 1
+        if position >= length:
+            return texts
+        _, end = decoder.raw_decode(part, position)
+        texts.append(part[position:end])
+        position = end
+        while position < length and part[position] in " \t\r\n":
+            position += 1
+        if position < length and part[position] == ",":
+            position += 1
+
+
+def parse_body(body: bytes, *, ndjson: bool = False, partial: bool = False) -> ParsedBatch:
+    return parse_texts(split_body(body, ndjson=ndjson), partial=partial)
 
 
 def event_texts(body: bytes) -> list[str]:
@@ -254,21 +328,48 @@ def parse_in_batches(texts: Sequence[str], batch_size: int) -> list[ParsedBatch]
 
 
 def store(conn: DictConnection, batch: ParsedBatch, source: Source) -> IngestResult:
-    """Store the batch in one transaction; a redelivered event counts as a duplicate and changes nothing."""
-    if not batch.keys:
-        return IngestResult(accepted=0, duplicates=0)
+    """Store the batch in one transaction: its events (a redelivered event counts as a duplicate and
+    changes nothing) and its rejected items, verbatim with their reasons, in inbox.rejects."""
+    if not batch.keys and not batch.rejected:
+        return _result(batch, 0)
+    with conn.transaction():
+        inserted = _store_events(conn, batch, source) if batch.keys else 0
+        if batch.rejected:
+            conn.execute(
+                query("insert_request_rejects"),
+                {
+                    "source": source,
+                    "raws": [r.raw.encode("utf-8") for r in batch.rejected],
+                    # PostgreSQL text cannot hold NUL
+                    "reasons": [
+                        f"item {r.index}: {r.reason}".replace("\x00", "\\x00") for r in batch.rejected
+                    ],
+                },
+            )
+    return _result(batch, inserted)
+
+
+def _result(batch: ParsedBatch, inserted: int) -> IngestResult:
+    return IngestResult(
+        accepted=inserted,
+        duplicates=len(batch.keys) - inserted,
+        skipped=batch.skipped,
+        rejected=batch.rejected,
+    )
+
+
+def _store_events(conn: DictConnection, batch: ParsedBatch, source: Source) -> int:
     params: dict[str, Any] = {
         "events": batch.array_text,
         "quota_ids": [k.quota_id for k in batch.keys],
         "versions": [k.version for k in batch.keys],
         "is_delete": [k.is_delete for k in batch.keys],
+        "source_lsns": [k.source_lsn for k in batch.keys],
         "source": source,
     }
-    with conn.transaction():
-        row = conn.execute(query("ingest_events"), params).fetchone()
+    row = conn.execute(query("ingest_events"), params).fetchone()
     assert row is not None
-    inserted = int(row["inserted"])
-    return IngestResult(accepted=inserted, duplicates=len(batch.keys) - inserted)
+    return int(row["inserted"])
 
 
 def store_events(conn: DictConnection, events: Sequence[str | bytes], source: Source) -> IngestResult:

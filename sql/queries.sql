@@ -86,7 +86,7 @@ SELECT current_setting('server_version_num')::integer AS version_num;
 -- name: ingest_events
 -- What was not new is counted for inbox_events_duplicate_total by the function itself.
 SELECT inbox.ingest_events(%(events)s::jsonb, %(quota_ids)s::uuid[], %(versions)s::bigint[],
-                           %(is_delete)s::boolean[], %(source)s::text) AS inserted;
+                           %(is_delete)s::boolean[], %(source)s::text, %(source_lsns)s::bigint[]) AS inserted;
 
 -- name: claim_events
 -- Keys only: the payloads are read next, by claimed_payloads.
@@ -218,9 +218,11 @@ GROUP BY error_class
 ORDER BY error_class;
 
 -- name: status_rejects
--- Kafka messages that could not be parsed or keyed (inbox.rejects, kept verbatim).
+-- Kafka messages and HTTP items that could not be parsed or keyed (inbox.rejects, kept verbatim).
 SELECT count(*) AS total,
-       count(*) FILTER (WHERE received_at > now() - interval '1 hour') AS last_hour
+       count(*) FILTER (WHERE received_at > now() - interval '1 hour') AS last_hour,
+       count(*) FILTER (WHERE source = 'kafka') AS kafka,
+       count(*) FILTER (WHERE source = 'http') AS http
 FROM inbox.rejects;
 
 -- name: database_now
@@ -337,10 +339,16 @@ SELECT (SELECT count(*) FROM inbox.quota_events WHERE status = 'pending')    AS 
 -- ---------------------------------------------------------------------------------------------
 -- Kafka consumer (inbox consume)
 
+-- name: insert_request_rejects
+-- Items of a POST /events request that could not be keyed, verbatim (the request stored the rest).
+INSERT INTO inbox.rejects (source, raw, reason)
+SELECT %(source)s::text, r.raw, r.reason
+FROM unnest(%(raws)s::bytea[], %(reasons)s::text[]) AS r(raw, reason);
+
 -- name: insert_rejects
 -- Messages that could not be parsed or keyed, verbatim; a redelivered one is a no-op.
-INSERT INTO inbox.rejects (topic, "partition", "offset", key, raw, headers, reason)
-SELECT *
+INSERT INTO inbox.rejects (source, topic, "partition", "offset", key, raw, headers, reason)
+SELECT 'kafka', *
 FROM unnest(%(topics)s::text[], %(partitions)s::integer[], %(offsets)s::bigint[], %(keys)s::bytea[],
             %(raws)s::bytea[], %(headers)s::jsonb[], %(reasons)s::text[])
 ON CONFLICT DO NOTHING;
@@ -580,3 +588,9 @@ FROM logged l;
 -- name: wake_workers
 -- The hint ingest sends: idle workers look for due events now.
 SELECT pg_notify('inbox_quota_events', '');
+
+-- name: open_unplaceable_deletes
+-- Deletes that carried no version and could not be ordered (inbox.apply_events): each is an alert.
+SELECT count(*) AS open, min(created_at) AS oldest
+FROM public.quota_processing_errors
+WHERE resolved_at IS NULL AND error_class = 'delete_unplaceable';

@@ -127,7 +127,13 @@ def debezium_event(
     payload = {
         "before": before,
         "after": after,
-        "source": {"connector": "postgresql", "db": "titan", "table": "quota", "lsn": 1000 + version},
+        # a real LSN grows with every change: a delete comes after the upsert of its version
+        "source": {
+            "connector": "postgresql",
+            "db": "titan",
+            "table": "quota",
+            "lsn": 1000 + 2 * version + (op == "d"),
+        },
         "op": op,
         "ts_ms": 1_777_000_000_000 + version,
     }

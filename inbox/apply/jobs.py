@@ -121,6 +121,7 @@ def check_alerts(dsn: str, settings: Settings, watch: DatabaseWatch) -> int | No
                 query("check_dead_letter_rate"),
                 {"window": window, "threshold": settings.alert_dead_letter_threshold},
             ).fetchone()
+            _report_unplaceable_deletes(conn, window)
     except psycopg.OperationalError as exc:
         _report_unreachable(watch, exc, settings.alert_window_seconds)
         return None
@@ -139,6 +140,27 @@ def check_alerts(dsn: str, settings: Settings, watch: DatabaseWatch) -> int | No
         },
     )
     return int(row["msg_id"])
+
+
+def _report_unplaceable_deletes(conn: Any, window: timedelta) -> None:
+    """Any open delete_unplaceable dead letter is an alert of its own (once per window while open):
+    a quota Titan deleted is still here, and only REPLICA IDENTITY FULL at Titan prevents more."""
+    found = conn.execute(query("open_unplaceable_deletes")).fetchone()
+    if found is None or not found["open"]:
+        return
+    message = {
+        "alert": "delete_unplaceable",
+        "open": found["open"],
+        "oldest": found["oldest"].isoformat(),
+        "fix": "ALTER TABLE public.quota REPLICA IDENTITY FULL on Titan; then resolve or replay "
+        "(inbox dlq list --error-class delete_unplaceable)",
+    }
+    sent = conn.execute(
+        query("publish_alert"),
+        {"alert": "delete_unplaceable", "message": Jsonb(message), "renotify": window},
+    ).fetchone()
+    if sent is not None and sent["msg_id"] is not None:
+        log.error("deletes that cannot be placed", extra=message)
 
 
 def _report_unreachable(watch: DatabaseWatch, exc: Exception, every_seconds: float) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 from inbox.db.connect import load_json
 from inbox.events import EventKey, InvalidEvent, UnkeyableEvent
-from inbox.formats import interpret, key_event
+from inbox.formats import interpret, key_event, ordering
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,9 @@ def prepare(row: dict[str, Any]) -> dict[str, Any]:
             error_class="unreadable", error=f"the stored payload cannot be read: {type(exc).__name__}"
         )
         return prepared
+    # Debezium's source LSN orders one database's changes; a delete that carries only its key
+    # (REPLICA IDENTITY DEFAULT) is placed by it alone (sql/functions/inbox.apply_events.sql).
+    prepared["source_lsn"], prepared["versionless"] = ordering(payload)
     try:
         _check_key(row, payload)
         quota = interpret(payload)  # any format: Titan, Debezium, flattened
@@ -67,7 +70,9 @@ def _check_key(row: dict[str, Any], payload: Any) -> None:
     while the quota's columns come from the payload. Filed under another quota's key, or above its
     own version, an event could otherwise write one quota's fields into another at any version."""
     try:
-        own = key_event(payload)
+        # a key-only delete without an LSN is keyed all the same: apply_events dead-letters it as
+        # delete_unplaceable, naming the fix
+        own = key_event(payload, need_lsn=False)
     except UnkeyableEvent as exc:
         raise InvalidEvent([f"the payload has no key of its own: {exc}"]) from exc
     filed = EventKey(quota_id=own.quota_id, version=row["version"], is_delete=row["is_delete"])

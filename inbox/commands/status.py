@@ -94,8 +94,9 @@ def print_status(status: dict[str, Any], out: TextIO) -> None:
     print_table(status["dead_letters_by_class"], ["error_class", "dead_letters", "oldest"], out)
     rejects = status["rejects"]
     print(
-        f"\nrejects (Kafka messages that could not be keyed): {rejects['total']} "
-        f"({rejects['last_hour']} in the last hour)",
+        f"\nrejects (Kafka messages and HTTP items that could not be keyed, in inbox.rejects): "
+        f"{rejects['total']} ({rejects['kafka']} Kafka, {rejects['http']} HTTP; "
+        f"{rejects['last_hour']} in the last hour)",
         file=out,
     )
 

@@ -1,6 +1,8 @@
 """POST /events stores events in the inbox; GET /health and GET /ready for probes.
 
-A request is atomic: either every event in it is stored (new or duplicate) or none is.
+A request is stored in one transaction. Tombstones and truncates are skipped and counted; an item
+that cannot be keyed is kept in inbox.rejects, named in the answer (and the log), and never refuses
+the rest.
 """
 
 from __future__ import annotations
@@ -167,9 +169,9 @@ def create_app(settings: Settings, dsn: str) -> FastAPI:
         ndjson = content_type in NDJSON_TYPES
         try:
             if len(body) <= PARSE_ON_LOOP_BYTES:
-                batch = parse_body(body, ndjson=ndjson)
+                batch = parse_body(body, ndjson=ndjson, partial=True)
             else:  # off the event loop: /health and the other requests are answered meanwhile
-                batch = await run_in_threadpool(parse_body, body, ndjson=ndjson)
+                batch = await run_in_threadpool(parse_body, body, ndjson=ndjson, partial=True)
         except BadBatch as exc:
             problems = [{"index": index, "reason": reason} for index, reason in exc.problems]
             status = 400 if exc.unparseable else 422
@@ -184,7 +186,16 @@ def create_app(settings: Settings, dsn: str) -> FastAPI:
             result = await run_in_threadpool(_store, batch)
         except (psycopg.Error, PoolTimeout) as exc:
             return _refusal(exc)
-        return JSONResponse({"accepted": result.accepted, "duplicates": result.duplicates}, status_code=202)
+        answer: dict[str, Any] = {"accepted": result.accepted, "duplicates": result.duplicates}
+        if result.skipped:
+            answer["skipped"] = result.skipped  # tombstones and truncates
+        if result.rejected:  # kept in inbox.rejects
+            for item in result.rejected:
+                log.warning(
+                    "rejected an item of a request", extra={"index": item.index, "reason": item.reason}
+                )
+            answer["rejected"] = [{"index": item.index, "reason": item.reason} for item in result.rejected]
+        return JSONResponse(answer, status_code=202)
 
     @app.get("/health")
     async def health() -> dict[str, str]:

@@ -10,10 +10,21 @@
 -- Apply a validated batch that p_worker holds, in one transaction of two statements:
 --   invalid events            -> dead letters (error_class from the worker, usually 'invalid')
 --   deletes of quotas with call-offs, if they would take effect -> dead letters ('delete_blocked')
---   per quota, the highest remaining (version, is_delete) passes the version gate -> applied
+--   version-less deletes that cannot be placed -> dead letters ('delete_unplaceable', below)
+--   per quota, the latest remaining change passes the version gate -> applied
 --     (an event of source 'reconcile' passes at the gate's own (version, is_delete) too: it
 --     repairs a row changed outside the pipeline, `inbox reconcile --repair`; migration 013)
---   everything else           -> stale (not above the applied version, or superseded in this batch)
+--   everything else           -> stale (not after the applied change, or superseded in this batch;
+--                                a stale delete says in last_error what it lost to)
+-- Order (issue 11). Where the event and the gate row both carry Debezium's source LSN (the change's
+-- position in Titan's WAL), the LSN decides: one database's changes, in the order they committed,
+-- whatever their versions (a redelivered change is never after the gate). Otherwise (version, is_delete)
+-- decides, as before. A version-less delete (flagged by the worker: REPLICA IDENTITY DEFAULT sent
+-- only the key, so it is keyed at version 0) is placed by its LSN alone: it applies iff no change of
+-- the quota with a higher LSN was applied, takes effect at the version the gate holds (or 0 with no
+-- gate row: its LSN then keeps older changes out), and is a 'delete_unplaceable' dead letter naming
+-- the fix when it has no LSN or the gate row has none (applied from a feed without LSNs, or before
+-- migration 014).
 -- Every effective change is published to the pgmq queue quota_changes in the same transaction:
 --   {quota_id, version, previous_version, op: upsert|delete, quota: row after | null, applied_at}
 -- Deletes run in a second statement: its fresh snapshot sees a quota row that another worker
@@ -57,7 +68,8 @@ BEGIN
         FROM jsonb_to_recordset(p_events) AS x(
             quota_id uuid, version bigint, is_delete boolean, error_class text, error text,
             counterparty_id text, direction text, period_month date, qty_t numeric,
-            tolerance_pct numeric, incoterm_code text, metal_code text, source_updated_at timestamptz)
+            tolerance_pct numeric, incoterm_code text, metal_code text, source_updated_at timestamptz,
+            source_lsn bigint, versionless boolean)
     ),
     owned AS (
         SELECT i.*, e.payload, e.attempts, e.source
@@ -70,58 +82,89 @@ BEGIN
             FOR UPDATE
         ) e
     ),
-    checked AS (
+    placed AS (
         SELECT o.*,
-               o.error IS NULL                                                            AS valid,
-               v.quota_id IS NULL
-                   OR (o.version, o.is_delete) > (v.version, v.is_delete)
-                   -- a repair of a row changed outside the pipeline, at the version it claims
-                   OR (o.source = 'reconcile' AND (o.version, o.is_delete) = (v.version, v.is_delete))
-                                                                                          AS above_gate,
-               o.is_delete AND o.error IS NULL
-                   AND EXISTS (SELECT 1 FROM public.call_off c WHERE c.quota_id = o.quota_id) AS blocked
+               v.source_lsn                                                               AS gate_lsn,
+               -- a version-less delete takes effect at the version the gate holds
+               CASE WHEN o.versionless THEN coalesce(v.version, 0) ELSE o.version END     AS eff_version,
+               -- ... and needs its own LSN and one at the gate to be ordered (no gate row: nothing
+               -- applied yet, nothing to order against)
+               coalesce(o.versionless, false) AND o.error IS NULL
+                   AND (o.source_lsn IS NULL
+                        OR (v.quota_id IS NOT NULL AND v.source_lsn IS NULL))             AS unplaceable,
+               CASE
+                   WHEN v.quota_id IS NULL THEN true
+                   -- one database's changes: its WAL position orders them
+                   WHEN o.source_lsn IS NOT NULL AND v.source_lsn IS NOT NULL THEN o.source_lsn > v.source_lsn
+                   WHEN o.versionless THEN false
+                   ELSE (o.version, o.is_delete) > (v.version, v.is_delete)
+                        -- a repair of a row changed outside the pipeline, at the version it claims
+                        OR (o.source = 'reconcile' AND (o.version, o.is_delete) = (v.version, v.is_delete))
+               END                                                                        AS above_gate
         FROM owned o
         -- By primary key, per event (LIMIT 1 keeps the planner from flattening it into a join): it
         -- takes the input for 100 rows whatever its size, and hash-joined a 10-event batch to a seq
         -- scan of the whole gate table, most of the apply's time at a light load.
         LEFT JOIN LATERAL (
-            SELECT g.quota_id, g.version, g.is_delete
+            SELECT g.quota_id, g.version, g.is_delete, g.source_lsn
             FROM inbox.quota_versions g
             WHERE g.quota_id = o.quota_id
             LIMIT 1
         ) v ON true
     ),
+    checked AS (
+        SELECT o.*,
+               o.error IS NULL AND NOT o.unplaceable                                      AS valid,
+               o.is_delete AND o.error IS NULL AND NOT o.unplaceable
+                   AND EXISTS (SELECT 1 FROM public.call_off c WHERE c.quota_id = o.quota_id) AS blocked
+        FROM placed o
+    ),
     ranked AS (
         SELECT c.*,
-               max(ARRAY[c.version, c.is_delete::int]) FILTER (WHERE c.valid AND NOT c.blocked)
-                   OVER (PARTITION BY c.quota_id)                                         AS best
+               -- One quota's events in this batch are ranked by LSN when they all carry one (one
+               -- database's changes, in commit order), else by version (feeds mixed for one quota).
+               bool_and(c.source_lsn IS NOT NULL) FILTER (WHERE c.valid) OVER w                AS all_lsn,
+               max(ARRAY[c.source_lsn, c.eff_version, c.is_delete::int])
+                   FILTER (WHERE c.valid AND NOT c.blocked) OVER w                                AS best_by_lsn,
+               max(ARRAY[c.eff_version, c.is_delete::int, coalesce(c.source_lsn, -1)])
+                   FILTER (WHERE c.valid AND NOT c.blocked) OVER w                                AS best_by_version
         FROM checked c
+        WINDOW w AS (PARTITION BY c.quota_id)
     ),
     -- every owned event, with what became of it: candidate (passes to the gate), dead_blocked, or
     -- neither (stale; or invalid, which outcomes reads from error)
     classified AS (
         SELECT r.*,
-               r.valid AND NOT r.blocked AND r.above_gate
-                   AND ARRAY[r.version, r.is_delete::int] = r.best                        AS candidate,
-               r.valid AND r.blocked AND r.above_gate
-                   AND (r.best IS NULL OR ARRAY[r.version, r.is_delete::int] > r.best)    AS dead_blocked
+               r.valid AND NOT r.blocked AND r.above_gate AND k.mine = k.best                     AS candidate,
+               r.valid AND r.blocked AND r.above_gate AND (k.best IS NULL OR k.mine > k.best)     AS dead_blocked
         FROM ranked r
+        CROSS JOIN LATERAL (
+            SELECT CASE WHEN r.all_lsn THEN ARRAY[r.source_lsn, r.eff_version, r.is_delete::int]
+                        ELSE ARRAY[r.eff_version, r.is_delete::int, coalesce(r.source_lsn, -1)] END AS mine,
+                   CASE WHEN r.all_lsn THEN r.best_by_lsn ELSE r.best_by_version END              AS best
+        ) k
     ),
     gate AS (
-        INSERT INTO inbox.quota_versions AS v (quota_id, version, is_delete, applied_at, source)
-        SELECT c.quota_id, c.version, c.is_delete, now(), c.source
+        INSERT INTO inbox.quota_versions AS v (quota_id, version, is_delete, source_lsn, applied_at, source)
+        SELECT c.quota_id, c.eff_version, c.is_delete, c.source_lsn, now(), c.source
         FROM classified c
         WHERE c.candidate
         ORDER BY c.quota_id  -- one lock order for every worker: no deadlocks between batches
         ON CONFLICT (quota_id) DO UPDATE
             SET version = excluded.version,
                 is_delete = excluded.is_delete,
+                source_lsn = excluded.source_lsn,
                 previous_version = v.version,
                 applied_at = excluded.applied_at,
                 source = excluded.source
-            WHERE (excluded.version, excluded.is_delete) > (v.version, v.is_delete)
-               OR (excluded.source = 'reconcile'
-                   AND (excluded.version, excluded.is_delete) = (v.version, v.is_delete))
+            -- the same order as above_gate, under the row lock
+            WHERE CASE
+                      WHEN excluded.source_lsn IS NOT NULL AND v.source_lsn IS NOT NULL
+                          THEN excluded.source_lsn > v.source_lsn
+                      ELSE (excluded.version, excluded.is_delete) > (v.version, v.is_delete)
+                           OR (excluded.source = 'reconcile'
+                               AND (excluded.version, excluded.is_delete) = (v.version, v.is_delete))
+                  END
         RETURNING v.quota_id, v.version, v.is_delete, v.previous_version, v.applied_at
     ),
     upserted AS (
@@ -131,8 +174,8 @@ BEGIN
         SELECT c.quota_id, c.counterparty_id, c.direction, c.period_month, c.qty_t, c.tolerance_pct,
                c.incoterm_code, c.metal_code, c.version, c.source_updated_at
         FROM classified c
-        JOIN gate g USING (quota_id, version, is_delete)
-        WHERE NOT c.is_delete
+        JOIN gate g ON (g.quota_id, g.version, g.is_delete) = (c.quota_id, c.eff_version, c.is_delete)
+        WHERE NOT c.is_delete AND c.candidate
         ORDER BY c.quota_id
         ON CONFLICT (quota_id) DO UPDATE
             SET counterparty_id = excluded.counterparty_id,
@@ -150,24 +193,49 @@ BEGIN
     outcomes AS (
         SELECT o.quota_id, o.version, o.is_delete, o.payload, o.attempts,
                CASE
-                   WHEN o.error IS NOT NULL THEN 'dead'
+                   WHEN o.error IS NOT NULL OR o.unplaceable THEN 'dead'
                    WHEN o.candidate AND g.quota_id IS NOT NULL THEN 'applied'
                    WHEN o.dead_blocked THEN 'dead'
                    ELSE 'stale'
                END AS status,
                CASE
                    WHEN o.error IS NOT NULL THEN coalesce(o.error_class, 'invalid')
+                   WHEN o.unplaceable THEN 'delete_unplaceable'
                    WHEN o.dead_blocked THEN 'delete_blocked'
                END AS error_class,
                CASE
                    WHEN o.error IS NOT NULL THEN o.error
+                   WHEN o.unplaceable AND o.source_lsn IS NULL THEN
+                       format('cannot place the delete of quota %s: Debezium sent only the key (REPLICA '
+                              'IDENTITY DEFAULT), so it has no version, and it carries no source LSN to '
+                              'order it by (a JDBC sink record needs lsn in ExtractNewRecordState''s '
+                              'add.fields). Fix Titan: ALTER TABLE public.quota REPLICA IDENTITY FULL; then '
+                              'check the quota against Titan and resolve or replay this dead letter',
+                              o.quota_id)
+                   WHEN o.unplaceable THEN
+                       format('cannot place the delete of quota %s (source LSN %s): Debezium sent only the '
+                              'key (REPLICA IDENTITY DEFAULT), so it has no version, and the version gate '
+                              'holds version %s without a source LSN to order it by (applied from a feed '
+                              'without one, or before migration 014). Fix Titan: ALTER TABLE public.quota '
+                              'REPLICA IDENTITY FULL; then check the quota against Titan and resolve or '
+                              'replay this dead letter',
+                              o.quota_id, o.source_lsn, o.eff_version)
                    WHEN o.dead_blocked THEN
                        format('cannot delete quota %s at version %s: %s call-off(s) reference it',
                               o.quota_id, o.version,
                               (SELECT count(*) FROM public.call_off x WHERE x.quota_id = o.quota_id))
+                   -- stale is an outcome, never a silence for a delete: say what it lost to
+                   WHEN o.is_delete AND NOT o.dead_blocked AND NOT (o.candidate AND g.quota_id IS NOT NULL) THEN
+                       format('stale: a later change of quota %s %s; this delete is at %s',
+                              o.quota_id,
+                              CASE WHEN o.above_gate THEN 'in the same batch took effect instead'
+                                   ELSE 'was already applied' END,
+                              CASE WHEN o.source_lsn IS NOT NULL THEN format('source LSN %s', o.source_lsn)
+                                   ELSE format('version %s', o.version) END)
                END AS error
         FROM classified o
-        LEFT JOIN gate g USING (quota_id, version, is_delete)
+        LEFT JOIN gate g
+            ON (g.quota_id, g.version, g.is_delete) = (o.quota_id, o.eff_version, o.is_delete) AND o.candidate
     ),
     marked AS (
         UPDATE inbox.quota_events e

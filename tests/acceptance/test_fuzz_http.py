@@ -19,6 +19,15 @@ from tests.helpers import dead_letters, drain, inbox_rows, quota, status_counts,
 
 BODY_LIMIT = 256 * 1024  # room for 100 000 nested brackets (400); two long tokens are too much (413)
 ANSWERS = {202, 400, 413, 422}
+# what the strategies reach; 422 (PostgreSQL refusing a string, a lone surrogate) only by luck, since
+# an item that cannot be keyed is a reject of a 202 answer (issue 11)
+REACHED = {202, 400, 413}
+
+
+def http_rejects(db: DictConnection) -> int:
+    row = db.execute("SELECT count(*) AS n FROM inbox.rejects WHERE source = 'http'").fetchone()
+    assert row is not None
+    return int(row["n"])
 
 
 @pytest.mark.soak
@@ -39,25 +48,26 @@ def test_hostile_bodies_get_clear_answers_and_the_valid_events_are_applied(
         )
         @given(bodies())
         def post(body: Body) -> None:
-            before = inbox_rows(db)
+            before, rejects_before = inbox_rows(db), http_rejects(db)
             response = client.post("/events", content=body.raw, headers={"Content-Type": body.content_type})
-            written = inbox_rows(db) - before
+            written, rejects_written = inbox_rows(db) - before, http_rejects(db) - rejects_before
 
             answered[response.status_code] += 1
             assert response.status_code in ANSWERS, (response.status_code, response.text[:2000])
             if response.status_code != 202:
-                assert written == 0  # all or nothing
+                assert written == rejects_written == 0  # all or nothing
                 assert response.json()["error"]
                 return
             result = response.json()
             assert written == result["accepted"]
+            assert rejects_written == len(result.get("rejected", []))  # each one kept
             assert result["accepted"] + result["duplicates"] >= sum(item.intact for item in body.items)
             stored_intact.extend(item for item in body.items if item.intact)
 
         post()
 
     # The strategies reach every kind of answer, so each check above was put to work.
-    assert set(answered) == ANSWERS, answered
+    assert REACHED <= set(answered) <= ANSWERS, answered
     assert stored_intact
     drain(dsn)
     assert set(status_counts(db)) <= {"applied", "stale", "dead"}  # nothing stuck, nothing half-done

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import uuid
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from inbox.commands.status import print_status, read_status
 from inbox.db.connect import DictConnection
 from tests.acceptance.conftest import UNREACHABLE_DSN, LiveServer, StartServer
 from tests.helpers import dead_letters, drain, event_status, inbox_rows, quota, titan_event, to_json
@@ -204,7 +206,7 @@ def test_strings_postgresql_cannot_hold_are_refused_whole(
     assert inbox_rows(db) == 0
 
 
-def test_unkeyable_items_are_422_listing_each_index_and_reason(live: LiveServer, db: DictConnection) -> None:
+def test_unkeyable_items_are_named_and_the_rest_stored(live: LiveServer, db: DictConnection) -> None:
     def with_version(version: Any) -> dict[str, Any]:
         event = titan_event(uuid.uuid4(), 1, "INSERT")
         event["metadata"]["version"] = version
@@ -226,27 +228,51 @@ def test_unkeyable_items_are_422_listing_each_index_and_reason(live: LiveServer,
 
     response = _post(live, "[" + ",".join(items) + "]")
 
-    assert response.status_code == 422, response.text
-    problems = _problems(response)
+    # one bad event never refuses the rest of a request (issue 11)
+    assert response.status_code == 202, response.text
+    problems = {p["index"]: p["reason"] for p in response.json()["rejected"]}
     assert set(problems) == {1, 2, 3, 4, 5, 7, 8}
     for index in (1, 2):
         assert "quota_id" in problems[index]
     for index in (3, 4, 5, 8):
         assert "version" in problems[index]
     assert "object" in problems[7]
-    assert inbox_rows(db) == 0
+    assert inbox_rows(db) == 2
+    # nothing is dropped in silence: a sender that ignores the answer still finds them (issue 11)
+    kept = http_rejects(db)
+    assert [raw for raw, _ in kept] == [items[i] for i in sorted(problems)]
+    assert [reason for _, reason in kept] == [f"item {i}: {problems[i]}" for i in sorted(problems)]
+    status = io.StringIO()
+    print_status(read_status(db), status)
+    assert "7 HTTP" in status.getvalue()
 
 
-def test_unkeyable_line_of_ndjson_is_422_with_its_index(live: LiveServer, db: DictConnection) -> None:
+def test_unkeyable_line_of_ndjson_is_named_and_the_rest_stored(live: LiveServer, db: DictConnection) -> None:
     bad = titan_event(uuid.uuid4(), 1, "INSERT")
     del bad["metadata"]
     lines = [to_json(e) for e in _events(2)] + [to_json(bad)]
 
     response = _post(live, "\n".join(lines), "application/x-ndjson")
 
-    assert response.status_code == 422
-    assert set(_problems(response)) == {2}
-    assert inbox_rows(db) == 0
+    assert response.status_code == 202
+    assert [p["index"] for p in response.json()["rejected"]] == [2]
+    assert inbox_rows(db) == 2
+    # nothing storable at all: still 202, the item kept (a sender that stops on an error would stall
+    # on it for ever, as Debezium Server's HTTP sink does)
+    only_bad = _post(live, to_json(bad), "application/x-ndjson")
+    assert only_bad.status_code == 202, only_bad.text
+    assert only_bad.json()["accepted"] == 0
+    assert [p["index"] for p in only_bad.json()["rejected"]] == [0]
+    assert [raw for raw, _ in http_rejects(db)] == [to_json(bad)] * 2
+    assert inbox_rows(db) == 2
+
+
+def http_rejects(db: DictConnection) -> list[tuple[str, str]]:
+    rows = db.execute(
+        "SELECT raw, reason, topic FROM inbox.rejects WHERE source = 'http' ORDER BY id"
+    ).fetchall()
+    assert all(r["topic"] is None for r in rows)
+    return [(bytes(r["raw"]).decode("utf-8"), r["reason"]) for r in rows]
 
 
 def test_business_rule_violations_are_accepted_then_dead_lettered(

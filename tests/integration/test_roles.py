@@ -125,8 +125,11 @@ def test_ingest_role_files_events_from_every_feed(
     first = ingest(ingest_conn, events)
     again = ingest(ingest_conn, events)
     ingest_conn.execute(
-        'INSERT INTO inbox.rejects (topic, "partition", "offset", raw, reason)'
-        " VALUES ('titan.quota', 0, 7, 'garbage', 'not JSON') ON CONFLICT DO NOTHING"
+        'INSERT INTO inbox.rejects (source, topic, "partition", "offset", raw, reason)'
+        " VALUES ('kafka', 'titan.quota', 0, 7, 'garbage', 'not JSON') ON CONFLICT DO NOTHING"
+    )
+    ingest_conn.execute(
+        "INSERT INTO inbox.rejects (source, raw, reason) VALUES ('http', '\"x\"', 'item 0: ...')"
     )
     sink_dsn = with_role(dsn, "inbox_ingest")
     for shape, deliver in SHAPES.items():
@@ -240,7 +243,8 @@ def test_worker_role_runs_the_whole_data_path_and_its_jobs(
         "DROP SCHEMA inbox CASCADE",
         "ALTER TABLE public.quota ADD COLUMN sneaky text",
         "ALTER TABLE inbox.quota_events DISABLE TRIGGER ALL",
-        "ALTER FUNCTION inbox.ingest_events(jsonb, uuid[], bigint[], boolean[], text) SECURITY INVOKER",
+        "ALTER FUNCTION inbox.ingest_events(jsonb, uuid[], bigint[], boolean[], text, bigint[])"
+        " SECURITY INVOKER",
         "CREATE OR REPLACE FUNCTION inbox.ingest_events(jsonb, uuid[], bigint[], boolean[], text)"
         " RETURNS integer LANGUAGE sql AS 'SELECT 0'",
         "CREATE TABLE inbox.mine (x int)",

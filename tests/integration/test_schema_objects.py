@@ -101,11 +101,25 @@ REGRANTED_SINCE_010 = {
     "a_inbox_alerts",
 }
 
+_INGEST_EVENTS_010 = (
+    "p_events jsonb, p_quota_ids uuid[], p_versions bigint[], p_is_delete boolean[], p_source text"
+)
+# (schema, name, arguments) now -> as of 010
+SIGNATURES_CHANGED = {
+    # 014: the source LSN of each event
+    ("inbox", "ingest_events", _INGEST_EVENTS_010 + ", p_source_lsns bigint[]"): (
+        "inbox",
+        "ingest_events",
+        _INGEST_EVENTS_010,
+    ),
+}
+
 
 def _acls(snapshot: dict[str, list[tuple[Any, ...]]]) -> dict[str, dict[tuple[Any, ...], str]]:
-    """Each function's and relation's privileges, by name."""
+    """Each function's and relation's privileges, by name (a function's name as of 010: a later
+    migration that changed its arguments is followed by SIGNATURES_CHANGED)."""
     return {
-        "functions": {row[:3]: row[10] for row in snapshot["functions"]},
+        "functions": {SIGNATURES_CHANGED.get(row[:3], row[:3]): row[10] for row in snapshot["functions"]},
         "relations": {row[:2]: row[3] for row in snapshot["relations"]},
     }
 

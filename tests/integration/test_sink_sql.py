@@ -41,48 +41,49 @@ COLUMNS = (
     "__op",
     "__deleted",
     "__source_ts_ms",
+    "__lsn",  # add.fields names lsn in the shipped sink configs
 )
 
 DEBEZIUM_UPSERT = (
     "INSERT INTO inbox.titan_quota_sink (quota_id,version,counterparty_id,direction,period_month,qty_t,"
-    "tolerance_pct,incoterm_code,metal_code,updated_at,__op,__deleted,__source_ts_ms) "
-    "VALUES (cast(%s as uuid),%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
+    "tolerance_pct,incoterm_code,metal_code,updated_at,__op,__deleted,__source_ts_ms,__lsn) "
+    "VALUES (cast(%s as uuid),%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
     "ON CONFLICT (quota_id,version) DO UPDATE SET counterparty_id=EXCLUDED.counterparty_id,"
     "direction=EXCLUDED.direction,period_month=EXCLUDED.period_month,qty_t=EXCLUDED.qty_t,"
     "tolerance_pct=EXCLUDED.tolerance_pct,incoterm_code=EXCLUDED.incoterm_code,"
     "metal_code=EXCLUDED.metal_code,updated_at=EXCLUDED.updated_at,__op=EXCLUDED.__op,"
-    "__deleted=EXCLUDED.__deleted,__source_ts_ms=EXCLUDED.__source_ts_ms"
+    "__deleted=EXCLUDED.__deleted,__source_ts_ms=EXCLUDED.__source_ts_ms,__lsn=EXCLUDED.__lsn"
 )
 
 DEBEZIUM_UNNEST_UPSERT = (
     "INSERT INTO inbox.titan_quota_sink (quota_id,version,counterparty_id,direction,period_month,qty_t,"
-    "tolerance_pct,incoterm_code,metal_code,updated_at,__op,__deleted,__source_ts_ms) "
+    "tolerance_pct,incoterm_code,metal_code,updated_at,__op,__deleted,__source_ts_ms,__lsn) "
     "SELECT * FROM UNNEST(%s::uuid[],%s::bigint[],%s::text[],%s::text[],%s::date[],%s::text[],"
-    "%s::text[],%s::text[],%s::text[],%s::timestamptz[],%s::text[],%s::text[],%s::bigint[]) "
+    "%s::text[],%s::text[],%s::text[],%s::timestamptz[],%s::text[],%s::text[],%s::bigint[],%s::bigint[]) "
     "AS t(quota_id,version,counterparty_id,direction,period_month,qty_t,tolerance_pct,incoterm_code,"
-    "metal_code,updated_at,__op,__deleted,__source_ts_ms) "
+    "metal_code,updated_at,__op,__deleted,__source_ts_ms,__lsn) "
     "ON CONFLICT (quota_id,version) DO UPDATE SET counterparty_id=EXCLUDED.counterparty_id,"
     "direction=EXCLUDED.direction,period_month=EXCLUDED.period_month,qty_t=EXCLUDED.qty_t,"
     "tolerance_pct=EXCLUDED.tolerance_pct,incoterm_code=EXCLUDED.incoterm_code,"
     "metal_code=EXCLUDED.metal_code,updated_at=EXCLUDED.updated_at,__op=EXCLUDED.__op,"
-    "__deleted=EXCLUDED.__deleted,__source_ts_ms=EXCLUDED.__source_ts_ms"
+    "__deleted=EXCLUDED.__deleted,__source_ts_ms=EXCLUDED.__source_ts_ms,__lsn=EXCLUDED.__lsn"
 )
 
 CONFLUENT_UPSERT = (
     'INSERT INTO "inbox"."titan_quota_sink" ("quota_id","version","counterparty_id","direction",'
     '"period_month","qty_t","tolerance_pct","incoterm_code","metal_code","updated_at","__op",'
-    '"__deleted","__source_ts_ms") VALUES (%s::uuid,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) '
+    '"__deleted","__source_ts_ms","__lsn") VALUES (%s::uuid,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) '
     'ON CONFLICT ("quota_id","version") DO UPDATE SET "counterparty_id"=EXCLUDED."counterparty_id",'
     '"direction"=EXCLUDED."direction","period_month"=EXCLUDED."period_month","qty_t"=EXCLUDED."qty_t",'
     '"tolerance_pct"=EXCLUDED."tolerance_pct","incoterm_code"=EXCLUDED."incoterm_code",'
     '"metal_code"=EXCLUDED."metal_code","updated_at"=EXCLUDED."updated_at","__op"=EXCLUDED."__op",'
-    '"__deleted"=EXCLUDED."__deleted","__source_ts_ms"=EXCLUDED."__source_ts_ms"'
+    '"__deleted"=EXCLUDED."__deleted","__source_ts_ms"=EXCLUDED."__source_ts_ms","__lsn"=EXCLUDED."__lsn"'
 )
 
 CONFLUENT_INSERT = (
     'INSERT INTO "inbox"."titan_quota_sink" ("quota_id","version","counterparty_id","direction",'
     '"period_month","qty_t","tolerance_pct","incoterm_code","metal_code","updated_at","__op",'
-    '"__deleted","__source_ts_ms") VALUES (%s::uuid,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)'
+    '"__deleted","__source_ts_ms","__lsn") VALUES (%s::uuid,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)'
 )
 
 
@@ -95,6 +96,9 @@ class Record:
     qty_t: Decimal = Decimal("100.000")
     tolerance_pct: Decimal | None = Decimal("0")  # falsy but valid: must survive
     deleted: bool = False
+    lsn: int | None = None  # __lsn: Debezium's source.lsn; None as from a config without it in add.fields
+    # a delete under REPLICA IDENTITY DEFAULT: the key, and type defaults in the NOT NULL columns
+    key_only: bool = False
 
     def values(
         self, *, decimals_as_text: bool = False, timestamp_as_text: bool = False, date_as_days: bool = False
@@ -103,6 +107,18 @@ class Record:
             return str(value) if decimals_as_text and value is not None else value
 
         updated = datetime(2026, 3, 31, 23, 30, tzinfo=UTC)
+        if self.key_only:
+            epoch = datetime(1970, 1, 1, tzinfo=UTC)
+            defaults = [0, "", "", date(1970, 1, 1), number(Decimal(0)), None, None, ""]
+            return [
+                str(self.quota_id),
+                *defaults,
+                "1970-01-01T00:00:00Z" if timestamp_as_text else epoch,
+                "d",
+                "true",
+                1_775_000_000_000,
+                self.lsn,
+            ]
         return [
             str(self.quota_id),
             self.version,
@@ -117,6 +133,7 @@ class Record:
             "d" if self.deleted else "u",
             "true" if self.deleted else "false",
             1_775_000_000_000 + self.version,
+            self.lsn,
         ]
 
 
@@ -255,3 +272,45 @@ def test_invalid_values_land_and_become_dead_letters(dsn: str, db: DictConnectio
     assert error["error_class"] == "invalid"
     assert "direction must be BUY or SELL" in error["error_message"]
     assert "qty_t must be positive" in error["error_message"]
+
+
+@pytest.mark.parametrize("shape", ["debezium-upsert", "debezium-unnest", "confluent-insert"])
+def test_a_key_only_delete_is_ordered_by_its_lsn(shape: str, dsn: str, db: DictConnection) -> None:
+    """REPLICA IDENTITY DEFAULT: the sink writes the delete at version 0 with type defaults; __lsn
+    (add.fields=op,lsn,...) places it after the upserts it follows, in whatever batch it comes."""
+    deliver = SHAPES[shape]
+    quota_id = uuid.uuid4()
+    with connector_session(dsn) as conn:
+        deliver(conn, [Record(quota_id, 1, lsn=100), Record(quota_id, 2, lsn=200)])
+        drain(dsn)
+        deliver(conn, [Record(quota_id, 0, key_only=True, lsn=300)])
+        drain(dsn)
+        assert quota(db, quota_id) is None
+        # an older change delivered late: its LSN is below the delete's
+        deliver(conn, [Record(quota_id, 3, lsn=250)])
+        drain(dsn)
+
+    assert quota(db, quota_id) is None
+    row = db.execute(
+        "SELECT status, source_lsn FROM inbox.quota_events WHERE quota_id = %s AND version = 0", [quota_id]
+    ).fetchone()
+    assert row == {"status": "applied", "source_lsn": 300}
+    assert db.execute("SELECT count(*) AS n FROM public.quota_processing_errors").fetchone() == {"n": 0}
+
+
+def test_a_key_only_delete_without_its_lsn_is_a_dead_letter_naming_the_fix(
+    dsn: str, db: DictConnection
+) -> None:
+    """A sink config without lsn in add.fields: the delete cannot be placed; it says so."""
+    quota_id = uuid.uuid4()
+    with connector_session(dsn) as conn:
+        SHAPES["debezium-upsert"](conn, [Record(quota_id, 1, lsn=100)])
+        drain(dsn)
+        SHAPES["debezium-upsert"](conn, [Record(quota_id, 0, key_only=True)])
+        drain(dsn)
+
+    assert quota(db, quota_id) is not None
+    [letter] = db.execute("SELECT error_class, error_message FROM public.quota_processing_errors").fetchall()
+    assert letter["error_class"] == "delete_unplaceable"
+    assert "add.fields" in letter["error_message"]
+    assert "REPLICA IDENTITY FULL" in letter["error_message"]

@@ -54,7 +54,15 @@ def connector(file_name: str) -> dict[str, str]:
 def sink_table_columns() -> list[str]:
     body = SINK_MIGRATION[SINK_MIGRATION.index("CREATE TABLE inbox.titan_quota_sink") :]
     body = body[: body.index(");")]
-    return [c for c in re.findall(r"^\s{4}(\w+)\s+\w+", body, re.MULTILINE) if c != "PRIMARY"]
+    created = [c for c in re.findall(r"^\s{4}(\w+)\s+\w+", body, re.MULTILINE) if c != "PRIMARY"]
+    added = [
+        column
+        for path in sorted((ROOT / "sql" / "migrations").glob("*.sql"))
+        for column in re.findall(
+            r"ALTER TABLE inbox\.titan_quota_sink ADD COLUMN (\w+)", path.read_text(encoding="utf-8")
+        )
+    ]
+    return created + added
 
 
 def test_every_service_the_docs_list_is_in_the_compose_file_and_back() -> None:
@@ -172,6 +180,7 @@ def test_the_sink_table_has_the_flattened_quota_row() -> None:
         "__op",
         "__deleted",
         "__source_ts_ms",
+        "__lsn",  # migration 014
     ]
 
 

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from inbox.events import EventKey, InvalidEvent, UnkeyableEvent
-from inbox.formats import connect_decimal, format_of, interpret, key_event, skip_reason
+from inbox.formats import connect_decimal, format_of, interpret, key_event, ordering, skip_reason
 from inbox.ingest import parse_texts
 from tests.cdc_events import debezium_event, encode_decimal, flattened_record, row_schema
 from tests.helpers import titan_event, to_json
@@ -83,13 +83,62 @@ def test_debezium_delete_is_keyed_from_before(wrapped: bool) -> None:
     assert interpret(event) is None
 
 
-def test_debezium_delete_without_the_old_version_asks_for_replica_identity_full() -> None:
+def test_debezium_delete_without_the_old_version_is_ordered_by_its_lsn() -> None:
+    """REPLICA IDENTITY DEFAULT: `before` holds the key and type defaults, never Titan's version."""
     event = debezium_event(QUOTA_ID, 9, "d")
-    event["before"] = {"quota_id": str(QUOTA_ID), "version": None}  # REPLICA IDENTITY DEFAULT
+    event["before"] = {"quota_id": str(QUOTA_ID), "version": 0, "counterparty_id": "", "metal_code": ""}
+    event["source"]["lsn"] = 26652392
+
+    key = key_event(event)
+    assert (key.quota_id, key.version, key.is_delete, key.source_lsn) == (QUOTA_ID, 0, True, 26652392)
+    assert ordering(event) == (26652392, True)
+    # a REPLICA IDENTITY FULL delete keeps its version and is not version-less
+    assert ordering(debezium_event(QUOTA_ID, 9, "d"))[1] is False
+
+
+def test_debezium_delete_without_version_or_lsn_asks_for_replica_identity_full() -> None:
+    event = debezium_event(QUOTA_ID, 9, "d")
+    event["before"] = {"quota_id": str(QUOTA_ID), "version": None}  # nullable columns: nulls
+    del event["source"]["lsn"]
 
     reason = unkeyable(event)
-    assert "before.version must be an integer" in reason
+    assert "needs source.lsn" in reason
     assert "REPLICA IDENTITY FULL" in reason
+
+
+def test_flattened_delete_without_lsn_names_both_fixes() -> None:
+    record = {
+        "quota_id": str(QUOTA_ID),
+        "version": 0,
+        "counterparty_id": "",
+        "metal_code": "",
+        "__deleted": "true",
+    }
+    reason = unkeyable(record)
+    assert "REPLICA IDENTITY FULL" in reason
+    assert "add.fields" in reason
+    assert key_event({**record, "__lsn": 77}).source_lsn == 77
+
+
+def test_schemaless_base64_decimal_and_bare_timestamp_name_their_fix() -> None:
+    event = debezium_event(QUOTA_ID, 2)
+    event["after"]["qty_t"] = "AKSN"
+    event["after"]["updated_at"] = 1772359200123456
+    with pytest.raises(InvalidEvent) as caught:
+        interpret(event)
+    reasons = " ".join(caught.value.reasons)
+    assert "value.converter.schemas.enable=true" in reasons
+    assert "decimal.handling.mode=string" in reasons
+    assert "timestamptz" in reasons
+
+
+def test_isostring_dates_are_read() -> None:
+    """time.precision.mode=isostring writes a date as 2026-03-15Z."""
+    event = debezium_event(QUOTA_ID, 2)
+    event["after"]["period_month"] = "2026-03-15Z"
+    row = interpret(event)
+    assert row is not None
+    assert row.period_month.isoformat() == "2026-03-01"
 
 
 def test_debezium_upsert_without_after_or_with_unknown_op_is_unkeyable() -> None:
