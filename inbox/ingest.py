@@ -1,7 +1,8 @@
-"""Ingest: parse a request or message batch, key every event, store the batch in one transaction.
+"""Ingest: parse a request or message batch and key every event (inbox/store.py stores it).
 
 Storage keeps each event as PostgreSQL parsed it from the original text, so numbers keep their
-exact digits; Python parses the same text (decimals as Decimal) only to key and check it.
+exact digits; Python parses the same text (decimals as Decimal) only to key and check it. This
+module needs no database (the import-linter contract "pure core" holds it to that).
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, BinaryIO, Literal
 
-from inbox.db.connect import DictConnection
-from inbox.db.sqlfiles import query
 from inbox.events import MAX_NUMBER_DIGITS, EventKey, UnkeyableEvent, number_problem
 from inbox.formats import key_event, skip_reason
 
@@ -59,14 +58,6 @@ class ParsedBatch:
 
     def __len__(self) -> int:
         return len(self.keys)
-
-
-@dataclass(frozen=True)
-class IngestResult:
-    accepted: int
-    duplicates: int
-    skipped: int = 0
-    rejected: list[Rejected] = field(default_factory=list)
 
 
 def _reject_constant(name: str) -> Any:
@@ -325,57 +316,6 @@ def parse_in_batches(texts: Sequence[str], batch_size: int) -> list[ParsedBatch]
     if problems:
         raise BadBatch(problems, unparseable=False)
     return batches
-
-
-def store(conn: DictConnection, batch: ParsedBatch, source: Source) -> IngestResult:
-    """Store the batch in one transaction: its events (a redelivered event counts as a duplicate and
-    changes nothing) and its rejected items, verbatim with their reasons, in inbox.rejects."""
-    if not batch.keys and not batch.rejected:
-        return _result(batch, 0)
-    with conn.transaction():
-        inserted = _store_events(conn, batch, source) if batch.keys else 0
-        if batch.rejected:
-            conn.execute(
-                query("insert_request_rejects"),
-                {
-                    "source": source,
-                    "raws": [r.raw.encode("utf-8") for r in batch.rejected],
-                    # PostgreSQL text cannot hold NUL
-                    "reasons": [
-                        f"item {r.index}: {r.reason}".replace("\x00", "\\x00") for r in batch.rejected
-                    ],
-                },
-            )
-    return _result(batch, inserted)
-
-
-def _result(batch: ParsedBatch, inserted: int) -> IngestResult:
-    return IngestResult(
-        accepted=inserted,
-        duplicates=len(batch.keys) - inserted,
-        skipped=batch.skipped,
-        rejected=batch.rejected,
-    )
-
-
-def _store_events(conn: DictConnection, batch: ParsedBatch, source: Source) -> int:
-    params: dict[str, Any] = {
-        "events": batch.array_text,
-        "quota_ids": [k.quota_id for k in batch.keys],
-        "versions": [k.version for k in batch.keys],
-        "is_delete": [k.is_delete for k in batch.keys],
-        "source_lsns": [k.source_lsn for k in batch.keys],
-        "source": source,
-    }
-    row = conn.execute(query("ingest_events"), params).fetchone()
-    assert row is not None
-    return int(row["inserted"])
-
-
-def store_events(conn: DictConnection, events: Sequence[str | bytes], source: Source) -> IngestResult:
-    """The Python ingest API: raw event texts in, one transaction, counts of new and duplicate events."""
-    texts = [e.decode("utf-8") if isinstance(e, bytes) else e for e in events]
-    return store(conn, parse_texts(texts), source)
 
 
 def stream_values(

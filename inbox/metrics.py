@@ -28,7 +28,6 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-import psycopg
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -37,10 +36,10 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
-from psycopg.conninfo import make_conninfo
 
-from inbox.db.connect import connect
-from inbox.db.sqlfiles import query
+from inbox.db.connect import connect, with_timeout
+from inbox.db.errors import DatabaseError
+from inbox.db.queries import Queries
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +83,7 @@ class MetricsSource:
     """Reads a Snapshot from the database, at most once per refresh interval, thread-safe."""
 
     def __init__(self, dsn: str, refresh_seconds: float) -> None:
-        self._dsn = make_conninfo(dsn, connect_timeout=CONNECT_TIMEOUT_SECONDS)
+        self._dsn = with_timeout(dsn, CONNECT_TIMEOUT_SECONDS, force=True)
         self.refresh_seconds = refresh_seconds
         self._lock = threading.Lock()
         self._snapshot = Snapshot()
@@ -103,23 +102,20 @@ class MetricsSource:
     def _read(self) -> Snapshot:
         try:
             with connect(self._dsn, autocommit=True, application_name="quota-inbox metrics") as conn:
-                counters = {
-                    (row["metric"], row["label"]): float(row["value"])
-                    for row in conn.execute(query("metrics_counters"))
-                }
-                gauges = conn.execute(query("metrics_gauges")).fetchone()
-        except psycopg.Error as exc:
+                queries = Queries(conn)
+                counters = queries.metrics_counters()
+                gauges = queries.metrics_gauges()
+        except DatabaseError as exc:
             log.warning("metrics: database unavailable: %s", str(exc).strip())
             # Keep the last figures (counters must not drop to zero), flag the database as down.
             return replace(self._snapshot, database_up=False, read_at=time.monotonic())
-        assert gauges is not None
         return Snapshot(
             counters=counters,
-            pending=int(gauges["pending"]),
-            processing=int(gauges["processing"]),
-            oldest_pending_age=float(gauges["oldest_pending_age"] or 0.0),
-            dead_letters_unresolved=int(gauges["dead_letters_unresolved"]),
-            latency_buckets=tuple(float(b) for b in gauges["latency_buckets"]),
+            pending=gauges.pending,
+            processing=gauges.processing,
+            oldest_pending_age=float(gauges.oldest_pending_age or 0.0),
+            dead_letters_unresolved=gauges.dead_letters_unresolved,
+            latency_buckets=tuple(float(b) for b in gauges.latency_buckets),
             has_figures=True,
             database_up=True,
             read_at=time.monotonic(),

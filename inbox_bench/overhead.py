@@ -5,7 +5,7 @@ where one of them is switched off, against one where everything is as shipped.
   of the same signature that returns as many ids, so apply_events runs unchanged;
 * triggers off: the statement-level counter triggers of migration 006 dropped.
 
-Ingest is inbox.ingest.store (parse, key, one transaction per 500 events) without HTTP; the apply is
+Ingest is inbox.store.store (parse, key, one transaction per 500 events) without HTTP; the apply is
 Worker threads in this process draining the backlog, so the figures isolate the database work.
 """
 
@@ -16,8 +16,9 @@ import time
 
 from inbox.apply.worker import Worker
 from inbox.db.connect import connect
-from inbox.ingest import parse_texts, store
+from inbox.ingest import parse_texts
 from inbox.settings import Settings
+from inbox.store import store
 from inbox_bench.cluster import Cluster
 from inbox_bench.config import Config
 from inbox_bench.events import Stream

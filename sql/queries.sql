@@ -80,9 +80,6 @@ SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'pgmq') AS ava
 -- name: create_pgmq_extension
 CREATE EXTENSION IF NOT EXISTS pgmq;
 
--- name: server_version
-SELECT current_setting('server_version_num')::integer AS version_num;
-
 -- name: ingest_events
 -- What was not new is counted for inbox_events_duplicate_total by the function itself.
 SELECT inbox.ingest_events(%(events)s::jsonb, %(quota_ids)s::uuid[], %(versions)s::bigint[],

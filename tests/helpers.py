@@ -9,8 +9,9 @@ from typing import Any
 
 from inbox.apply.worker import BatchCounts, Worker
 from inbox.db.connect import DictConnection
-from inbox.ingest import IngestResult, Source, store_events
+from inbox.ingest import Source
 from inbox.settings import Settings
+from inbox.store import IngestResult, store_events
 
 
 def titan_event(

@@ -22,13 +22,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import psycopg
 from apscheduler.schedulers.background import BackgroundScheduler
-from psycopg.types.json import Jsonb
 
 from inbox.apply.worker import reap_expired_leases
 from inbox.db.connect import connect
-from inbox.db.sqlfiles import query
+from inbox.db.errors import DatabaseError, Unreachable
+from inbox.db.queries import Queries
 from inbox.metrics import source_for
 from inbox.settings import Settings
 
@@ -40,7 +39,7 @@ def reap_job(dsn: str, settings: Settings) -> None:
     try:
         with connect(dsn, autocommit=True, application_name="quota-inbox reaper") as conn:
             counts = reap_expired_leases(conn, settings)
-    except psycopg.Error as exc:
+    except DatabaseError as exc:
         log.warning("lease reaper could not run: %s", exc)
         return
     if counts.retried or counts.dead:
@@ -53,12 +52,11 @@ def purge_finished(dsn: str, settings: Settings, budget_seconds: float) -> int:
     total = 0
     deadline = time.monotonic() + budget_seconds
     with connect(dsn, autocommit=True, application_name="quota-inbox retention") as conn:
+        queries = Queries(conn)
         while True:
-            row = conn.execute(
-                query("purge_finished_events"),
-                {"older_than": settings.retention, "limit": settings.retention_batch_size},
-            ).fetchone()
-            purged = int(row["purged"]) if row else 0
+            purged = queries.purge_finished_events(
+                older_than=settings.retention, limit=settings.retention_batch_size
+            )
             total += purged
             if purged < settings.retention_batch_size or time.monotonic() > deadline:
                 return total
@@ -69,17 +67,16 @@ def purge_history(dsn: str, settings: Settings, budget_seconds: float) -> dict[s
     deleted quotas, batch by batch as purge_finished does. Returns how many of each were deleted."""
     totals = {"rejects": 0, "dead_letters": 0, "gates": 0}
     deadline = time.monotonic() + budget_seconds
-    params = {
-        "older_than": settings.history_retention,
-        "gates_older_than": settings.gate_retention,
-        "limit": settings.retention_batch_size,
-    }
     with connect(dsn, autocommit=True, application_name="quota-inbox retention") as conn:
+        queries = Queries(conn)
         while True:
-            row = conn.execute(query("purge_history"), params).fetchone()
-            assert row is not None
+            row = queries.purge_history(
+                older_than=settings.history_retention,
+                gates_older_than=settings.gate_retention,
+                limit=settings.retention_batch_size,
+            )
             for kind in totals:
-                totals[kind] += int(row[kind])
+                totals[kind] += row[kind]
             if max(row.values()) < settings.retention_batch_size or time.monotonic() > deadline:
                 return totals
 
@@ -89,7 +86,7 @@ def retention_job(dsn: str, settings: Settings) -> None:
     try:
         purged = purge_finished(dsn, settings, budget_seconds=budget)
         history = purge_history(dsn, settings, budget_seconds=budget)
-    except psycopg.Error as exc:
+    except DatabaseError as exc:
         log.warning("retention could not run: %s", exc)
         return
     if purged:
@@ -116,50 +113,45 @@ def check_alerts(dsn: str, settings: Settings, watch: DatabaseWatch) -> int | No
     window = timedelta(seconds=settings.alert_window_seconds)
     try:
         with connect(dsn, autocommit=True, application_name="quota-inbox alerts") as conn:
-            _report_recovery(conn, watch, window)
-            row = conn.execute(
-                query("check_dead_letter_rate"),
-                {"window": window, "threshold": settings.alert_dead_letter_threshold},
-            ).fetchone()
-            _report_unplaceable_deletes(conn, window)
-    except psycopg.OperationalError as exc:
+            queries = Queries(conn)
+            _report_recovery(queries, watch, window)
+            rate = queries.check_dead_letter_rate(
+                window=window, threshold=settings.alert_dead_letter_threshold
+            )
+            _report_unplaceable_deletes(queries, window)
+    except Unreachable as exc:
         _report_unreachable(watch, exc, settings.alert_window_seconds)
         return None
-    assert row is not None
-    if row["msg_id"] is None:
+    if rate.msg_id is None:
         return None
     log.error(
         "dead-letter rate over threshold",
         extra={
             "alert": "dead_letter_rate",
-            "dead_letters": row["dead_letters"],
-            "by_class": row["by_class"],
+            "dead_letters": rate.dead_letters,
+            "by_class": rate.by_class,
             "window_seconds": settings.alert_window_seconds,
             "threshold": settings.alert_dead_letter_threshold,
-            "msg_id": row["msg_id"],
+            "msg_id": rate.msg_id,
         },
     )
-    return int(row["msg_id"])
+    return rate.msg_id
 
 
-def _report_unplaceable_deletes(conn: Any, window: timedelta) -> None:
+def _report_unplaceable_deletes(queries: Queries, window: timedelta) -> None:
     """Any open delete_unplaceable dead letter is an alert of its own (once per window while open):
     a quota Titan deleted is still here, and only REPLICA IDENTITY FULL at Titan prevents more."""
-    found = conn.execute(query("open_unplaceable_deletes")).fetchone()
-    if found is None or not found["open"]:
+    found = queries.open_unplaceable_deletes()
+    if not found.open or found.oldest is None:
         return
     message = {
         "alert": "delete_unplaceable",
-        "open": found["open"],
-        "oldest": found["oldest"].isoformat(),
+        "open": found.open,
+        "oldest": found.oldest.isoformat(),
         "fix": "ALTER TABLE public.quota REPLICA IDENTITY FULL on Titan; then resolve or replay "
         "(inbox dlq list --error-class delete_unplaceable)",
     }
-    sent = conn.execute(
-        query("publish_alert"),
-        {"alert": "delete_unplaceable", "message": Jsonb(message), "renotify": window},
-    ).fetchone()
-    if sent is not None and sent["msg_id"] is not None:
+    if queries.publish_alert(alert="delete_unplaceable", message=message, renotify=window) is not None:
         log.error("deletes that cannot be placed", extra=message)
 
 
@@ -180,7 +172,7 @@ def _report_unreachable(watch: DatabaseWatch, exc: Exception, every_seconds: flo
     )
 
 
-def _report_recovery(conn: Any, watch: DatabaseWatch, window: timedelta) -> None:
+def _report_recovery(queries: Queries, watch: DatabaseWatch, window: timedelta) -> None:
     if watch.down_since is None:
         return
     until = datetime.now(UTC)
@@ -193,10 +185,7 @@ def _report_recovery(conn: Any, watch: DatabaseWatch, window: timedelta) -> None
         "process": f"{socket.gethostname()}:{os.getpid()}",
         "error": watch.last_error,
     }
-    conn.execute(
-        query("publish_alert"),
-        {"alert": "database_unreachable", "message": Jsonb(message), "renotify": window},
-    )
+    queries.publish_alert(alert="database_unreachable", message=message, renotify=window)
     log.info("database reachable again", extra={"since": watch.down_since.isoformat()})
     watch.down_since = None
 
@@ -204,7 +193,7 @@ def _report_recovery(conn: Any, watch: DatabaseWatch, window: timedelta) -> None
 def alert_job(dsn: str, settings: Settings, watch: DatabaseWatch) -> None:
     try:
         check_alerts(dsn, settings, watch)
-    except psycopg.Error as exc:
+    except DatabaseError as exc:
         log.warning("alert check could not run: %s", exc)
 
 
@@ -212,8 +201,8 @@ def metrics_job(dsn: str, settings: Settings) -> None:
     """Fold old counter rows (one process at a time), then refresh this process's figures."""
     try:
         with connect(dsn, autocommit=True, application_name="quota-inbox metrics") as conn:
-            conn.execute(query("fold_counters"))
-    except psycopg.Error as exc:
+            Queries(conn).fold_counters()
+    except DatabaseError as exc:
         log.warning("metrics job could not fold counters: %s", exc)
     source_for(dsn, settings.metrics_refresh_seconds).refresh()
 

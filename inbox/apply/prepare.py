@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from inbox.db.connect import load_json
@@ -12,7 +13,7 @@ from inbox.formats import interpret, key_event, ordering
 log = logging.getLogger(__name__)
 
 
-def prepare(row: dict[str, Any]) -> dict[str, Any]:
+def prepare(row: Mapping[str, Any]) -> dict[str, Any]:
     """One claimed row -> {key..., error_class, error, quota columns}; never raises.
 
     row: the key, and either payload (the JSON text the inbox holds) or unreadable (why it could
@@ -64,7 +65,7 @@ def prepare(row: dict[str, Any]) -> dict[str, Any]:
     return prepared
 
 
-def _check_key(row: dict[str, Any], payload: Any) -> None:
+def _check_key(row: Mapping[str, Any], payload: Any) -> None:
     """The key an event is filed under must be the payload's own: whoever files events (the ingest
     role, the sink, SQL) passes the key next to the payload, and the version gate trusts the key
     while the quota's columns come from the payload. Filed under another quota's key, or above its

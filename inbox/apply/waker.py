@@ -5,10 +5,9 @@ from __future__ import annotations
 import logging
 import threading
 
-import psycopg
-
 from inbox.db.connect import connect
-from inbox.db.sqlfiles import query
+from inbox.db.errors import DatabaseError
+from inbox.db.queries import Queries
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +64,7 @@ class NotifyListener(threading.Thread):
             try:
                 self._listen()
                 delay = 0.5
-            except psycopg.Error as exc:
+            except DatabaseError as exc:
                 self.listening.clear()
                 log.warning("notify listener lost its connection (%s); retrying in %.1fs", exc, delay)
                 self._stop_event.wait(delay)
@@ -73,7 +72,7 @@ class NotifyListener(threading.Thread):
 
     def _listen(self) -> None:
         with connect(self._dsn, autocommit=True, application_name="quota-inbox listener") as conn:
-            conn.execute(query("listen_for_events"))
+            Queries(conn).listen_for_events()
             self.listening.set()
             # Whatever arrived while we were not listening: let the workers look.
             self._waker.wake()

@@ -15,31 +15,21 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-import psycopg
-from psycopg import errors as pg_errors
-from psycopg.types.json import Jsonb
-
+from inbox.apply.ports import WorkerDatabase
 from inbox.apply.prepare import prepare
 from inbox.apply.waker import Waker
-from inbox.db.connect import DictConnection, connect, set_worker_session
-from inbox.db.sqlfiles import query
+from inbox.db.connect import Session
+from inbox.db.errors import DatabaseError, is_transient, sqlstate
+from inbox.db.queries import ClaimedKey, DeadLetterLine, DictConnection, EventKeyRow, Queries
 from inbox.settings import Settings
 from inbox.text import shorten
 
 log = logging.getLogger(__name__)
-
-TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
-    psycopg.OperationalError,  # connection lost, server shutting down, admin shutdown
-    pg_errors.DeadlockDetected,
-    pg_errors.SerializationFailure,
-    pg_errors.LockNotAvailable,
-    pg_errors.QueryCanceled,  # statement_timeout
-)
 
 
 # How much longer than its stored size a payload's text may be before it is not read: jsonb prints
@@ -66,40 +56,35 @@ def worker_name(index: int) -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{index}"
 
 
-def is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, TRANSIENT_ERRORS)
-
-
 class Worker:
-    def __init__(self, dsn: str, settings: Settings, name: str) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        settings: Settings,
+        name: str,
+        database: Callable[[], WorkerDatabase] | None = None,
+    ) -> None:
+        """database: the port the worker calls (default: the named queries on its own session,
+        reconnected after a failure); tests of the retry logic pass a fake."""
         self.dsn = dsn
         self.settings = settings
         self.name = name
-        self._conn: DictConnection | None = None
-
-    # -- connection ---------------------------------------------------------------------------
-
-    def _connection(self) -> DictConnection:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = connect(self.dsn, autocommit=True, application_name=f"quota-inbox {self.name}")
-            set_worker_session(
-                self._conn,
-                statement_timeout_ms=self.settings.effective_statement_timeout_ms(),
-                application_name=f"quota-inbox {self.name}",
-            )
-        return self._conn
+        self._session = Session(
+            dsn,
+            application_name=f"quota-inbox {name}",
+            statement_timeout_ms=settings.effective_statement_timeout_ms(),
+        )
+        self._db: Callable[[], WorkerDatabase] = database or self._session.queries
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._session.close()
 
     # -- one batch ----------------------------------------------------------------------------
 
     def claim(self) -> list[dict[str, Any]]:
         """Claim a batch and read its payloads: the rows prepare() takes. Rows whose payloads were not
         read within half the lease are given back (see read_payloads)."""
-        conn = self._connection()
+        conn = self._session.connection()
         keys = claim_keys(conn, self.name, self.settings)
         rows, unread = read_payloads(
             conn,
@@ -128,7 +113,7 @@ class Worker:
             if is_transient(exc):
                 log.warning("transient failure applying %d events: %s", len(prepared), exc)
                 return self._release(prepared, f"{type(exc).__name__}: {exc}")
-            if not isinstance(exc, psycopg.Error):
+            if not isinstance(exc, DatabaseError):
                 raise
             if len(prepared) == 1:
                 return self._bury(prepared[0], exc)
@@ -138,65 +123,49 @@ class Worker:
             return counts
 
     def _apply(self, prepared: Sequence[dict[str, Any]]) -> BatchCounts:
-        row = (
-            self._connection()
-            .execute(query("apply_events"), {"worker": self.name, "events": Jsonb(list(prepared))})
-            .fetchone()
-        )
-        assert row is not None
-        if row["dead"]:
+        row = self._db().apply_events(worker=self.name, events=prepared)
+        if row.dead:
             self._log_dead_letters(prepared)
         return BatchCounts(
-            applied=row["applied"],
-            stale=row["stale"],
-            dead=row["dead"],
-            not_owned=row["not_owned"],
-            published=row["published"],
+            applied=row.applied,
+            stale=row.stale,
+            dead=row.dead,
+            not_owned=row.not_owned,
+            published=row.published,
         )
 
-    def _bury(self, event: dict[str, Any], exc: psycopg.Error) -> BatchCounts:
+    def _bury(self, event: dict[str, Any], exc: DatabaseError) -> BatchCounts:
         """Dead-letter one event the database refused, sending only its key and the reason: the
         columns it refused are not sent again, so this cannot fail the same way. Should it fail
         anyway, the event alone goes back with an attempt counted (dead when they are used up);
         either way its neighbours never pay for it."""
-        sqlstate = getattr(exc, "sqlstate", None)
-        error = shorten(f"[{sqlstate}] {str(exc).strip()}")
+        error = shorten(f"[{sqlstate(exc)}] {str(exc).strip()}")
         try:
             return self._apply([{**_keys([event])[0], "error_class": "apply_error", "error": error}])
-        except psycopg.Error as again:
+        except DatabaseError as again:
             if is_transient(again):
                 raise
             log.error("could not dead-letter a refused event; it is released: %s", again)
             return self._release([event], error)
 
-    def _release(self, prepared: Sequence[dict[str, Any]], error: str) -> BatchCounts:
-        keys = _keys(prepared)
-        row = (
-            self._connection()
-            .execute(
-                query("release_events"),
-                {
-                    "worker": self.name,
-                    "keys": Jsonb(keys),
-                    "error": error[:2000],
-                    "max_attempts": self.settings.max_attempts,
-                    "backoff_base": timedelta(seconds=self.settings.backoff_base_seconds),
-                    "backoff_cap": timedelta(seconds=self.settings.backoff_cap_seconds),
-                },
-            )
-            .fetchone()
+    def _release(self, prepared: Sequence[Mapping[str, Any]], error: str) -> BatchCounts:
+        row = self._db().release_events(
+            worker=self.name,
+            keys=_keys(prepared),
+            error=error[:2000],
+            max_attempts=self.settings.max_attempts,
+            backoff_base=timedelta(seconds=self.settings.backoff_base_seconds),
+            backoff_cap=timedelta(seconds=self.settings.backoff_cap_seconds),
         )
-        assert row is not None
-        if row["dead"]:
+        if row.dead:
             self._log_dead_letters(prepared)
-        return BatchCounts(retried=row["retried"], dead=row["dead"])
+        return BatchCounts(retried=row.retried, dead=row.dead)
 
-    def _log_dead_letters(self, events: Sequence[dict[str, Any]]) -> None:
+    def _log_dead_letters(self, events: Sequence[Mapping[str, Any]]) -> None:
         # After the commit: a failure here loses log lines, never events, so it must not bubble up.
         try:
-            rows = self._connection().execute(query("dead_letters_for_keys"), {"keys": Jsonb(_keys(events))})
-            log_dead_letters(rows.fetchall())
-        except psycopg.Error as exc:
+            log_dead_letters(self._db().dead_letters_for_keys(_keys(events)))
+        except DatabaseError as exc:
             log.warning("could not read back the new dead letters to log them: %s", exc)
 
     # -- the loop -----------------------------------------------------------------------------
@@ -222,25 +191,22 @@ class Worker:
         self.close()
 
 
-def claim_keys(conn: DictConnection, worker: str, settings: Settings) -> list[dict[str, Any]]:
+def claim_keys(conn: DictConnection, worker: str, settings: Settings) -> list[ClaimedKey]:
     """Claim up to a batch of due events: their keys and attempts, never their payloads. Once this
     returns (autocommit), each row has spent an attempt, whatever reading its payload does next."""
-    params = {
-        "worker": worker,
-        "limit": settings.batch_size,
-        "lease": timedelta(seconds=settings.lease_seconds),
-    }
-    return conn.execute(query("claim_events"), params).fetchall()
+    return Queries(conn).claim_events(
+        worker=worker, limit=settings.batch_size, lease=timedelta(seconds=settings.lease_seconds)
+    )
 
 
 def read_payloads(
     conn: DictConnection,
     worker: str,
-    keys: Sequence[dict[str, Any]],
+    keys: Sequence[Mapping[str, Any]],
     *,
     max_bytes: int,
     budget_seconds: float = float("inf"),
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+) -> tuple[list[dict[str, Any]], list[EventKeyRow]]:
     """The payload text of each claimed row, or why it cannot be read; and the rows left unread.
 
     One payload can cost far more to print than to store (1e131071: 8 bytes stored, 131,072 digits
@@ -271,19 +237,18 @@ def read_payloads(
             if failure is None:
                 rows.extend(alone)
             else:
-                reason = f"its payload cannot be read: [{failure.sqlstate}] {str(failure).strip()}"
+                reason = f"its payload cannot be read: [{sqlstate(failure)}] {str(failure).strip()}"
                 rows.append({**remaining[0], "unreadable": reason[:2000]})
             remaining = remaining[1:]
     return rows, remaining
 
 
 def _stream_payloads(
-    conn: DictConnection, worker: str, keys: list[dict[str, Any]], max_bytes: int, into: list[dict[str, Any]]
-) -> psycopg.Error | None:
+    conn: DictConnection, worker: str, keys: list[EventKeyRow], max_bytes: int, into: list[dict[str, Any]]
+) -> DatabaseError | None:
     """Stream the payloads of keys into `into`; the error that ended the statement, if one did."""
-    params = {"worker": worker, "keys": Jsonb(keys), "max_bytes": max_bytes}
     try:
-        for row in conn.cursor().stream(query("claimed_payloads"), params):
+        for row in Queries(conn).claimed_payloads(worker=worker, keys=keys, max_bytes=max_bytes):
             key = {"quota_id": str(row["quota_id"]), "version": row["version"], "is_delete": row["is_delete"]}
             text = row["payload"]
             if text is None:
@@ -299,42 +264,40 @@ def _stream_payloads(
                 into.append({**key, "unreadable": reason})
             else:
                 into.append({**key, "payload": text})
-    except psycopg.Error as exc:
+    except DatabaseError as exc:
         if conn.closed or conn.broken:
             raise
         return exc
     return None
 
 
-def _key_of(row: dict[str, Any]) -> tuple[str, int, bool]:
+def _key_of(row: Mapping[str, Any]) -> tuple[str, int, bool]:
     return (str(row["quota_id"]), int(row["version"]), bool(row["is_delete"]))
 
 
 def reap_expired_leases(conn: DictConnection, settings: Settings, limit: int = 1000) -> BatchCounts:
+    queries = Queries(conn)
     # One transaction, so the dead letters it wrote can be found by their created_at (= now()).
     with conn.transaction():
-        row = conn.execute(
-            query("reap_expired_leases"),
-            {
-                "limit": limit,
-                "max_attempts": settings.max_attempts,
-                "backoff_base": timedelta(seconds=settings.backoff_base_seconds),
-                "backoff_cap": timedelta(seconds=settings.backoff_cap_seconds),
-            },
-        ).fetchone()
-        assert row is not None
-        if row["dead"]:
-            log_dead_letters(conn.execute(query("dead_letters_of_this_transaction")).fetchall())
-    return BatchCounts(retried=row["retried"], dead=row["dead"])
+        row = queries.reap_expired_leases(
+            limit=limit,
+            max_attempts=settings.max_attempts,
+            backoff_base=timedelta(seconds=settings.backoff_base_seconds),
+            backoff_cap=timedelta(seconds=settings.backoff_cap_seconds),
+        )
+        if row.dead:
+            log_dead_letters(queries.dead_letters_of_this_transaction())
+    return BatchCounts(retried=row.retried, dead=row.dead)
 
 
-def _keys(events: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def _keys(events: Sequence[Mapping[str, Any]]) -> list[EventKeyRow]:
     return [
-        {"quota_id": str(e["quota_id"]), "version": e["version"], "is_delete": e["is_delete"]} for e in events
+        EventKeyRow(quota_id=str(e["quota_id"]), version=e["version"], is_delete=e["is_delete"])
+        for e in events
     ]
 
 
-def log_dead_letters(rows: Sequence[dict[str, Any]]) -> None:
+def log_dead_letters(rows: Sequence[DeadLetterLine]) -> None:
     """One line per event that just became a dead letter: its key, type, attempt and class, the
     reason shortened; never the payload (it stays in quota_processing_errors.event_data)."""
     for row in rows:

@@ -26,12 +26,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-import psycopg
-
 from inbox.commands import bench, consume, dlq, dsn, outbox, quota, reconcile, replay, service, status
 from inbox.commands.config import load_settings, settings_help
 from inbox.commands.errors import EXIT_DATABASE, CliError, one_line
 from inbox.db.embedded import EmbeddedError
+from inbox.db.errors import Unreachable
 from inbox.logs import redact, setup_logging
 
 LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -79,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EmbeddedError as exc:
         print(f"inbox: error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_DATABASE
-    except psycopg.OperationalError as exc:
+    except Unreachable as exc:
         print(f"inbox: error: {one_line(f'database unreachable: {exc}')}", file=sys.stderr)
         return EXIT_DATABASE
     except KeyboardInterrupt:

@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pydantic
-from psycopg import errors as pg_errors
 
 from inbox.commands.errors import CliError
 from inbox.db import location
-from inbox.db.connect import DictConnection, connect
+from inbox.db.connect import connect
 from inbox.db.embedded import start_embedded
+from inbox.db.errors import DatabaseError, Failure, classify, primary_message
+from inbox.db.queries import Queries
 from inbox.settings import Settings, format_duration
 
 
@@ -50,7 +51,9 @@ def load_settings() -> Settings:
         raise CliError(f"invalid settings: {problems}") from None
 
 
-def database_url(settings: Settings) -> str:
+def ensure_database(settings: Settings) -> str:
+    """The DSN of INBOX_DATABASE_URL; when it is unset, this STARTS the embedded PostgreSQL in
+    INBOX_DATA_DIR (or joins the one running there) and returns its DSN."""
     if settings.database_url:
         return settings.database_url.get_secret_value()
     return start_embedded(embedded_data_dir(settings), cleanup="stop")
@@ -69,20 +72,18 @@ def shown_dsn(settings: Settings, dsn: str) -> str:
     return location.without_password(dsn) if settings.database_url else dsn
 
 
-# What a command's connection raises when the schema is missing or older than this version.
-NOT_MIGRATED = (pg_errors.UndefinedTable, pg_errors.UndefinedFunction, pg_errors.InvalidSchemaName)
-
-
 @contextmanager
-def database(settings: Settings, application_name: str = "quota-inbox cli") -> Iterator[DictConnection]:
-    """A connection for one command; a schema without the migrations is an expected condition."""
-    with connect(database_url(settings), autocommit=True, application_name=application_name) as conn:
+def database(settings: Settings, application_name: str = "quota-inbox cli") -> Iterator[Queries]:
+    """The queries on one connection for one command; a schema without the migrations is an
+    expected condition."""
+    with connect(ensure_database(settings), autocommit=True, application_name=application_name) as conn:
         try:
-            yield conn
-        except NOT_MIGRATED as exc:
+            yield Queries(conn)
+        except DatabaseError as exc:
+            if classify(exc) is not Failure.NOT_MIGRATED:
+                raise
             raise CliError(
-                f"the database is not migrated for this version (run `inbox migrate`): "
-                f"{exc.diag.message_primary or exc}"
+                f"the database is not migrated for this version (run `inbox migrate`): {primary_message(exc)}"
             ) from exc
 
 

@@ -7,7 +7,7 @@ import signal
 import threading
 from typing import Any
 
-from inbox.commands.config import add_command, database_url
+from inbox.commands.config import add_command, ensure_database
 from inbox.commands.errors import CliError
 from inbox.settings import Settings
 
@@ -27,7 +27,7 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> None:
     signal.signal(signal.SIGINT, handler)
     try:
         consumer_config(settings)
-        url = database_url(settings)
+        url = ensure_database(settings)
         dsn = with_role(url, settings.ingest_role)
         check_schema(dsn)
     except KafkaSetupError as exc:

@@ -6,7 +6,7 @@ from typing import TextIO
 
 from inbox.commands.output import print_table
 from inbox.db.connect import connect
-from inbox.db.sqlfiles import query
+from inbox.db.queries import Queries
 from inbox.demo import post, sample_lines, wait_until_settled
 
 QUOTA_COLUMNS = [
@@ -34,14 +34,15 @@ def run_demo(
     print(f"POST /events (JSON array, {len(lines) - half} events) -> 202 {second}", file=out)
     wait_until_settled(dsn)
     with connect(dsn, autocommit=True) as conn:
+        queries = Queries(conn)
         print("\ninbox.quota_events by status:", file=out)
-        for row in conn.execute(query("inbox_counts")):
-            print(f"  {row['status']:<10} {row['n']}", file=out)
+        for status, events in queries.inbox_counts().items():
+            print(f"  {status:<10} {events}", file=out)
         print("\npublic.quota:", file=out)
-        print_table(conn.execute(query("quota_states")).fetchall(), QUOTA_COLUMNS, out)
+        print_table(queries.quota_states(), QUOTA_COLUMNS, out)
         print("\npublic.quota_processing_errors (unresolved dead letters):", file=out)
         print_table(
-            conn.execute(query("unresolved_dead_letters")).fetchall(),
+            queries.unresolved_dead_letters(),
             ["quota_id", "version", "error_class", "error_message"],
             out,
         )

@@ -14,13 +14,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from psycopg.types.json import Jsonb
-
 from inbox.commands.config import database
 from inbox.commands.errors import CliError
 from inbox.commands.output import print_block, print_json, print_wrapped_json
-from inbox.db.connect import DictConnection
-from inbox.db.sqlfiles import query
+from inbox.db.queries import DeadLetterRow, EventKeyRow, Queries, ReplayedRow, ReplayEndedRow
 from inbox.settings import Settings, parse_duration, positive_int
 
 REPLAY_NOTE = "replayed with inbox dlq replay"
@@ -50,20 +47,19 @@ def _filters(args: argparse.Namespace) -> dict[str, Any]:
     return {"quota_id": args.quota_id, "error_class": args.error_class, "since": args.since}
 
 
-def _check_error_class(conn: DictConnection, error_class: str | None) -> None:
+def _check_error_class(queries: Queries, error_class: str | None) -> None:
     """An unknown class is a typo, not an empty answer."""
     if error_class is None:
         return
-    known = sorted({*ERROR_CLASSES, *(r["error_class"] for r in conn.execute(query("dlq_error_classes")))})
+    known = sorted({*ERROR_CLASSES, *queries.dlq_error_classes()})
     if error_class not in known:
         raise CliError(f"unknown --error-class {error_class!r}; known: {', '.join(known)}")
 
 
 def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> None:
-    params = {**_filters(args), "include_resolved": args.include_resolved, "limit": args.limit}
-    with database(settings) as conn:
-        _check_error_class(conn, args.error_class)
-        rows = conn.execute(query("dlq_list"), params).fetchall()
+    with database(settings) as queries:
+        _check_error_class(queries, args.error_class)
+        rows = queries.dlq_list(**_filters(args), include_resolved=args.include_resolved, limit=args.limit)
     if args.json:
         print_json(rows, sys.stdout)
         return
@@ -72,7 +68,7 @@ def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> None:
         print(f"(first {args.limit}; narrow the filters or raise --limit)", file=sys.stderr)
 
 
-def print_letters(rows: list[dict[str, Any]], out: TextIO) -> None:
+def print_letters(rows: list[DeadLetterRow], out: TextIO) -> None:
     if not rows:
         print("no dead letters match", file=out)
     for index, row in enumerate(rows):
@@ -81,12 +77,12 @@ def print_letters(rows: list[dict[str, Any]], out: TextIO) -> None:
         print_block(_title(row), _fields(row), out)
 
 
-def _title(row: dict[str, Any]) -> str:
+def _title(row: DeadLetterRow) -> str:
     state = "open" if row["resolved_at"] is None else "resolved"
     return f"{row['id']}  {row['error_class']}  {row['created_at']:%Y-%m-%d %H:%M:%S}  {state}"
 
 
-def _fields(row: dict[str, Any]) -> list[tuple[str, str]]:
+def _fields(row: DeadLetterRow) -> list[tuple[str, str]]:
     kind = "delete" if row["is_delete"] else (row["event_type"] or "upsert")
     inbox = row["inbox_status"] or "gone (deleted by retention)"
     if row["superseded"]:
@@ -102,22 +98,22 @@ def _fields(row: dict[str, Any]) -> list[tuple[str, str]]:
     return fields
 
 
-def _message(row: dict[str, Any]) -> str:
+def _message(row: DeadLetterRow) -> str:
     shown: str = row["error_message"]
     cut = row.get("error_length", len(shown)) - len(shown)
     return f"{shown}… ({cut} more characters: inbox dlq show {row['id']})" if cut > 0 else shown
 
 
-def _find(conn: DictConnection, dead_letter_id: uuid.UUID) -> dict[str, Any]:
-    row = conn.execute(query("dlq_show"), {"id": dead_letter_id}).fetchone()
+def _find(queries: Queries, dead_letter_id: uuid.UUID) -> DeadLetterRow:
+    row = queries.dlq_show(dead_letter_id)
     if row is None:
         raise CliError(f"no dead letter with id {dead_letter_id}")
     return row
 
 
 def cmd_dlq_show(args: argparse.Namespace, settings: Settings) -> None:
-    with database(settings) as conn:
-        row = _find(conn, args.id)
+    with database(settings) as queries:
+        row = _find(queries, args.id)
     if args.json:
         print_json(row, sys.stdout)
         return
@@ -131,12 +127,16 @@ def cmd_dlq_replay(args: argparse.Namespace, settings: Settings) -> None:
         raise CliError("give dead letter ids, or --all-matching with filters, not both and not neither")
     if not args.all_matching and (any(_filters(args).values()) or args.dry_run):
         raise CliError("--quota-id, --error-class, --since and --dry-run go with --all-matching")
-    with database(settings) as conn:
-        _check_error_class(conn, args.error_class)
+    with database(settings) as queries:
+        _check_error_class(queries, args.error_class)
         if args.dry_run:
-            return _dry_run(conn, args)
-        rows = _replay_matching(conn, args) if args.all_matching else _replay_ids(conn, args.ids, args.note)
-        _follow(conn, rows, args.wait)
+            return _dry_run(queries, args)
+        rows = (
+            _replay_matching(queries, args)
+            if args.all_matching
+            else _replay_ids(queries, args.ids, args.note)
+        )
+        _follow(queries, rows, args.wait)
     if args.json:
         print_json(rows, sys.stdout)
         return
@@ -154,10 +154,9 @@ def cmd_dlq_replay(args: argparse.Namespace, settings: Settings) -> None:
     )
 
 
-def _dry_run(conn: DictConnection, args: argparse.Namespace) -> None:
+def _dry_run(queries: Queries, args: argparse.Namespace) -> None:
     """What --all-matching would replay now, changing nothing."""
-    params = {**_filters(args), "include_resolved": False, "limit": None}
-    rows = conn.execute(query("dlq_list"), params).fetchall()
+    rows = queries.dlq_list(**_filters(args), include_resolved=False, limit=None)
     if args.json:
         print_json(rows, sys.stdout)
         return
@@ -165,20 +164,16 @@ def _dry_run(conn: DictConnection, args: argparse.Namespace) -> None:
     print(f"\ndry run: would replay {len(rows)} dead letter(s); nothing changed")
 
 
-def _follow(conn: DictConnection, rows: list[dict[str, Any]], wait_seconds: float) -> None:
+def _follow(queries: Queries, rows: list[ReplayedRow], wait_seconds: float) -> None:
     """Add 'ended' to each replayed row: where its event is once the workers have taken it (or the
     wait is over): applied, stale, dead again under a new dead letter id, or still waiting."""
     keys = [
-        {"quota_id": str(r["quota_id"]), "version": r["version"], "is_delete": r["is_delete"]} for r in rows
+        EventKeyRow(quota_id=str(r["quota_id"]), version=r["version"], is_delete=r["is_delete"]) for r in rows
     ]
-    workers = conn.execute(query("worker_sessions")).fetchone()
-    has_workers = bool(workers and workers["sessions"])
+    has_workers = queries.worker_sessions() > 0
     deadline = time.monotonic() + (wait_seconds if has_workers else 0)
     while True:
-        ended = {
-            (e["quota_id"], e["version"], e["is_delete"]): e
-            for e in conn.execute(query("dlq_replay_ended"), {"keys": Jsonb(keys)}).fetchall()
-        }
+        ended = {(e["quota_id"], e["version"], e["is_delete"]): e for e in queries.dlq_replay_ended(keys)}
         waiting = [e for e in ended.values() if e["inbox_status"] in ("pending", "processing")]
         if not waiting or time.monotonic() >= deadline:
             break
@@ -190,7 +185,7 @@ def _follow(conn: DictConnection, rows: list[dict[str, Any]], wait_seconds: floa
         row["ended"] = _ended(now, has_workers)
 
 
-def _ended(now: dict[str, Any], has_workers: bool) -> str:
+def _ended(now: ReplayEndedRow, has_workers: bool) -> str:
     status = now["inbox_status"]
     if status == "dead":
         return f"dead again: {now['dead_letter_id']}" if now["dead_letter_id"] else "dead"
@@ -203,11 +198,11 @@ def _ended(now: dict[str, Any], has_workers: bool) -> str:
     return status or "gone"
 
 
-def _replay_ids(conn: DictConnection, ids: Sequence[uuid.UUID], note: str) -> list[dict[str, Any]]:
+def _replay_ids(queries: Queries, ids: Sequence[uuid.UUID], note: str) -> list[ReplayedRow]:
     """All of them or none: an unknown or already resolved id rolls the whole replay back."""
     wanted = list(dict.fromkeys(ids))
-    with conn.transaction():
-        rows = conn.execute(query("dlq_replay"), {"ids": wanted, "note": note}).fetchall()
+    with queries.conn.transaction():
+        rows = queries.dlq_replay(wanted, note)
         missing = set(wanted) - {r["id"] for r in rows}
         if missing:
             raise CliError(
@@ -216,13 +211,14 @@ def _replay_ids(conn: DictConnection, ids: Sequence[uuid.UUID], note: str) -> li
     return rows
 
 
-def _replay_matching(conn: DictConnection, args: argparse.Namespace) -> list[dict[str, Any]]:
+def _replay_matching(queries: Queries, args: argparse.Namespace) -> list[ReplayedRow]:
     """Batch by batch, each atomic; only dead letters that existed when the command started."""
-    until = conn.execute(query("database_now")).fetchone()["now"]  # type: ignore[index]
-    replayed: list[dict[str, Any]] = []
+    until = queries.database_now()
+    replayed: list[ReplayedRow] = []
     while True:
-        params = {**_filters(args), "until": until, "limit": args.batch_size, "note": args.note}
-        batch = conn.execute(query("dlq_replay_matching"), params).fetchall()
+        batch = queries.dlq_replay_matching(
+            **_filters(args), until=until, limit=args.batch_size, note=args.note
+        )
         replayed.extend(batch)
         if len(batch) < args.batch_size:
             break
@@ -232,12 +228,12 @@ def _replay_matching(conn: DictConnection, args: argparse.Namespace) -> list[dic
 
 
 def cmd_dlq_resolve(args: argparse.Namespace, settings: Settings) -> None:
-    with database(settings) as conn:
-        row = conn.execute(query("dlq_resolve"), {"id": args.id, "note": args.note}).fetchone()
-        if row is None or row["resolved_at"] is None:
-            existing = _find(conn, args.id)
+    with database(settings) as queries:
+        resolved_at = queries.dlq_resolve(args.id, args.note)
+        if resolved_at is None:
+            existing = _find(queries, args.id)
             raise CliError(f"dead letter {args.id} was already resolved at {existing['resolved_at']}")
-    print(f"resolved {args.id} at {row['resolved_at'].isoformat()}")
+    print(f"resolved {args.id} at {resolved_at.isoformat()}")
 
 
 def register(sub: Any) -> None:

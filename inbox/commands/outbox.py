@@ -17,9 +17,9 @@ def cmd_outbox_tail(args: argparse.Namespace, settings: Settings) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     printed = 0
-    with database(settings, application_name="quota-inbox outbox") as conn:
+    with database(settings, application_name="quota-inbox outbox") as queries:
         try:
-            for row in outbox.messages(conn, last=args.last, follow=args.follow, ack=args.ack, stop=stop):
+            for row in outbox.messages(queries, last=args.last, follow=args.follow, ack=args.ack, stop=stop):
                 outbox.render(row, sys.stdout)
                 printed += 1
         except KeyboardInterrupt:

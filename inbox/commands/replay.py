@@ -9,8 +9,9 @@ from typing import Any
 from inbox.commands.config import database
 from inbox.commands.errors import CliError
 from inbox.commands.output import Progress, print_json
-from inbox.ingest import BadBatch, event_texts, parse_in_batches, store
+from inbox.ingest import BadBatch, event_texts, parse_in_batches
 from inbox.settings import Settings, positive_int
+from inbox.store import store
 
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> None:
@@ -24,9 +25,9 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> None:
     total = sum(len(b) for b in batches)
     accepted = duplicates = 0
     progress = Progress(total, sys.stderr)
-    with database(settings) as conn:
+    with database(settings) as queries:
         for batch in batches:
-            result = store(conn, batch, "replay")
+            result = store(queries.conn, batch, "replay")
             accepted += result.accepted
             duplicates += result.duplicates
             progress.advance(len(batch))

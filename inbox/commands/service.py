@@ -13,13 +13,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-import psycopg
 import uvicorn
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from inbox.commands.config import add_command, database_url, shown_dsn
+from inbox.commands.config import add_command, ensure_database, shown_dsn
 from inbox.commands.errors import EXIT_DATABASE, CliError
-from inbox.db.connect import connect, with_role
+from inbox.db.connect import connect, with_role, with_timeout
+from inbox.db.errors import DatabaseError, Failure, Unreachable, classify
 from inbox.db.migrate import MigrationError, migrate, pending_migrations
 from inbox.db.pgmq_setup import PgmqUnavailable
 from inbox.settings import Settings
@@ -52,7 +51,7 @@ def _migrate(dsn: str) -> None:
         report = migrate(dsn)
     except (MigrationError, PgmqUnavailable) as exc:
         raise CliError(str(exc)) from exc
-    except psycopg.OperationalError as exc:
+    except Unreachable as exc:
         raise CliError(f"database unreachable: {exc}", EXIT_DATABASE) from exc
     applied = ", ".join(report.applied) if report.applied else "none"
     print(f"migrations: {report.already} already applied, newly applied: {applied}")
@@ -79,10 +78,13 @@ def require_migrated(dsn: str) -> None:
             pending = pending_migrations(conn)
     except MigrationError as exc:
         raise CliError(str(exc)) from exc
-    except psycopg.errors.InsufficientPrivilege:
-        return  # a worker role need not read the migration history; its first claim will tell
-    except psycopg.OperationalError as exc:
-        raise CliError(f"database unreachable: {exc}", EXIT_DATABASE) from exc
+    except DatabaseError as exc:
+        failure = classify(exc)
+        if failure is Failure.REFUSED:
+            return  # a worker role need not read the migration history; its first claim will tell
+        if failure is Failure.TRANSIENT:
+            raise CliError(f"database unreachable: {exc}", EXIT_DATABASE) from exc
+        raise
     if pending:
         raise CliError(
             f"the database is not migrated for this version ({len(pending)} pending, "
@@ -90,15 +92,8 @@ def require_migrated(dsn: str) -> None:
         )
 
 
-def with_timeout(dsn: str, seconds: int = 10) -> str:
-    """The DSN with a connect_timeout unless it has one: a host that drops packets answers in seconds."""
-    if "connect_timeout" in conninfo_to_dict(dsn):
-        return dsn
-    return make_conninfo(dsn, connect_timeout=str(seconds))
-
-
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> None:
-    _migrate(database_url(settings))
+    _migrate(ensure_database(settings))
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -124,7 +119,7 @@ def _server(settings: Settings, dsn: str) -> uvicorn.Server:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
     require_webhook_auth(settings)
     sock = listen(settings.http_host, settings.http_port)
-    _server(settings, database_url(settings)).run(sockets=[sock])
+    _server(settings, ensure_database(settings)).run(sockets=[sock])
 
 
 def _wait_for_signal(stop: threading.Event) -> None:
@@ -154,7 +149,7 @@ def start_pool(dsn: str, settings: Settings, concurrency: int | None) -> Iterato
 
 
 def cmd_work(args: argparse.Namespace, settings: Settings) -> None:
-    dsn = with_role(database_url(settings), settings.worker_role)
+    dsn = with_role(ensure_database(settings), settings.worker_role)
     require_migrated(dsn)
     stop = threading.Event()
     with start_pool(dsn, settings, args.concurrency):
@@ -165,7 +160,7 @@ def cmd_work(args: argparse.Namespace, settings: Settings) -> None:
 def cmd_run(args: argparse.Namespace, settings: Settings) -> None:
     """The main job: migrate, then serve HTTP and apply events in one process."""
     require_webhook_auth(settings)
-    dsn = database_url(settings)
+    dsn = ensure_database(settings)
     _migrate_if_pending(dsn)
     # The demo takes any free port unless INBOX_HTTP_PORT was set: a busy 8080 is no reason to fail it.
     port = 0 if args.demo and "http_port" not in settings.model_fields_set else settings.http_port

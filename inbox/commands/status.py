@@ -10,52 +10,47 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, TextIO
-
-from psycopg import errors as pg_errors
+from typing import Any, TextIO, cast
 
 from inbox.commands.config import database
 from inbox.commands.output import print_json, print_table, seconds
-from inbox.db.connect import DictConnection
-from inbox.db.sqlfiles import query
+from inbox.db.errors import QueryCanceled
+from inbox.db.queries import Queries, StateRow
 from inbox.settings import Settings
 
 COUNT_BUDGET = "5s"
 NO_WORKER = "no worker connected: start `inbox work` or `inbox run`"
 
 
-def read_states(conn: DictConnection) -> list[dict[str, Any]]:
+def read_states(queries: Queries) -> list[StateRow]:
     try:
-        with conn.transaction():
-            conn.execute(query("set_local_statement_timeout"), {"timeout": COUNT_BUDGET})
-            return conn.execute(query("status_exact_counts")).fetchall()
-    except pg_errors.QueryCanceled:
+        with queries.conn.transaction():
+            queries.set_local_statement_timeout(COUNT_BUDGET)
+            return queries.status_exact_counts()
+    except QueryCanceled:
         pass
-    statistics = conn.execute(query("status_statistics")).fetchone() or {}
-    return [
-        r if r["exact"] else {**r, **statistics} for r in conn.execute(query("status_by_state")).fetchall()
-    ]
+    statistics = queries.status_statistics()
+    return [r if r["exact"] else cast(StateRow, {**r, **statistics}) for r in queries.status_by_state()]
 
 
-def read_status(conn: DictConnection) -> dict[str, Any]:
-    lag = conn.execute(query("status_lag")).fetchone()
-    assert lag is not None  # a view of aggregates: always one row
+def read_status(queries: Queries) -> dict[str, Any]:
+    lag = queries.status_lag()
     # The pace of the last 5 minutes says nothing about when the backlog drains if nobody works on it.
     lag["workers_connected"] = bool(lag["worker_sessions"])
     if not lag["workers_connected"]:
         lag["drain_eta_seconds"] = None
     return {
-        "states": read_states(conn),
-        "processed": conn.execute(query("status_processed")).fetchall(),
+        "states": read_states(queries),
+        "processed": queries.status_processed(),
         "lag": lag,
-        "dead_letters_by_class": conn.execute(query("status_dead_letters_by_class")).fetchall(),
-        "rejects": conn.execute(query("status_rejects")).fetchone(),
+        "dead_letters_by_class": queries.status_dead_letters_by_class(),
+        "rejects": queries.status_rejects(),
     }
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> None:
-    with database(settings) as conn:
-        status = read_status(conn)
+    with database(settings) as queries:
+        status = read_status(queries)
     if args.json:
         print_json(status, sys.stdout)
     else:

@@ -1,4 +1,8 @@
-"""Connections: exact decimals out of jsonb, session limits for workers, the role a session runs as."""
+"""Sessions: the DSN (role, connect timeout), exact decimals out of jsonb, worker session limits,
+reconnecting sessions for the long-running loops, and the HTTP ingestor's pool.
+
+Starting the embedded server is explicit and lives elsewhere (inbox/db/embedded.py): nothing here
+starts a database."""
 
 from __future__ import annotations
 
@@ -11,10 +15,12 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 from psycopg.types.json import set_json_dumps, set_json_loads
+from psycopg_pool import ConnectionPool
 
-from inbox.db.sqlfiles import query
+from inbox.db.queries import DictConnection as DictConnection
+from inbox.db.queries import Queries
 
-DictConnection = psycopg.Connection[dict[str, Any]]
+DictPool = ConnectionPool[DictConnection]
 
 # Python refuses to convert integer text longer than this (sys.get_int_max_str_digits, CVE-2020-10735).
 _INT_DIGITS = 4000
@@ -65,6 +71,14 @@ def with_role(dsn: str, role: str | None) -> str:
     return make_conninfo(dsn, options=f"{options} -c role={role}".strip())
 
 
+def with_timeout(dsn: str, seconds: int = 10, *, force: bool = False) -> str:
+    """The DSN with a connect_timeout unless it has one (force: even if it has a longer one): a host
+    that drops packets answers in seconds."""
+    if not force and "connect_timeout" in conninfo_to_dict(dsn):
+        return dsn
+    return make_conninfo(dsn, connect_timeout=str(seconds))
+
+
 def connect(dsn: str, *, autocommit: bool = False, application_name: str = "quota-inbox") -> DictConnection:
     conn = psycopg.connect(
         dsn, autocommit=autocommit, row_factory=dict_row, application_name=application_name
@@ -75,13 +89,56 @@ def connect(dsn: str, *, autocommit: bool = False, application_name: str = "quot
 
 def set_worker_session(conn: DictConnection, *, statement_timeout_ms: int, application_name: str) -> None:
     """Bound every statement and idle transaction, so a stuck session cannot pin a claim or xmin."""
-    conn.execute(
-        query("set_worker_session"),
-        {
-            "statement_timeout": f"{statement_timeout_ms}ms",
-            "idle_timeout": f"{max(statement_timeout_ms, 1000) * 2}ms",
-            "application_name": application_name,
-        },
+    Queries(conn).set_worker_session(
+        statement_timeout=f"{statement_timeout_ms}ms",
+        idle_timeout=f"{max(statement_timeout_ms, 1000) * 2}ms",
+        application_name=application_name,
     )
     if not conn.autocommit:
         conn.commit()
+
+
+class Session:
+    """One autocommit connection of a long-running loop (a worker, the Kafka consumer), opened on
+    first use and again after it broke; worker session limits set on each. The loop closes it after
+    an error it cannot tell apart from a lost connection, and the next use reconnects."""
+
+    def __init__(self, dsn: str, *, application_name: str, statement_timeout_ms: int) -> None:
+        self.dsn = dsn
+        self.application_name = application_name
+        self.statement_timeout_ms = statement_timeout_ms
+        self._conn: DictConnection | None = None
+
+    def connection(self) -> DictConnection:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = connect(self.dsn, autocommit=True, application_name=self.application_name)
+            set_worker_session(
+                self._conn,
+                statement_timeout_ms=self.statement_timeout_ms,
+                application_name=self.application_name,
+            )
+        return self._conn
+
+    def queries(self) -> Queries:
+        return Queries(self.connection())
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def open_pool(dsn: str, *, application_name: str, max_size: int = 8, timeout: float = 5.0) -> DictPool:
+    """A pool of autocommit sessions (not yet opened: call .open()). It never gives up reconnecting:
+    the database may be away for a while."""
+    return ConnectionPool(
+        dsn,
+        min_size=1,
+        max_size=max_size,
+        open=False,
+        timeout=timeout,
+        kwargs={"autocommit": True, "row_factory": dict_row, "application_name": application_name},
+        configure=configure,
+        check=ConnectionPool.check_connection,
+        reconnect_timeout=0,
+    )

@@ -16,11 +16,11 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-import psycopg
-
 from inbox.db.connect import DictConnection, connect
+from inbox.db.errors import DatabaseError
 from inbox.db.pgmq_setup import ensure_pgmq
-from inbox.db.sqlfiles import Migration, ObjectFile, migrations, object_files, query
+from inbox.db.queries import MigrationRow, Queries
+from inbox.db.sqlfiles import Migration, ObjectFile, migrations, object_files
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +37,10 @@ class MigrationReport:
     objects: list[str] = field(default_factory=list)
 
 
-def _check_history(files: list[Migration], applied: list[dict[str, object]]) -> None:
+def _check_history(files: list[Migration], applied: list[MigrationRow]) -> None:
     by_version = {m.version: m for m in files}
     for row in applied:
-        version = int(str(row["version"]))
+        version = int(row["version"])
         shipped = by_version.get(version)
         if shipped is None:
             raise MigrationError(
@@ -56,8 +56,8 @@ def _check_history(files: list[Migration], applied: list[dict[str, object]]) -> 
             )
 
 
-def _refuse_schemas_others_may_create_in(conn: DictConnection) -> None:
-    for row in conn.execute(query("schemas_others_may_create_in")).fetchall():
+def _refuse_schemas_others_may_create_in(queries: Queries) -> None:
+    for row in queries.schemas_others_may_create_in():
         schema = str(row["schema"])
         grantees = "PUBLIC" if row["public_may_create"] else ", ".join(str(r) for r in row["roles"])
         if grantees:
@@ -77,21 +77,22 @@ def migrate(dsn: str, *, lock_wait_seconds: float = LOCK_WAIT_SECONDS) -> Migrat
     files = migrations()
     objects = object_files()
     with connect(dsn, autocommit=True, application_name="quota-inbox migrate") as conn:
-        _lock(conn, lock_wait_seconds)
+        queries = Queries(conn)
+        _lock(queries, lock_wait_seconds)
         try:
             return _migrate_locked(conn, files, objects)
         finally:
-            conn.execute(query("unlock_migrations"))
+            queries.unlock_migrations()
 
 
-def _lock(conn: DictConnection, wait_seconds: float) -> None:
+def _lock(queries: Queries, wait_seconds: float) -> None:
     """Take the migration lock, waiting up to wait_seconds for another migrator. Any role that can
     connect may take an advisory lock (PostgreSQL grants them to PUBLIC): a session that holds it and
     never lets go gets named, instead of hanging every `inbox migrate` and `inbox run` start."""
     deadline = time.monotonic() + wait_seconds
-    while not conn.execute(query("try_lock_migrations")).fetchone()["locked"]:  # type: ignore[index]
+    while not queries.try_lock_migrations():
         if time.monotonic() >= deadline:
-            holders = conn.execute(query("migration_lock_holder")).fetchall()
+            holders = queries.migration_lock_holder()
             who = "; ".join(
                 f"pid {h['pid']} (user {h['usename']}, application {h['application_name']!r}, "
                 f"from {h['client_addr'] or 'local socket'}, connected {h['backend_start']})"
@@ -108,9 +109,10 @@ def _lock(conn: DictConnection, wait_seconds: float) -> None:
 def _migrate_locked(
     conn: DictConnection, files: list[Migration], objects: list[ObjectFile]
 ) -> MigrationReport:
-    _refuse_schemas_others_may_create_in(conn)
-    conn.execute(query("create_migrations_table"))
-    applied_rows = conn.execute(query("applied_migrations")).fetchall()
+    queries = Queries(conn)
+    _refuse_schemas_others_may_create_in(queries)
+    queries.create_migrations_table()
+    applied_rows = queries.applied_migrations()
     _check_history(files, applied_rows)
     done = {int(row["version"]) for row in applied_rows}
     ensure_pgmq(conn)
@@ -122,11 +124,8 @@ def _migrate_locked(
         try:
             with conn.transaction():
                 conn.execute(migration.sql.encode("utf-8"))
-                conn.execute(
-                    query("record_migration"),
-                    {"version": migration.version, "name": migration.name, "checksum": migration.checksum},
-                )
-        except psycopg.Error as exc:
+                queries.record_migration(migration.version, migration.name, migration.checksum)
+        except DatabaseError as exc:
             raise MigrationError(f"migration {label} failed: {exc}") from exc
         log.info("applied migration %s", label)
         newly.append(label)
@@ -135,22 +134,23 @@ def _migrate_locked(
 
 
 def _apply_object_files(conn: DictConnection, objects: list[ObjectFile], every_file: bool) -> list[str]:
-    recorded = {str(r["file"]): str(r["checksum"]) for r in conn.execute(query("applied_object_files"))}
+    queries = Queries(conn)
+    recorded = queries.applied_object_files()
     applied: list[str] = []
     for obj in objects:
         if not every_file and recorded.get(obj.file) == obj.checksum:
             continue
         try:
             with conn.transaction():
-                conn.execute(query("pin_search_path_locally"))
+                queries.pin_search_path_locally()
                 conn.execute(obj.sql.encode("utf-8"))
-                conn.execute(query("record_object_file"), {"file": obj.file, "checksum": obj.checksum})
-        except psycopg.Error as exc:
+                queries.record_object_file(obj.file, obj.checksum)
+        except DatabaseError as exc:
             raise MigrationError(f"sql/functions/{obj.file} failed: {exc}") from exc
         log.info("applied sql/functions/%s", obj.file)
         applied.append(obj.file)
-    for row in conn.execute(query("forget_object_files"), {"files": [o.file for o in objects]}).fetchall():
-        log.info("forgot sql/functions/%s: this version no longer ships it", row["file"])
+    for file in queries.forget_object_files([o.file for o in objects]):
+        log.info("forgot sql/functions/%s: this version no longer ships it", file)
     return applied
 
 
@@ -159,13 +159,14 @@ def pending_migrations(conn: DictConnection) -> list[str]:
     the object files whose text differs from what the database has (or a MigrationError if the
     history does not match)."""
     files = migrations()
-    if not conn.execute(query("migrations_table_exists")).fetchone()["present"]:  # type: ignore[index]
+    queries = Queries(conn)
+    if not queries.migrations_table_exists():
         return [f"{m.version:03d}_{m.name}" for m in files]
-    applied_rows = conn.execute(query("applied_migrations")).fetchall()
+    applied_rows = queries.applied_migrations()
     _check_history(files, applied_rows)
     done = {int(row["version"]) for row in applied_rows}
     pending = [f"{m.version:03d}_{m.name}" for m in files if m.version not in done]
     if pending:
         return pending
-    recorded = {str(r["file"]): str(r["checksum"]) for r in conn.execute(query("applied_object_files"))}
+    recorded = queries.applied_object_files()
     return [f"sql/functions/{o.file}" for o in object_files() if recorded.get(o.file) != o.checksum]

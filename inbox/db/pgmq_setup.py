@@ -6,8 +6,7 @@ import logging
 
 import psycopg
 
-from inbox.db.connect import DictConnection
-from inbox.db.sqlfiles import query
+from inbox.db.queries import DictConnection, Queries
 
 log = logging.getLogger(__name__)
 
@@ -18,11 +17,12 @@ class PgmqUnavailable(Exception):
 
 def ensure_pgmq(conn: DictConnection) -> str:
     """Idempotent; returns how pgmq is provided ('present', 'extension' or 'bundled-sql')."""
-    if conn.execute(query("pgmq_installed")).fetchone()["present"]:  # type: ignore[index]
+    queries = Queries(conn)
+    if queries.pgmq_installed():
         return "present"
-    if conn.execute(query("pgmq_extension_available")).fetchone()["available"]:  # type: ignore[index]
+    if queries.pgmq_extension_available():
         try:
-            conn.execute(query("create_pgmq_extension"))
+            queries.create_pgmq_extension()
             return "extension"
         except psycopg.Error as exc:
             log.warning("CREATE EXTENSION pgmq failed (%s); installing the bundled SQL", exc)

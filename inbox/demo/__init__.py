@@ -9,7 +9,7 @@ from importlib.resources import files
 from typing import Any
 
 from inbox.db.connect import connect
-from inbox.db.sqlfiles import query
+from inbox.db.queries import Queries
 from inbox.http.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
 
@@ -38,7 +38,7 @@ def wait_until_settled(dsn: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     with connect(dsn, autocommit=True) as conn:
         while time.monotonic() < deadline:
-            counts = {row["status"]: row["n"] for row in conn.execute(query("inbox_counts"))}
+            counts = Queries(conn).inbox_counts()
             if not counts.get("pending") and not counts.get("processing"):
                 return
             time.sleep(0.05)

@@ -13,22 +13,21 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import psycopg
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool, PoolTimeout
 from starlette.concurrency import run_in_threadpool
 
-from inbox.db.connect import DictConnection, configure, with_role
+from inbox.db.connect import open_pool, with_role
+from inbox.db.errors import DatabaseError, Failure, PoolTimeout, classify
 from inbox.db.migrate import MigrationError, pending_migrations
-from inbox.db.sqlfiles import query
+from inbox.db.queries import Queries
 from inbox.http.guard import NDJSON_TYPES, RequestGuard, bearer_matches, split_list
 from inbox.http.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature_problem
-from inbox.ingest import BadBatch, IngestResult, ParsedBatch, parse_body, store
+from inbox.ingest import BadBatch, ParsedBatch, parse_body
 from inbox.metrics import registry_for
 from inbox.settings import Settings
+from inbox.store import IngestResult, store
 
 log = logging.getLogger(__name__)
 
@@ -83,24 +82,20 @@ def _signature_problem(request: Request, body: bytes, secret: bytes, tolerance_s
     )
 
 
-def _refusal(exc: psycopg.Error | PoolTimeout) -> JSONResponse:
+def _refusal(exc: DatabaseError | PoolTimeout) -> JSONResponse:
     """The answer when storing failed. Never a 500: the batch's one transaction did not commit, so
     nothing was stored (or, connection lost at COMMIT, all of it), and a retry is safe either way
     because a redelivery is a duplicate."""
-    match exc:
-        case psycopg.OperationalError() | PoolTimeout():
+    match classify(exc):
+        case Failure.TRANSIENT:
             log.error("database unavailable; refusing events", extra={"error": str(exc)})
             return _error(503, "database unavailable; nothing was stored, retry later")
-        case (
-            psycopg.errors.UndefinedFunction()
-            | psycopg.errors.UndefinedTable()
-            | psycopg.errors.InvalidSchemaName()
-        ):
+        case Failure.NOT_MIGRATED:
             log.error("database is not migrated; refusing events")
             return _error(503, "database not migrated (run `inbox migrate`); nothing was stored, retry later")
-        case psycopg.DataError():
+        case Failure.POISON:
             return _error(422, f"PostgreSQL refused the events; nothing was stored: {exc}")
-        case psycopg.errors.InsufficientPrivilege():
+        case Failure.REFUSED:
             log.error("the ingest role may not store events; refusing them", extra={"error": str(exc)})
             return _error(503, "database refused the ingest role; nothing was stored, retry later")
     log.error("database error; refusing events", extra={"error": f"{type(exc).__name__}: {exc}"})
@@ -110,17 +105,7 @@ def _refusal(exc: psycopg.Error | PoolTimeout) -> JSONResponse:
 def create_app(settings: Settings, dsn: str) -> FastAPI:
     """The app on dsn: events are stored as INBOX_INGEST_ROLE, /metrics read as INBOX_READONLY_ROLE
     (each the login role of dsn when unset)."""
-    pool: ConnectionPool[DictConnection] = ConnectionPool(
-        with_role(dsn, settings.ingest_role),
-        min_size=1,
-        max_size=8,
-        open=False,
-        timeout=5.0,
-        kwargs={"autocommit": True, "row_factory": dict_row, "application_name": "quota-inbox http"},
-        configure=configure,
-        check=ConnectionPool.check_connection,
-        reconnect_timeout=0,  # never give up reconnecting: the database may be away for a while
-    )
+    pool = open_pool(with_role(dsn, settings.ingest_role), application_name="quota-inbox http")
     token = settings.api_token.get_secret_value() if settings.api_token else None
     hmac_secret = settings.hmac_secret.get_secret_value().encode("utf-8") if settings.hmac_secret else None
     metrics_dsn = with_role(dsn, settings.readonly_role)
@@ -184,7 +169,7 @@ def create_app(settings: Settings, dsn: str) -> FastAPI:
             )
         try:
             result = await run_in_threadpool(_store, batch)
-        except (psycopg.Error, PoolTimeout) as exc:
+        except (DatabaseError, PoolTimeout) as exc:
             return _refusal(exc)
         answer: dict[str, Any] = {"accepted": result.accepted, "duplicates": result.duplicates}
         if result.skipped:
@@ -204,9 +189,9 @@ def create_app(settings: Settings, dsn: str) -> FastAPI:
     def _readiness() -> tuple[bool, str]:
         try:
             with pool.connection(timeout=2.0) as conn:
-                conn.execute(query("ping"))
+                Queries(conn).ping()
                 pending = pending_migrations(conn)
-        except (psycopg.Error, PoolTimeout) as exc:
+        except (DatabaseError, PoolTimeout) as exc:
             return False, f"database unavailable: {exc}"
         except MigrationError as exc:
             return False, str(exc)

@@ -95,7 +95,7 @@ class Batch:
 
 
 def parsed(events: list[Event]) -> ParsedBatch:
-    """The events as ingest.store takes them: keys, and the raw texts as one JSON array."""
+    """The events as inbox.store.store takes them: keys, and the raw texts as one JSON array."""
     return ParsedBatch(keys=[e.key for e in events], array_text="[" + ",".join(e.text for e in events) + "]")
 
 

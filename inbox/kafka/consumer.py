@@ -24,10 +24,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from inbox.db.connect import DictConnection, connect, set_worker_session
+from inbox.db.connect import Session, connect
+from inbox.db.errors import DatabaseError, Unreachable
 from inbox.db.migrate import MigrationError, pending_migrations
 from inbox.kafka.batch import Batch
 from inbox.kafka.store import store_batch
@@ -111,7 +111,11 @@ class KafkaIngestor:
         self.settings = settings
         self.stop = stop
         self.stats = ConsumeStats()
-        self._conn: DictConnection | None = None
+        self._db = Session(
+            dsn,
+            application_name="quota-inbox consume",
+            statement_timeout_ms=settings.effective_statement_timeout_ms(),
+        )
         self._in_hand: Batch | None = None  # the batch being stored, for the rebalance callbacks
         self._last_logged: dict[int, float] = {}  # kafka error code -> when it was last logged
         self._last_beat = 0.0
@@ -145,7 +149,7 @@ class KafkaIngestor:
                     self._commit(consumer, batch)
         finally:
             consumer.close()  # revokes the partitions (committing what is stored) and leaves the group
-            self._close_db()
+            self._db.close()
             _stop_serving(metrics_server)
             log.info("consumer stopped", extra=self.stats.as_log())
         return self.stats
@@ -215,13 +219,13 @@ class KafkaIngestor:
 
     def _try_store(self, batch: Batch) -> bool:
         try:
-            stored = store_batch(self._db(), batch)
-        except psycopg.Error as exc:
+            stored = store_batch(self._db.connection(), batch)
+        except DatabaseError as exc:
             # Connection lost, server restarting, deadlock, timeout, even a dropped table: the
             # batch stays in hand and is stored once the database takes it again.
             self.stats.store_failures += 1
             log.warning("could not store the batch; will retry", extra={"error": str(exc).strip()})
-            self._close_db()
+            self._db.close()
             return False
         self.stats.batches += 1
         self.stats.accepted += stored.accepted
@@ -299,23 +303,6 @@ class KafkaIngestor:
         if self._in_hand is not None:
             self._in_hand.drop({(p.topic, p.partition) for p in partitions})
 
-    # -- the database connection ------------------------------------------------------------------
-
-    def _db(self) -> DictConnection:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = connect(self.dsn, autocommit=True, application_name="quota-inbox consume")
-            set_worker_session(
-                self._conn,
-                statement_timeout_ms=self.settings.effective_statement_timeout_ms(),
-                application_name="quota-inbox consume",
-            )
-        return self._conn
-
-    def _close_db(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
 
 def _names(partitions: list[TopicPartition]) -> list[str]:
     return sorted(f"{p.topic}[{p.partition}]" for p in partitions)
@@ -329,7 +316,7 @@ def check_schema(dsn: str) -> None:
             pending = pending_migrations(conn)
     except MigrationError as exc:
         raise KafkaSetupError(str(exc)) from exc
-    except psycopg.OperationalError as exc:
+    except Unreachable as exc:
         log.warning("database unreachable at start; the consumer will wait for it", extra={"error": str(exc)})
         return
     if pending:

@@ -5,13 +5,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import psycopg
-from psycopg.types.json import Jsonb
-
-from inbox.db.connect import DictConnection
-from inbox.db.sqlfiles import query
-from inbox.ingest import store
+from inbox.db.errors import DatabaseError, Failure, classify
+from inbox.db.queries import DictConnection, Queries
 from inbox.kafka.batch import Batch, Event, Reject, parsed
+from inbox.store import store
 from inbox.text import shorten
 
 log = logging.getLogger(__name__)
@@ -30,14 +27,8 @@ def store_batch(conn: DictConnection, batch: Batch) -> Stored:
         accepted, duplicates, refused = _store_events(conn, batch.events)
         rejects = [*batch.rejects, *refused]
         if rejects:
-            conn.execute(query("insert_rejects"), _reject_columns(rejects))
+            _insert_rejects(conn, rejects)
     return Stored(accepted, duplicates, len(rejects))
-
-
-# What one event can make PostgreSQL refuse (a value it does not take; a batch beyond its 1 GB
-# limits): halving finds it. Anything else (connection, timeout, privileges) is the database's
-# trouble, not the batch's, and the consumer waits for it.
-REFUSALS = (psycopg.DataError, psycopg.errors.ProgramLimitExceeded)
 
 
 def _store_events(conn: DictConnection, events: list[Event]) -> tuple[int, int, list[Reject]]:
@@ -48,7 +39,12 @@ def _store_events(conn: DictConnection, events: list[Event]) -> tuple[int, int, 
         return 0, 0, []
     try:
         result = store(conn, parsed(events), "kafka")
-    except REFUSALS as exc:
+    except DatabaseError as exc:
+        # Failure.POISON: what one event can make PostgreSQL refuse (a value it does not take; a batch
+        # beyond its 1 GB limits): halving finds it. Anything else (connection, timeout, privileges)
+        # is the database's trouble, not the batch's, and the consumer waits for it.
+        if classify(exc) is not Failure.POISON:
+            raise
         if len(events) == 1:
             (event,) = events
             log.warning(
@@ -62,19 +58,19 @@ def _store_events(conn: DictConnection, events: list[Event]) -> tuple[int, int, 
     return result.accepted, result.duplicates, []
 
 
-def _refused(event: Event, exc: psycopg.Error) -> Reject:
+def _refused(event: Event, exc: DatabaseError) -> Reject:
     reason = shorten(f"PostgreSQL refused the event: {str(exc).strip()}")
     return Reject(event.origin, event.text.encode("utf-8", "surrogatepass"), reason)
 
 
-def _reject_columns(rejects: list[Reject]) -> dict[str, list[object]]:
-    return {
-        "topics": [r.origin.topic for r in rejects],
-        "partitions": [r.origin.partition for r in rejects],
-        "offsets": [r.origin.offset for r in rejects],
-        "keys": [r.origin.key for r in rejects],
-        "raws": [r.raw for r in rejects],
-        "headers": [Jsonb(r.origin.headers) for r in rejects],
+def _insert_rejects(conn: DictConnection, rejects: list[Reject]) -> None:
+    Queries(conn).insert_rejects(
+        topics=[r.origin.topic for r in rejects],
+        partitions=[r.origin.partition for r in rejects],
+        offsets=[r.origin.offset for r in rejects],
+        keys=[r.origin.key for r in rejects],
+        raws=[r.raw for r in rejects],
+        headers=[r.origin.headers for r in rejects],
         # text cannot hold NUL; a reason may quote the message
-        "reasons": [r.reason.replace("\x00", "\\x00") for r in rejects],
-    }
+        reasons=[r.reason.replace("\x00", "\\x00") for r in rejects],
+    )

@@ -20,7 +20,8 @@ import pytest
 
 from inbox.db.connect import DictConnection, connect
 from inbox.formats import skip_reason
-from inbox.ingest import loads, store_events
+from inbox.ingest import loads
+from inbox.store import store_events
 from tests.cdc_events import QuotaStream, expected_rows, quota_stream
 from tests.helpers import dead_letters, status_counts
 from tests.integration.test_kafka_consume import quota_rows

@@ -14,8 +14,9 @@ import pytest
 
 from inbox.apply.worker import Worker
 from inbox.db.connect import DictConnection
-from inbox.ingest import BadBatch, store_events
+from inbox.ingest import BadBatch
 from inbox.settings import Settings
+from inbox.store import store_events
 from tests.helpers import (
     dead_letters,
     dead_letters_for,

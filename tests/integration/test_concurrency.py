@@ -25,8 +25,8 @@ from inbox.apply.pool import WorkerPool
 from inbox.apply.prepare import prepare
 from inbox.apply.worker import Worker
 from inbox.db.connect import DictConnection, connect
-from inbox.ingest import store_events
 from inbox.settings import Settings
+from inbox.store import store_events
 from tests.helpers import dead_letters, drain, ingest, quota, titan_event, to_json
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -25,7 +25,8 @@ from inbox.apply.worker import Worker
 from inbox.db.connect import DictConnection
 from inbox.events import InvalidEvent, quota_row
 from inbox.formats import key_event
-from inbox.ingest import BadBatch, store_events
+from inbox.ingest import BadBatch
+from inbox.store import store_events
 from inbox.kafka.batch import Batch, Event, Origin
 from inbox.kafka.store import store_batch
 from inbox.settings import Settings

@@ -23,9 +23,9 @@ from inbox.apply.jobs import DatabaseWatch, check_alerts, metrics_job, purge_fin
 from inbox.apply.worker import reap_expired_leases
 from inbox.db.connect import DictConnection, connect, with_role
 from inbox.db.migrate import MigrationError, migrate
-from inbox.ingest import store_events
 from inbox.metrics import MetricsSource
 from inbox.settings import Settings
+from inbox.store import store_events
 from tests.conftest import create_database, drop_database
 from tests.helpers import dead_letters, drain, inbox_rows, ingest, quota, status_counts, titan_event, to_json
 from tests.integration.test_sink_sql import SHAPES, Record, connector_session

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import hmac
+import re
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +157,8 @@ def _statement_source(arg: ast.expr) -> str | None:
     match arg:
         case ast.Call(func=ast.Name(id="query"), args=[ast.Constant(value=str())]):
             return "sql/queries.sql"
+        case ast.Call(func=ast.Name(id="query"), args=[ast.Name(id="name")]):
+            return "sql/queries.sql, by a name the next test checks"
         case ast.Call(func=ast.Attribute(attr="encode", value=ast.Attribute(attr="sql"))):
             return "sql/migrations"
         case ast.Call(
@@ -187,3 +190,31 @@ def test_every_statement_comes_from_sql_files_never_from_strings() -> None:
     ]
     assert not offenders, "statements not from sql/:\n" + "\n".join(offenders)
     assert len(_service_modules()) > 20
+
+
+def test_the_query_manager_runs_every_named_query_by_its_literal_name() -> None:
+    """inbox/db/queries.py is the only caller of query(): its helpers take a literal name each, and
+    every named query of sql/queries.sql has its method (none is left that nothing runs)."""
+    from inbox.db.sqlfiles import queries
+
+    manager = PACKAGE / "db" / "queries.py"
+    tree = ast.parse(manager.read_text(encoding="utf-8"))
+    names: list[str] = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        helper = isinstance(node.func, ast.Attribute) and node.func.attr in {"_one", "_all", "_run"}
+        direct = isinstance(node.func, ast.Name) and node.func.id == "query"
+        if helper:
+            assert isinstance(node.args[0], ast.Constant), ast.unparse(node)
+        if (helper or direct) and isinstance(node.args[0], ast.Constant):
+            names.append(node.args[0].value)
+    assert set(names) == set(queries())
+    callers = [
+        str(path.relative_to(PACKAGE.parent))
+        for path in _service_modules()
+        if path != manager
+        and re.search(r"\bquery\(", path.read_text(encoding="utf-8"))
+        and path.name != "sqlfiles.py"
+    ]
+    assert callers == []

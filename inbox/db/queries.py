@@ -1,0 +1,549 @@
+"""The named queries of sql/queries.sql, one typed method each: the only caller of `query(...)`.
+
+`Queries(conn)` costs nothing (it holds the connection); each method is one execute() of its
+named query, as before, and returns what the query returns, typed: rows as TypedDicts (they are
+the dicts psycopg's dict_row builds, no copy), single-row answers as their value or a dataclass.
+A query that always returns one row (an aggregate, a function call) raises NoRow if it did not:
+that is a broken schema, not an expected answer.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any, TypedDict, cast
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from inbox.db.sqlfiles import query
+
+DictConnection = psycopg.Connection[dict[str, Any]]
+
+
+class NoRow(Exception):
+    """A query that always returns one row returned none."""
+
+
+# -- rows -------------------------------------------------------------------------------------------
+
+
+class EventKeyRow(TypedDict):
+    quota_id: str
+    version: int
+    is_delete: bool
+
+
+class ClaimedKey(TypedDict):
+    quota_id: uuid.UUID
+    version: int
+    is_delete: bool
+    attempts: int
+
+
+class PayloadRow(TypedDict):
+    """claimed_payloads: the payload as PostgreSQL prints it (None: stored larger than max_bytes)."""
+
+    quota_id: uuid.UUID
+    version: int
+    is_delete: bool
+    stored_bytes: int
+    payload: str | None
+
+
+class DeadLetterLine(TypedDict):
+    """What the log line of a new dead letter says (queries dead_letters_*)."""
+
+    quota_id: uuid.UUID
+    version: int
+    is_delete: bool
+    event_type: str | None
+    error_class: str
+    retry_count: int
+    error_message: str
+
+
+class DeadLetterRow(TypedDict, total=False):
+    """A row of inbox.v_dead_letters (dlq_list leaves event_data out and shortens the message)."""
+
+    id: uuid.UUID
+    quota_id: uuid.UUID
+    version: int
+    is_delete: bool
+    event_type: str | None
+    error_class: str
+    error_message: str
+    error_length: int
+    retry_count: int
+    created_at: datetime
+    resolved_at: datetime | None
+    resolution_note: str | None
+    inbox_status: str | None
+    applied_version: int | None
+    superseded: bool
+    event_data: Any
+
+
+class ReplayedRow(TypedDict, total=False):
+    id: uuid.UUID
+    quota_id: uuid.UUID
+    version: int
+    is_delete: bool
+    outcome: str
+    # added by `inbox dlq replay` once it has looked where the event ended
+    inbox_status: str | None
+    dead_letter_id: uuid.UUID | None
+    ended: str
+
+
+class ReplayEndedRow(TypedDict):
+    quota_id: uuid.UUID
+    version: int
+    is_delete: bool
+    inbox_status: str | None
+    dead_letter_id: uuid.UUID | None
+
+
+class StateRow(TypedDict, total=False):
+    status: str
+    events: int | None
+    exact: bool
+    # with an estimate: the age of the statistics behind it (status_statistics)
+    analyzed_at: datetime | None
+    changed_since: int
+
+
+class OutboxRow(TypedDict):
+    msg_id: int
+    enqueued_at: datetime
+    read_ct: int
+    message_text: str
+
+
+class MigrationRow(TypedDict):
+    version: int
+    name: str
+    checksum: str
+
+
+class ObjectFileRow(TypedDict):
+    file: str
+    checksum: str
+
+
+class SchemaCreators(TypedDict):
+    schema: str
+    public_may_create: bool
+    roles: list[str]
+
+
+# -- single-row answers -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyCounts:
+    applied: int
+    stale: int
+    dead: int
+    not_owned: int
+    published: int
+
+
+@dataclass(frozen=True, slots=True)
+class RetryCounts:
+    """release_events and reap_expired_leases: given back for a retry, and dead-lettered."""
+
+    retried: int
+    dead: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRate:
+    dead_letters: int
+    by_class: Any
+    msg_id: int | None  # the alert published, if one was due
+
+
+@dataclass(frozen=True, slots=True)
+class UnplaceableDeletes:
+    """Open delete_unplaceable dead letters: how many, and when the oldest was written."""
+
+    open: int
+    oldest: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Gauges:
+    pending: int
+    processing: int
+    oldest_pending_age: float | None
+    dead_letters_unresolved: int
+    latency_buckets: list[Decimal]
+
+
+def _keys(keys: Iterable[EventKeyRow]) -> Jsonb:
+    return Jsonb(list(keys))
+
+
+class Queries:
+    """The named queries on one connection (procrastinate's JobManager is the model)."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: DictConnection) -> None:
+        self.conn = conn
+
+    def _one(self, name: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        row = self.conn.execute(query(name), params).fetchone()
+        if row is None:
+            raise NoRow(f"query {name} returned no row")
+        return row
+
+    def _all(self, name: str, params: dict[str, Any] | None = None) -> list[Any]:
+        return self.conn.execute(query(name), params).fetchall()
+
+    def _run(self, name: str, params: dict[str, Any] | None = None) -> None:
+        self.conn.execute(query(name), params)
+
+    # -- sessions -------------------------------------------------------------------------------
+
+    def set_worker_session(self, *, statement_timeout: str, idle_timeout: str, application_name: str) -> None:
+        self._run(
+            "set_worker_session",
+            {
+                "statement_timeout": statement_timeout,
+                "idle_timeout": idle_timeout,
+                "application_name": application_name,
+            },
+        )
+
+    def set_local_statement_timeout(self, timeout: str) -> None:
+        self._run("set_local_statement_timeout", {"timeout": timeout})
+
+    def ping(self) -> None:
+        self._run("ping")
+
+    def listen_for_events(self) -> None:
+        self._run("listen_for_events")
+
+    def database_now(self) -> datetime:
+        now: datetime = self._one("database_now")["now"]
+        return now
+
+    def worker_sessions(self) -> int:
+        return int(self._one("worker_sessions")["sessions"])
+
+    # -- migrations -----------------------------------------------------------------------------
+
+    def try_lock_migrations(self) -> bool:
+        return bool(self._one("try_lock_migrations")["locked"])
+
+    def migration_lock_holder(self) -> list[dict[str, Any]]:
+        return self._all("migration_lock_holder")
+
+    def unlock_migrations(self) -> None:
+        self._run("unlock_migrations")
+
+    def create_migrations_table(self) -> None:
+        self._run("create_migrations_table")
+
+    def migrations_table_exists(self) -> bool:
+        return bool(self._one("migrations_table_exists")["present"])
+
+    def applied_migrations(self) -> list[MigrationRow]:
+        return self._all("applied_migrations")
+
+    def record_migration(self, version: int, name: str, checksum: str) -> None:
+        self._run("record_migration", {"version": version, "name": name, "checksum": checksum})
+
+    def schemas_others_may_create_in(self) -> list[SchemaCreators]:
+        return self._all("schemas_others_may_create_in")
+
+    def applied_object_files(self) -> dict[str, str]:
+        """{file: checksum} of the object files the database has."""
+        return {str(r["file"]): str(r["checksum"]) for r in self._all("applied_object_files")}
+
+    def pin_search_path_locally(self) -> None:
+        self._run("pin_search_path_locally")
+
+    def record_object_file(self, file: str, checksum: str) -> None:
+        self._run("record_object_file", {"file": file, "checksum": checksum})
+
+    def forget_object_files(self, keep: Sequence[str]) -> list[str]:
+        """Forget the recorded object files not in keep; returns the forgotten ones."""
+        return [str(r["file"]) for r in self._all("forget_object_files", {"files": list(keep)})]
+
+    def pgmq_installed(self) -> bool:
+        return bool(self._one("pgmq_installed")["present"])
+
+    def pgmq_extension_available(self) -> bool:
+        return bool(self._one("pgmq_extension_available")["available"])
+
+    def create_pgmq_extension(self) -> None:
+        self._run("create_pgmq_extension")
+
+    # -- ingest ---------------------------------------------------------------------------------
+
+    def ingest_events(
+        self,
+        *,
+        events: str,
+        quota_ids: list[uuid.UUID],
+        versions: list[int],
+        is_delete: list[bool],
+        source_lsns: list[int | None],
+        source: str,
+    ) -> int:
+        """Store events (one JSON array text) keyed by the three arrays, with Debezium's source LSN
+        where they carry one; returns how many were new."""
+        params = {
+            "events": events,
+            "quota_ids": quota_ids,
+            "versions": versions,
+            "is_delete": is_delete,
+            "source_lsns": source_lsns,
+            "source": source,
+        }
+        return int(self._one("ingest_events", params)["inserted"])
+
+    def insert_request_rejects(self, *, source: str, raws: list[bytes], reasons: list[str]) -> None:
+        """Items of a request that could not be keyed, verbatim (the request stored the rest)."""
+        self._run("insert_request_rejects", {"source": source, "raws": raws, "reasons": reasons})
+
+    def insert_rejects(
+        self,
+        *,
+        topics: list[str],
+        partitions: list[int],
+        offsets: list[int],
+        keys: list[bytes | None],
+        raws: list[bytes],
+        headers: list[Any],
+        reasons: list[str],
+    ) -> None:
+        """Kafka messages that could not be stored as events: one array per column of inbox.rejects
+        (headers: JSON-able values)."""
+        params = {
+            "topics": topics,
+            "partitions": partitions,
+            "offsets": offsets,
+            "keys": keys,
+            "raws": raws,
+            "headers": [Jsonb(h) for h in headers],
+            "reasons": reasons,
+        }
+        self._run("insert_rejects", params)
+
+    # -- the worker -----------------------------------------------------------------------------
+
+    def claim_events(self, *, worker: str, limit: int, lease: timedelta) -> list[ClaimedKey]:
+        return self._all("claim_events", {"worker": worker, "limit": limit, "lease": lease})
+
+    def claimed_payloads(
+        self, *, worker: str, keys: Iterable[EventKeyRow], max_bytes: int
+    ) -> Iterator[PayloadRow]:
+        """Streamed, row by row as PostgreSQL prints them (inbox/apply/worker.py: read_payloads)."""
+        params = {"worker": worker, "keys": _keys(keys), "max_bytes": max_bytes}
+        rows: Iterator[Any] = self.conn.cursor().stream(query("claimed_payloads"), params)
+        return rows
+
+    def apply_events(self, *, worker: str, events: Sequence[dict[str, Any]]) -> ApplyCounts:
+        row = self._one("apply_events", {"worker": worker, "events": Jsonb(list(events))})
+        return ApplyCounts(row["applied"], row["stale"], row["dead"], row["not_owned"], row["published"])
+
+    def release_events(
+        self,
+        *,
+        worker: str,
+        keys: Iterable[EventKeyRow],
+        error: str,
+        max_attempts: int,
+        backoff_base: timedelta,
+        backoff_cap: timedelta,
+    ) -> RetryCounts:
+        row = self._one(
+            "release_events",
+            {
+                "worker": worker,
+                "keys": _keys(keys),
+                "error": error,
+                "max_attempts": max_attempts,
+                "backoff_base": backoff_base,
+                "backoff_cap": backoff_cap,
+            },
+        )
+        return RetryCounts(row["retried"], row["dead"])
+
+    def reap_expired_leases(
+        self, *, limit: int, max_attempts: int, backoff_base: timedelta, backoff_cap: timedelta
+    ) -> RetryCounts:
+        row = self._one(
+            "reap_expired_leases",
+            {
+                "limit": limit,
+                "max_attempts": max_attempts,
+                "backoff_base": backoff_base,
+                "backoff_cap": backoff_cap,
+            },
+        )
+        return RetryCounts(row["retried"], row["dead"])
+
+    def dead_letters_for_keys(self, keys: Iterable[EventKeyRow]) -> list[DeadLetterLine]:
+        return self._all("dead_letters_for_keys", {"keys": _keys(keys)})
+
+    def dead_letters_of_this_transaction(self) -> list[DeadLetterLine]:
+        return self._all("dead_letters_of_this_transaction")
+
+    # -- jobs -----------------------------------------------------------------------------------
+
+    def purge_history(
+        self, *, older_than: timedelta, gates_older_than: timedelta | None, limit: int
+    ) -> dict[str, int]:
+        """{rejects, dead_letters, gates}: how many of each one batch deleted."""
+        params = {"older_than": older_than, "gates_older_than": gates_older_than, "limit": limit}
+        row = self._one("purge_history", params)
+        return {kind: int(row[kind]) for kind in ("rejects", "dead_letters", "gates")}
+
+    def purge_finished_events(self, *, older_than: timedelta, limit: int) -> int:
+        return int(self._one("purge_finished_events", {"older_than": older_than, "limit": limit})["purged"])
+
+    def check_dead_letter_rate(self, *, window: timedelta, threshold: int) -> DeadLetterRate:
+        row = self._one("check_dead_letter_rate", {"window": window, "threshold": threshold})
+        return DeadLetterRate(int(row["dead_letters"]), row["by_class"], row["msg_id"])
+
+    def publish_alert(self, *, alert: str, message: dict[str, Any], renotify: timedelta) -> int | None:
+        msg_id = self._one("publish_alert", {"alert": alert, "message": Jsonb(message), "renotify": renotify})
+        return None if msg_id["msg_id"] is None else int(msg_id["msg_id"])
+
+    def open_unplaceable_deletes(self) -> UnplaceableDeletes:
+        row = self._one("open_unplaceable_deletes")
+        return UnplaceableDeletes(int(row["open"]), row["oldest"])
+
+    def fold_counters(self) -> None:
+        self._run("fold_counters")
+
+    # -- metrics --------------------------------------------------------------------------------
+
+    def metrics_counters(self) -> dict[tuple[str, str], float]:
+        return {(r["metric"], r["label"]): float(r["value"]) for r in self._all("metrics_counters")}
+
+    def metrics_gauges(self) -> Gauges:
+        row = self._one("metrics_gauges")
+        return Gauges(
+            int(row["pending"]),
+            int(row["processing"]),
+            row["oldest_pending_age"],
+            int(row["dead_letters_unresolved"]),
+            list(row["latency_buckets"]),
+        )
+
+    # -- status ---------------------------------------------------------------------------------
+
+    def status_exact_counts(self) -> list[StateRow]:
+        return self._all("status_exact_counts")
+
+    def status_by_state(self) -> list[StateRow]:
+        return self._all("status_by_state")
+
+    def status_statistics(self) -> dict[str, Any]:
+        """analyzed_at and changed_since of the inbox table ({} before it has statistics)."""
+        row = self.conn.execute(query("status_statistics")).fetchone()
+        return row or {}
+
+    def status_lag(self) -> dict[str, Any]:
+        return self._one("status_lag")
+
+    def status_processed(self) -> list[dict[str, Any]]:
+        return self._all("status_processed")
+
+    def status_dead_letters_by_class(self) -> list[dict[str, Any]]:
+        return self._all("status_dead_letters_by_class")
+
+    def status_rejects(self) -> dict[str, Any]:
+        return self._one("status_rejects")
+
+    def inbox_counts(self) -> dict[str, int]:
+        """{status: events} of the statuses that have any."""
+        return {str(r["status"]): int(r["n"]) for r in self._all("inbox_counts")}
+
+    def quota_states(self) -> list[dict[str, Any]]:
+        return self._all("quota_states")
+
+    def unresolved_dead_letters(self) -> list[dict[str, Any]]:
+        return self._all("unresolved_dead_letters")
+
+    # -- dead letters ---------------------------------------------------------------------------
+
+    def dlq_error_classes(self) -> list[str]:
+        return [str(r["error_class"]) for r in self._all("dlq_error_classes")]
+
+    def dlq_list(
+        self,
+        *,
+        quota_id: uuid.UUID | None,
+        error_class: str | None,
+        since: datetime | None,
+        include_resolved: bool,
+        limit: int | None,
+    ) -> list[DeadLetterRow]:
+        params = {
+            "quota_id": quota_id,
+            "error_class": error_class,
+            "since": since,
+            "include_resolved": include_resolved,
+            "limit": limit,
+        }
+        return self._all("dlq_list", params)
+
+    def dlq_show(self, dead_letter_id: uuid.UUID) -> DeadLetterRow | None:
+        row: Any = self.conn.execute(query("dlq_show"), {"id": dead_letter_id}).fetchone()
+        return cast("DeadLetterRow | None", row)
+
+    def dlq_replay(self, ids: Sequence[uuid.UUID], note: str) -> list[ReplayedRow]:
+        return self._all("dlq_replay", {"ids": list(ids), "note": note})
+
+    def dlq_replay_matching(
+        self,
+        *,
+        quota_id: uuid.UUID | None,
+        error_class: str | None,
+        since: datetime | None,
+        until: datetime,
+        limit: int,
+        note: str,
+    ) -> list[ReplayedRow]:
+        params = {
+            "quota_id": quota_id,
+            "error_class": error_class,
+            "since": since,
+            "until": until,
+            "limit": limit,
+            "note": note,
+        }
+        return self._all("dlq_replay_matching", params)
+
+    def dlq_replay_ended(self, keys: Iterable[EventKeyRow]) -> list[ReplayEndedRow]:
+        return self._all("dlq_replay_ended", {"keys": _keys(keys)})
+
+    def dlq_resolve(self, dead_letter_id: uuid.UUID, note: str) -> datetime | None:
+        """When it was resolved now; None if it was already resolved (or does not exist)."""
+        row = self.conn.execute(query("dlq_resolve"), {"id": dead_letter_id, "note": note}).fetchone()
+        return None if row is None else row["resolved_at"]
+
+    # -- outbox ---------------------------------------------------------------------------------
+
+    def outbox_last_msg_ids(self, limit: int) -> int:
+        """The msg_id just before the last `limit` messages (0 when there are fewer)."""
+        return int(self._one("outbox_last_msg_ids", {"limit": limit})["before_last"])
+
+    def outbox_peek(self, *, after: int, limit: int) -> list[OutboxRow]:
+        return self._all("outbox_peek", {"after": after, "limit": limit})
+
+    def outbox_read(self, *, vt: int, limit: int) -> list[OutboxRow]:
+        return self._all("outbox_read", {"vt": vt, "limit": limit})
+
+    def outbox_archive(self, msg_ids: Sequence[int]) -> None:
+        self._run("outbox_archive", {"msg_ids": list(msg_ids)})
