@@ -22,17 +22,11 @@ from pgmq import SyncPGMQueue
 from psycopg.types.json import set_json_loads
 from psycopg_pool import ConnectionPool
 
+from inbox.formats import QUOTA_COLUMNS
+
 QUEUE = "quota_changes"
 
-FIELDS = (
-    "counterparty_id",
-    "direction",
-    "period_month",
-    "qty_t",
-    "tolerance_pct",
-    "incoterm_code",
-    "metal_code",
-)
+FIELDS = QUOTA_COLUMNS  # the quota columns a message carries besides its key
 
 CREATE_REPLICA = """
 CREATE TABLE IF NOT EXISTS downstream_quota (

@@ -65,6 +65,12 @@ QUOTA_FIELDS = (
     "metal_code",
     "updated_at",
 )
+# The columns of public.quota an event sets besides its key (updated_at goes to source_updated_at):
+# what an outbox message carries and what the demo shows.
+QUOTA_COLUMNS = QUOTA_FIELDS[:-1]
+# The rows a JDBC sink writes into inbox.titan_quota_sink: Debezium's flattened record.
+# add.fields=op,lsn,source.ts_ms in the shipped sink configs; __lsn since migration 014
+SINK_COLUMNS = ("quota_id", "version", *QUOTA_FIELDS, "__op", "__deleted", "__source_ts_ms", "__lsn")
 CONNECT_DECIMAL = "org.apache.kafka.connect.data.Decimal"
 VARIABLE_SCALE_DECIMAL = "io.debezium.data.VariableScaleDecimal"
 DATE_TYPES = ("io.debezium.time.Date", "org.apache.kafka.connect.data.Date")

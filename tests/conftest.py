@@ -20,6 +20,7 @@ from psycopg.conninfo import make_conninfo
 
 from inbox.db.connect import DictConnection, connect
 from inbox.db.migrate import migrate
+from tests.restartable_pg import RestartablePostgres, restartable_postgres
 
 _counter = itertools.count()
 
@@ -109,3 +110,10 @@ def dsn(pg_admin_dsn: str, template_db: str) -> Iterator[str]:
 def db(dsn: str) -> Iterator[DictConnection]:
     with connect(dsn, autocommit=True) as conn:
         yield conn
+
+
+@pytest.fixture
+def restartable_pg() -> Iterator[RestartablePostgres]:
+    """A migrated PostgreSQL of this test's own, which it may stop and start (tests/restartable_pg.py)."""
+    with restartable_postgres() as pg:
+        yield pg

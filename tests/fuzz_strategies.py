@@ -17,6 +17,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from inbox.formats import QUOTA_FIELDS
 from tests.cdc_events import FORMATS, encode_event, quota_columns
 
 # Modest in CI; INBOX_SOAK=1 searches much longer.
@@ -122,17 +123,6 @@ def render(value: Any) -> str:
 
 
 # -- events -----------------------------------------------------------------------------------------
-
-QUOTA_FIELDS = (
-    "counterparty_id",
-    "direction",
-    "period_month",
-    "qty_t",
-    "tolerance_pct",
-    "incoterm_code",
-    "metal_code",
-    "updated_at",
-)
 
 
 @dataclass(frozen=True)

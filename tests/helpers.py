@@ -14,6 +14,19 @@ from inbox.settings import Settings
 from inbox.store import IngestResult, store_events
 
 
+def worker_settings(**overrides: Any) -> Settings:
+    """Settings for tests that run workers: small batches, few attempts, short backoff."""
+    values: dict[str, Any] = {
+        "batch_size": 100,
+        "max_attempts": 3,
+        "lease_seconds": 30.0,
+        "backoff_base_seconds": 0.5,
+        "backoff_cap_seconds": 5.0,
+        "statement_timeout_ms": 15_000,
+    }
+    return Settings(**{**values, **overrides})
+
+
 def titan_event(
     quota_id: uuid.UUID | str,
     version: int,

@@ -27,6 +27,31 @@ def inbox_env(database_url: str | None, **settings: str) -> dict[str, str]:
     return env
 
 
+def run_inbox(
+    *args: str, database_url: str | None, stdin: str | None = None, timeout: float = 120, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """`inbox ARGS` to its end, in this environment without the caller's INBOX_* settings."""
+    return subprocess.run(
+        [sys.executable, "-m", "inbox.cli", *args],
+        env=inbox_env(database_url, **env),
+        cwd=REPO,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], code: int = 1) -> str:
+    """An expected failure: the exit code, and one line on stderr without a traceback."""
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
 def free_port() -> int:
     """A loopback port free right now, for a process the test starts."""
     with socket.socket() as probe:

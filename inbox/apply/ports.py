@@ -8,24 +8,16 @@ database does with each call is tested against real PostgreSQL.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import timedelta
 from typing import Any, Protocol
 
-from inbox.db.queries import ApplyCounts, DeadLetterLine, EventKeyRow, RetryCounts
+from inbox.db.queries import ApplyCounts, Backoff, DeadLetterLine, EventKeyRow, RetryCounts
 
 
 class WorkerDatabase(Protocol):
     def apply_events(self, *, worker: str, events: Sequence[dict[str, Any]]) -> ApplyCounts: ...
 
     def release_events(
-        self,
-        *,
-        worker: str,
-        keys: Iterable[EventKeyRow],
-        error: str,
-        max_attempts: int,
-        backoff_base: timedelta,
-        backoff_cap: timedelta,
+        self, *, worker: str, keys: Iterable[EventKeyRow], error: str, backoff: Backoff
     ) -> RetryCounts: ...
 
     def dead_letters_for_keys(self, keys: Iterable[EventKeyRow]) -> list[DeadLetterLine]: ...

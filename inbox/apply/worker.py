@@ -25,7 +25,7 @@ from inbox.apply.prepare import prepare
 from inbox.apply.waker import Waker
 from inbox.db.connect import Session
 from inbox.db.errors import DatabaseError, is_transient, sqlstate
-from inbox.db.queries import ClaimedKey, DeadLetterLine, DictConnection, EventKeyRow, Queries
+from inbox.db.queries import Backoff, ClaimedKey, DeadLetterLine, DictConnection, EventKeyRow, Queries
 from inbox.settings import Settings
 from inbox.text import shorten
 
@@ -150,12 +150,7 @@ class Worker:
 
     def _release(self, prepared: Sequence[Mapping[str, Any]], error: str) -> BatchCounts:
         row = self._db().release_events(
-            worker=self.name,
-            keys=_keys(prepared),
-            error=error[:2000],
-            max_attempts=self.settings.max_attempts,
-            backoff_base=timedelta(seconds=self.settings.backoff_base_seconds),
-            backoff_cap=timedelta(seconds=self.settings.backoff_cap_seconds),
+            worker=self.name, keys=_keys(prepared), error=error[:2000], backoff=backoff(self.settings)
         )
         if row.dead:
             self._log_dead_letters(prepared)
@@ -279,15 +274,18 @@ def reap_expired_leases(conn: DictConnection, settings: Settings, limit: int = 1
     queries = Queries(conn)
     # One transaction, so the dead letters it wrote can be found by their created_at (= now()).
     with conn.transaction():
-        row = queries.reap_expired_leases(
-            limit=limit,
-            max_attempts=settings.max_attempts,
-            backoff_base=timedelta(seconds=settings.backoff_base_seconds),
-            backoff_cap=timedelta(seconds=settings.backoff_cap_seconds),
-        )
+        row = queries.reap_expired_leases(limit=limit, backoff=backoff(settings))
         if row.dead:
             log_dead_letters(queries.dead_letters_of_this_transaction())
     return BatchCounts(retried=row.retried, dead=row.dead)
+
+
+def backoff(settings: Settings) -> Backoff:
+    return Backoff(
+        settings.max_attempts,
+        timedelta(seconds=settings.backoff_base_seconds),
+        timedelta(seconds=settings.backoff_cap_seconds),
+    )
 
 
 def _keys(events: Sequence[Mapping[str, Any]]) -> list[EventKeyRow]:

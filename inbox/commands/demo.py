@@ -8,17 +8,9 @@ from inbox.commands.output import print_table
 from inbox.db.connect import connect
 from inbox.db.queries import Queries
 from inbox.demo import post, sample_lines, wait_until_settled
+from inbox.formats import QUOTA_COLUMNS
 
-QUOTA_COLUMNS = [
-    "quota_id",
-    "source_version",
-    "direction",
-    "period_month",
-    "qty_t",
-    "tolerance_pct",
-    "incoterm_code",
-    "metal_code",
-]
+SHOWN = ["quota_id", "source_version", *QUOTA_COLUMNS]
 
 
 def run_demo(
@@ -39,7 +31,7 @@ def run_demo(
         for status, events in queries.inbox_counts().items():
             print(f"  {status:<10} {events}", file=out)
         print("\npublic.quota:", file=out)
-        print_table(queries.quota_states(), QUOTA_COLUMNS, out)
+        print_table(queries.quota_states(), SHOWN, out)
         print("\npublic.quota_processing_errors (unresolved dead letters):", file=out)
         print_table(
             queries.unresolved_dead_letters(),

@@ -17,7 +17,14 @@ from typing import Any, TextIO
 from inbox.commands.config import database
 from inbox.commands.errors import CliError
 from inbox.commands.output import print_block, print_json, print_wrapped_json
-from inbox.db.queries import DeadLetterRow, EventKeyRow, Queries, ReplayedRow, ReplayEndedRow
+from inbox.db.queries import (
+    DeadLetterFilter,
+    DeadLetterRow,
+    EventKeyRow,
+    Queries,
+    ReplayedRow,
+    ReplayEndedRow,
+)
 from inbox.settings import Settings, parse_duration, positive_int
 
 REPLAY_NOTE = "replayed with inbox dlq replay"
@@ -43,8 +50,8 @@ def since_arg(text: str) -> datetime:
 ERROR_CLASSES = ("invalid", "unprocessable", "delete_blocked", "apply_error", "retries_exhausted")
 
 
-def _filters(args: argparse.Namespace) -> dict[str, Any]:
-    return {"quota_id": args.quota_id, "error_class": args.error_class, "since": args.since}
+def _filters(args: argparse.Namespace) -> DeadLetterFilter:
+    return DeadLetterFilter(args.quota_id, args.error_class, args.since)
 
 
 def _check_error_class(queries: Queries, error_class: str | None) -> None:
@@ -59,7 +66,7 @@ def _check_error_class(queries: Queries, error_class: str | None) -> None:
 def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> None:
     with database(settings) as queries:
         _check_error_class(queries, args.error_class)
-        rows = queries.dlq_list(**_filters(args), include_resolved=args.include_resolved, limit=args.limit)
+        rows = queries.dlq_list(_filters(args), include_resolved=args.include_resolved, limit=args.limit)
     if args.json:
         print_json(rows, sys.stdout)
         return
@@ -125,7 +132,7 @@ def cmd_dlq_show(args: argparse.Namespace, settings: Settings) -> None:
 def cmd_dlq_replay(args: argparse.Namespace, settings: Settings) -> None:
     if bool(args.ids) == args.all_matching:
         raise CliError("give dead letter ids, or --all-matching with filters, not both and not neither")
-    if not args.all_matching and (any(_filters(args).values()) or args.dry_run):
+    if not args.all_matching and (_filters(args) != DeadLetterFilter() or args.dry_run):
         raise CliError("--quota-id, --error-class, --since and --dry-run go with --all-matching")
     with database(settings) as queries:
         _check_error_class(queries, args.error_class)
@@ -156,7 +163,7 @@ def cmd_dlq_replay(args: argparse.Namespace, settings: Settings) -> None:
 
 def _dry_run(queries: Queries, args: argparse.Namespace) -> None:
     """What --all-matching would replay now, changing nothing."""
-    rows = queries.dlq_list(**_filters(args), include_resolved=False, limit=None)
+    rows = queries.dlq_list(_filters(args), include_resolved=False, limit=None)
     if args.json:
         print_json(rows, sys.stdout)
         return
@@ -217,7 +224,7 @@ def _replay_matching(queries: Queries, args: argparse.Namespace) -> list[Replaye
     replayed: list[ReplayedRow] = []
     while True:
         batch = queries.dlq_replay_matching(
-            **_filters(args), until=until, limit=args.batch_size, note=args.note
+            _filters(args), until=until, limit=args.batch_size, note=args.note
         )
         replayed.extend(batch)
         if len(batch) < args.batch_size:

@@ -144,6 +144,19 @@ class SchemaCreators(TypedDict):
 
 
 @dataclass(frozen=True, slots=True)
+class Backoff:
+    """How an event given back is retried: attempts before it is dead-lettered, and the delay
+    (base * 2^attempts with jitter, at most cap)."""
+
+    max_attempts: int
+    base: timedelta
+    cap: timedelta
+
+    def params(self) -> dict[str, Any]:
+        return {"max_attempts": self.max_attempts, "backoff_base": self.base, "backoff_cap": self.cap}
+
+
+@dataclass(frozen=True, slots=True)
 class ApplyCounts:
     applied: int
     stale: int
@@ -182,6 +195,18 @@ class Gauges:
     oldest_pending_age: float | None
     dead_letters_unresolved: int
     latency_buckets: list[Decimal]
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterFilter:
+    """Which dead letters a command means (None: any)."""
+
+    quota_id: uuid.UUID | None = None
+    error_class: str | None = None
+    since: datetime | None = None
+
+    def params(self) -> dict[str, Any]:
+        return {"quota_id": self.quota_id, "error_class": self.error_class, "since": self.since}
 
 
 def _keys(keys: Iterable[EventKeyRow]) -> Jsonb:
@@ -355,40 +380,14 @@ class Queries:
         return ApplyCounts(row["applied"], row["stale"], row["dead"], row["not_owned"], row["published"])
 
     def release_events(
-        self,
-        *,
-        worker: str,
-        keys: Iterable[EventKeyRow],
-        error: str,
-        max_attempts: int,
-        backoff_base: timedelta,
-        backoff_cap: timedelta,
+        self, *, worker: str, keys: Iterable[EventKeyRow], error: str, backoff: Backoff
     ) -> RetryCounts:
-        row = self._one(
-            "release_events",
-            {
-                "worker": worker,
-                "keys": _keys(keys),
-                "error": error,
-                "max_attempts": max_attempts,
-                "backoff_base": backoff_base,
-                "backoff_cap": backoff_cap,
-            },
-        )
+        params = {"worker": worker, "keys": _keys(keys), "error": error, **backoff.params()}
+        row = self._one("release_events", params)
         return RetryCounts(row["retried"], row["dead"])
 
-    def reap_expired_leases(
-        self, *, limit: int, max_attempts: int, backoff_base: timedelta, backoff_cap: timedelta
-    ) -> RetryCounts:
-        row = self._one(
-            "reap_expired_leases",
-            {
-                "limit": limit,
-                "max_attempts": max_attempts,
-                "backoff_base": backoff_base,
-                "backoff_cap": backoff_cap,
-            },
-        )
+    def reap_expired_leases(self, *, limit: int, backoff: Backoff) -> RetryCounts:
+        row = self._one("reap_expired_leases", {"limit": limit, **backoff.params()})
         return RetryCounts(row["retried"], row["dead"])
 
     def dead_letters_for_keys(self, keys: Iterable[EventKeyRow]) -> list[DeadLetterLine]:
@@ -481,21 +480,9 @@ class Queries:
         return [str(r["error_class"]) for r in self._all("dlq_error_classes")]
 
     def dlq_list(
-        self,
-        *,
-        quota_id: uuid.UUID | None,
-        error_class: str | None,
-        since: datetime | None,
-        include_resolved: bool,
-        limit: int | None,
+        self, filters: DeadLetterFilter, *, include_resolved: bool, limit: int | None
     ) -> list[DeadLetterRow]:
-        params = {
-            "quota_id": quota_id,
-            "error_class": error_class,
-            "since": since,
-            "include_resolved": include_resolved,
-            "limit": limit,
-        }
+        params = {**filters.params(), "include_resolved": include_resolved, "limit": limit}
         return self._all("dlq_list", params)
 
     def dlq_show(self, dead_letter_id: uuid.UUID) -> DeadLetterRow | None:
@@ -506,23 +493,9 @@ class Queries:
         return self._all("dlq_replay", {"ids": list(ids), "note": note})
 
     def dlq_replay_matching(
-        self,
-        *,
-        quota_id: uuid.UUID | None,
-        error_class: str | None,
-        since: datetime | None,
-        until: datetime,
-        limit: int,
-        note: str,
+        self, filters: DeadLetterFilter, *, until: datetime, limit: int, note: str
     ) -> list[ReplayedRow]:
-        params = {
-            "quota_id": quota_id,
-            "error_class": error_class,
-            "since": since,
-            "until": until,
-            "limit": limit,
-            "note": note,
-        }
+        params = {**filters.params(), "until": until, "limit": limit, "note": note}
         return self._all("dlq_replay_matching", params)
 
     def dlq_replay_ended(self, keys: Iterable[EventKeyRow]) -> list[ReplayEndedRow]:

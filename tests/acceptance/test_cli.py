@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from inbox.db.sqlfiles import migrations
 from inbox.settings import Settings
 from tests.acceptance.conftest import UNREACHABLE_DSN
 from tests.helpers import event_status, ingest, quota, titan_event
+from tests.processes import inbox_env, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,35 +28,18 @@ DEMO_POISONED = "7a9e2b14-5c3d-4e6f-8a1b-2c3d4e5f6a7b"  # v1, poison v2 (HOLD, -
 DEMO_DELETED = "c0ffee00-1234-4abc-9def-0123456789ab"  # v1, DELETE v3, late v2 -> gone
 
 
-def _env(database_url: str | None, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INBOX_")}
-    if database_url is not None:
-        env["INBOX_DATABASE_URL"] = database_url
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
-
-
 def inbox_cli(
     *args: str, database_url: str | None, timeout: float = 120, **extra_env: str
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "inbox.cli", *args],
-        env=_env(database_url, **extra_env),
+        env=inbox_env(database_url, **extra_env),
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
     )
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def _applied_migrations(dsn: str) -> list[tuple[int, str, str]]:
@@ -220,7 +202,7 @@ def worker_process(dsn: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[
     with log.open("w") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "inbox.cli", "work", "--concurrency", "2"],
-            env=_env(dsn, INBOX_POLL_SECONDS="30"),
+            env=inbox_env(dsn, INBOX_POLL_SECONDS="30"),
             cwd=REPO,
             stdout=output,
             stderr=subprocess.STDOUT,
@@ -238,12 +220,12 @@ def test_work_applies_events_and_stops_on_sigterm(
     worker_process: tuple[subprocess.Popen[str], Path], db: DictConnection
 ) -> None:
     process, log = worker_process
-    _wait_for(lambda: "workers running" in log.read_text() or process.poll() is not None, 60, "the workers")
+    wait_for(lambda: "workers running" in log.read_text() or process.poll() is not None, "the workers", 60)
     assert process.poll() is None, log.read_text()
 
     ids = [uuid.uuid4() for _ in range(5)]
     ingest(db, [titan_event(q, 1, "INSERT", qty_t=Decimal("7.125")) for q in ids])
-    _wait_for(lambda: all(event_status(db, q, 1) == "applied" for q in ids), 20, "the events to be applied")
+    wait_for(lambda: all(event_status(db, q, 1) == "applied" for q in ids), "the events to be applied", 20)
     for q in ids:
         row = quota(db, q)
         assert row is not None
@@ -254,7 +236,7 @@ def test_work_applies_events_and_stops_on_sigterm(
 
     assert returncode == 0, log.read_text()
     assert "Traceback" not in log.read_text()
-    _wait_for(lambda: _service_sessions(db) == 0, 10, "the worker's connections to close")
+    wait_for(lambda: _service_sessions(db) == 0, "the worker's connections to close", 10)
 
 
 def _service_sessions(conn: DictConnection) -> int:

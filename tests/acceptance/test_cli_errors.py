@@ -4,7 +4,6 @@ commands keep stdout for their answer and stay quiet on stderr. The CLI runs as 
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import pytest
 from inbox.db.connect import DictConnection
 from tests.acceptance.conftest import UNREACHABLE_DSN
 from tests.helpers import drain, ingest, titan_event
+from tests.processes import one_line_error, run_inbox
 
 REPO = Path(__file__).resolve().parents[2]
 CONSUMER = REPO / "examples" / "outbox_consumer.py"
@@ -26,27 +26,7 @@ CONSUMER = REPO / "examples" / "outbox_consumer.py"
 def run(
     *args: str, database_url: str | None = None, stdin: str | None = None, **env: str
 ) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("INBOX_")}
-    if database_url is not None:
-        clean["INBOX_DATABASE_URL"] = database_url
-    return subprocess.run(
-        [sys.executable, "-m", "inbox.cli", *args],
-        env={**clean, **env},
-        cwd=REPO,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-def one_line(result: subprocess.CompletedProcess[str], code: int = 1) -> str:
-    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    return lines[0]
+    return run_inbox(*args, database_url=database_url, stdin=stdin, **env)
 
 
 @pytest.fixture
@@ -85,7 +65,7 @@ def test_concurrency_out_of_bounds_is_refused(command: str, value: str) -> None:
 
 
 def test_a_negative_retention_is_refused_and_help_shows_durations_as_typed() -> None:
-    line = one_line(run("status", INBOX_RETENTION="-1h"))
+    line = one_line_error(run("status", INBOX_RETENTION="-1h"))
     assert line == "inbox: error: invalid settings: INBOX_RETENTION: must not be negative"
 
     shown = run("--help").stdout
@@ -97,7 +77,7 @@ def test_a_negative_retention_is_refused_and_help_shows_durations_as_typed() -> 
 
 
 def test_a_busy_http_port_names_the_setting_and_the_reason(busy_port: int) -> None:
-    line = one_line(run("serve", INBOX_HTTP_PORT=str(busy_port), INBOX_DATABASE_URL=UNREACHABLE_DSN))
+    line = one_line_error(run("serve", INBOX_HTTP_PORT=str(busy_port), INBOX_DATABASE_URL=UNREACHABLE_DSN))
 
     assert f"cannot listen on 127.0.0.1:{busy_port}: Address already in use" in line
     assert "INBOX_HTTP_PORT" in line
@@ -106,7 +86,7 @@ def test_a_busy_http_port_names_the_setting_and_the_reason(busy_port: int) -> No
 @pytest.mark.parametrize("command", ["work", "consume"])
 def test_a_busy_metrics_port_names_the_setting(dsn: str, busy_port: int, command: str) -> None:
     # consume: the port is bound before the consumer contacts a broker (none listens on port 1)
-    line = one_line(
+    line = one_line_error(
         run(command, database_url=dsn, INBOX_METRICS_PORT=str(busy_port), INBOX_KAFKA_BOOTSTRAP="127.0.0.1:1")
     )
 
@@ -118,13 +98,13 @@ def test_a_busy_metrics_port_names_the_setting(dsn: str, busy_port: int, command
 
 
 def test_work_on_an_unmigrated_database_says_migrate_at_once(empty_dsn: str) -> None:
-    line = one_line(run("work", database_url=empty_dsn))
+    line = one_line_error(run("work", database_url=empty_dsn))
 
     assert "run `inbox migrate`" in line
 
 
 def test_work_on_an_unreachable_database_says_so_at_once() -> None:
-    line = one_line(run("work", database_url=UNREACHABLE_DSN), code=2)
+    line = one_line_error(run("work", database_url=UNREACHABLE_DSN), code=2)
 
     assert "database unreachable" in line
 
@@ -141,7 +121,7 @@ def test_work_on_an_unreachable_database_says_so_at_once() -> None:
 def test_commands_on_an_unmigrated_database_say_migrate(
     empty_dsn: str, args: list[str], stdin: str | None
 ) -> None:
-    line = one_line(run(*args, database_url=empty_dsn, stdin=stdin))
+    line = one_line_error(run(*args, database_url=empty_dsn, stdin=stdin))
 
     assert "not migrated" in line and "run `inbox migrate`" in line
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import uuid
 from decimal import Decimal
 from pathlib import Path
@@ -16,39 +14,15 @@ import pytest
 from inbox.db.connect import DictConnection
 from tests.acceptance.conftest import UNREACHABLE_DSN
 from tests.helpers import dead_letters, drain, event_status, ingest, quota, titan_event, to_json
+from tests.processes import one_line_error, run_inbox
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def run_inbox(
-    *args: str, database_url: str, stdin: str | None = None, **env: str
-) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("INBOX_")}
-    return subprocess.run(
-        [sys.executable, "-m", "inbox.cli", *args],
-        env={**clean, "INBOX_DATABASE_URL": database_url, **env},
-        cwd=REPO,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     return result.stdout
-
-
-def one_line_error(result: subprocess.CompletedProcess[str], code: int) -> str:
-    """An expected failure: the exit code, and one line on stderr without a traceback."""
-    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from inbox.db.connect import DictConnection
 from tests.acceptance.conftest import UNREACHABLE_DSN, StartServer
 from tests.helpers import drain, event_status, ingest, titan_event, to_json
+from tests.processes import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -84,16 +84,10 @@ def test_http_metrics_follow_the_events(start_server: StartServer, dsn: str) -> 
     assert value(done, "inbox_apply_latency_seconds_sum") > 0
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
 def work_metrics_url(dsn: str, tmp_path: Path) -> Iterator[str]:
     """`inbox work` with its metrics port; yields the URL once it answers."""
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("INBOX_")}
     env.update(
         INBOX_DATABASE_URL=dsn,

@@ -23,30 +23,19 @@ import httpx
 import pytest
 
 from inbox.db.connect import connect
-from inbox.db.migrate import migrate
 from inbox.formats import key_event, skip_reason
 from inbox.ingest import loads
 from tests.cdc_events import QuotaStream, expected_rows, quota_stream
 from tests.helpers import dead_letters, status_counts
-from tests.integration.test_kafka_consume import Feed, RestartablePostgres, quota_rows
+from tests.integration.test_kafka_consume import Feed, quota_rows
 from tests.kafka_broker import KafkaBroker, kafka_broker
 from tests.processes import InboxProcess, inbox_env, inbox_process, wait_for
+from tests.restartable_pg import RestartablePostgres
 
 SOAK = os.environ.get("INBOX_SOAK") == "1"
 OUTAGE_SECONDS = 20.0 if SOAK else 8.0  # longer than the HTTP pool's 5 s wait for a connection
 POSTERS = 3
 PARTITIONS = 3
-
-
-@pytest.fixture
-def restartable_pg() -> Iterator[RestartablePostgres]:
-    """A PostgreSQL of this test's own (outside pytest's basetemp: see RestartablePostgres)."""
-    pg = RestartablePostgres()
-    try:
-        migrate(pg.dsn)
-        yield pg
-    finally:
-        pg.close()
 
 
 @pytest.fixture

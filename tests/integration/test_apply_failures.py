@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from decimal import Decimal
@@ -16,29 +15,19 @@ from inbox.apply.prepare import prepare
 from inbox.apply.worker import BatchCounts, Worker, reap_expired_leases
 from inbox.db.connect import DictConnection, connect
 from inbox.settings import Settings
-from tests.helpers import dead_letters, dead_letters_for, drain, inbox_row, ingest, quota, titan_event
+from tests.helpers import (
+    dead_letters,
+    dead_letters_for,
+    drain,
+    inbox_row,
+    ingest,
+    quota,
+    titan_event,
+    worker_settings,
+)
+from tests.processes import wait_for
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def settings(**overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "batch_size": 100,
-        "max_attempts": 3,
-        "lease_seconds": 30.0,
-        "backoff_base_seconds": 0.5,
-        "backoff_cap_seconds": 5.0,
-        "statement_timeout_ms": 15_000,
-    }
-    values.update(overrides)
-    return Settings(**values)
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"{what} not reached within {timeout}s"
-        time.sleep(0.05)
 
 
 @contextmanager
@@ -72,12 +61,14 @@ def test_a_statement_timeout_gives_the_batch_back_then_dead_letters_it_when_atte
 ) -> None:
     locked, bystander = uuid.uuid4(), uuid.uuid4()
     ingest(db, [titan_event(locked, 1, "INSERT", qty_t=Decimal("1"))])
-    drain(dsn, settings())
+    drain(dsn, worker_settings())
     ingest(
         db,
         [titan_event(locked, 2, "UPDATE", qty_t=Decimal("2")), titan_event(bystander, 1, "INSERT")],
     )
-    conf = settings(statement_timeout_ms=300, max_attempts=3, backoff_base_seconds=2, backoff_cap_seconds=4)
+    conf = worker_settings(
+        statement_timeout_ms=300, max_attempts=3, backoff_base_seconds=2, backoff_cap_seconds=4
+    )
     worker = Worker(dsn, conf, "w-timeout")
     try:
         with row_lock(dsn, "SELECT * FROM inbox.quota_versions WHERE quota_id = %s FOR UPDATE", [locked]):
@@ -127,9 +118,9 @@ def test_backoff_grows_exponentially_with_equal_jitter_and_a_cap(db: DictConnect
     locked = uuid.uuid4()
     others = [uuid.uuid4() for _ in range(19)]
     ingest(db, [titan_event(locked, 1, "INSERT")])
-    drain(dsn, settings())
+    drain(dsn, worker_settings())
     ingest(db, [titan_event(locked, 2), *(titan_event(q, 1, "INSERT") for q in others)])
-    conf = settings(
+    conf = worker_settings(
         statement_timeout_ms=300, max_attempts=6, backoff_base_seconds=base, backoff_cap_seconds=cap
     )
     worker = Worker(dsn, conf, "w-backoff")
@@ -183,7 +174,7 @@ def test_a_poison_event_is_dead_lettered_and_the_rest_of_its_batch_is_applied(
         events.append(titan_event(q, 1, "INSERT", qty_t=Decimal(i + 1)))
         events.append(titan_event(q, 2, "UPDATE", qty_t=Decimal(i + 100)))
     ingest(db, events)
-    conf = settings(batch_size=100)
+    conf = worker_settings(batch_size=100)
 
     counts = drain(dsn, conf)
 
@@ -221,7 +212,7 @@ def test_a_poison_event_superseded_in_its_own_batch_never_runs(db: DictConnectio
     q = uuid.uuid4()
     ingest(db, [titan_event(q, 1, "INSERT", metal_code="POISON"), titan_event(q, 2, "UPDATE")])
 
-    counts = drain(dsn, settings())
+    counts = drain(dsn, worker_settings())
 
     assert (counts.applied, counts.stale, counts.dead) == (1, 1, 0)
     row = quota(db, q)
@@ -240,7 +231,7 @@ def test_several_poison_events_in_one_batch_each_dead_letter_once(db: DictConnec
         + [titan_event(q, 1, "INSERT") for q in healthy],
     )
 
-    counts = drain(dsn, settings(batch_size=64))
+    counts = drain(dsn, worker_settings(batch_size=64))
 
     assert (counts.applied, counts.dead) == (29, 3)
     letters = dead_letters(db)
@@ -266,7 +257,7 @@ def reap_when_expired(conn: DictConnection, conf: Settings, expected: BatchCount
         total.add(reap_expired_leases(conn, conf))
         return (total.retried, total.dead) == (expected.retried, expected.dead)
 
-    wait_for(reaped_all, what=f"reaping {expected}")
+    wait_for(reaped_all, f"reaping {expected}")
 
 
 def test_rows_of_a_dead_worker_are_applied_by_another_after_the_lease_expires(
@@ -274,10 +265,10 @@ def test_rows_of_a_dead_worker_are_applied_by_another_after_the_lease_expires(
 ) -> None:
     quotas = [uuid.uuid4() for _ in range(5)]
     ingest(db, [titan_event(q, 1, "INSERT", qty_t=Decimal("10")) for q in quotas])
-    short = settings(lease_seconds=0.2, backoff_base_seconds=0.05, backoff_cap_seconds=0.1)
+    short = worker_settings(lease_seconds=0.2, backoff_base_seconds=0.05, backoff_cap_seconds=0.1)
     dying, prepared = claim_and_die(dsn, short, "w-dying")
     assert len(prepared) == 5
-    survivor = Worker(dsn, settings(backoff_base_seconds=0.05), "w-survivor")
+    survivor = Worker(dsn, worker_settings(backoff_base_seconds=0.05), "w-survivor")
     try:
         held = db.execute("SELECT status, lease_owner FROM inbox.quota_events").fetchall()
         assert held == [{"status": "processing", "lease_owner": "w-dying"}] * 5
@@ -295,12 +286,12 @@ def test_rows_of_a_dead_worker_are_applied_by_another_after_the_lease_expires(
             applied.add(survivor.process_once())
             return applied.applied == 5
 
-        wait_for(survivor_applies, what="the survivor applying the events")
+        wait_for(survivor_applies, "the survivor applying the events")
         for q in quotas:
             assert quota(db, q) is not None
         # The quota moves on after the survivor's work.
         ingest(db, [titan_event(quotas[0], 2, "UPDATE", qty_t=Decimal("20"))])
-        wait_for(lambda: survivor.process_once().applied == 1, what="version 2")
+        wait_for(lambda: survivor.process_once().applied == 1, "version 2")
         before = db.execute("SELECT * FROM inbox.quota_events ORDER BY quota_id, version").fetchall()
         quota_before = db.execute("SELECT * FROM public.quota ORDER BY quota_id").fetchall()
 
@@ -321,9 +312,9 @@ def test_rows_of_a_dead_worker_are_applied_by_another_after_the_lease_expires(
 def test_a_late_finish_cannot_take_rows_another_worker_holds(db: DictConnection, dsn: str) -> None:
     q = uuid.uuid4()
     ingest(db, [titan_event(q, 1, "INSERT")])
-    short = settings(lease_seconds=0.2, backoff_base_seconds=0.05, backoff_cap_seconds=0.1)
+    short = worker_settings(lease_seconds=0.2, backoff_base_seconds=0.05, backoff_cap_seconds=0.1)
     dying, prepared = claim_and_die(dsn, short, "w-dying")
-    survivor = Worker(dsn, settings(), "w-survivor")
+    survivor = Worker(dsn, worker_settings(), "w-survivor")
     try:
         reap_when_expired(db, short, BatchCounts(retried=1))
         claimed: list[dict[str, Any]] = []
@@ -332,7 +323,7 @@ def test_a_late_finish_cannot_take_rows_another_worker_holds(db: DictConnection,
             claimed.extend(survivor.claim())
             return bool(claimed)
 
-        wait_for(survivor_claims, what="the survivor's claim")
+        wait_for(survivor_claims, "the survivor's claim")
 
         late = dying.finish(prepared)
 
@@ -353,7 +344,9 @@ def test_a_late_finish_cannot_take_rows_another_worker_holds(db: DictConnection,
 def test_an_expired_lease_with_no_attempts_left_goes_to_dead_letters(db: DictConnection, dsn: str) -> None:
     q = uuid.uuid4()
     ingest(db, [titan_event(q, 1, "INSERT")])
-    short = settings(lease_seconds=0.2, max_attempts=2, backoff_base_seconds=0.05, backoff_cap_seconds=0.1)
+    short = worker_settings(
+        lease_seconds=0.2, max_attempts=2, backoff_base_seconds=0.05, backoff_cap_seconds=0.1
+    )
 
     first, _ = claim_and_die(dsn, short, "w-first")
     reap_when_expired(db, short, BatchCounts(retried=1))
@@ -369,7 +362,7 @@ def test_an_expired_lease_with_no_attempts_left_goes_to_dead_letters(db: DictCon
         return bool(batch)
 
     try:
-        wait_for(claimed_again, what="the second claim")
+        wait_for(claimed_again, "the second claim")
         reap_when_expired(db, short, BatchCounts(dead=1))
 
         row = inbox_row(db, q, 1)
@@ -396,7 +389,7 @@ def test_a_transient_failure_after_a_lost_connection_is_retried(db: DictConnecti
     """The worker's connection is killed between claim and apply: the batch comes back, then applies."""
     q = uuid.uuid4()
     ingest(db, [titan_event(q, 1, "INSERT")])
-    conf = settings(backoff_base_seconds=0.05, backoff_cap_seconds=0.1, lease_seconds=0.5)
+    conf = worker_settings(backoff_base_seconds=0.05, backoff_cap_seconds=0.1, lease_seconds=0.5)
     worker = Worker(dsn, conf, "w-cut")
     try:
         prepared = [prepare(r) for r in worker.claim()]
@@ -412,7 +405,7 @@ def test_a_transient_failure_after_a_lost_connection_is_retried(db: DictConnecti
                 ).fetchone()
                 == {"n": 0}
             ),
-            what="the backend to go",
+            "the backend to go",
         )
 
         counts = worker.finish(prepared)
@@ -422,7 +415,7 @@ def test_a_transient_failure_after_a_lost_connection_is_retried(db: DictConnecti
         row = inbox_row(db, q, 1)
         assert (row["status"], row["lease_owner"], row["attempts"]) == ("pending", None, 1)
         assert "terminating connection" in row["last_error"]
-        wait_for(lambda: worker.process_once().applied == 1, what="the retry")
+        wait_for(lambda: worker.process_once().applied == 1, "the retry")
     finally:
         worker.close()
     row = inbox_row(db, q, 1)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import random
-import time
 import uuid
-from collections.abc import Callable
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -15,7 +13,6 @@ import pytest
 from inbox.apply.worker import Worker
 from inbox.db.connect import DictConnection
 from inbox.ingest import BadBatch
-from inbox.settings import Settings
 from inbox.store import store_events
 from tests.helpers import (
     dead_letters,
@@ -28,26 +25,15 @@ from tests.helpers import (
     status_counts,
     titan_event,
     to_json,
+    worker_settings,
 )
+from tests.processes import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def settings(**overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "batch_size": 100,
-        "max_attempts": 3,
-        "lease_seconds": 30.0,
-        "backoff_base_seconds": 0.5,
-        "backoff_cap_seconds": 5.0,
-        "statement_timeout_ms": 15_000,
-    }
-    values.update(overrides)
-    return Settings(**values)
-
-
 def run(dsn: str, **overrides: Any) -> Any:
-    return drain(dsn, settings(**overrides))
+    return drain(dsn, worker_settings(**overrides))
 
 
 def without(event: dict[str, Any], *fields: str) -> dict[str, Any]:
@@ -655,7 +641,7 @@ def test_no_dead_event_without_its_dead_letter_when_the_letter_cannot_be_written
         "ALTER TABLE public.quota_processing_errors"
         " ADD CONSTRAINT test_refuse_letters CHECK (false) NOT VALID"
     )
-    conf = settings(batch_size=1, lease_seconds=0.5, backoff_base_seconds=0.05)
+    conf = worker_settings(batch_size=1, lease_seconds=0.5, backoff_base_seconds=0.05)
     worker = Worker(dsn, conf, "doomed")
     try:
         counts = worker.process_once()  # the letter cannot be written: the event is given back
@@ -668,20 +654,13 @@ def test_no_dead_event_without_its_dead_letter_when_the_letter_cannot_be_written
     assert dead_letters(db) == []
 
     db.execute("ALTER TABLE public.quota_processing_errors DROP CONSTRAINT test_refuse_letters")
-    _wait_for(lambda: drain(dsn, conf).dead == 1)
+    wait_for(lambda: drain(dsn, conf).dead == 1, "the event dead-lettered")
 
     row = inbox_row(db, qid, 1)
     assert (row["status"], row["attempts"]) == ("dead", 2)
     [letter] = dead_letters(db)
     assert letter["error_class"] == "invalid"
     assert "direction must be BUY or SELL" in letter["error_message"]
-
-
-def _wait_for(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
 
 
 # -- duplicates on ingest ---------------------------------------------------------------------------

@@ -12,7 +12,6 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -27,31 +26,24 @@ from inbox.apply.worker import Worker
 from inbox.db.connect import DictConnection, connect
 from inbox.settings import Settings
 from inbox.store import store_events
-from tests.helpers import dead_letters, drain, ingest, quota, titan_event, to_json
+from tests.helpers import dead_letters, drain, ingest, quota, titan_event, to_json, worker_settings
+from tests.processes import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+# Quick retries and polls: these tests wait for workers to finish.
+QUICK = {
+    "max_attempts": 5,
+    "backoff_base_seconds": 0.05,
+    "backoff_cap_seconds": 0.5,
+    "poll_seconds": 0.2,
+    "reap_interval_seconds": 1.0,
+}
+
+
 def settings(**overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "batch_size": 100,
-        "max_attempts": 5,
-        "lease_seconds": 30.0,
-        "backoff_base_seconds": 0.05,
-        "backoff_cap_seconds": 0.5,
-        "statement_timeout_ms": 15_000,
-        "poll_seconds": 0.2,
-        "reap_interval_seconds": 1.0,
-    }
-    values.update(overrides)
-    return Settings(**values)
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"{what} not reached within {timeout}s"
-        time.sleep(0.05)
+    return worker_settings(**{**QUICK, **overrides})
 
 
 # -- the change log: a test-only trigger on public.quota ----------------------------------------------
@@ -358,11 +350,11 @@ def test_two_workers_applying_consecutive_versions_of_one_quota_at_once_end_at_t
         holder.execute("SELECT pg_advisory_lock(%s)", [HOLD_KEY])
         thread_a = threading.Thread(target=finish, args=("A", worker_a, batch_a))
         thread_a.start()
-        wait_for(lambda: backend_waits(db, "w-A", ["advisory"]), 10, "worker A holding the gate row")
+        wait_for(lambda: backend_waits(db, "w-A", ["advisory"]), "worker A holding the gate row", 10)
         thread_b = threading.Thread(target=finish, args=("B", worker_b, batch_b))
         thread_b.start()
         wait_for(
-            lambda: backend_waits(db, "w-B", ["transactionid", "tuple"]), 10, "worker B waiting for worker A"
+            lambda: backend_waits(db, "w-B", ["transactionid", "tuple"]), "worker B waiting for worker A", 10
         )
         holder.execute("SELECT pg_advisory_unlock(%s)", [HOLD_KEY])
         thread_a.join(20)
@@ -399,7 +391,7 @@ def test_four_worker_threads_over_ten_thousand_events_end_at_each_quotas_highest
     with WorkerPool(dsn, settings(batch_size=100), concurrency=4) as pool:
         assert len(pool.workers) == 4
         duplicates = ingest_in_chunks(dsn, stream.events, chunk=500)
-        wait_for(lambda: unfinished(db) == 0, 90, "every event finished")
+        wait_for(lambda: unfinished(db) == 0, "every event finished", 90)
 
     assert duplicates == len(stream.events) - stream.unique
     check_final_state(db, stream)
@@ -436,9 +428,9 @@ def test_three_worker_processes_end_at_each_quotas_highest_version(db: DictConne
         for _ in range(3)
     ]
     try:
-        wait_for(lambda: _listening_workers(db) >= 3, 30, "three worker processes connected")
+        wait_for(lambda: _listening_workers(db) >= 3, "three worker processes connected", 30)
         duplicates = ingest_in_chunks(dsn, stream.events, chunk=300, pause=0.02)
-        wait_for(lambda: unfinished(db) == 0, 90, "every event finished")
+        wait_for(lambda: unfinished(db) == 0, "every event finished", 90)
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)

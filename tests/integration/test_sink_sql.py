@@ -25,24 +25,10 @@ import pytest
 from psycopg.types.string import StrDumperVarchar
 
 from inbox.db.connect import DictConnection
+from inbox.formats import SINK_COLUMNS
 from tests.helpers import drain, quota
 
-COLUMNS = (
-    "quota_id",
-    "version",
-    "counterparty_id",
-    "direction",
-    "period_month",
-    "qty_t",
-    "tolerance_pct",
-    "incoterm_code",
-    "metal_code",
-    "updated_at",
-    "__op",
-    "__deleted",
-    "__source_ts_ms",
-    "__lsn",  # add.fields names lsn in the shipped sink configs
-)
+COLUMNS = SINK_COLUMNS
 
 DEBEZIUM_UPSERT = (
     "INSERT INTO inbox.titan_quota_sink (quota_id,version,counterparty_id,direction,period_month,qty_t,"

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from inbox.commands import build_parser
+from inbox.formats import SINK_COLUMNS
 from inbox.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -166,22 +167,7 @@ def test_sink_configs_match_the_sink_table(file_name: str, table_key: str, keys_
 
 
 def test_the_sink_table_has_the_flattened_quota_row() -> None:
-    assert sink_table_columns() == [
-        "quota_id",
-        "version",
-        "counterparty_id",
-        "direction",
-        "period_month",
-        "qty_t",
-        "tolerance_pct",
-        "incoterm_code",
-        "metal_code",
-        "updated_at",
-        "__op",
-        "__deleted",
-        "__source_ts_ms",
-        "__lsn",  # migration 014
-    ]
+    assert sink_table_columns() == list(SINK_COLUMNS)
 
 
 # -- exposure (issue 12, M9) ----------------------------------------------------------------------

@@ -18,6 +18,7 @@ from inbox.events import (
     key_titan_event,
     validate_titan_event,
 )
+from inbox.formats import QUOTA_FIELDS
 from inbox.ingest import loads
 from tests.helpers import titan_event
 
@@ -432,16 +433,7 @@ def test_every_reason_is_listed_together() -> None:
 
     reasons = _reasons(event)
 
-    fields = [
-        "counterparty_id",
-        "direction",
-        "period_month",
-        "qty_t",
-        "tolerance_pct",
-        "incoterm_code",
-        "metal_code",
-        "updated_at",
-    ]
+    fields = QUOTA_FIELDS
     assert len(reasons) == len(fields)
     for field, reason in zip(fields, reasons, strict=True):
         assert reason.startswith(field), (field, reason)

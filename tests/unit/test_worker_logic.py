@@ -18,7 +18,7 @@ from psycopg import errors as pg_errors
 
 from inbox.apply.ports import WorkerDatabase
 from inbox.apply.worker import BatchCounts, Worker
-from inbox.db.queries import ApplyCounts, ClaimedRow, DeadLetterLine, EventKeyRow, RetryCounts
+from inbox.db.queries import ApplyCounts, Backoff, ClaimedRow, DeadLetterLine, EventKeyRow, RetryCounts
 from inbox.settings import Settings
 
 
@@ -48,14 +48,7 @@ class FakeDatabase:
         return ApplyCounts(applied=len(ids), stale=0, dead=0, not_owned=0, published=len(ids))
 
     def release_events(
-        self,
-        *,
-        worker: str,
-        keys: Iterable[EventKeyRow],
-        error: str,
-        max_attempts: int,
-        backoff_base: timedelta,
-        backoff_cap: timedelta,
+        self, *, worker: str, keys: Iterable[EventKeyRow], error: str, backoff: Backoff
     ) -> RetryCounts:
         ids = [k["quota_id"] for k in keys]
         self.released.append((ids, error))
