@@ -18,7 +18,7 @@ from inbox.db.sqlfiles import migrations
 from inbox.settings import Settings
 from tests.acceptance.conftest import UNREACHABLE_DSN
 from tests.helpers import event_status, ingest, quota, titan_event
-from tests.processes import inbox_env, wait_for
+from tests.processes import inbox_env, run_inbox, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -28,18 +28,7 @@ DEMO_POISONED = "7a9e2b14-5c3d-4e6f-8a1b-2c3d4e5f6a7b"  # v1, poison v2 (HOLD, -
 DEMO_DELETED = "c0ffee00-1234-4abc-9def-0123456789ab"  # v1, DELETE v3, late v2 -> gone
 
 
-def inbox_cli(
-    *args: str, database_url: str | None, timeout: float = 120, **extra_env: str
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "inbox.cli", *args],
-        env=inbox_env(database_url, **extra_env),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+inbox_cli = run_inbox
 
 
 def _applied_migrations(dsn: str) -> list[tuple[int, str, str]]:
