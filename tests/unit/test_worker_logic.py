@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
-from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -18,7 +17,7 @@ from psycopg import errors as pg_errors
 
 from inbox.apply.ports import WorkerDatabase
 from inbox.apply.worker import BatchCounts, Worker
-from inbox.db.queries import ApplyCounts, Backoff, ClaimedRow, DeadLetterLine, EventKeyRow, RetryCounts
+from inbox.db.queries import ApplyCounts, Backoff, DeadLetterLine, EventKeyRow, RetryCounts
 from inbox.settings import Settings
 
 
@@ -31,9 +30,6 @@ class FakeDatabase:
         self.applied: list[list[str]] = []  # each successful apply_events call: its quota ids
         self.released: list[tuple[list[str], str]] = []
         self.buried: list[str] = []
-
-    def claim_events(self, *, worker: str, limit: int, lease: timedelta) -> list[ClaimedRow]:
-        return []
 
     def apply_events(self, *, worker: str, events: Sequence[dict[str, Any]]) -> ApplyCounts:
         ids = [e["quota_id"] for e in events]
