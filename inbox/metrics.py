@@ -37,6 +37,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from inbox.credentials import bearer_matches
 from inbox.db.connect import connect, with_timeout
 from inbox.db.errors import DatabaseError
 from inbox.db.queries import Queries
@@ -297,8 +298,6 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def _bearer_required(app: Any, token: str) -> Any:
-    from inbox.http.guard import bearer_matches
-
     def guarded(environ: dict[str, Any], start_response: Any) -> Any:
         if bearer_matches(environ.get("HTTP_AUTHORIZATION"), token):
             return app(environ, start_response)

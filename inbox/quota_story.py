@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TextIO
 
-from inbox.db.connect import DictConnection
-from inbox.db.sqlfiles import query
+from inbox.db.queries import Queries
 from inbox.text import printable
 
 FORMAT = "inbox.quota_story/1"
@@ -54,21 +53,19 @@ class QuotaStory:
         }
 
 
-def read_story(conn: DictConnection, quota_id: uuid.UUID, limit: int = 100) -> QuotaStory:
+def read_story(queries: Queries, quota_id: uuid.UUID, limit: int = 100) -> QuotaStory:
     """Everything the database knows about one quota, in one read-only snapshot."""
-    params = {"quota_id": quota_id, "limit": limit + 1}
-    with conn.transaction():
-        conn.execute(query("read_only_snapshot"))
+    more = limit + 1  # one more than shown: whether older rows were left out
+    with queries.conn.transaction():
+        queries.read_only_snapshot()
         story = QuotaStory(
-            quota_id=quota_id,
-            quota=conn.execute(query("quota_show_row"), params).fetchone(),
-            gate=conn.execute(query("quota_show_gate"), params).fetchone(),
+            quota_id=quota_id, quota=queries.quota_show_row(quota_id), gate=queries.quota_show_gate(quota_id)
         )
         lists = {
-            "events": conn.execute(query("quota_show_events"), params).fetchall(),
-            "dead_letters": conn.execute(query("quota_show_dead_letters"), params).fetchall(),
-            "outbox": conn.execute(query("quota_show_outbox"), params).fetchall(),
-            "repairs": conn.execute(query("quota_show_repairs"), params).fetchall(),
+            "events": queries.quota_show_events(quota_id, more),
+            "dead_letters": queries.quota_show_dead_letters(quota_id, more),
+            "outbox": queries.quota_show_outbox(quota_id, more),
+            "repairs": queries.quota_show_repairs(quota_id, more),
         }
     for section, rows in lists.items():
         if len(rows) > limit:

@@ -21,11 +21,9 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-import psycopg
-from psycopg import sql
-
-from inbox.db.connect import DictConnection, connect
-from inbox.db.sqlfiles import query
+from inbox.db.connect import connect
+from inbox.db.errors import DatabaseError
+from inbox.db.queries import Queries
 from inbox.events import InvalidEvent, UnkeyableEvent
 from inbox.formats import interpret, key_event, skip_reason
 
@@ -137,17 +135,12 @@ def table_values(dsn: str, table: str, fetch: int = 10_000) -> Iterator[dict[str
     try:
         with connect(dsn, application_name="quota-inbox reconcile source") as conn:
             conn.read_only = True
-            with conn.cursor(name="reconcile_source") as cursor:
-                cursor.itersize = fetch
-                cursor.execute(
-                    sql.SQL("SELECT {} FROM {}").format(
-                        sql.SQL(", ").join(sql.Identifier(c) for c in TITAN_COLUMNS),
-                        sql.Identifier(*table.split(".")),
-                    )
-                )
-                for row in cursor:
-                    yield {name: _as_event_value(value) for name, value in row.items()}
-    except psycopg.Error as exc:
+            rows = Queries(conn).stream_table(
+                table, TITAN_COLUMNS, cursor_name="reconcile_source", fetch=fetch
+            )
+            for row in rows:
+                yield {name: _as_event_value(value) for name, value in row.items()}
+    except DatabaseError as exc:
         # One line naming the source, whatever failed: the connection, the table or a column.
         columns = ", ".join(TITAN_COLUMNS)
         reason = f"source table {table}: {exc} (it needs the columns {columns})"
@@ -191,14 +184,14 @@ def _truth_row(item: int, value: Any) -> tuple[Any, ...] | None:
     )
 
 
-def load_source(conn: DictConnection, values: Iterable[Any], progress: Progress | None = None) -> Loaded:
+def load_source(queries: Queries, values: Iterable[Any], progress: Progress | None = None) -> Loaded:
     """Stream the source into pg_temp.reconcile_source with COPY; SourceUnreadable if an event cannot
     be keyed (then nothing is compared: a quota that cannot be read would look deleted at Titan)."""
     loaded = Loaded()
     problems: list[tuple[int | None, str]] = []
     unkeyable = 0
-    conn.execute(query("reconcile_create_source"))
-    with conn.transaction(), conn.cursor().copy(query("reconcile_copy_source")) as copy:
+    queries.reconcile_create_source()
+    with queries.conn.transaction(), queries.reconcile_copy_source() as write_row:
         for item, value in enumerate(values):
             try:
                 row = _truth_row(item, value)
@@ -213,67 +206,63 @@ def load_source(conn: DictConnection, values: Iterable[Any], progress: Progress 
                 loaded.events += 1
                 loaded.invalid += row[4] is not None
                 if not problems:
-                    copy.write_row(row)
+                    write_row(row)
             if progress is not None and item % 10_000 == 0:
                 progress(item)
     if problems:
         raise SourceUnreadable(problems, unkeyable)
-    conn.execute(query("reconcile_analyze_source"))
+    queries.reconcile_analyze_source()
     return loaded
 
 
 # -- comparing ------------------------------------------------------------------------------------
 
 
-def compare(conn: DictConnection, loaded: Loaded) -> Summary:
+def compare(queries: Queries, loaded: Loaded) -> Summary:
     """Compare into pg_temp.reconcile_drift (inbox.quota_drift) and count."""
-    conn.execute(query("reconcile_compare"))
-    conn.execute(query("reconcile_index_drift"))
-    counts = conn.execute(query("reconcile_counts")).fetchone()
-    assert counts is not None
+    queries.reconcile_compare()
+    counts = queries.reconcile_counts()
     summary = Summary(
-        source_rows=counts["source_rows"],
-        source_quotas=counts["source_quotas"],
-        csla_quotas=counts["csla_quotas"],
+        source_rows=counts.source_rows,
+        source_quotas=counts.source_quotas,
+        csla_quotas=counts.csla_quotas,
         skipped=loaded.skipped,
     )
-    for row in conn.execute(query("reconcile_drift_counts")):
+    for row in queries.reconcile_drift_counts():
         summary.counts[(row["drift"], row["versions"])] = row["quotas"]
     return summary
 
 
-def drift_rows(conn: DictConnection, fetch: int = 5_000) -> Iterator[dict[str, Any]]:
+def drift_rows(queries: Queries, fetch: int = 5_000) -> Iterator[dict[str, Any]]:
     """The drift, quota by quota in quota_id order, through a server-side cursor."""
-    with conn.transaction(), conn.cursor(name="reconcile_drift") as cursor:
-        cursor.itersize = fetch
-        cursor.execute(query("reconcile_drift_rows"))
-        yield from cursor
+    with queries.conn.transaction():
+        yield from queries.reconcile_drift_rows(cursor_name="reconcile_drift", fetch=fetch)
 
 
 def extra_to_delete(summary: Summary) -> int:
     return summary.by_drift()["extra"]
 
 
-def repair(conn: DictConnection, batch_size: int = 5_000, progress: Progress | None = None) -> Repaired:
+def repair(queries: Queries, batch_size: int = 5_000, progress: Progress | None = None) -> Repaired:
     """File the corrections through the inbox, one transaction per batch; wake the workers."""
     result = Repaired(run_id=uuid.uuid4())
     after = _FIRST_UUID
     done = 0
     while True:
-        params = {"after": after, "limit": batch_size, "run_id": result.run_id}
-        with conn.transaction():
-            row = conn.execute(query("reconcile_file_repairs"), params).fetchone()
-            assert row is not None
-            if row["last_quota_id"] is None:
+        with queries.conn.transaction():
+            batch = queries.reconcile_file_repairs(after=after, limit=batch_size, run_id=result.run_id)
+            if batch.last_quota_id is None:
                 break
-            if row["filed"] or row["refiled"]:
-                conn.execute(query("wake_workers"))
-        for name in ("filed", "refiled", "in_flight", "not_repaired"):
-            setattr(result, name, getattr(result, name) + row[name])
-        done += row["filed"] + row["refiled"] + row["in_flight"] + row["not_repaired"]
+            if batch.filed or batch.refiled:
+                queries.wake_workers()
+        result.filed += batch.filed
+        result.refiled += batch.refiled
+        result.in_flight += batch.in_flight
+        result.not_repaired += batch.not_repaired
+        done += batch.filed + batch.refiled + batch.in_flight + batch.not_repaired
         if progress is not None:
             progress(done)
-        after = row["last_quota_id"]
+        after = batch.last_quota_id
     return result
 
 

@@ -15,8 +15,8 @@ from inbox.settings import Settings, positive_int
 
 def cmd_quota_show(args: argparse.Namespace, settings: Settings) -> int:
     """Exit 1 for a quota no table knows (the verdict says so), 0 otherwise."""
-    with database(settings) as conn:
-        story = quota_story.read_story(conn, args.quota_id, args.limit)
+    with database(settings) as queries:
+        story = quota_story.read_story(queries, args.quota_id, args.limit)
     if args.json:
         print_json(story.as_json(), sys.stdout)
     else:

@@ -49,17 +49,17 @@ def _source(args: argparse.Namespace) -> tuple[Iterable[Any], TerminalBar]:
 def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     values, bar = _source(args)
     out = sys.stdout
-    with database(settings, application_name="quota-inbox reconcile") as conn:
+    with database(settings, application_name="quota-inbox reconcile") as queries:
         try:
-            loaded = reconcile.load_source(conn, values, bar.show)
+            loaded = reconcile.load_source(queries, values, bar.show)
         except (BadBatch, reconcile.SourceUnreadable) as exc:
             bar.done()
             shown = "; ".join(f"event {i}: {r}" if i is not None else r for i, r in exc.problems[:5])
             message = f"nothing compared, the source cannot be read: {shown or exc}"
             raise CliError(message, EXIT_ERROR) from exc
         bar.done()
-        summary = reconcile.compare(conn, loaded)
-        for row in reconcile.drift_rows(conn):
+        summary = reconcile.compare(queries, loaded)
+        for row in reconcile.drift_rows(queries):
             if args.json:
                 _json_line({"record": "drift", **row}, out)
             else:
@@ -78,7 +78,7 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
                     EXIT_ERROR,
                 )
             repair_bar = TerminalBar(sys.stderr, "filing repairs", summary.drifting)
-            repaired = reconcile.repair(conn, progress=repair_bar.show)
+            repaired = reconcile.repair(queries, progress=repair_bar.show)
             repair_bar.done()
             if args.json:
                 _json_line(repaired.as_json(), out)

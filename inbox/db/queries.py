@@ -10,13 +10,15 @@ that is a broken schema, not an expected answer.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypedDict, cast
 
 import psycopg
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from inbox.db.sqlfiles import query
@@ -134,6 +136,12 @@ class ObjectFileRow(TypedDict):
     checksum: str
 
 
+class DriftCountRow(TypedDict):
+    drift: str
+    versions: str | None
+    quotas: int
+
+
 class SchemaCreators(TypedDict):
     schema: str
     public_may_create: bool
@@ -207,6 +215,24 @@ class DeadLetterFilter:
 
     def params(self) -> dict[str, Any]:
         return {"quota_id": self.quota_id, "error_class": self.error_class, "since": self.since}
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileCounts:
+    source_rows: int
+    source_quotas: int
+    csla_quotas: int
+
+
+@dataclass(frozen=True, slots=True)
+class RepairBatch:
+    """One batch of reconcile_file_repairs; last_quota_id None: nothing was left to repair."""
+
+    last_quota_id: uuid.UUID | None
+    filed: int
+    refiled: int
+    in_flight: int
+    not_repaired: int
 
 
 def _keys(keys: Iterable[EventKeyRow]) -> Jsonb:
@@ -520,3 +546,85 @@ class Queries:
 
     def outbox_archive(self, msg_ids: Sequence[int]) -> None:
         self._run("outbox_archive", {"msg_ids": list(msg_ids)})
+
+    def wake_workers(self) -> None:
+        """The hint ingest sends: idle workers look for due events now."""
+        self._run("wake_workers")
+
+    # -- the story of one quota (inbox/quota_story.py) ------------------------------------------
+
+    def read_only_snapshot(self) -> None:
+        """The first statement of a transaction whose reads must agree with each other."""
+        self._run("read_only_snapshot")
+
+    def quota_show_row(self, quota_id: uuid.UUID) -> dict[str, Any] | None:
+        return self.conn.execute(query("quota_show_row"), {"quota_id": quota_id}).fetchone()
+
+    def quota_show_gate(self, quota_id: uuid.UUID) -> dict[str, Any] | None:
+        return self.conn.execute(query("quota_show_gate"), {"quota_id": quota_id}).fetchone()
+
+    def quota_show_events(self, quota_id: uuid.UUID, limit: int) -> list[dict[str, Any]]:
+        return self._all("quota_show_events", {"quota_id": quota_id, "limit": limit})
+
+    def quota_show_dead_letters(self, quota_id: uuid.UUID, limit: int) -> list[dict[str, Any]]:
+        return self._all("quota_show_dead_letters", {"quota_id": quota_id, "limit": limit})
+
+    def quota_show_outbox(self, quota_id: uuid.UUID, limit: int) -> list[dict[str, Any]]:
+        return self._all("quota_show_outbox", {"quota_id": quota_id, "limit": limit})
+
+    def quota_show_repairs(self, quota_id: uuid.UUID, limit: int) -> list[dict[str, Any]]:
+        return self._all("quota_show_repairs", {"quota_id": quota_id, "limit": limit})
+
+    # -- reconcile (inbox/reconcile.py) ---------------------------------------------------------
+
+    def stream_table(
+        self, table: str, columns: Sequence[str], *, cursor_name: str, fetch: int
+    ) -> Iterator[dict[str, Any]]:
+        """Every row of `table` ("name" or "schema.name", given at run time), the named columns,
+        through a server-side cursor; the names are quoted by psycopg.sql composition."""
+        with self.conn.cursor(name=cursor_name) as cursor:
+            cursor.itersize = fetch
+            cursor.execute(
+                sql.SQL("SELECT {} FROM {}").format(
+                    sql.SQL(", ").join(sql.Identifier(c) for c in columns),
+                    sql.Identifier(*table.split(".")),
+                )
+            )
+            yield from cursor
+
+    def reconcile_create_source(self) -> None:
+        self._run("reconcile_create_source")
+
+    @contextmanager
+    def reconcile_copy_source(self) -> Iterator[Callable[[Sequence[Any]], None]]:
+        """COPY into pg_temp.reconcile_source: yields the function that writes one row."""
+        with self.conn.cursor().copy(query("reconcile_copy_source")) as copy:
+            yield copy.write_row
+
+    def reconcile_analyze_source(self) -> None:
+        self._run("reconcile_analyze_source")
+
+    def reconcile_compare(self) -> None:
+        """inbox.quota_drift into pg_temp.reconcile_drift, indexed by quota_id."""
+        self._run("reconcile_compare")
+        self._run("reconcile_index_drift")
+
+    def reconcile_counts(self) -> ReconcileCounts:
+        row = self._one("reconcile_counts")
+        return ReconcileCounts(row["source_rows"], row["source_quotas"], row["csla_quotas"])
+
+    def reconcile_drift_counts(self) -> list[DriftCountRow]:
+        return self._all("reconcile_drift_counts")
+
+    def reconcile_drift_rows(self, *, cursor_name: str, fetch: int) -> Iterator[dict[str, Any]]:
+        """The drift in quota_id order, through a server-side cursor (in the caller's transaction)."""
+        with self.conn.cursor(name=cursor_name) as cursor:
+            cursor.itersize = fetch
+            cursor.execute(query("reconcile_drift_rows"))
+            yield from cursor
+
+    def reconcile_file_repairs(self, *, after: uuid.UUID, limit: int, run_id: uuid.UUID) -> RepairBatch:
+        row = self._one("reconcile_file_repairs", {"after": after, "limit": limit, "run_id": run_id})
+        return RepairBatch(
+            row["last_quota_id"], row["filed"], row["refiled"], row["in_flight"], row["not_repaired"]
+        )

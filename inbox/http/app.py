@@ -18,11 +18,12 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
+from inbox.credentials import bearer_matches
 from inbox.db.connect import open_pool, with_role
 from inbox.db.errors import DatabaseError, Failure, PoolTimeout, classify
 from inbox.db.migrate import MigrationError, pending_migrations
 from inbox.db.queries import Queries
-from inbox.http.guard import NDJSON_TYPES, RequestGuard, bearer_matches, split_list
+from inbox.http.guard import NDJSON_TYPES, RequestGuard, split_list
 from inbox.http.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature_problem
 from inbox.ingest import BadBatch, ParsedBatch, parse_body
 from inbox.metrics import registry_for

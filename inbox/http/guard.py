@@ -5,7 +5,6 @@ come as JSON or NDJSON (a form or text/plain body is what a cross-site page can 
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import json
 import logging
@@ -22,14 +21,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-def bearer_matches(header: str | None, token: str) -> bool:
-    """`Authorization: Bearer <token>`, compared in constant time."""
-    scheme, _, provided = (header or "").partition(" ")
-    if scheme.lower() != "bearer":
-        return False
-    return hmac.compare_digest(provided.strip().encode("utf-8"), token.encode("utf-8"))
 
 
 def split_list(text: str) -> set[str]:

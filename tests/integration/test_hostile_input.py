@@ -26,10 +26,10 @@ from inbox.db.connect import DictConnection
 from inbox.events import InvalidEvent, quota_row
 from inbox.formats import key_event
 from inbox.ingest import BadBatch
-from inbox.store import store_events
 from inbox.kafka.batch import Batch, Event, Origin
 from inbox.kafka.store import store_batch
 from inbox.settings import Settings
+from inbox.store import store_events
 from tests.fuzz_strategies import EDGE_NUMBERS, EXAMPLES, items, json_values, render
 from tests.helpers import dead_letters, drain, ingest, quota, titan_event, to_json
 

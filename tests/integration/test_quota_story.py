@@ -10,6 +10,7 @@ from typing import Any
 
 from inbox import quota_story, reconcile
 from inbox.db.connect import DictConnection, connect
+from inbox.db.queries import Queries
 from inbox.ingest import stream_values
 from tests.helpers import dead_letters_for, drain, ingest, titan_event, to_json
 from tests.integration.test_query_plans import plans, wide_reads  # noqa: F401 (the fixture)
@@ -50,7 +51,7 @@ def a_story(db: DictConnection, dsn: str) -> uuid.UUID:
 
 def test_the_story_tells_every_table_in_order(db: DictConnection, dsn: str) -> None:
     quota_id = a_story(db, dsn)
-    story = quota_story.read_story(db, quota_id)
+    story = quota_story.read_story(Queries(db), quota_id)
 
     assert story.quota is not None and story.quota["qty_t"] == Decimal("300.500")
     assert story.gate is not None
@@ -85,7 +86,7 @@ def test_the_story_tells_every_table_in_order(db: DictConnection, dsn: str) -> N
 
 def test_the_json_form_is_stable(db: DictConnection, dsn: str) -> None:
     quota_id = a_story(db, dsn)
-    document = quota_story.read_story(db, quota_id, limit=2).as_json()
+    document = quota_story.read_story(Queries(db), quota_id, limit=2).as_json()
     assert list(document) == [
         "format",
         "quota_id",
@@ -110,14 +111,16 @@ def test_out_of_pipeline_edits_and_repairs_show_in_the_verdict(db: DictConnectio
     drain(dsn)
     db.execute("DELETE FROM public.quota WHERE quota_id = %s", [quota_id])
     assert "yet the row is missing: deleted outside the pipeline" in quota_story.verdict(
-        quota_story.read_story(db, quota_id)
+        quota_story.read_story(Queries(db), quota_id)
     )
     with connect(dsn, autocommit=True) as conn:
         body = to_json(titan_event(quota_id, 3)).encode()
-        reconcile.compare(conn, reconcile.load_source(conn, stream_values(io.BytesIO(body))))
-        reconcile.repair(conn)
+        reconcile.compare(
+            Queries(conn), reconcile.load_source(Queries(conn), stream_values(io.BytesIO(body)))
+        )
+        reconcile.repair(Queries(conn))
     drain(dsn)
-    story = quota_story.read_story(db, quota_id)
+    story = quota_story.read_story(Queries(db), quota_id)
     assert [r["outcome"] for r in story.repairs] == ["filed"]
     assert story.events[-1]["source"] == "reconcile"
     verdict = quota_story.verdict(story)
@@ -125,7 +128,7 @@ def test_out_of_pipeline_edits_and_repairs_show_in_the_verdict(db: DictConnectio
 
 
 def test_an_unknown_quota_says_so(db: DictConnection) -> None:
-    story = quota_story.read_story(db, uuid.uuid4())
+    story = quota_story.read_story(Queries(db), uuid.uuid4())
     assert not story.known and quota_story.verdict(story).startswith("unknown quota")
     assert json.loads(json.dumps(story.as_json(), default=str))["quota"] is None
 
@@ -155,7 +158,7 @@ def test_every_read_is_by_key_on_a_large_inbox(
     db.execute("SET auto_explain.log_analyze = on")
     plans.clear()
 
-    story = quota_story.read_story(db, quota_id)
+    story = quota_story.read_story(Queries(db), quota_id)
 
     assert len(story.events) == 6 and len(story.outbox) == 2
     read = [entry for entry in plans if "quota_id" in entry.get("Query Text", "")]

@@ -14,6 +14,7 @@ import pytest
 
 from inbox import reconcile
 from inbox.db.connect import DictConnection, connect
+from inbox.db.queries import Queries
 from inbox.ingest import stream_values
 from tests.cdc_events import FORMATS, Format, encode_event, quota_columns
 from tests.helpers import dead_letters_for, drain, ingest, quota, titan_event, to_json
@@ -28,15 +29,15 @@ def source(events: Iterable[Any]) -> Iterable[Any]:
 def run(dsn: str, events: Iterable[Any]) -> tuple[reconcile.Summary, dict[uuid.UUID, dict[str, Any]]]:
     """Compare on a session of its own (the temp tables live as long as it)."""
     with connect(dsn, autocommit=True) as conn:
-        loaded = reconcile.load_source(conn, source(events))
-        summary = reconcile.compare(conn, loaded)
-        return summary, {row["quota_id"]: row for row in reconcile.drift_rows(conn)}
+        loaded = reconcile.load_source(Queries(conn), source(events))
+        summary = reconcile.compare(Queries(conn), loaded)
+        return summary, {row["quota_id"]: row for row in reconcile.drift_rows(Queries(conn))}
 
 
 def run_and_repair(dsn: str, events: Iterable[Any]) -> reconcile.Repaired:
     with connect(dsn, autocommit=True) as conn:
-        reconcile.compare(conn, reconcile.load_source(conn, source(events)))
-        return reconcile.repair(conn, batch_size=3)
+        reconcile.compare(Queries(conn), reconcile.load_source(Queries(conn), source(events)))
+        return reconcile.repair(Queries(conn), batch_size=3)
 
 
 def applied(db: DictConnection, dsn: str, events: list[dict[str, Any]]) -> None:
@@ -145,7 +146,9 @@ def test_tombstones_and_truncates_are_skipped(db: DictConnection, dsn: str) -> N
 
 def test_an_unkeyable_event_stops_the_comparison_and_names_it(db: DictConnection, dsn: str) -> None:
     with connect(dsn, autocommit=True) as conn, pytest.raises(reconcile.SourceUnreadable) as caught:
-        reconcile.load_source(conn, source([titan_event(uuid.uuid4(), 1), {"data": {"quota_id": "x"}}]))
+        reconcile.load_source(
+            Queries(conn), source([titan_event(uuid.uuid4(), 1), {"data": {"quota_id": "x"}}])
+        )
     assert caught.value.problems[0][0] == 1
     assert "data.quota_id must be a UUID" in str(caught.value)
 
@@ -179,15 +182,15 @@ def test_a_dba_compares_against_titans_table_and_the_command_reads_it(
     assert by_sql[ids["extra"]][0] == "extra"
 
     with connect(dsn, autocommit=True) as conn:
-        loaded = reconcile.load_source(conn, reconcile.table_values(dsn, "titan.quota", fetch=1))
-        reconcile.compare(conn, loaded)
-        by_command = {r["quota_id"]: (r["drift"], r["columns"]) for r in reconcile.drift_rows(conn)}
+        loaded = reconcile.load_source(Queries(conn), reconcile.table_values(dsn, "titan.quota", fetch=1))
+        reconcile.compare(Queries(conn), loaded)
+        by_command = {r["quota_id"]: (r["drift"], r["columns"]) for r in reconcile.drift_rows(Queries(conn))}
     assert by_command == by_sql
 
 
 def test_a_missing_source_table_is_one_clear_line(dsn: str) -> None:
     with connect(dsn, autocommit=True) as conn, pytest.raises(reconcile.SourceUnreadable) as caught:
-        reconcile.load_source(conn, reconcile.table_values(dsn, "titan.nope"))
+        reconcile.load_source(Queries(conn), reconcile.table_values(dsn, "titan.nope"))
     assert "titan.nope" in str(caught.value) and "it needs the columns" in str(caught.value)
 
 
