@@ -15,9 +15,9 @@ from prometheus_client import generate_latest
 
 from inbox.apply.jobs import DatabaseWatch, check_alerts
 from inbox.db.connect import DictConnection
-from inbox.ingest import store_events
 from inbox.metrics import registry_for
 from inbox.settings import Settings
+from inbox.store import store_events
 from tests.cdc_events import debezium_event
 from tests.helpers import dead_letters, drain, inbox_row, quota, titan_event, to_json
 
