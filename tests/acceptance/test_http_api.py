@@ -15,6 +15,7 @@ from pydantic import SecretStr
 
 from inbox.commands.status import print_status, read_status
 from inbox.db.connect import DictConnection
+from inbox.db.queries import Queries
 from tests.acceptance.conftest import UNREACHABLE_DSN, LiveServer, StartServer
 from tests.helpers import dead_letters, drain, event_status, inbox_rows, quota, titan_event, to_json
 
@@ -243,7 +244,7 @@ def test_unkeyable_items_are_named_and_the_rest_stored(live: LiveServer, db: Dic
     assert [raw for raw, _ in kept] == [items[i] for i in sorted(problems)]
     assert [reason for _, reason in kept] == [f"item {i}: {problems[i]}" for i in sorted(problems)]
     status = io.StringIO()
-    print_status(read_status(db), status)
+    print_status(read_status(Queries(db)), status)
     assert "7 HTTP" in status.getvalue()
 
 
