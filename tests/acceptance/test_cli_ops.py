@@ -72,7 +72,7 @@ def test_status_json(dsn: str, dead: dict[str, Any], db: DictConnection) -> None
     assert status["lag"]["applied_5m"] == 3
     by_class = {c["error_class"]: c["dead_letters"] for c in status["dead_letters_by_class"]}
     assert by_class == {"invalid": 2, "delete_blocked": 1}
-    assert status["rejects"] == {"total": 0, "last_hour": 0}
+    assert status["rejects"] == {"total": 0, "kafka": 0, "http": 0, "last_hour": 0}
 
 
 def test_status_against_an_unreachable_database_is_one_line_exit_2() -> None:

@@ -105,10 +105,10 @@ def test_health_is_answered_while_a_big_body_is_being_parsed(
     parsing, health_answered = threading.Event(), threading.Event()
     real_parse = parse_body
 
-    def held_parse(body: bytes, *, ndjson: bool = False) -> Any:
+    def held_parse(body: bytes, **options: Any) -> Any:
         parsing.set()
         health_answered.wait(GIVE_UP_SECONDS)
-        return real_parse(body, ndjson=ndjson)
+        return real_parse(body, **options)
 
     monkeypatch.setattr(app_module, "parse_body", held_parse)
     live = start_server(dsn)

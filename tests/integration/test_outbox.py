@@ -105,7 +105,9 @@ def test_poison_batch_publishes_only_what_was_applied(db: DictConnection, dsn: s
     counts = drain(dsn, Settings(batch_size=100))
 
     messages = outbox(db)
-    assert counts.applied == len(messages) == 21
+    # quotas[1]'s v1 is applied, or stale when the bisection leaves it in one batch with its v2
+    assert counts.applied == len(messages)
+    assert (counts.applied + counts.stale, counts.dead) == (21, 1)
     assert (str(quotas[0]), 2, "upsert") not in keys(messages)
     assert (str(quotas[1]), 2, "upsert") in keys(messages)
     assert len(set(keys(messages))) == len(messages)
