@@ -25,24 +25,13 @@ from inbox.db.connect import connect
 from inbox.db.errors import DatabaseError
 from inbox.db.queries import Queries
 from inbox.events import InvalidEvent, UnkeyableEvent
-from inbox.formats import interpret, key_event, skip_reason
+from inbox.formats import QUOTA_FIELDS, interpret, key_event, skip_reason
 
 FORMAT = "inbox.reconcile/1"
 DRIFTS = ("missing", "extra", "differs", "invalid")
 VERSIONS = ("behind", "ahead", "same")
 # Titan's quota table: the columns read from --source-table, by their Titan names.
-TITAN_COLUMNS = (
-    "quota_id",
-    "version",
-    "counterparty_id",
-    "direction",
-    "period_month",
-    "qty_t",
-    "tolerance_pct",
-    "incoterm_code",
-    "metal_code",
-    "updated_at",
-)
+TITAN_COLUMNS = ("quota_id", "version", *QUOTA_FIELDS)
 MAX_PROBLEMS_SHOWN = 5
 _FIRST_UUID = uuid.UUID(int=0)
 
