@@ -1,6 +1,7 @@
 """Load the SQL that lives in sql/: named queries, numbered migrations and object files.
 
 sql/migrations/NNN_name.sql   numbered, immutable: tables, indexes, grants, data; applied once each.
+                              The first may be NNN_baseline.sql: 001-NNN squashed (inbox/db/migrate.py).
 sql/functions/<schema>.<object>.sql
                               one function, view or trigger each, the current definition
                               (CREATE OR REPLACE); applied again whenever its text changes, in the
@@ -20,6 +21,8 @@ _NAME_LINE = re.compile(r"^-- name: (?P<name>\w+)\s*$", re.MULTILINE)
 _MIGRATION_FILE = re.compile(r"^(?P<version>\d{3})_(?P<name>[a-z0-9_]+)\.sql$")
 _OBJECT_FILE = re.compile(r"^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*\.sql$")
 MANIFEST = "manifest.txt"
+# The name of a migration that stands for all the numbers up to its own (the first file shipped).
+BASELINE = "baseline"
 
 
 def sql_root() -> Traversable:
@@ -64,7 +67,8 @@ def _sha256(text: str) -> str:
 
 
 def parse_migrations(entries: dict[str, str]) -> list[Migration]:
-    """Numbered migrations from {file name: text}: no gaps, no duplicates, no stray .sql files."""
+    """Numbered migrations from {file name: text}: no gaps, no duplicates, no stray .sql files. They
+    start at 001, or at a baseline (NNN_baseline.sql, which replaces 001-NNN)."""
     found: dict[int, Migration] = {}
     for file_name, text in entries.items():
         match = _MIGRATION_FILE.match(file_name)
@@ -75,7 +79,11 @@ def parse_migrations(entries: dict[str, str]) -> list[Migration]:
             raise ValueError(f"migration version {version} appears twice: {found[version].name}, {file_name}")
         found[version] = Migration(version, match.group("name"), text)
     ordered = [found[v] for v in sorted(found)]
-    for expected, migration in enumerate(ordered, start=1):
+    for later in ordered[1:]:
+        if later.name == BASELINE:
+            raise ValueError(f"{later.version:03d}_{BASELINE}: only the first migration may be a baseline")
+    first = ordered[0].version if ordered and ordered[0].name == BASELINE else 1
+    for expected, migration in enumerate(ordered, start=first):
         if migration.version != expected:
             raise ValueError(f"migration {expected:03d} is missing (next is {migration.version:03d})")
     return ordered

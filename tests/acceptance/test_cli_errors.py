@@ -133,7 +133,7 @@ def test_one_shot_commands_answer_on_stdout_and_log_nothing(empty_dsn: str) -> N
     migrated = run("migrate", database_url=empty_dsn)
 
     assert migrated.returncode == 0, migrated.stderr
-    assert migrated.stdout.startswith("migrations: 0 already applied, newly applied: 001_")
+    assert migrated.stdout.startswith("migrations: 0 already applied, newly applied: 010_baseline")
     assert migrated.stderr == ""
 
     status = run("status", database_url=empty_dsn)

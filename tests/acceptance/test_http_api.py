@@ -447,7 +447,7 @@ def test_not_ready_on_an_unmigrated_database(start_server: StartServer, empty_ds
         health = client.get("/health")
 
     assert response.status_code == 503
-    assert "001_" in response.json()["detail"]
+    assert "010_baseline" in response.json()["detail"]
     assert health.status_code == 200
 
 

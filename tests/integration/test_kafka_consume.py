@@ -486,7 +486,7 @@ def test_consume_refuses_to_hand_its_commits_to_librdkafka(dsn: str) -> None:
 def test_consume_refuses_an_unmigrated_database(empty_dsn: str) -> None:
     result = run_consume({"INBOX_DATABASE_URL": empty_dsn})
     assert result.returncode == 1
-    assert "inbox: error: migrations not applied: 001_csla_tables" in result.stderr
+    assert "inbox: error: migrations not applied: 010_baseline" in result.stderr
     assert "run `inbox migrate`" in result.stderr
 
 

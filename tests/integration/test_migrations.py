@@ -1,4 +1,5 @@
-"""inbox migrate: fresh database, re-run, edited-file refusal, unknown versions, racing migrators."""
+"""inbox migrate: fresh database, re-run, edited-file refusal, unknown versions, racing migrators, the
+baseline."""
 
 from __future__ import annotations
 
@@ -12,8 +13,15 @@ from psycopg import sql
 
 import inbox.db.migrate as migrate_module
 from inbox.db.connect import DictConnection, connect
-from inbox.db.migrate import MigrationError, MigrationReport, migrate, pending_migrations
-from inbox.db.sqlfiles import Migration, migrations, object_files
+from inbox.db.migrate import (
+    BEFORE_BASELINE,
+    SQUASHED,
+    MigrationError,
+    MigrationReport,
+    migrate,
+    pending_migrations,
+)
+from inbox.db.sqlfiles import Migration, migrations, object_files, query
 
 
 def _label(m: Migration) -> str:
@@ -34,7 +42,9 @@ def _relation_exists(conn: DictConnection, name: str) -> bool:
 
 def test_fresh_database_gets_every_migration_with_its_checksum(empty_dsn: str) -> None:
     shipped = migrations()
-    assert [m.version for m in shipped] == list(range(1, len(shipped) + 1))
+    # the baseline (001-010 squashed), then one number after another
+    assert shipped[0].name == "baseline"
+    assert [m.version for m in shipped] == list(range(shipped[0].version, shipped[0].version + len(shipped)))
 
     report = migrate(empty_dsn)
 
@@ -81,11 +91,11 @@ def test_an_edited_applied_migration_is_refused(
     dsn: str, db: DictConnection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     shipped = migrations()
-    edited = [replace(m, sql=m.sql + "\n-- a harmless edit\n") if m.version == 2 else m for m in shipped]
+    edited = [replace(m, sql=m.sql + "\n-- a harmless edit\n") if m.version == 12 else m for m in shipped]
     monkeypatch.setattr(migrate_module, "migrations", lambda: edited)
     before = _recorded(dsn)
 
-    with pytest.raises(MigrationError, match=r"002_\w+ was changed after it was applied") as refused:
+    with pytest.raises(MigrationError, match=r"012_\w+ was changed after it was applied") as refused:
         migrate(dsn)
     assert "new migration" in str(refused.value)
 
@@ -98,11 +108,11 @@ def test_an_edited_migration_is_refused_before_anything_new_is_applied(
     dsn: str, db: DictConnection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     shipped = migrations()
-    edited = [replace(m, sql=m.sql.replace("CREATE", "create", 1)) if m.version == 1 else m for m in shipped]
-    extra = Migration(len(shipped) + 1, "later_table", "CREATE TABLE public.later_table (id int);")
+    edited = [replace(m, sql=m.sql.replace("CREATE", "create", 1)) if m.version == 10 else m for m in shipped]
+    extra = Migration(shipped[-1].version + 1, "later_table", "CREATE TABLE public.later_table (id int);")
     monkeypatch.setattr(migrate_module, "migrations", lambda: [*edited, extra])
 
-    with pytest.raises(MigrationError, match=r"001_\w+ was changed"):
+    with pytest.raises(MigrationError, match=r"010_baseline was changed"):
         migrate(dsn)
 
     assert not _relation_exists(db, "public.later_table")
@@ -113,7 +123,7 @@ def test_a_new_migration_is_applied_alone_and_recorded(
     dsn: str, db: DictConnection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     shipped = migrations()
-    extra = Migration(len(shipped) + 1, "later_table", "CREATE TABLE public.later_table (id int);")
+    extra = Migration(shipped[-1].version + 1, "later_table", "CREATE TABLE public.later_table (id int);")
     monkeypatch.setattr(migrate_module, "migrations", lambda: [*shipped, extra])
     assert pending_migrations(db) == [_label(extra)]
 
@@ -133,7 +143,7 @@ def test_a_failing_migration_is_rolled_back_and_not_recorded(
 ) -> None:
     shipped = migrations()
     broken = Migration(
-        len(shipped) + 1,
+        shipped[-1].version + 1,
         "broken",
         "CREATE TABLE public.half_done (id int);\nSELECT * FROM public.no_such_table;",
     )
@@ -151,7 +161,7 @@ def test_a_failing_migration_is_rolled_back_and_not_recorded(
 
 
 def test_a_database_with_a_migration_this_code_does_not_ship_is_refused(dsn: str, db: DictConnection) -> None:
-    future = len(migrations()) + 1
+    future = migrations()[-1].version + 1
     db.execute(
         "INSERT INTO inbox.schema_migrations (version, name, checksum) VALUES (%s, 'from_the_future', 'abc')",
         [future],
@@ -233,3 +243,42 @@ def test_migrate_refuses_an_inbox_schema_others_may_create_in(dsn: str, db: Dict
 def test_a_fresh_server_lets_nobody_else_create_in_public(empty_dsn: str) -> None:
     # PostgreSQL 15 and later: public belongs to pg_database_owner, with no CREATE for PUBLIC
     assert migrate(empty_dsn).applied
+
+
+# -- the baseline (001-010 squashed) ------------------------------------------------------------------
+
+
+def _record_history(dsn: str, rows: list[tuple[int, str, str]]) -> None:
+    with connect(dsn, autocommit=True) as conn:
+        conn.execute(query("create_migrations_table"))
+        for version, name, checksum in rows:
+            conn.execute(query("record_migration"), {"version": version, "name": name, "checksum": checksum})
+
+
+def test_a_database_left_part_way_through_001_010_is_refused_with_the_fix(empty_dsn: str) -> None:
+    _record_history(empty_dsn, list(SQUASHED[:5]))
+
+    with pytest.raises(MigrationError) as refused:
+        migrate(empty_dsn)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert "it has 005_kafka_and_sink, not 006_operations" in message
+    assert f"release before the baseline (commit {BEFORE_BASELINE}) first" in message
+    with connect(empty_dsn, autocommit=True) as conn:
+        assert not _relation_exists(conn, "public.quota")  # nothing applied
+        with pytest.raises(MigrationError, match="stopped part-way"):
+            pending_migrations(conn)
+
+
+def test_an_edited_squashed_migration_is_refused(empty_dsn: str) -> None:
+    _record_history(empty_dsn, [(v, n, "0" * 64 if v == 3 else c) for v, n, c in SQUASHED])
+
+    with pytest.raises(MigrationError, match=r"003_inbox_functions was changed after it was applied"):
+        migrate(empty_dsn)
+
+
+def test_a_database_of_001_010_has_the_baseline(empty_dsn: str) -> None:
+    # (tests/integration/test_schema_objects.py upgrades a real one, with its data)
+    _record_history(empty_dsn, list(SQUASHED))
+    with connect(empty_dsn, autocommit=True) as conn:
+        assert pending_migrations(conn) == [_label(m) for m in migrations()[1:]]

@@ -1,17 +1,22 @@
-"""sql/functions: a fresh install equals an upgrade from migration 010; changed files are applied again."""
+"""sql/functions: a fresh install (the baseline, then 011 on) equals an upgrade of a database of 001-010;
+changed files are applied again."""
 
 from __future__ import annotations
 
+import gzip
+import subprocess
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
+from psycopg import sql
 
 import inbox.db.migrate as migrate_module
 from inbox.db.connect import DictConnection, connect
-from inbox.db.migrate import MigrationError, migrate, pending_migrations
-from inbox.db.pgmq_setup import ensure_pgmq
-from inbox.db.sqlfiles import ObjectFile, migrations, object_files, query
+from inbox.db.embedded import _bin_dir
+from inbox.db.migrate import SQUASHED, MigrationError, migrate, pending_migrations
+from inbox.db.sqlfiles import ObjectFile, migrations, object_files
 
 # Plain catalog queries over the project's schemas, printed with nothing but pg_catalog on the path
 # (every other name comes out qualified). No OIDs: they differ between any two databases.
@@ -74,18 +79,52 @@ def catalog(dsn: str) -> dict[str, list[tuple[Any, ...]]]:
         return snapshot
 
 
-def install_as_of_010(dsn: str) -> None:
-    """What today's main leaves: the numbered migrations 001-010 only, as its `inbox migrate` applied them."""
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "db_010.sql.gz"
+
+
+def restore_010(dsn: str) -> None:
+    """A database as a release before the baseline left it: migrations 001-010 and what its service
+    stored (tests/fixtures/make_db_010.py made the dump). Restored by the psql of the embedded server;
+    the roles it grants to exist in the cluster (`inbox migrate` creates them)."""
+    restored = subprocess.run(
+        [str(_bin_dir() / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-", dsn],
+        input=gzip.decompress(FIXTURE.read_bytes()),
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert restored.returncode == 0, restored.stderr.decode(errors="replace")
+
+
+# What an install keeps: each table's rows, by their columns as of 010 (later migrations add some).
+KEPT = {
+    "inbox.quota_events": "quota_id, version, is_delete",
+    "inbox.quota_versions": "quota_id",
+    "public.quota": "quota_id",
+    "public.call_off": "call_off_id",
+    "public.quota_processing_errors": "id",
+    "inbox.titan_quota_sink": "quota_id, version",
+    "inbox.rejects": 'topic, "partition", "offset"',
+    "inbox.metric_counters": "metric, label, minute, backend",
+    "inbox.alert_state": "alert",
+    "pgmq.q_quota_changes": "msg_id",
+    "pgmq.q_inbox_alerts": "msg_id",
+}
+
+
+def kept_rows(dsn: str) -> dict[str, list[dict[str, Any]]]:
     with connect(dsn, autocommit=True) as conn:
-        conn.execute(query("create_migrations_table"))
-        ensure_pgmq(conn)
-        for migration in migrations()[:10]:
-            with conn.transaction():
-                conn.execute(migration.sql.encode("utf-8"))
-                conn.execute(
-                    query("record_migration"),
-                    {"version": migration.version, "name": migration.name, "checksum": migration.checksum},
+        return {
+            table: [
+                row["r"]
+                for row in conn.execute(
+                    sql.SQL("SELECT to_jsonb(t) AS r FROM {} t ORDER BY {}").format(
+                        sql.SQL(table), sql.SQL(order)
+                    )
                 )
+            ]
+            for table, order in KEPT.items()
+        }
 
 
 # Objects whose privileges a migration after 010 changes on purpose (012_role_boundaries).
@@ -129,19 +168,36 @@ def test_a_fresh_install_and_an_upgrade_from_010_end_with_identical_schemas(
 ) -> None:
     from tests.conftest import create_database, drop_database
 
+    migrate(empty_dsn)
+    fresh = catalog(empty_dsn)
     upgraded_name = empty_dsn.rsplit("dbname=", 1)[-1].split()[0] + "_upgraded"
     upgraded = create_database(pg_admin_dsn, upgraded_name)
     try:
-        install_as_of_010(upgraded)
-        as_of_010 = catalog(upgraded)
-        report = migrate(upgraded)
-        assert report.applied == [f"{m.version:03d}_{m.name}" for m in migrations() if m.version >= 11]
-        assert report.objects == [o.file for o in object_files()]
+        restore_010(upgraded)
+        as_of_010, stored = catalog(upgraded), kept_rows(upgraded)
+        assert as_of_010["migrations"] == sorted(tuple(str(v) for v in m) for m in SQUASHED)
+        assert [len(stored[t]) for t in ("inbox.quota_events", "public.quota_processing_errors")] == [9, 2]
+        assert stored["pgmq.q_quota_changes"] and stored["pgmq.q_inbox_alerts"]
 
-        migrate(empty_dsn)
-        fresh, after_upgrade = catalog(empty_dsn), catalog(upgraded)
+        report = migrate(upgraded)
+
+        # the baseline is skipped: the database has it, as 001-010
+        assert report.applied == [f"{m.version:03d}_{m.name}" for m in migrations()[1:]]
+        assert report.objects == [o.file for o in object_files()]
+        after_upgrade = catalog(upgraded)
         for part in CATALOG:
-            assert fresh[part] == after_upgrade[part], part
+            if part != "migrations":
+                assert fresh[part] == after_upgrade[part], part
+        # the history differs by what it says of 001-010 only: kept as it was recorded
+        history = {"fresh": fresh["migrations"], "upgraded": after_upgrade["migrations"]}
+        assert history["fresh"][0][:2] == ("10", "baseline")
+        assert history["upgraded"] == sorted(as_of_010["migrations"] + history["fresh"][1:])
+
+        # every stored row survives, each column of 010 unchanged (later migrations add columns)
+        for table, rows in kept_rows(upgraded).items():
+            assert [{k: r[k] for k in before} for before, r in zip(stored[table], rows, strict=True)] == (
+                stored[table]
+            ), table
 
         # The object files take no privilege away and give none: every grant of 010 is still there,
         # but for those a later migration changes on purpose (012: role boundaries).

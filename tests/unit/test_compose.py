@@ -23,7 +23,7 @@ COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 DOCS = (ROOT / "docs" / "quota-integration.md").read_text(encoding="utf-8")
 COMPOSE_DOCS = DOCS[DOCS.index("## docker-compose") :]
-SINK_MIGRATION = (ROOT / "sql" / "migrations" / "005_kafka_and_sink.sql").read_text(encoding="utf-8")
+SINK_MIGRATION = (ROOT / "sql" / "migrations" / "010_baseline.sql").read_text(encoding="utf-8")
 ONE_SHOT = "(one-shot)"
 
 
@@ -173,7 +173,7 @@ def test_the_sink_table_has_the_flattened_quota_row() -> None:
 # -- exposure (issue 12, M9) ----------------------------------------------------------------------
 
 LOGINS_SQL = (ROOT / "deploy" / "compose" / "logins.sql").read_text(encoding="utf-8")
-ROLES_MIGRATION = (ROOT / "sql" / "migrations" / "007_roles.sql").read_text(encoding="utf-8")
+ROLES_MIGRATION = (ROOT / "sql" / "migrations" / "010_baseline.sql").read_text(encoding="utf-8")
 OWNER = COMPOSE["services"]["postgres"]["environment"]["POSTGRES_USER"]
 
 

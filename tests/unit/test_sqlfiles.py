@@ -6,6 +6,7 @@ import hashlib
 
 import pytest
 
+from inbox.db.migrate import SQUASHED
 from inbox.db.sqlfiles import (
     Migration,
     ObjectFile,
@@ -49,6 +50,23 @@ def test_gaps_are_refused(files: dict[str, str], message: str) -> None:
         parse_migrations(files)
 
 
+def test_migrations_may_start_at_a_baseline() -> None:
+    parsed = parse_migrations({"011_b.sql": "B", "010_baseline.sql": "A"})
+    assert [(m.version, m.name) for m in parsed] == [(10, "baseline"), (11, "b")]
+    with pytest.raises(ValueError, match="migration 011 is missing"):
+        parse_migrations({"010_baseline.sql": "", "012_c.sql": ""})
+    with pytest.raises(ValueError, match="migration 001 is missing"):
+        parse_migrations({"010_not_a_baseline.sql": ""})
+    with pytest.raises(ValueError, match="011_baseline: only the first migration may be a baseline"):
+        parse_migrations({"010_baseline.sql": "", "011_baseline.sql": ""})
+
+
+def test_the_baseline_stands_for_the_migrations_it_squashed() -> None:
+    shipped = migrations()
+    assert (shipped[0].version, shipped[0].name) == (SQUASHED[-1][0], "baseline")
+    assert [version for version, _, _ in SQUASHED] == list(range(1, shipped[0].version + 1))
+
+
 def test_duplicate_versions_are_refused() -> None:
     with pytest.raises(ValueError, match="migration version 2 appears twice"):
         parse_migrations({"001_a.sql": "", "002_b.sql": "", "002_other.sql": ""})
@@ -76,7 +94,7 @@ def test_badly_named_files_are_refused(name: str) -> None:
 def test_shipped_migrations_are_well_formed() -> None:
     shipped = migrations()
     assert shipped
-    assert [m.version for m in shipped] == list(range(1, len(shipped) + 1))
+    assert [m.version for m in shipped] == list(range(shipped[0].version, shipped[0].version + len(shipped)))
     assert all(m.sql.strip() for m in shipped)
 
 
