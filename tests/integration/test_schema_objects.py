@@ -6,7 +6,6 @@ from __future__ import annotations
 import gzip
 import subprocess
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +16,8 @@ from inbox.db.connect import DictConnection, connect
 from inbox.db.embedded import _bin_dir
 from inbox.db.migrate import SQUASHED, MigrationError, migrate, pending_migrations
 from inbox.db.sqlfiles import ObjectFile, migrations, object_files
+from tests.fixtures import make_db_010
+from tests.helpers import drain
 
 # Plain catalog queries over the project's schemas, printed with nothing but pg_catalog on the path
 # (every other name comes out qualified). No OIDs: they differ between any two databases.
@@ -79,7 +80,7 @@ def catalog(dsn: str) -> dict[str, list[tuple[Any, ...]]]:
         return snapshot
 
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "db_010.sql.gz"
+FIXTURE = make_db_010.DUMP
 
 
 def restore_010(dsn: str) -> None:
@@ -198,6 +199,16 @@ def test_a_fresh_install_and_an_upgrade_from_010_end_with_identical_schemas(
             assert [{k: r[k] for k in before} for before, r in zip(stored[table], rows, strict=True)] == (
                 stored[table]
             ), table
+
+        # and this version's worker takes over: the two events still pending at 010 are applied and
+        # published, next to the three messages 010 published
+        assert drain(upgraded).applied == 2
+        with connect(upgraded, autocommit=True) as conn:
+            published = conn.execute("SELECT message FROM pgmq.q_quota_changes ORDER BY msg_id").fetchall()
+            statuses = conn.execute("SELECT status, count(*) AS n FROM inbox.quota_events GROUP BY 1")
+            assert {r["status"]: r["n"] for r in statuses} == {"applied": 6, "stale": 1, "dead": 2}
+        assert [m["message"]["quota_id"] for m in published[-2:]] == [str(q) for q in make_db_010.QUOTAS[4:]]
+        assert published[:-2] == [{"message": r["message"]} for r in stored["pgmq.q_quota_changes"]]
 
         # The object files take no privilege away and give none: every grant of 010 is still there,
         # but for those a later migration changes on purpose (012: role boundaries).
