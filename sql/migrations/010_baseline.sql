@@ -241,27 +241,19 @@ CREATE TABLE inbox.alert_state (
 -- views are granted by their files in sql/functions (SECURITY.md says why).
 
 DO $roles$
+DECLARE
+    v_role text;
 BEGIN
-    -- Each CREATE in its own block: a database of the same cluster migrating at the same moment
-    -- may create the role first, which is as good.
-    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'inbox_ingest') THEN
-        BEGIN
-            CREATE ROLE inbox_ingest NOLOGIN;
-        EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
-        END;
-    END IF;
-    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'inbox_worker') THEN
-        BEGIN
-            CREATE ROLE inbox_worker NOLOGIN;
-        EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
-        END;
-    END IF;
-    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'inbox_readonly') THEN
-        BEGIN
-            CREATE ROLE inbox_readonly NOLOGIN;
-        EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
-        END;
-    END IF;
+    FOREACH v_role IN ARRAY ARRAY['inbox_ingest', 'inbox_worker', 'inbox_readonly'] LOOP
+        -- Each CREATE in its own block: a database of the same cluster migrating at the same
+        -- moment may create the role first, which is as good.
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = v_role) THEN
+            BEGIN
+                EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN', v_role);
+            EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+            END;
+        END IF;
+    END LOOP;
 EXCEPTION WHEN insufficient_privilege THEN
     RAISE EXCEPTION 'the roles inbox_ingest, inbox_worker and inbox_readonly do not all exist, and this '
                     'role may not create them'
