@@ -7,7 +7,7 @@
 * Flattened record (Debezium's ExtractNewRecordState): the row's columns plus ``__op``,
   ``__deleted`` ("true"/"false") and ``__source_ts_ms``, bare or wrapped. A delete is
   ``__deleted = "true"`` or ``__op = "d"`` -- the same rule as the sink trigger in
-  sql/migrations/005_kafka_and_sink.sql.
+  sql/functions/inbox.titan_quota_sink_to_inbox.sql.
 
 Debezium encodes some column types. With the ``{schema, payload}`` wrapper the schema says how each
 field is encoded, and these are decoded exactly: NUMERIC as a Connect Decimal (base64 of the
