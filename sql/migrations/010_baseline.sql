@@ -6,9 +6,9 @@
 -- numbered migrations. The stand-ins at the end exist only because 012 and 014, written against the
 -- functions of 001-010, drop or revoke them by signature.
 --
--- The statements below are those of 001-010 in their order, less the function, view and trigger
--- bodies and the grants on them; nothing of 001-010 changed a table after creating it, so each
--- table is created here exactly as it was then (same columns in the same order, same constraint
+-- The statements below are those of 001-010 in their order (the three roles in one loop), less the
+-- function, view and trigger bodies and the grants on them; nothing of 001-010 changed a table's
+-- columns or constraints after creating it, so each table is created here exactly as it was then (same columns in the same order, same constraint
 -- and index names), and a fresh install and an upgraded one end with identical catalogs
 -- (tests/integration/test_schema_objects.py).
 
