@@ -21,20 +21,20 @@ each session's backend, and this process.
 from __future__ import annotations
 
 import os
-import threading
 import time
-from collections.abc import Callable
 
 from inbox.db.connect import DictConnection, connect
 from inbox_bench.cluster import Cluster, cpu_seconds, cpu_used, scalar
 from inbox_bench.config import Config
 from inbox_bench.events import Stream
 from inbox_bench.measure import Measurement, status_counts
+from inbox_bench.quota_sql import COLUMNS, NEWER_ONLY, ON_CONFLICT, payload_values
+from inbox_bench.threads import on_threads
 
 COPY_INBOX = "COPY inbox.quota_events (quota_id, version, is_delete, payload, source) FROM STDIN"
 
 # Highest version per quota, upserted (version-gated) or deleted, every inbox row marked applied.
-OLD_CEILING_APPLY = """
+OLD_CEILING_APPLY = f"""
 WITH latest AS (
     SELECT DISTINCT ON (e.quota_id) e.quota_id, e.version, e.is_delete, e.payload -> 'data' AS d
     FROM inbox.quota_events e
@@ -42,22 +42,12 @@ WITH latest AS (
     ORDER BY e.quota_id, e.version DESC, e.is_delete DESC
 ),
 upserted AS (
-    INSERT INTO public.quota AS q (quota_id, counterparty_id, direction, period_month, qty_t,
-                                   tolerance_pct, incoterm_code, metal_code, source_version,
-                                   source_updated_at)
-    SELECT l.quota_id, l.d ->> 'counterparty_id', l.d ->> 'direction',
-           date_trunc('month', (l.d ->> 'period_month')::date)::date, (l.d ->> 'qty_t')::numeric,
-           (l.d ->> 'tolerance_pct')::numeric, l.d ->> 'incoterm_code', l.d ->> 'metal_code',
-           l.version, (l.d ->> 'updated_at')::timestamptz
+    INSERT INTO public.quota AS q ({COLUMNS})
+    SELECT {payload_values("l")}
     FROM latest l
     WHERE NOT l.is_delete
-    ON CONFLICT (quota_id) DO UPDATE
-        SET counterparty_id = excluded.counterparty_id, direction = excluded.direction,
-            period_month = excluded.period_month, qty_t = excluded.qty_t,
-            tolerance_pct = excluded.tolerance_pct, incoterm_code = excluded.incoterm_code,
-            metal_code = excluded.metal_code, source_version = excluded.source_version,
-            source_updated_at = excluded.source_updated_at, updated_at = now()
-        WHERE q.source_version < excluded.source_version
+    {ON_CONFLICT}
+        {NEWER_ONLY}
     RETURNING 1
 ),
 deleted AS (
@@ -110,22 +100,12 @@ passed AS (
     SELECT g.*, b.d FROM gate g JOIN best b USING (quota_id)
 ),
 upserted AS (
-    INSERT INTO public.quota AS q (quota_id, counterparty_id, direction, period_month, qty_t,
-                                   tolerance_pct, incoterm_code, metal_code, source_version,
-                                   source_updated_at)
-    SELECT p.quota_id, p.d ->> 'counterparty_id', p.d ->> 'direction',
-           date_trunc('month', (p.d ->> 'period_month')::date)::date, (p.d ->> 'qty_t')::numeric,
-           (p.d ->> 'tolerance_pct')::numeric, p.d ->> 'incoterm_code', p.d ->> 'metal_code',
-           p.version, (p.d ->> 'updated_at')::timestamptz
+    INSERT INTO public.quota AS q ({COLUMNS})
+    SELECT {payload_values("p")}
     FROM passed p
     WHERE NOT p.is_delete
     ORDER BY p.quota_id
-    ON CONFLICT (quota_id) DO UPDATE
-        SET counterparty_id = excluded.counterparty_id, direction = excluded.direction,
-            period_month = excluded.period_month, qty_t = excluded.qty_t,
-            tolerance_pct = excluded.tolerance_pct, incoterm_code = excluded.incoterm_code,
-            metal_code = excluded.metal_code, source_version = excluded.source_version,
-            source_updated_at = excluded.source_updated_at, updated_at = now()
+    {ON_CONFLICT}
     RETURNING q.*
 ),
 deleted AS (
@@ -254,9 +234,9 @@ def honest_ceiling(cluster: Cluster, stream: Stream, cfg: Config, sessions: int 
                     return calls
 
         cpu_0 = cpu_seconds(pids)
-        ingest_s, copies = _on_sessions(sessions, ingest)
+        ingest_s, copies = on_threads(sessions, ingest, "ceiling-ingest")
         cpu_1 = cpu_seconds(pids)
-        apply_s, calls = _on_sessions(sessions, apply)
+        apply_s, calls = on_threads(sessions, apply, "ceiling-apply")
         cpu_2 = cpu_seconds(pids)
         conn = conns[0]
         counts = status_counts(conn)
@@ -293,26 +273,3 @@ def honest_ceiling(cluster: Cluster, stream: Stream, cfg: Config, sessions: int 
             " process, which only sends prepared statements and COPY text made before the clock started",
         },
     )
-
-
-def _on_sessions(sessions: int, work: Callable[[int], int]) -> tuple[float, int]:
-    """work(0) ... work(sessions - 1) at once, one thread each; (seconds, sum of what they returned)."""
-    done: list[int] = []
-    errors: list[BaseException] = []
-
-    def body(i: int) -> None:
-        try:
-            done.append(work(i))
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=body, args=(i,), name=f"ceiling-{i}") for i in range(sessions)]
-    start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    seconds = time.perf_counter() - start
-    if errors:
-        raise errors[0]
-    return seconds, sum(done)

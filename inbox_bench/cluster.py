@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -22,6 +21,8 @@ from psycopg.conninfo import make_conninfo
 from inbox.db.connect import DictConnection, connect
 from inbox.db.embedded import start_embedded
 from inbox.db.migrate import migrate
+from inbox_bench.processes import stop as stop_process
+from inbox_bench.threads import Background
 
 TEMPLATE = "bench_template"
 OTHER_SESSIONS = (
@@ -117,13 +118,7 @@ class Service:
     log: Path
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 20)
 
     def check_alive(self) -> None:
         if self.process.poll() is not None:
@@ -180,25 +175,19 @@ def wait_http(service: Service, url: str, timeout: float = 60.0) -> None:
 
 
 @dataclass
-class RssSampler:
+class RssSampler(Background):
     """Peak resident memory per process, sampled. For "postgres" (many processes sharing their
     buffers, so a sum would count shared memory many times): the largest single process."""
+
+    THREAD = "rss-sampler"
+    JOIN_SECONDS = 5
 
     pids: dict[str, int]
     interval: float = 0.25
     peaks: dict[str, int] = field(default_factory=dict)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def __enter__(self) -> RssSampler:
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
-        self._thread.start()
-        return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
+        super().__exit__(*exc)
         self._sample()
 
     def _run(self) -> None:

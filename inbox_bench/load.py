@@ -61,20 +61,37 @@ def post_all(
         work.put(k)
     errors: list[BaseException] = []
 
+    def send(client: Client) -> None:
+        while (k := work.get()) is not None and not errors:
+            client.post(path, body(k), content_type)
+
+    for _ in range(concurrency):
+        work.put(None)
+    _join(_senders(base_url, concurrency, "load", send, errors), errors)
+
+
+def _senders(
+    base_url: str, count: int, name: str, send: Callable[[Client], None], errors: list[BaseException]
+) -> list[threading.Thread]:
+    """`count` started threads, each running send() on a keep-alive connection of its own; what
+    one raises goes to errors."""
+
     def sender() -> None:
         client = Client(base_url)
         try:
-            while (k := work.get()) is not None and not errors:
-                client.post(path, body(k), content_type)
+            send(client)
         except BaseException as exc:
             errors.append(exc)
         finally:
             client.close()
 
-    threads = [threading.Thread(target=sender, name=f"load-{i}") for i in range(concurrency)]
+    threads = [threading.Thread(target=sender, name=f"{name}-{i}") for i in range(count)]
     for thread in threads:
-        work.put(None)
         thread.start()
+    return threads
+
+
+def _join(threads: list[threading.Thread], errors: list[BaseException]) -> None:
     for thread in threads:
         thread.join()
     if errors:
@@ -106,23 +123,15 @@ def paced(
     errors: list[BaseException] = []
     lock = threading.Lock()
 
-    def sender() -> None:
-        client = Client(base_url)
-        try:
-            while (item := work.get()) is not None:
-                first, stop, body, due = item
-                client.post("/events", body, "application/x-ndjson")
-                acked = time.time()
-                with lock:
-                    sent.append(Sent(first, stop, due, acked))
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            client.close()
+    def send(client: Client) -> None:
+        while (item := work.get()) is not None:
+            first, stop, body, due = item
+            client.post("/events", body, "application/x-ndjson")
+            acked = time.time()
+            with lock:
+                sent.append(Sent(first, stop, due, acked))
 
-    threads = [threading.Thread(target=sender, name=f"paced-{i}") for i in range(senders)]
-    for thread in threads:
-        thread.start()
+    threads = _senders(base_url, senders, "paced", send, errors)
     start = time.time() + 0.05
     for k, (first, stop, body) in enumerate(bodies):
         due = start + k * interval
@@ -134,8 +143,5 @@ def paced(
         work.put((first, stop, body, due))
     for _ in threads:
         work.put(None)
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
+    _join(threads, errors)
     return sent

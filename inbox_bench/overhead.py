@@ -11,7 +11,6 @@ Worker threads in this process draining the backlog, so the figures isolate the 
 
 from __future__ import annotations
 
-import threading
 import time
 
 from inbox.apply.worker import Worker
@@ -23,6 +22,7 @@ from inbox_bench.cluster import Cluster
 from inbox_bench.config import Config
 from inbox_bench.events import Stream
 from inbox_bench.measure import Measurement
+from inbox_bench.threads import on_threads
 
 NOOP_SEND_BATCH = """
 CREATE OR REPLACE FUNCTION pgmq.send_batch(queue_name text, msgs jsonb[]) RETURNS SETOF bigint
@@ -49,19 +49,17 @@ def drain(dsn: str, cfg: Config) -> float:
     settings = Settings(batch_size=cfg.batch_size, database_url=dsn)
     workers = [Worker(dsn, settings, f"bench:{i}") for i in range(cfg.worker_threads)]
 
-    def loop(worker: Worker) -> None:
-        while worker.process_once().claimed:
-            pass
+    def loop(i: int) -> int:
+        batches = 0
+        while workers[i].process_once().claimed:
+            batches += 1
+        return batches
 
-    threads = [threading.Thread(target=loop, args=(w,)) for w in workers]
-    start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    seconds = time.perf_counter() - start
-    for worker in workers:
-        worker.close()
+    try:
+        seconds, _ = on_threads(len(workers), loop, "overhead-worker")
+    finally:
+        for worker in workers:
+            worker.close()
     return seconds
 
 

@@ -21,7 +21,7 @@ from inbox_bench.config import Config
 from inbox_bench.events import Stream
 from inbox_bench.load import post_all
 from inbox_bench.measure import Measurement
-from inbox_bench.tansu import free_port
+from inbox_bench.processes import free_port
 
 
 def per_event(cluster: Cluster, stream: Stream, cfg: Config, workdir: Path) -> Measurement:

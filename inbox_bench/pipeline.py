@@ -29,7 +29,8 @@ from inbox_bench.config import Config
 from inbox_bench.events import Stream, generate
 from inbox_bench.load import paced, post_all
 from inbox_bench.measure import Measurement, percentiles, processed, status_counts, wait_drained
-from inbox_bench.tansu import free_port
+from inbox_bench.processes import free_port
+from inbox_bench.threads import Background
 
 NDJSON = "application/x-ndjson"
 WORKER_SESSIONS = "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name LIKE 'quota-inbox %:%:%'"
@@ -128,7 +129,7 @@ def http_path(cluster: Cluster, stream: Stream, cfg: Config, workdir: Path) -> M
 
 
 @dataclass
-class AppliedWatcher:
+class AppliedWatcher(Background):
     """Client-side latency: polls the inbox, by primary key, for the dispatched events it has not yet
     seen finished, every `poll` seconds. Its resolution is the poll interval plus one query.
 
@@ -145,8 +146,8 @@ class AppliedWatcher:
     # what was ever sent (the client shares its GIL with the paced senders)
     _unseen: set[int] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+
+    THREAD = "applied-watcher"
 
     def dispatch(self, stop: int) -> None:
         with self._lock:
@@ -159,16 +160,6 @@ class AppliedWatcher:
         JOIN inbox.quota_events e USING (quota_id, version, is_delete)
         WHERE e.status IN ('applied', 'stale', 'dead')
     """
-
-    def __enter__(self) -> AppliedWatcher:
-        self._thread = threading.Thread(target=self._run, name="applied-watcher", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
 
     def _run(self) -> None:
         with connect(self.dsn, autocommit=True) as conn:
@@ -237,24 +228,14 @@ def latency(cluster: Cluster, stream: Stream, cfg: Config, workdir: Path) -> Mea
 
 
 @dataclass
-class Progress:
+class Progress(Background):
     """(time, events processed) every `interval` seconds, from the database's counters."""
 
     dsn: str
     interval: float = 0.5
     samples: list[tuple[float, int]] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
 
-    def __enter__(self) -> Progress:
-        self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
+    THREAD = "progress"
 
     def _run(self) -> None:
         with connect(self.dsn, autocommit=True) as conn:

@@ -9,6 +9,7 @@ less than the service per event (no inbox row, no outbox message, no dead letter
 from __future__ import annotations
 
 import sys
+from dataclasses import astuple
 from typing import Any
 
 import uvicorn
@@ -21,20 +22,13 @@ from starlette.concurrency import run_in_threadpool
 from inbox.db.connect import DictConnection, configure
 from inbox.events import InvalidEvent, UnkeyableEvent, key_titan_event, validate_titan_event
 from inbox.ingest import loads
+from inbox_bench.quota_sql import COLUMN_NAMES, COLUMNS, NEWER_ONLY, ON_CONFLICT
 
 # Version-gated like the seed's intent, so an older event never overwrites a newer one.
-UPSERT = """
-INSERT INTO public.quota AS q (quota_id, counterparty_id, direction, period_month, qty_t, tolerance_pct,
-                               incoterm_code, metal_code, source_version, source_updated_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-ON CONFLICT (quota_id) DO UPDATE
-    SET counterparty_id = excluded.counterparty_id, direction = excluded.direction,
-        period_month = excluded.period_month, qty_t = excluded.qty_t,
-        tolerance_pct = excluded.tolerance_pct, incoterm_code = excluded.incoterm_code,
-        metal_code = excluded.metal_code, source_version = excluded.source_version,
-        source_updated_at = excluded.source_updated_at, updated_at = now()
-    WHERE q.source_version < excluded.source_version
-"""
+UPSERT = (
+    f"INSERT INTO public.quota AS q ({COLUMNS}) VALUES ({', '.join(['%s'] * len(COLUMN_NAMES))})"
+    f" {ON_CONFLICT} {NEWER_ONLY}"
+)
 DELETE = "DELETE FROM public.quota WHERE quota_id = %s AND source_version < %s"
 
 
@@ -51,21 +45,7 @@ def create_seed_app(dsn: str) -> FastAPI:
             if row is None:
                 conn.execute(DELETE, (key.quota_id, key.version))
                 return
-            conn.execute(
-                UPSERT,
-                (
-                    key.quota_id,
-                    row.counterparty_id,
-                    row.direction,
-                    row.period_month,
-                    row.qty_t,
-                    row.tolerance_pct,
-                    row.incoterm_code,
-                    row.metal_code,
-                    key.version,
-                    row.source_updated_at,
-                ),
-            )
+            conn.execute(UPSERT, (key.quota_id, key.version, *astuple(row)))
 
     @app.post("/event", status_code=202)
     async def post_event(request: Request) -> JSONResponse:

@@ -15,16 +15,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from inbox_bench.processes import free_port, stop
+
 # Tansu holds a new group's first join for about half the session timeout: short timeouts keep
 # the runs quick (and let a killed member's partitions move on sooner).
 GROUP_TIMEOUTS = {"session.timeout.ms": 4000, "heartbeat.interval.ms": 400}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextmanager
@@ -56,12 +51,7 @@ def tansu(workdir: Path, external_env: str) -> Iterator[str]:
         _wait_for_port(port, process, log)
         yield f"127.0.0.1:{port}"
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, 10)
 
 
 def _wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
