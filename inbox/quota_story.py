@@ -157,25 +157,16 @@ def render(story: QuotaStory, out: TextIO) -> None:
     line goes through text.printable, so none can drive the terminal or forge a line."""
     safe: Any = _Printable(out)
     print(f"quota {story.quota_id}: {verdict(story)}", file=safe)
-    print(file=safe)
-    print("public.quota:", file=safe)
-    if story.quota is None:
-        print("  (no row)", file=safe)
-    else:
-        for name, value in story.quota.items():
-            print(f"  {name:<18} {'NULL' if value is None else value}", file=safe)
-    print(file=safe)
-    print("version gate (inbox.quota_versions):", file=safe)
-    if story.gate is None:
-        print("  (none)", file=safe)
-    else:
-        gate = story.gate
-        previous = "none" if gate["previous_version"] is None else f"v{gate['previous_version']}"
-        print(
-            f"  {_version(gate['version'], gate['is_delete'])} from {gate['source'] or 'unknown'}, "
-            f"previous {previous}, applied {_when(gate['applied_at'])}",
-            file=safe,
-        )
+    quota = story.quota
+    columns = (
+        ["(no row)"] if quota is None else [f"{k:<18} {'NULL' if v is None else v}" for k, v in quota.items()]
+    )
+    _block("public.quota:", columns, safe)
+    _block(
+        "version gate (inbox.quota_versions):",
+        ["(none)" if story.gate is None else _gate_line(story.gate)],
+        safe,
+    )
     _section(story, "events", "inbox events, by version", safe, _event_line)
     _section(story, "dead_letters", "dead letters", safe, _dead_letter_line)
     _section(story, "outbox", "outbox messages (quota_changes), by msg_id", safe, _message_line)
@@ -199,10 +190,22 @@ class _Printable:
 def _section(story: QuotaStory, name: str, title: str, out: Any, line: Any) -> None:
     rows: list[dict[str, Any]] = getattr(story, name)
     older = " (older ones not shown)" if name in story.truncated else ""
+    _block(f"{title}: {len(rows)}{older}", [line(row) for row in rows], out)
+
+
+def _block(heading: str, lines: list[str], out: Any) -> None:
     print(file=out)
-    print(f"{title}: {len(rows)}{older}", file=out)
-    for row in rows:
-        print(f"  {line(row)}", file=out)
+    print(heading, file=out)
+    for line in lines:
+        print(f"  {line}", file=out)
+
+
+def _gate_line(gate: dict[str, Any]) -> str:
+    previous = "none" if gate["previous_version"] is None else f"v{gate['previous_version']}"
+    return (
+        f"{_version(gate['version'], gate['is_delete'])} from {gate['source'] or 'unknown'}, "
+        f"previous {previous}, applied {_when(gate['applied_at'])}"
+    )
 
 
 def _event_line(e: dict[str, Any]) -> str:

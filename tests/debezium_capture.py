@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -28,6 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+
+from inbox.reconcile import TITAN_COLUMNS
+from tests.processes import free_port, stop, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE_CONFIG = REPO / "connect" / "titan-postgres-source.json"
@@ -49,18 +51,6 @@ CREATE TABLE public.quota (
     updated_at      timestamp     NOT NULL
 );
 """
-TITAN_COLUMNS = (
-    "quota_id",
-    "version",
-    "counterparty_id",
-    "direction",
-    "period_month",
-    "qty_t",
-    "tolerance_pct",
-    "incoterm_code",
-    "metal_code",
-    "updated_at",
-)
 # The last statement of the workload: once every variant has its record, everything has arrived.
 SENTINEL_ID = "ffffffff-ffff-4fff-8fff-ffffffffffff"
 
@@ -100,13 +90,6 @@ class Record:
     value: str | None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _as_postgres(args: list[str]) -> list[str]:
     """initdb and postgres refuse to run as root."""
     return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
@@ -126,7 +109,7 @@ def titan_postgres() -> Iterator[str]:
         check=True,
         capture_output=True,
     )
-    port = _free_port()
+    port = free_port()
     log = workdir / "postgres.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -171,12 +154,7 @@ def titan_postgres() -> Iterator[str]:
                 time.sleep(0.1)
         yield dsn
     finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, 15)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -313,7 +291,12 @@ def capture(
         for thread in threads:
             thread.start()
         snapshot_rows = workload.snapshot_rows
-        _wait(lambda: all(c.count() >= snapshot_rows for c in collectors.values()), "the snapshots", timeout)
+        wait_for(
+            lambda: all(c.count() >= snapshot_rows for c in collectors.values()),
+            "the snapshots",
+            timeout,
+            0.1,
+        )
         with psycopg.connect(dsn, autocommit=True) as conn:
             workload.changes(conn)
             conn.execute(
@@ -321,7 +304,9 @@ def capture(
                 " '2026-01-01T00:00:00')",
                 [SENTINEL_ID],
             )
-        _wait(lambda: all(c.seen(SENTINEL_ID) for c in collectors.values()), "the sentinel row", timeout)
+        wait_for(
+            lambda: all(c.seen(SENTINEL_ID) for c in collectors.values()), "the sentinel row", timeout, 0.1
+        )
     finally:
         for engine in engines.values():
             engine.close()
@@ -337,11 +322,3 @@ def capture(
     return Capture(
         records=records, titan=[r for r in titan_rows(dsn) if str(r["quota_id"]) != SENTINEL_ID], log=log
     )
-
-
-def _wait(condition: Any, what: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)

@@ -1,17 +1,20 @@
-"""`inbox` commands as subprocesses: output to a file, stopped by SIGTERM or killed, by their own pid."""
+"""`inbox` commands as subprocesses: output to a file, stopped by SIGTERM or killed, by their own pid;
+free_port and stop (SIGTERM, then SIGKILL) are the benchmark's (inbox_bench/processes.py), for any process."""
 
 from __future__ import annotations
 
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from inbox_bench.processes import free_port as free_port
+from inbox_bench.processes import stop as stop
 
 REPO = Path(__file__).resolve().parents[1]
 _SERVING = re.compile(r"serving (http://\S+) ")
@@ -52,13 +55,6 @@ def one_line_error(result: subprocess.CompletedProcess[str], code: int = 1) -> s
     return lines[0]
 
 
-def free_port() -> int:
-    """A loopback port free right now, for a process the test starts."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def wait_for(condition: Callable[[], object], what: str, timeout: float = 60.0, every: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -92,13 +88,7 @@ class InboxProcess:
         return found[0]
 
     def terminate(self, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return self.proc.returncode
+        return stop(self.proc, timeout)
 
     def kill(self) -> None:
         if self.proc.poll() is None:

@@ -18,7 +18,7 @@ import yaml
 
 from inbox.db.connect import DictConnection
 from tests.helpers import dead_letters, titan_event, to_json
-from tests.processes import free_port, inbox_env, inbox_process
+from tests.processes import free_port, inbox_env, inbox_process, stop
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "deploy" / "prometheus" / "inbox-rules.yml"
@@ -99,12 +99,7 @@ def start_prometheus(tmp_path: Path) -> Iterator[Callable[[str], Prometheus]]:
 
     yield start
     for process in running:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(15)
+        stop(process, 15)
 
 
 def test_dead_letters_piling_up_fire_the_alert(

@@ -14,24 +14,12 @@ from hypothesis import strategies as st
 
 from inbox.apply.worker import Worker
 from inbox.db.connect import DictConnection
-from inbox.settings import Settings
-from tests.helpers import drain, ingest, titan_event
+from tests.helpers import drain, ingest, titan_event, worker_settings
 
 RESET = """
 TRUNCATE public.call_off, public.quota, inbox.quota_events, inbox.quota_versions,
          public.quota_processing_errors
 """
-
-
-def worker_settings(batch_size: int) -> Settings:
-    return Settings(
-        batch_size=batch_size,
-        max_attempts=3,
-        lease_seconds=30.0,
-        backoff_base_seconds=0.5,
-        backoff_cap_seconds=5.0,
-        statement_timeout_ms=15_000,
-    )
 
 
 @dataclass
@@ -132,13 +120,13 @@ def test_any_arrival_order_ends_in_each_quotas_highest_version(
             position += chunk
             for size in batch_sizes:
                 if size not in workers:
-                    workers[size] = Worker(dsn, worker_settings(size), f"prop-{size}")
+                    workers[size] = Worker(dsn, worker_settings(batch_size=size), f"prop-{size}")
                 workers[size].process_once()
         assert position == len(scenario.arrival)
     finally:
         for worker in workers.values():
             worker.close()
-    drain(dsn, worker_settings(5))
+    drain(dsn, worker_settings(batch_size=5))
 
     expected = highest(scenario.events)
     rows = {

@@ -80,7 +80,11 @@ def test_the_story_tells_every_table_in_order(db: DictConnection, dsn: str) -> N
 
     text = io.StringIO()
     quota_story.render(story, text)
-    assert text.getvalue().splitlines()[0] == f"quota {quota_id}: {verdict}"
+    lines = text.getvalue().splitlines()
+    assert lines[0] == f"quota {quota_id}: {verdict}"
+    assert lines[1:4] == ["", "public.quota:", f"  {'quota_id':<18} {quota_id}"]
+    gate = lines.index("version gate (inbox.quota_versions):")
+    assert lines[gate + 1].startswith("  v3 from kafka, previous v1, applied "), lines[gate + 1]
     assert "resolved" in text.getvalue() and "Titan fixed it in v6" in text.getvalue()
 
 
