@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import random
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
@@ -284,17 +285,20 @@ def to_json_bytes(event: Any) -> bytes:
 
 def expected_rows(stream: QuotaStream) -> dict[uuid.UUID, tuple[Any, ...]]:
     """The quota rows the stream must leave, normalised for comparison with quota_rows()."""
-    return {
-        quota_id: (
-            row["version"],
-            row["counterparty_id"],
-            row["direction"],
-            row["period_month"].replace(day=1),
-            str(row["qty_t"]),
-            None if row["tolerance_pct"] is None else str(row["tolerance_pct"]),
-            row["incoterm_code"],
-            row["metal_code"],
-        )
-        for quota_id, row in stream.expected.items()
-        if row is not None
-    }
+    return {quota_id: quota_state(row) for quota_id, row in stream.expected.items() if row is not None}
+
+
+def quota_state(row: dict[str, Any], number: Callable[[Any], Any] = str) -> tuple[Any, ...]:
+    """A Titan row (version and the quota fields) as public.quota holds it once applied, without
+    updated_at: period_month the first of its month, the numbers through `number` (str: compared with
+    PostgreSQL's text, so the scale counts too)."""
+    return (
+        row["version"],
+        row["counterparty_id"],
+        row["direction"],
+        row["period_month"].replace(day=1),
+        number(row["qty_t"]),
+        None if row["tolerance_pct"] is None else number(row["tolerance_pct"]),
+        row["incoterm_code"],
+        row["metal_code"],
+    )

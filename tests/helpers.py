@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -90,6 +91,12 @@ def quota(conn: DictConnection, quota_id: uuid.UUID | str) -> dict[str, Any] | N
     return conn.execute("SELECT * FROM public.quota WHERE quota_id = %s", [quota_id]).fetchone()
 
 
+def quota_table(conn: DictConnection, columns: str) -> dict[uuid.UUID, tuple[Any, ...]]:
+    """public.quota by quota_id: each row's `columns` (a SELECT list), in their order."""
+    rows = conn.execute(f"SELECT quota_id, {columns} FROM public.quota").fetchall()
+    return {row.pop("quota_id"): tuple(row.values()) for row in rows}
+
+
 def event_status(conn: DictConnection, quota_id: uuid.UUID | str, version: int) -> str:
     row = conn.execute(
         "SELECT status FROM inbox.quota_events WHERE quota_id = %s AND version = %s", [quota_id, version]
@@ -104,11 +111,16 @@ def dead_letters(conn: DictConnection) -> list[dict[str, Any]]:
     ).fetchall()
 
 
+def count_of(conn: DictConnection, statement: str, params: Sequence[Any] = ()) -> int:
+    """The number n of a one-row `SELECT count(*) AS n ...`."""
+    row = conn.execute(statement, params).fetchone()
+    assert row is not None, statement
+    return int(row["n"])
+
+
 def inbox_rows(conn: DictConnection) -> int:
     """How many events the inbox holds, whatever their state."""
-    row = conn.execute("SELECT count(*) AS n FROM inbox.quota_events").fetchone()
-    assert row is not None
-    return int(row["n"])
+    return count_of(conn, "SELECT count(*) AS n FROM inbox.quota_events")
 
 
 def inbox_row(

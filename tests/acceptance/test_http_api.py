@@ -453,13 +453,7 @@ def test_not_ready_on_an_unmigrated_database(start_server: StartServer, empty_ds
 
 def test_post_to_an_unmigrated_database_is_503_not_500(start_server: StartServer, empty_dsn: str) -> None:
     """A database that answers but has no inbox yet cannot take events: retry later, never a 500."""
-    server = start_server(empty_dsn)
-    with httpx.Client(base_url=server.base_url, timeout=30) as client:
-        response = client.post(
-            "/events",
-            content=to_json(titan_event(uuid.uuid4(), 1, "INSERT")),
-            headers={"Content-Type": "application/json"},
-        )
+    response = _post(start_server(empty_dsn), to_json(titan_event(uuid.uuid4(), 1, "INSERT")))
 
     assert response.status_code == 503, (response.status_code, response.text)
     assert int(response.headers["Retry-After"]) > 0

@@ -25,11 +25,13 @@ import psycopg
 import pytest
 
 from inbox.db.connect import DictConnection, connect
+from inbox.formats import QUOTA_COLUMNS
 from inbox.kafka.consumer import KafkaIngestor
 from inbox.settings import Settings
 from tests.acceptance.conftest import StartServer
+from tests.cdc_events import quota_state
 from tests.debezium_capture import PG_BIN, Capture, Record, capture, titan_postgres
-from tests.helpers import drain
+from tests.helpers import drain, quota_table
 from tests.kafka_broker import GROUP_TIMEOUTS, kafka_broker
 from tests.processes import wait_for
 
@@ -121,27 +123,13 @@ def debezium() -> Capture:
 def _titan_state(debezium: Capture) -> dict[uuid.UUID, tuple[Any, ...]]:
     """Titan's table as the inbox stores it: period_month the first of its month, updated_at as UTC."""
     return {
-        row["quota_id"]: (
-            row["version"],
-            row["counterparty_id"],
-            row["direction"],
-            row["period_month"].replace(day=1),
-            Decimal(row["qty_t"]),
-            None if row["tolerance_pct"] is None else Decimal(row["tolerance_pct"]),
-            row["incoterm_code"],
-            row["metal_code"],
-            row["updated_at"].replace(tzinfo=UTC),
-        )
+        row["quota_id"]: (*quota_state(row, Decimal), row["updated_at"].replace(tzinfo=UTC))
         for row in debezium.titan
     }
 
 
 def _inbox_state(db: DictConnection) -> dict[uuid.UUID, tuple[Any, ...]]:
-    rows = db.execute(
-        "SELECT quota_id, source_version, counterparty_id, direction, period_month, qty_t, tolerance_pct,"
-        " incoterm_code, metal_code, source_updated_at FROM public.quota"
-    ).fetchall()
-    return {r["quota_id"]: tuple(list(r.values())[1:]) for r in rows}
+    return quota_table(db, f"source_version, {', '.join(QUOTA_COLUMNS)}, source_updated_at")
 
 
 def _dead_letters(db: DictConnection) -> list[dict[str, Any]]:
@@ -176,24 +164,21 @@ def _tombstones(records: list[Record]) -> int:
 
 
 def post_one_by_one(base_url: str, records: list[Record]) -> dict[str, int]:
-    totals = {"accepted": 0, "skipped": 0}
-    with httpx.Client(base_url=base_url, timeout=30) as client:
-        for value in _values(records):
-            response = client.post("/events", content=value, headers={"content-type": "application/json"})
-            assert response.status_code == 202, response.text
-            body = response.json()
-            totals["accepted"] += body["accepted"]
-            totals["skipped"] += body.get("skipped", 0)
-    return totals
+    return _post_all(base_url, _values(records), "application/json")
 
 
 def post_in_batches(base_url: str, records: list[Record], size: int) -> dict[str, int]:
-    totals = {"accepted": 0, "skipped": 0}
     values = _values(records)
+    bodies = ["\n".join(values[start : start + size]) for start in range(0, len(values), size)]
+    return _post_all(base_url, bodies, "application/x-ndjson")
+
+
+def _post_all(base_url: str, bodies: list[str], content_type: str) -> dict[str, int]:
+    """Each body in its own POST, each answered 202; the accepted and skipped counts, summed."""
+    totals = {"accepted": 0, "skipped": 0}
     with httpx.Client(base_url=base_url, timeout=30) as client:
-        for start in range(0, len(values), size):
-            body = "\n".join(values[start : start + size])
-            response = client.post("/events", content=body, headers={"content-type": "application/x-ndjson"})
+        for body in bodies:
+            response = client.post("/events", content=body, headers={"content-type": content_type})
             assert response.status_code == 202, response.text
             answer = response.json()
             totals["accepted"] += answer["accepted"]

@@ -23,7 +23,7 @@ from inbox.formats import skip_reason
 from inbox.ingest import loads
 from inbox.store import store_events
 from tests.cdc_events import QuotaStream, expected_rows, quota_stream
-from tests.helpers import dead_letters, status_counts
+from tests.helpers import count_of, dead_letters, status_counts
 from tests.integration.test_kafka_consume import quota_rows
 from tests.integration.test_outbox import install_change_log, keys, outbox
 from tests.processes import InboxProcess, inbox_env, wait_for
@@ -117,10 +117,9 @@ def _held(db: DictConnection, owner: str) -> bool:
 
 
 def _sessions(db: DictConnection, application_name: str) -> int:
-    row = db.execute(
-        "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name LIKE %s", [application_name]
-    ).fetchone()
-    return int(row["n"]) if row else 0
+    return count_of(
+        db, "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name LIKE %s", [application_name]
+    )
 
 
 @pytest.fixture

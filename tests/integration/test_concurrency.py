@@ -26,7 +26,7 @@ from inbox.apply.worker import Worker
 from inbox.db.connect import DictConnection, connect
 from inbox.settings import Settings
 from inbox.store import store_events
-from tests.helpers import dead_letters, drain, ingest, quota, titan_event, to_json, worker_settings
+from tests.helpers import count_of, dead_letters, drain, ingest, quota, titan_event, to_json, worker_settings
 from tests.processes import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -181,11 +181,9 @@ def ingest_in_chunks(dsn: str, events: list[dict[str, Any]], chunk: int, pause: 
 
 
 def unfinished(db: DictConnection) -> int:
-    row = db.execute(
-        "SELECT count(*) AS n FROM inbox.quota_events WHERE status IN ('pending', 'processing')"
-    ).fetchone()
-    assert row is not None
-    return int(row["n"])
+    return count_of(
+        db, "SELECT count(*) AS n FROM inbox.quota_events WHERE status IN ('pending', 'processing')"
+    )
 
 
 def check_final_state(db: DictConnection, stream: Stream) -> None:
@@ -452,8 +450,6 @@ def test_three_worker_processes_end_at_each_quotas_highest_version(db: DictConne
 
 
 def _listening_workers(db: DictConnection) -> int:
-    row = db.execute(
-        "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = 'quota-inbox listener'"
-    ).fetchone()
-    assert row is not None
-    return int(row["n"])
+    return count_of(
+        db, "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = 'quota-inbox listener'"
+    )

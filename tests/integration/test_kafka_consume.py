@@ -33,7 +33,7 @@ from inbox.kafka.consumer import ConsumeStats, KafkaIngestor
 from inbox.settings import Settings
 from tests.acceptance.conftest import UNREACHABLE_DSN
 from tests.cdc_events import QuotaStream, expected_rows, quota_stream
-from tests.helpers import drain, inbox_rows, titan_event, to_json
+from tests.helpers import drain, inbox_rows, quota_table, titan_event, to_json
 from tests.kafka_broker import GROUP_TIMEOUTS, KafkaBroker, kafka_broker
 from tests.processes import free_port
 from tests.processes import wait_for as wait_until
@@ -173,11 +173,12 @@ def counter() -> Iterator[Callable[[str], InboxCounter]]:
 
 
 def quota_rows(db: DictConnection) -> dict[uuid.UUID, tuple[Any, ...]]:
-    rows = db.execute(
-        "SELECT quota_id, source_version, counterparty_id, direction, period_month, qty_t::text AS qty,"
-        " tolerance_pct::text AS tolerance, incoterm_code, metal_code FROM public.quota"
-    ).fetchall()
-    return {r["quota_id"]: tuple(list(r.values())[1:]) for r in rows}
+    """Numbers as PostgreSQL prints them: a lost or added decimal place shows."""
+    return quota_table(
+        db,
+        "source_version, counterparty_id, direction, period_month, qty_t::text AS qty,"
+        " tolerance_pct::text AS tolerance, incoterm_code, metal_code",
+    )
 
 
 def assert_exact_end_state(dsn: str, stream: QuotaStream) -> None:

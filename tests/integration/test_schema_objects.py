@@ -15,7 +15,7 @@ import inbox.db.migrate as migrate_module
 from inbox.db.connect import DictConnection, connect
 from inbox.db.embedded import _bin_dir
 from inbox.db.migrate import SQUASHED, MigrationError, migrate, pending_migrations
-from inbox.db.sqlfiles import ObjectFile, migrations, object_files
+from inbox.db.sqlfiles import migrations, object_files
 from tests.fixtures import make_db_010
 from tests.helpers import drain
 
@@ -225,20 +225,24 @@ def test_a_fresh_install_and_an_upgrade_from_010_end_with_identical_schemas(
         drop_database(pg_admin_dsn, upgraded_name)
 
 
-def _replaced(file: str, old: str, new: str) -> list[ObjectFile]:
+def _ship_edited(monkeypatch: pytest.MonkeyPatch, file: str, old: str, new: str) -> None:
+    """From now on migrate finds sql/functions/`file` with `old` (found once) replaced by `new`."""
     shipped = object_files()
     assert sum(old in o.sql for o in shipped if o.file == file) == 1
-    return [replace(o, sql=o.sql.replace(old, new, 1)) if o.file == file else o for o in shipped]
+    edited = [replace(o, sql=o.sql.replace(old, new, 1)) if o.file == file else o for o in shipped]
+    monkeypatch.setattr(migrate_module, "object_files", lambda: edited)
 
 
 def test_a_changed_function_file_is_applied_again_alone(
     dsn: str, db: DictConnection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert pending_migrations(db) == []
-    changed = _replaced(
-        "inbox.resolve_dead_letter.sql", "RETURNING resolved_at", "RETURNING resolved_at -- changed"
+    _ship_edited(
+        monkeypatch,
+        "inbox.resolve_dead_letter.sql",
+        "RETURNING resolved_at",
+        "RETURNING resolved_at -- changed",
     )
-    monkeypatch.setattr(migrate_module, "object_files", lambda: changed)
     assert pending_migrations(db) == ["sql/functions/inbox.resolve_dead_letter.sql"]
 
     report = migrate(dsn)
@@ -253,10 +257,9 @@ def test_a_changed_function_file_is_applied_again_alone(
 def test_a_view_whose_columns_change_is_recreated_with_its_grants(
     dsn: str, db: DictConnection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    changed = _replaced(
-        "inbox.v_status.sql", "SELECT s.status, s.events, s.exact", "SELECT s.events, s.status"
+    _ship_edited(
+        monkeypatch, "inbox.v_status.sql", "SELECT s.status, s.events, s.exact", "SELECT s.events, s.status"
     )
-    monkeypatch.setattr(migrate_module, "object_files", lambda: changed)
 
     assert migrate(dsn).objects == ["inbox.v_status.sql"]
 
@@ -272,10 +275,9 @@ def test_a_view_whose_columns_change_is_recreated_with_its_grants(
 def test_a_failing_function_file_is_rolled_back_and_not_recorded(
     dsn: str, db: DictConnection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    broken = _replaced(
-        "inbox.v_lag.sql", "FROM pending p, processing r", "FROM no_such_table p, processing r"
+    _ship_edited(
+        monkeypatch, "inbox.v_lag.sql", "FROM pending p, processing r", "FROM no_such_table p, processing r"
     )
-    monkeypatch.setattr(migrate_module, "object_files", lambda: broken)
 
     with pytest.raises(MigrationError, match=r"sql/functions/inbox\.v_lag\.sql failed"):
         migrate(dsn)

@@ -33,14 +33,13 @@ def test_the_service_imports_nothing_of_the_benchmark_or_its_extra() -> None:
     assert not (ROOT / "inbox" / "bench").exists()
 
 
+def python(*args: str) -> subprocess.CompletedProcess[str]:
+    """`python ARGS` from the checkout, to its end (within a minute)."""
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
 def test_inbox_bench_hands_its_arguments_to_inbox_bench() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "inbox.cli", "bench", "--help"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = python("-m", "inbox.cli", "bench", "--help")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("usage: inbox-bench"), done.stdout
     assert "--only" in done.stdout and "ceiling_honest" in done.stdout
@@ -52,13 +51,7 @@ def test_a_missing_extra_is_one_line_naming_the_fix() -> None:
         "from inbox_bench.cli import main\n"
         "sys.exit(main(['--quick', '--out', sys.argv[1]]))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script, str(ROOT / "never-written")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = python("-c", script, str(ROOT / "never-written"))
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "inbox-bench: error: matplotlib not installed: pip install -e '.[bench]'"
@@ -67,12 +60,6 @@ def test_a_missing_extra_is_one_line_naming_the_fix() -> None:
 
 
 def test_an_unknown_step_is_refused_with_the_list_of_steps() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "inbox_bench", "--only", "pgmq,nope"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = python("-m", "inbox_bench", "--only", "pgmq,nope")
     assert done.returncode == 2
     assert "unknown step 'nope'" in done.stderr and "ceiling_honest" in done.stderr
