@@ -12,12 +12,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from inbox_bench.processes import free_port as free_port
 from inbox_bench.processes import stop as stop
 
 REPO = Path(__file__).resolve().parents[1]
 _SERVING = re.compile(r"serving (http://\S+) ")
+T = TypeVar("T")
 
 
 def inbox_env(database_url: str | None, **settings: str) -> dict[str, str]:
@@ -55,12 +57,22 @@ def one_line_error(result: subprocess.CompletedProcess[str], code: int = 1) -> s
     return lines[0]
 
 
-def wait_for(condition: Callable[[], object], what: str, timeout: float = 60.0, every: float = 0.05) -> None:
+def wait_for(
+    condition: Callable[[], T],
+    what: str,
+    timeout: float = 60.0,
+    every: float = 0.05,
+    detail: Callable[[], str] | None = None,
+) -> T:
+    """condition()'s first true result, asked every `every` seconds; after `timeout` seconds an
+    AssertionError naming `what` (and detail(), e.g. the tail of a log)."""
     deadline = time.monotonic() + timeout
-    while not condition():
+    while not (result := condition()):
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            more = "" if detail is None else f":\n{detail()}"
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}{more}")
         time.sleep(every)
+    return result
 
 
 class InboxProcess:

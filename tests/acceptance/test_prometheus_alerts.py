@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ import yaml
 
 from inbox.db.connect import DictConnection
 from tests.helpers import dead_letters, titan_event, to_json
-from tests.processes import free_port, inbox_env, inbox_process, stop
+from tests.processes import free_port, inbox_env, inbox_process, stop, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "deploy" / "prometheus" / "inbox-rules.yml"
@@ -26,16 +25,7 @@ DEAD_LETTERS = 12  # the rule: at least 10 within 5 minutes
 
 
 def _wait(condition: Callable[[], Any], what: str, log: Path, timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"timed out after {timeout:.0f} s waiting for {what}:\n{log.read_text()[-3000:]}"
-            )
-        time.sleep(0.25)
+    return wait_for(condition, what, timeout, every=0.25, detail=lambda: log.read_text()[-3000:])
 
 
 @dataclass(frozen=True)
