@@ -17,7 +17,8 @@ from datetime import date
 from decimal import Decimal
 from typing import Any, Literal
 
-from tests.helpers import titan_event, to_json
+from inbox.db.connect import DictConnection
+from tests.helpers import QUOTA_AS_TEXT, quota_table, titan_event, to_json
 
 DecimalMode = Literal["precise", "string"]
 
@@ -281,6 +282,11 @@ def quota_stream(rng: random.Random, total: int, *, duplicate_share: float = 0.1
 
 def to_json_bytes(event: Any) -> bytes:
     return to_json(event).encode("utf-8")
+
+
+def quota_rows(db: DictConnection) -> dict[uuid.UUID, tuple[Any, ...]]:
+    """public.quota as expected_rows() gives it, numbers as PostgreSQL prints them."""
+    return quota_table(db, f"source_version, {QUOTA_AS_TEXT}")
 
 
 def expected_rows(stream: QuotaStream) -> dict[uuid.UUID, tuple[Any, ...]]:

@@ -10,9 +10,16 @@ from typing import Any
 
 from inbox.apply.worker import BatchCounts, Worker
 from inbox.db.connect import DictConnection
+from inbox.formats import QUOTA_COLUMNS
 from inbox.ingest import Source
 from inbox.settings import Settings
 from inbox.store import IngestResult, store_events
+
+# A SELECT list of the quota columns an event sets, numbers as PostgreSQL prints them: compared as
+# text, a lost or added decimal place shows.
+QUOTA_AS_TEXT = ", ".join(
+    f"{c}::text AS {c}" if c in ("qty_t", "tolerance_pct") else c for c in QUOTA_COLUMNS
+)
 
 
 def worker_settings(**overrides: Any) -> Settings:

@@ -25,9 +25,9 @@ import pytest
 from inbox.db.connect import connect
 from inbox.formats import key_event, skip_reason
 from inbox.ingest import loads
-from tests.cdc_events import QuotaStream, expected_rows, quota_stream
+from tests.cdc_events import QuotaStream, expected_rows, quota_rows, quota_stream
 from tests.helpers import dead_letters, status_counts
-from tests.integration.test_kafka_consume import Feed, quota_rows
+from tests.integration.test_kafka_consume import Feed
 from tests.kafka_broker import KafkaBroker, kafka_broker
 from tests.processes import InboxProcess, inbox_env, inbox_process, wait_for
 from tests.restartable_pg import RestartablePostgres

@@ -22,9 +22,8 @@ from inbox.db.connect import DictConnection, connect
 from inbox.formats import skip_reason
 from inbox.ingest import loads
 from inbox.store import store_events
-from tests.cdc_events import QuotaStream, expected_rows, quota_stream
+from tests.cdc_events import QuotaStream, expected_rows, quota_rows, quota_stream
 from tests.helpers import count_of, dead_letters, status_counts
-from tests.integration.test_kafka_consume import quota_rows
 from tests.integration.test_outbox import install_change_log, keys, outbox
 from tests.processes import InboxProcess, inbox_env, wait_for
 

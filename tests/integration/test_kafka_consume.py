@@ -32,8 +32,8 @@ from inbox.db.connect import DictConnection, connect
 from inbox.kafka.consumer import ConsumeStats, KafkaIngestor
 from inbox.settings import Settings
 from tests.acceptance.conftest import UNREACHABLE_DSN
-from tests.cdc_events import QuotaStream, expected_rows, quota_stream
-from tests.helpers import drain, inbox_rows, quota_table, titan_event, to_json
+from tests.cdc_events import QuotaStream, expected_rows, quota_rows, quota_stream
+from tests.helpers import drain, inbox_rows, titan_event, to_json
 from tests.kafka_broker import GROUP_TIMEOUTS, KafkaBroker, kafka_broker
 from tests.processes import free_port
 from tests.processes import wait_for as wait_until
@@ -170,15 +170,6 @@ def counter() -> Iterator[Callable[[str], InboxCounter]]:
     yield make
     for one in made:
         one.close()
-
-
-def quota_rows(db: DictConnection) -> dict[uuid.UUID, tuple[Any, ...]]:
-    """Numbers as PostgreSQL prints them: a lost or added decimal place shows."""
-    return quota_table(
-        db,
-        "source_version, counterparty_id, direction, period_month, qty_t::text AS qty,"
-        " tolerance_pct::text AS tolerance, incoterm_code, metal_code",
-    )
 
 
 def assert_exact_end_state(dsn: str, stream: QuotaStream) -> None:

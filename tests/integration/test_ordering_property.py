@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from inbox.apply.worker import Worker
 from inbox.db.connect import DictConnection
-from tests.helpers import drain, ingest, titan_event, worker_settings
+from tests.helpers import QUOTA_AS_TEXT, drain, ingest, titan_event, worker_settings
 
 RESET = """
 TRUNCATE public.call_off, public.quota, inbox.quota_events, inbox.quota_versions,
@@ -131,11 +131,7 @@ def test_any_arrival_order_ends_in_each_quotas_highest_version(
     expected = highest(scenario.events)
     rows = {
         r["quota_id"]: r
-        for r in db.execute(
-            """SELECT quota_id, counterparty_id, direction, period_month, qty_t::text AS qty_t,
-                      tolerance_pct::text AS tolerance_pct, incoterm_code, metal_code, source_version
-               FROM public.quota"""
-        ).fetchall()
+        for r in db.execute(f"SELECT quota_id, {QUOTA_AS_TEXT}, source_version FROM public.quota").fetchall()
     }
     want = {qid: expected_row(event) for qid, event in expected.items() if event["eventType"] != "DELETE"}
     got = {qid: {k: v for k, v in row.items() if k != "quota_id"} for qid, row in rows.items()}

@@ -22,7 +22,7 @@ from inbox.apply.worker import Worker, reap_expired_leases
 from inbox.db.connect import DictConnection, connect
 from inbox.db.sqlfiles import query
 from inbox.settings import Settings
-from tests.helpers import drain, ingest, quota, titan_event
+from tests.helpers import QUOTA_AS_TEXT, drain, ingest, quota, titan_event
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -125,14 +125,11 @@ def rebuild_from_outbox(dsn: str) -> None:
 
 def assert_replica_matches(db: DictConnection) -> None:
     replica = db.execute(
-        """SELECT quota_id, counterparty_id, direction, period_month, qty_t::text AS qty_t,
-                  tolerance_pct::text AS tolerance_pct, incoterm_code, metal_code, version AS source_version
-           FROM downstream_quota WHERE NOT deleted ORDER BY quota_id"""
+        f"SELECT quota_id, {QUOTA_AS_TEXT}, version AS source_version"
+        " FROM downstream_quota WHERE NOT deleted ORDER BY quota_id"
     ).fetchall()
     actual = db.execute(
-        """SELECT quota_id, counterparty_id, direction, period_month, qty_t::text AS qty_t,
-                  tolerance_pct::text AS tolerance_pct, incoterm_code, metal_code, source_version
-           FROM public.quota ORDER BY quota_id"""
+        f"SELECT quota_id, {QUOTA_AS_TEXT}, source_version FROM public.quota ORDER BY quota_id"
     ).fetchall()
     assert replica == actual
     assert len(actual) > 0
