@@ -18,19 +18,13 @@ from inbox_bench.config import Config
 from inbox_bench.events import Stream
 from inbox_bench.measure import Measurement, status_counts, wait_drained
 from inbox_bench.pipeline import start_workers
-from inbox_bench.tansu import GROUP_TIMEOUTS, tansu
+from inbox_bench.tansu import GROUP_TIMEOUTS, create_topic, tansu
 
 
 def fill_topic(bootstrap: str, stream: Stream, partitions: int) -> str:
     from confluent_kafka import Producer
-    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-    topic = f"titan.quota.bench.{uuid.uuid4().hex[:8]}"
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    for future in admin.create_topics(
-        [NewTopic(topic, num_partitions=partitions, replication_factor=1)]
-    ).values():
-        future.result(timeout=30)
+    topic = create_topic(bootstrap, f"titan.quota.bench.{uuid.uuid4().hex[:8]}", partitions)
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.size": 1_000_000})
     for (quota_id, _, _), text in zip(stream.keys(0, len(stream)), stream.texts(0, len(stream)), strict=True):
         while True:

@@ -54,6 +54,18 @@ def tansu(workdir: Path, external_env: str) -> Iterator[str]:
         stop(process, 10)
 
 
+def create_topic(bootstrap: str, name: str, partitions: int) -> str:
+    """A new topic on the broker (replication factor 1, as a one-broker Tansu has it); its name."""
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics(
+        [NewTopic(name, num_partitions=partitions, replication_factor=1)]
+    ).values():
+        future.result(timeout=30)
+    return name
+
+
 def _wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
 
-from inbox_bench.tansu import GROUP_TIMEOUTS, tansu
+from inbox_bench.tansu import GROUP_TIMEOUTS, create_topic, tansu
 
 
 @dataclass(frozen=True)
@@ -20,13 +19,7 @@ class KafkaBroker:
     bootstrap: str
 
     def create_topic(self, partitions: int = 3) -> str:
-        name = f"titan.quota.{uuid.uuid4().hex[:10]}"
-        admin = AdminClient({"bootstrap.servers": self.bootstrap})
-        for future in admin.create_topics(
-            [NewTopic(name, num_partitions=partitions, replication_factor=1)]
-        ).values():
-            future.result(timeout=30)
-        return name
+        return create_topic(self.bootstrap, f"titan.quota.{uuid.uuid4().hex[:10]}", partitions)
 
     def producer(self) -> Producer:
         return Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5, "acks": "all"})
