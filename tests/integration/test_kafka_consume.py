@@ -159,8 +159,11 @@ class InboxCounter:
             self.conn.close()
 
 
+Counters = Callable[[str], InboxCounter]  # the fixture: an inbox counter on this DSN
+
+
 @pytest.fixture
-def counter() -> Iterator[Callable[[str], InboxCounter]]:
+def counter() -> Iterator[Counters]:
     made: list[InboxCounter] = []
 
     def make(dsn: str) -> InboxCounter:
@@ -251,8 +254,11 @@ class ConsumerProcess:
             self.process.wait(30)
 
 
+Processes = Callable[[dict[str, str]], ConsumerProcess]  # the fixture: a consumer started with this env
+
+
 @pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], ConsumerProcess]]:
+def processes(tmp_path: Path) -> Iterator[Processes]:
     started: list[ConsumerProcess] = []
 
     def start(env: dict[str, str]) -> ConsumerProcess:
@@ -268,7 +274,7 @@ def processes(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], ConsumerPro
 
 
 def test_ten_thousand_events_duplicated_and_reordered_end_exact(
-    feed: Feed, dsn: str, counter: Callable[[str], InboxCounter]
+    feed: Feed, dsn: str, counter: Counters
 ) -> None:
     inbox_count = counter(dsn)
     stream = quota_stream(random.Random(10_000), 10_000)
@@ -304,7 +310,7 @@ GARBAGE: list[tuple[bytes, str]] = [
 
 
 def test_garbage_goes_to_rejects_verbatim_and_the_consumer_moves_on(
-    feed: Feed, dsn: str, db: DictConnection, counter: Callable[[str], InboxCounter]
+    feed: Feed, dsn: str, db: DictConnection, counter: Counters
 ) -> None:
     inbox_count = counter(dsn)
     stream = quota_stream(random.Random(7), 200, duplicate_share=0.0)
@@ -339,7 +345,7 @@ def test_garbage_goes_to_rejects_verbatim_and_the_consumer_moves_on(
     "number", ["1e9999999999999999999", "1e-99999999999999999999", "1e131071"], ids=["huge", "tiny", "h2"]
 )
 def test_a_poison_number_between_two_good_events_is_rejected_and_both_are_stored(
-    feed: Feed, dsn: str, db: DictConnection, counter: Callable[[str], InboxCounter], number: str
+    feed: Feed, dsn: str, db: DictConnection, counter: Counters, number: str
 ) -> None:
     """Issue 12 H1: `inbox consume` exited 1 on [good, poison, good], storing and committing nothing,
     at every restart: a crash loop on the partition."""
@@ -367,10 +373,7 @@ def test_a_poison_number_between_two_good_events_is_rejected_and_both_are_stored
 
 @pytest.mark.soak
 def test_consumer_killed_mid_stream_and_restarted_ends_exact(
-    feed: Feed,
-    dsn: str,
-    processes: Callable[[dict[str, str]], ConsumerProcess],
-    counter: Callable[[str], InboxCounter],
+    feed: Feed, dsn: str, processes: Processes, counter: Counters
 ) -> None:
     """Bounded: 4,000 messages, one SIGKILL. INBOX_SOAK=1: 40,000 messages, a SIGKILL every ~2,000 stored."""
     inbox_count = counter(dsn)
@@ -399,11 +402,7 @@ def test_consumer_killed_mid_stream_and_restarted_ends_exact(
 
 
 def test_two_consumer_processes_share_the_partitions(
-    feed: Feed,
-    dsn: str,
-    processes: Callable[[dict[str, str]], ConsumerProcess],
-    counter: Callable[[str], InboxCounter],
-    tmp_path: Path,
+    feed: Feed, dsn: str, processes: Processes, counter: Counters, tmp_path: Path
 ) -> None:
     inbox_count = counter(dsn)
     stream = quota_stream(random.Random(2), 3000)
@@ -432,10 +431,7 @@ def test_two_consumer_processes_share_the_partitions(
 
 
 def test_database_stopped_and_started_mid_stream_loses_nothing(
-    feed: Feed,
-    restartable_pg: RestartablePostgres,
-    processes: Callable[[dict[str, str]], ConsumerProcess],
-    counter: Callable[[str], InboxCounter],
+    feed: Feed, restartable_pg: RestartablePostgres, processes: Processes, counter: Counters
 ) -> None:
     dsn = restartable_pg.dsn
     inbox_count = counter(dsn)
