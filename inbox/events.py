@@ -85,6 +85,32 @@ def number_problem(number: Decimal) -> str | None:
     return None
 
 
+def json_int(text: str) -> int:
+    """A JSON integer token, refused (ValueError) beyond MAX_NUMBER_DIGITS digits."""
+    if len(text.lstrip("-")) > MAX_NUMBER_DIGITS:
+        raise ValueError(f"number {text[:40]}... has more than {MAX_NUMBER_DIGITS} digits")
+    return int(text)
+
+
+def json_decimal(text: str) -> Decimal:
+    """A JSON number token with a fraction or an exponent, within the limits of events.number_problem.
+
+    The length comes first: Decimal() refuses an exponent of 19 digits or more with
+    decimal.InvalidOperation, which is no ValueError, and must never be reached."""
+    mantissa, _, exponent = text.lower().partition("e")
+    if len(mantissa) > MAX_NUMBER_DIGITS + 2:
+        raise ValueError(f"number {text[:40]}... has more than {MAX_NUMBER_DIGITS} digits")
+    if len(exponent.lstrip("+-")) > 6:
+        raise ValueError(f"number {text[:40]} has an exponent of more than 6 digits")
+    number = Decimal(text)
+    # 40 characters without an exponent are within every limit: the check runs for the rare rest.
+    if len(text) > 40 or exponent:
+        problem = number_problem(number)
+        if problem is not None:
+            raise ValueError(f"number {text[:40]} {problem}")
+    return number
+
+
 def parse_uuid(value: Any) -> uuid.UUID | None:
     # One regular expression instead of parsing and printing the UUID back: it runs for every event.
     if not isinstance(value, str) or _CANONICAL_UUID.fullmatch(value) is None:

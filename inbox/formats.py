@@ -170,6 +170,17 @@ def interpret(value: Any) -> QuotaRow | None:
     return validate_titan_event(body)
 
 
+def titan_row(value: Any) -> QuotaRow | None:
+    """The quota row a Titan event sets; None for a delete, an invalid event or another format (the
+    worker interprets those). What ParsedBatch.rows holds per event."""
+    if format_of(value) != "titan":
+        return None
+    try:
+        return interpret(value)
+    except InvalidEvent:
+        return None
+
+
 # -- recognition ------------------------------------------------------------------------------
 
 

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, BinaryIO, Literal
 
-from inbox.events import MAX_NUMBER_DIGITS, EventKey, UnkeyableEvent, number_problem
-from inbox.formats import key_event, skip_reason
+from inbox.edge import decode_texts
+from inbox.events import EventKey, QuotaRow, UnkeyableEvent, json_decimal, json_int
+from inbox.formats import key_event, skip_reason, titan_row
 
 Source = Literal["http", "kafka", "sink", "replay", "reconcile"]
 MAX_NESTING = 64
@@ -49,12 +50,15 @@ class Rejected:
 class ParsedBatch:
     """Events ready to store: their keys, and the batch as one JSON array text. skipped counts the
     tombstones and truncates left out; rejected holds the items that could not be keyed, left out
-    of the events when the caller allowed a partial batch (store() keeps them in inbox.rejects)."""
+    of the events when the caller allowed a partial batch (store() keeps them in inbox.rejects).
+    rows: per event (beside keys) the quota row it sets when it is a valid Titan upsert, else None
+    (a delete, an invalid event, another format: the worker decides those); empty when not known."""
 
     keys: list[EventKey]
     array_text: str = field(repr=False)
     skipped: int = 0
     rejected: list[Rejected] = field(default_factory=list)
+    rows: list[QuotaRow | None] = field(default_factory=list, repr=False)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -64,36 +68,9 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _int_checked(text: str) -> int:
-    if len(text.lstrip("-")) > MAX_NUMBER_DIGITS:
-        raise ValueError(f"number {text[:40]}... has more than {MAX_NUMBER_DIGITS} digits")
-    return int(text)
-
-
-def _decimal_checked(text: str) -> Decimal:
-    """A JSON number with a fraction or an exponent, within the limits of events.number_problem.
-
-    The length comes first: Decimal() refuses an exponent of 19 digits or more with
-    decimal.InvalidOperation, which is no ValueError, and must never be reached."""
-    mantissa, _, exponent = text.lower().partition("e")
-    if len(mantissa) > MAX_NUMBER_DIGITS + 2:
-        raise ValueError(f"number {text[:40]}... has more than {MAX_NUMBER_DIGITS} digits")
-    if len(exponent.lstrip("+-")) > 6:
-        raise ValueError(f"number {text[:40]} has an exponent of more than 6 digits")
-    number = Decimal(text)
-    # 40 characters without an exponent are within every limit: the check runs for the rare rest.
-    if len(text) > 40 or exponent:
-        problem = number_problem(number)
-        if problem is not None:
-            raise ValueError(f"number {text[:40]} {problem}")
-    return number
-
-
 def loads(text: str) -> Any:
     """Strict JSON: decimals exact, NaN/Infinity refused, nesting bounded."""
-    value = json.loads(
-        text, parse_float=_decimal_checked, parse_int=_int_checked, parse_constant=_reject_constant
-    )
+    value = json.loads(text, parse_float=json_decimal, parse_int=json_int, parse_constant=_reject_constant)
     _check_structure(value, text)
     return value
 
@@ -168,7 +145,11 @@ def _is_json(text: str) -> bool:
 
 
 def parse_texts(
-    texts: Sequence[str], key: Callable[[Any], EventKey] = key_event, *, partial: bool = False
+    texts: Sequence[str],
+    key: Callable[[Any], EventKey] = key_event,
+    *,
+    partial: bool = False,
+    fast: bool = True,
 ) -> ParsedBatch:
     """Parse and key events; a text that is a JSON array contributes its elements.
 
@@ -176,7 +157,18 @@ def parse_texts(
     makes the whole batch a BadBatch. An item that cannot be keyed does too, naming each bad item by
     its index, unless partial: then it is left out of the events and kept, with its reason and text,
     in ParsedBatch.rejected (even when no item is left to store).
+
+    Titan events take the fast path (inbox/edge.py) unless fast is False or key is another keying;
+    when it declines, this slow path decides, with the same result wherever both answer.
     """
+    if fast and key is key_event:
+        events = decode_texts(texts)
+        if events is not None:
+            return ParsedBatch(
+                keys=[event.key for event in events],
+                array_text=_array_text([_part(text) for text in texts]),
+                rows=[event.row for event in events],
+            )
     problems: list[tuple[int | None, str]] = []
     items: list[Any] = []
     raw_parts: list[str] = []
@@ -193,14 +185,14 @@ def parse_texts(
         first = len(items)
         if isinstance(value, list):
             items.extend(value)
-            raw_parts.append(text.strip()[1:-1])  # the elements, verbatim, without the brackets
         else:
             items.append(value)
-            raw_parts.append(text)
+        raw_parts.append(_part(text))
         spans.append((first, len(items), isinstance(value, list)))
     if unparseable:
         raise BadBatch(problems, unparseable=True)
     keys: list[EventKey] = []
+    rows: list[QuotaRow | None] = []
     left_out: set[int] = set()
     skipped = 0
     for index, item in enumerate(items):
@@ -213,6 +205,8 @@ def parse_texts(
         except UnkeyableEvent as exc:
             problems.append((index, str(exc)))
             left_out.add(index)
+        else:
+            rows.append(titan_row(item))
     if problems and not partial:
         raise BadBatch(problems, unparseable=False)
     rejected = [
@@ -222,8 +216,20 @@ def parse_texts(
     ]
     if left_out:
         raw_parts = [_kept(part, span, left_out) for part, span in zip(raw_parts, spans, strict=True)]
-    array_text = "[" + ",".join(part for part in raw_parts if part.strip()) + "]"
-    return ParsedBatch(keys=keys, array_text=array_text, skipped=skipped, rejected=rejected)
+    return ParsedBatch(
+        keys=keys, array_text=_array_text(raw_parts), skipped=skipped, rejected=rejected, rows=rows
+    )
+
+
+def _part(text: str) -> str:
+    """What a text adds to the batch's array: an array's elements verbatim (without its brackets),
+    or the text of one event."""
+    stripped = text.strip()
+    return stripped[1:-1] if stripped.startswith("[") else text
+
+
+def _array_text(parts: list[str]) -> str:
+    return "[" + ",".join(part for part in parts if part.strip()) + "]"
 
 
 def _item_text(index: int, raw_parts: list[str], spans: list[tuple[int, int, bool]]) -> str:
@@ -327,9 +333,7 @@ def stream_values(
     and the value being read, never the file. A JSON syntax error ends the stream with a BadBatch
     naming the event's index: past it, where the next event starts cannot be known.
     """
-    decoder = json.JSONDecoder(
-        parse_float=_decimal_checked, parse_int=_int_checked, parse_constant=_reject_constant
-    )
+    decoder = json.JSONDecoder(parse_float=json_decimal, parse_int=json_int, parse_constant=_reject_constant)
     utf8 = codecs.getincrementaldecoder("utf-8")()
     buffer, position, eof, index, in_array = "", 0, False, 0, False
     read_bytes = 0
