@@ -17,8 +17,9 @@ from typing import Any
 
 from confluent_kafka import Message
 
-from inbox.events import EventKey, UnkeyableEvent, json_type
-from inbox.formats import key_event, skip_reason
+from inbox.edge import decode_event
+from inbox.events import EventKey, QuotaRow, UnkeyableEvent, json_type
+from inbox.formats import key_event, skip_reason, titan_row
 from inbox.ingest import ParsedBatch, loads
 from inbox.text import shorten
 
@@ -47,6 +48,7 @@ class Event:
     origin: Origin
     text: str
     key: EventKey
+    row: QuotaRow | None  # as ParsedBatch.rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +98,11 @@ class Batch:
 
 def parsed(events: list[Event]) -> ParsedBatch:
     """The events as inbox.store.store takes them: keys, and the raw texts as one JSON array."""
-    return ParsedBatch(keys=[e.key for e in events], array_text="[" + ",".join(e.text for e in events) + "]")
+    return ParsedBatch(
+        keys=[e.key for e in events],
+        array_text="[" + ",".join(e.text for e in events) + "]",
+        rows=[e.row for e in events],
+    )
 
 
 def classify(origin: Origin, value: bytes | None) -> Event | Reject | str:
@@ -121,6 +127,9 @@ def _classify(origin: Origin, value: bytes) -> Event | Reject | str:
 
     try:
         text = value.decode("utf-8")
+        fast = decode_event(text)  # inbox/edge.py; None: the slow path below decides
+        if fast is not None:
+            return Event(origin, text, fast.key, fast.row)
         parsed_value = loads(text)
     except UnicodeDecodeError as exc:
         return reject(f"not UTF-8: {exc.reason} at byte {exc.start}")
@@ -132,7 +141,7 @@ def _classify(origin: Origin, value: bytes) -> Event | Reject | str:
     if isinstance(parsed_value, list):
         return reject(f"a message holds one event, not {json_type(parsed_value)}")
     try:
-        return Event(origin, text, key_event(parsed_value))
+        return Event(origin, text, key_event(parsed_value), titan_row(parsed_value))
     except UnkeyableEvent as exc:
         return reject(str(exc))
 
