@@ -292,16 +292,24 @@ def test_an_integer_of_the_most_digits_is_taken_and_one_more_declined() -> None:
 # -- each decline -----------------------------------------------------------------------------------
 
 GOOD = to_json(titan_event("6f1d8c52-98a5-4d0e-9bbf-2f6b1f0c4b11", 4))
+# A float beyond the limits fails the decoder wherever it is; an integer is checked once decoded, so
+# an earlier duplicate's is never seen: the duplicate checks are what refuses it.
+TOO_LONG = "1" + "0" * MAX_NUMBER_DIGITS
 DECLINED = {
     "duplicate key, the first value beyond the limits": GOOD.replace(
-        '"qty_t": 100.000', '"qty_t": 1e999, "qty_t": 5'
+        '"qty_t": 100.000', f'"qty_t": {TOO_LONG}, "qty_t": 5'
     ),
     "duplicate key, both fine": GOOD.replace('"qty_t": 100.000', '"qty_t": 4, "qty_t": 5'),
-    "duplicate key with an escaped name": GOOD.replace('"qty_t": 100.000', '"qty_t": 1e99, "q\\u0074y_t": 5'),
+    "duplicate key with an escaped name": GOOD.replace(
+        '"qty_t": 100.000', f'"qty_t": {TOO_LONG}, "q\\u0074y_t": 5'
+    ),
     "duplicate top-level key": GOOD.replace(
         '{"eventType": "UPDATE"', '{"eventType": "DELETE", "eventType": "UPDATE"'
     ),
     "whitespace before a colon": GOOD.replace('"qty_t": 100.000', '"qty_t" : 100.000'),
+    "a duplicate key hidden by whitespace before its colon": GOOD.replace(
+        '"qty_t": 100.000', f'"qty_t" : {TOO_LONG}, "qty_t": 5'
+    ),
     "a tab before a colon": GOOD.replace('"qty_t": 100.000', '"qty_t"\t: 100.000'),
     "a string holding an escaped quote and a colon": GOOD.replace('"CP-1"', '"CP\\":1"'),
     "an escaped NUL": GOOD.replace('"CP-1"', '"CP\\u0000"'),
@@ -349,6 +357,14 @@ def test_other_formats_and_shapes_are_declined(value: str) -> None:
 
 def test_a_lone_surrogate_in_a_python_string_is_declined() -> None:
     assert decode_texts([GOOD.replace("CP-1", "CP\ud800")]) is None
+
+
+def test_a_line_keeps_its_text_without_the_whitespace_around_it() -> None:
+    texts = split_body(("  " + GOOD + " \r\n\t" + GOOD + "\r\n").encode())
+
+    events = check_fast_equals_slow(texts)
+
+    assert events is not None and [e.raw for e in events] == [GOOD, GOOD]
 
 
 def test_an_empty_array_costs_no_event() -> None:
