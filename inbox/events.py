@@ -197,7 +197,7 @@ def quota_row(data: Mapping[str, Any], errors: list[str] | None = None) -> Quota
     if qty_t is not None and qty_t <= 0:
         errors.append(f"qty_t must be positive, got {qty_t}")
     tolerance_pct = _decimal(data, "tolerance_pct", errors, required=False)
-    if tolerance_pct is not None and not Decimal(0) <= tolerance_pct <= Decimal(100):
+    if tolerance_pct is not None and not 0 <= tolerance_pct <= 100:  # Decimal and int compare exactly
         errors.append(f"tolerance_pct must be between 0 and 100, got {tolerance_pct}")
     incoterm_code = data.get("incoterm_code")
     if incoterm_code is not None and not isinstance(incoterm_code, str):
@@ -311,7 +311,9 @@ def _timestamp(value: Any, errors: list[str]) -> datetime | None:
         )
         return None
     try:
-        parsed.astimezone(UTC)
+        # An offset of at most 16 hours can only leave the years 1 to 9999 from their first or last day.
+        if parsed.year in (1, 9999):
+            parsed.astimezone(UTC)
     except OverflowError:
         errors.append(f"updated_at is outside the years 1 to 9999 in UTC: {show_value(value)}")
         return None

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from inbox_bench import ceiling, kafka, overhead, peers, pipeline
+from inbox_bench import ceiling, edge, kafka, overhead, peers, pipeline
 from inbox_bench.cluster import Cluster
 from inbox_bench.config import FULL, QUICK, Config
 from inbox_bench.events import generate
@@ -26,7 +26,18 @@ KAFKA_TODO = "inbox/kafka is not installed here (the `inbox consume` consumer); 
 
 
 # Every step, in the order a run takes them; `inbox-bench --only` picks some.
-STEPS = ("per_event", "pgmq", "ceiling", "ceiling_honest", "http", "kafka", "latency", "soak", "overhead")
+STEPS = (
+    "per_event",
+    "pgmq",
+    "ceiling",
+    "ceiling_honest",
+    "http",
+    "kafka",
+    "latency",
+    "soak",
+    "overhead",
+    "edge",
+)
 
 
 def run(quick: bool, out: Path, only: Sequence[str] = STEPS, progress: TextIO = sys.stderr) -> dict[str, Any]:
@@ -74,6 +85,7 @@ def measure_all(
         "latency": lambda: pipeline.latency(cluster, stream, cfg, workdir),
         "soak": lambda: pipeline.soak(cluster, cfg, workdir),
         "overhead": lambda: overhead.overheads(cluster, stream, cfg, rounds=1 if cfg.quick else 2),
+        "edge": lambda: edge.edge_decode(stream, cfg),
     }
     assert tuple(steps) == STEPS
     results: dict[str, Measurement] = {}
