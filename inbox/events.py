@@ -205,7 +205,7 @@ def quota_row(data: Mapping[str, Any], errors: list[str] | None = None) -> Quota
     elif incoterm_code is not None and not _safe_text(incoterm_code, "incoterm_code", errors):
         incoterm_code = None
     metal_code = _required_text(data, "metal_code", errors)
-    source_updated_at = _timestamp(data.get("updated_at"), errors)
+    source_updated_at = updated_at(data.get("updated_at"), errors)
     if errors:
         raise InvalidEvent(errors)
     assert counterparty_id is not None
@@ -285,7 +285,7 @@ def _first_of_month(value: Any, errors: list[str]) -> date | None:
     return date(year, month, 1)
 
 
-def _timestamp(value: Any, errors: list[str]) -> datetime | None:
+def updated_at(value: Any, errors: list[str]) -> datetime | None:
     """Titan's updated_at; optional. A timestamp without an offset is read as UTC."""
     if value is None:
         return None

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from inbox.edge import EdgeEvent, decode_event, decode_texts
+from inbox.edge import EdgeEvent, _typed, decode_event, decode_texts
 from inbox.events import MAX_NUMBER_DIGITS, EventKey, QuotaRow
 from inbox.formats import titan_row
 from inbox.ingest import BadBatch, ParsedBatch, _element_texts, loads, parse_body, parse_texts, split_body
@@ -287,6 +287,81 @@ def test_an_integer_of_the_most_digits_is_taken_and_one_more_declined() -> None:
     assert check_fast_equals_slow([text(19)]) is not None
     assert check_fast_equals_slow([text(MAX_NUMBER_DIGITS + 1)]) is None
     assert check_fast_equals_slow([text(5000)]) is None
+
+
+# -- the typed path (msgspec types, quota_row's rules by conditions that imply them) ----------------
+
+TYPED_CASES = {  # the change to GOOD: (taken by the typed path, has a row)
+    "as it is": ("", "", True, True),
+    "tolerance 100": ('"tolerance_pct": 5', '"tolerance_pct": 100', True, True),
+    "tolerance 0": ('"tolerance_pct": 5', '"tolerance_pct": 0', True, True),
+    "tolerance -0.0": ('"tolerance_pct": 5', '"tolerance_pct": -0.0', True, True),
+    "tolerance null": ('"tolerance_pct": 5', '"tolerance_pct": null', True, True),
+    "tolerance 100.0001": ('"tolerance_pct": 5', '"tolerance_pct": 100.0001', False, False),
+    "tolerance -0.01": ('"tolerance_pct": 5', '"tolerance_pct": -0.01', False, False),
+    "tolerance as text": ('"tolerance_pct": 5', '"tolerance_pct": "5"', False, True),
+    "qty 0.001": ("100.000", "0.001", True, True),
+    "qty 0": ("100.000", "0", False, False),
+    "qty as text": ("100.000", '"100.000"', False, True),
+    "qty of 18 digits": ("100.000", "9" * 18, True, True),
+    "qty of 19 digits": ("100.000", "9" * 19, False, True),
+    "qty -18 digits": ("100.000", "-" + "9" * 18, False, False),
+    "blank counterparty": ('"CP-1"', '"  "', False, False),
+    "counterparty with a joiner (safe, not printable)": ('"CP-1"', '"C\\u200dP"', False, True),
+    "counterparty with a bidi override": ('"CP-1"', '"C\\u202eP"', False, False),
+    "empty incoterm": ('"incoterm_code": "CIF"', '"incoterm_code": ""', True, True),
+    "null incoterm": ('"incoterm_code": "CIF"', '"incoterm_code": null', True, True),
+    "incoterm with a line separator": ('"incoterm_code": "CIF"', '"incoterm_code": "C\\u2028"', False, False),
+    "blank metal": ('"metal_code": "CU"', '"metal_code": " "', False, False),
+    "offset PostgreSQL refuses": ("10:00:00Z", "10:00:00+20:00", False, False),
+    "no offset": ('"updated_at": "2026-03-01T10:00:00Z"', '"updated_at": "2026-03-01T10:00:00"', True, True),
+    "updated_at null": ('"updated_at": "2026-03-01T10:00:00Z"', '"updated_at": null', True, True),
+    "month with a Z": ('"2026-03-15"', '"2026-03-15Z"', False, True),
+    "not a real date": ('"2026-03-15"', '"2026-02-30"', False, False),
+    "direction HOLD": ('"BUY"', '"HOLD"', False, False),
+    "eventType in lower case": ('"UPDATE"', '"update"', False, False),
+    "a field Titan does not send": ('"metal_code"', '"note": 1, "metal_code"', False, True),
+    "no tolerance, incoterm, updated_at": (', "tolerance_pct": 5, "incoterm_code": "CIF"', "", True, True),
+    "a delete": ('"UPDATE"', '"DELETE"', True, False),
+}
+
+
+@pytest.mark.parametrize(("old", "new", "typed", "has_row"), TYPED_CASES.values(), ids=TYPED_CASES.keys())
+def test_the_typed_path_or_quota_row_gives_the_slow_paths_row(
+    old: str, new: str, typed: bool, has_row: bool
+) -> None:
+    text = GOOD.replace(old, new) if old else GOOD
+    assert text != GOOD or not old
+
+    (event,) = check_fast_equals_slow([text]) or []
+
+    assert (_typed(text.encode()) is not None) == typed
+    assert (event.row is not None) == has_row
+
+
+def test_a_delete_without_its_fields_is_keyed_by_the_generic_path() -> None:
+    data = '{"quota_id":"6f1d8c52-98a5-4d0e-9bbf-2f6b1f0c4b11"}'
+    text = f'{{"eventType":"DELETE","data":{data},"metadata":{{"version":9}}}}'
+
+    (event,) = check_fast_equals_slow([text]) or []
+
+    assert _typed(text.encode()) is None and event.key.is_delete and event.row is None
+
+
+def test_the_benchmark_events_all_take_the_typed_path() -> None:
+    texts = generate(500, 500, first_version=2).texts(0, 500)
+
+    assert all(_typed(text.encode()) is not None for text in texts)
+
+
+def test_the_typed_path_counts_its_optional_members() -> None:
+    duplicate = GOOD.replace('"source": "titan"', '"source": "titan", "source": "titan"')
+    hidden = GOOD.replace('"timestamp": "2026-03-01T10:00:00Z", ', "").replace(
+        '"source"', '"timestamp": 1, "source"'
+    )
+
+    assert check_fast_equals_slow([duplicate]) is None
+    assert _typed(hidden.encode()) is None and check_fast_equals_slow([hidden]) is not None
 
 
 # -- each decline -----------------------------------------------------------------------------------
