@@ -48,7 +48,7 @@ class Event:
     origin: Origin
     text: str
     key: EventKey
-    row: QuotaRow | None  # as ParsedBatch.rows
+    row: QuotaRow | None = None  # as ParsedBatch.rows (classify fills it)
 
 
 @dataclass(frozen=True, slots=True)
