@@ -16,6 +16,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 THROUGHPUT = ("per_event", "pgmq", "ceiling", "ceiling_honest", "http", "kafka", "latency", "soak")
 OVERHEAD = ("apply_as_shipped", "apply_outbox_off", "apply_triggers_off")
+EDGE = ("edge_slow", "edge_fast")  # decoding one Titan body at ingest, slow path and fast path
 
 
 def positive(value: Any) -> bool:
@@ -46,7 +47,7 @@ def test_quick_bench_measures_every_path(tmp_path: Path) -> None:
     doc = json.loads((tmp_path / "bench.json").read_text(encoding="utf-8"))
     results = doc["results"]
 
-    for key in (*THROUGHPUT, *OVERHEAD):
+    for key in (*THROUGHPUT, *OVERHEAD, *EDGE):
         assert key in results, f"{key} missing from {sorted(results)}"
         assert "todo" not in results[key], results[key]["todo"]
         assert positive(results[key]["events"]), (key, results[key])
