@@ -23,6 +23,12 @@ only decodes, and declines whatever it cannot prove the slow path would read the
   that no key was repeated (escaped key names included).
 * An event that cannot be keyed (events.key_titan_event) is declined: the slow path refuses or
   rejects it.
+
+Each event is tried twice at most. First typed (_typed): msgspec checks in C the types Titan sends
+(Literal eventType and direction, a YYYY-MM-DD date, str texts), and each rule of events.quota_row
+is checked by a condition that implies it (printable text is safe text, a JSON number read by
+json_decimal is within number_problem's limits); the row is then built directly. An event that
+does not fit is decoded as plain JSON (_event), and quota_row itself gives its row.
 """
 
 from __future__ import annotations
