@@ -175,6 +175,15 @@ def counter() -> Iterator[Counters]:
         one.close()
 
 
+def consume_sessions(dsn: str) -> int:
+    """How many database sessions `inbox consume` processes hold open."""
+    with connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = 'quota-inbox consume'"
+        ).fetchone()
+    return int(row["n"]) if row else 0
+
+
 def assert_exact_end_state(dsn: str, stream: QuotaStream) -> None:
     """Unique inbox rows, one per distinct event; after the workers, exactly the expected quotas."""
     with connect(dsn, autocommit=True) as db:
@@ -389,6 +398,8 @@ def test_consumer_killed_mid_stream_and_restarted_ends_exact(
         progress = inbox_count() + 300 * (1 + 6 * SOAK)
         wait_for(lambda: inbox_count() >= progress, "more events stored")  # noqa: B023 (read at once)
         victim.kill()  # SIGKILL: no revocation, no commit of the batch in hand
+        # A COMMIT the victim sent just before it died still lands: count once its sessions are gone.
+        wait_for(lambda: consume_sessions(dsn) == 0, "the killed consumer's sessions to end")
         stored_at_kill = inbox_count()
         assert stored_at_kill < len(stream.keys), "the kill came too late to be mid-stream"
         victim = processes(env)
