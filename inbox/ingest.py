@@ -318,7 +318,8 @@ def parse_in_batches(texts: Sequence[str], batch_size: int) -> list[ParsedBatch]
         try:
             batches.append(parse_texts(texts[start : start + batch_size]))
         except BadBatch as exc:
-            problems.extend((None if i is None else start + i, reason) for i, reason in exc.problems)
+            # A batch of one text names no index (its problem is the whole text): here it is item start.
+            problems.extend((start + (i or 0) if len(texts) > 1 else i, reason) for i, reason in exc.problems)
     if problems:
         raise BadBatch(problems, unparseable=False)
     return batches
