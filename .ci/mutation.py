@@ -64,7 +64,14 @@ def main() -> int:
         return 1
     survivors = sorted(name for name, s in in_scope.items() if s in NOT_KILLED)
     for name in survivors:
-        print(f"survived: {name}" + (" (no unit test reaches it)" if in_scope[name] == "no tests" else ""))
+        print(
+            f"survived: {name}"
+            + (
+                " (no unit test reaches it: is its test file in [tool.mutmut]?)"
+                if in_scope[name] == "no tests"
+                else ""
+            )
+        )
     killed = len(in_scope) - len(survivors)
     score = 100 * killed / len(in_scope)
     needed = floor()

@@ -423,6 +423,9 @@ def test_parse_in_batches_names_a_bad_event_alone_in_its_batch_by_its_index() ->
         parse_in_batches(texts, 2)
     assert [index for index, _ in caught.value.problems] == [2]
     with pytest.raises(BadBatch) as caught:
+        parse_in_batches([_event(1), "{"], 1)
+    assert [index for index, _ in caught.value.problems] == [1]
+    with pytest.raises(BadBatch) as caught:
         parse_in_batches(["{"], 2)
     assert [index for index, _ in caught.value.problems] == [None]  # the whole file is one text
 
