@@ -73,7 +73,9 @@ def test_ordering_of_events_that_are_no_version_less_delete() -> None:
 
 def test_a_version_less_delete_without_an_lsn_names_the_fix_of_its_format() -> None:
     lead = "a delete without the old row's version (REPLICA IDENTITY DEFAULT sends only the key) needs"
-    assert _unkeyable(_debezium_delete(KEY_ONLY, lsn=None)) == f"{lead} source.lsn to be ordered by: {IDENTITY_FIX}"
+    assert _unkeyable(_debezium_delete(KEY_ONLY, lsn=None)) == (
+        f"{lead} source.lsn to be ordered by: {IDENTITY_FIX}"
+    )
     assert _unkeyable(_flattened_delete(KEY_ONLY, lsn=None)) == (
         f"{lead} __lsn to be ordered by: {IDENTITY_FIX}, or add lsn to ExtractNewRecordState's add.fields"
     )

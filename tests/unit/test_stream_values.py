@@ -114,3 +114,59 @@ def test_values_come_as_they_are_read_never_the_whole_file() -> None:
     first = list(itertools.islice(stream_values(io.BufferedReader(stream), chunk_size=4096), 1000))
     assert first == [EVENTS[2]] * 1000
     assert stream.served < 200_000  # about 80 bytes per event read, plus one chunk ahead
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ("[1,]", (1, "not valid JSON: a ',' before ']'")),
+        ("[1, 2", (2, "not valid JSON: the array is not closed (']' missing at the end)")),
+        ("[", (0, "not valid JSON: the array is not closed (']' missing at the end)")),
+        ("[1 2]", (1, "not valid JSON: expected ',' or ']' after an element of the array")),
+        (
+            "[" + "1" * 1001 + "]",
+            (0, "not valid JSON: number " + "1" * 40 + "... has more than 1000 digits"),
+        ),
+        ('[1, 2, "ab\xff"]', (2, "not UTF-8: invalid start byte near byte 10")),
+        ('["caf\xc3', (0, "not UTF-8: unexpected end of data near byte 6")),
+    ],
+)
+def test_each_refusal_is_the_whole_body_named_at_its_event(body: str, problem: tuple[int, str]) -> None:
+    raw = body.encode("latin-1")  # \xff and \xc3 as single bytes: not UTF-8
+    for chunk_size in (4, 1 << 20):
+        with pytest.raises(BadBatch) as caught:
+            read(raw, chunk_size)
+        # bytes that are not UTF-8 are found as they are read: in one chunk, before the first event
+        index = 0 if chunk_size > len(raw) and "UTF-8" in problem[1] else problem[0]
+        assert caught.value.problems == [(index, problem[1])]
+        assert caught.value.unparseable is True
+
+
+def test_arrays_back_to_back_and_empty_ones_between() -> None:
+    assert read("[1][2]") == [1, 2]
+    assert read("[][3]") == [3]
+    assert read("[4]\n[]\n[5]", chunk_size=2) == [4, 5]
+
+
+def test_a_value_cut_by_the_buffer_is_read_on_up_to_the_largest_value() -> None:
+    first, second = '"' + "a" * 38 + '"', '"' + "b" * 38 + '"'
+    body = io.BytesIO(f"[{first},{second}]".encode())
+    # the second value starts 41 characters into a buffer of 64: 23 of them held, 40 needed, 70 allowed
+    assert list(stream_values(body, chunk_size=64, max_value_chars=70)) == ["a" * 38, "b" * 38]
+    with pytest.raises(BadBatch) as caught:
+        list(stream_values(io.BytesIO(f"[{first}]".encode()), chunk_size=16, max_value_chars=30))
+    assert caught.value.problems[0][0] == 0
+
+
+class CountedReads(io.BytesIO):
+    reads = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        self.reads += 1
+        return super().read(size)
+
+
+def test_a_value_longer_than_a_chunk_takes_a_logarithmic_number_of_reads() -> None:
+    stream = CountedReads(('"' + "x" * 1_000_000 + '"').encode())
+    assert list(stream_values(stream, chunk_size=1024)) == ["x" * 1_000_000]
+    assert stream.reads < 30  # doubling: about 12; chunk by chunk it would be about 1000
