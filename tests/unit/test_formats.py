@@ -130,6 +130,7 @@ def test_schemaless_base64_decimal_and_bare_timestamp_name_their_fix() -> None:
     assert "value.converter.schemas.enable=true" in reasons
     assert "decimal.handling.mode=string" in reasons
     assert "timestamptz" in reasons
+    assert "qty_t 'AKSN' looks like a Connect Decimal (base64)" in reasons  # the value it refused
 
 
 def test_isostring_dates_are_read() -> None:
