@@ -148,25 +148,40 @@ def test_arrays_back_to_back_and_empty_ones_between() -> None:
     assert read("[4]\n[]\n[5]", chunk_size=2) == [4, 5]
 
 
-def test_a_value_cut_by_the_buffer_is_read_on_up_to_the_largest_value() -> None:
-    first, second = '"' + "a" * 38 + '"', '"' + "b" * 38 + '"'
-    body = io.BytesIO(f"[{first},{second}]".encode())
-    # the second value starts 41 characters into a buffer of 64: 23 of them held, 40 needed, 70 allowed
-    assert list(stream_values(body, chunk_size=64, max_value_chars=70)) == ["a" * 38, "b" * 38]
-    with pytest.raises(BadBatch) as caught:
-        list(stream_values(io.BytesIO(f"[{first}]".encode()), chunk_size=16, max_value_chars=30))
-    assert caught.value.problems[0][0] == 0
-
-
 class CountedReads(io.BytesIO):
-    reads = 0
+    """A file that records the size of each read asked of it."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.sizes: list[int | None] = []
+
+    @property
+    def reads(self) -> int:
+        return len(self.sizes)
 
     def read(self, size: int | None = -1) -> bytes:
-        self.reads += 1
+        self.sizes.append(size)
         return super().read(size)
+
+
+def test_a_value_cut_by_the_buffer_is_read_on_up_to_the_largest_value() -> None:
+    first, second = '"' + "a" * 38 + '"', '"' + "b" * 38 + '"'
+    body = CountedReads(f"[{first},{second}]".encode())
+    # the second value starts 41 characters into a buffer of 64: 23 of them held, 40 needed, 70 allowed;
+    # reading on asks for as much as is unread (23), at least a chunk
+    assert list(stream_values(body, chunk_size=64, max_value_chars=70)) == ["a" * 38, "b" * 38]
+    assert set(body.sizes) == {64}
+    for chunk_size in (16, 30):  # a value of 40 characters, 30 allowed: refused, the buffer full or not
+        with pytest.raises(BadBatch) as caught:
+            list(stream_values(io.BytesIO(first.encode()), chunk_size=chunk_size, max_value_chars=30))
+        assert caught.value.problems[0][0] == 0
 
 
 def test_a_value_longer_than_a_chunk_takes_a_logarithmic_number_of_reads() -> None:
     stream = CountedReads(('"' + "x" * 1_000_000 + '"').encode())
     assert list(stream_values(stream, chunk_size=1024)) == ["x" * 1_000_000]
     assert stream.reads < 30  # doubling: about 12; chunk by chunk it would be about 1000
+    # a number may go on in the next chunk: read on the same way
+    stream = CountedReads(("1" * 900).encode())
+    assert list(stream_values(stream, chunk_size=8)) == [int("1" * 900)]
+    assert stream.reads < 15  # doubling: about 9; chunk by chunk it would be about 113
