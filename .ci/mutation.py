@@ -126,8 +126,8 @@ def judge(status: Mapping[str, str], floor: Floor) -> Verdict:
     return Verdict(
         lines,
         f"mutation: {score:.1f}% is below the floor of {floor.percent}% (.ci/mutation-floor.txt); "
-        f"no unit test notices these {len(to_kill)} changes (`mutmut show <name>`), "
-        f"add the tests that do: {compact(to_kill)}",
+        f"{len(to_kill)} survivor(s) no unit test notices (`mutmut show <name>`), "
+        f"add the tests that kill them: {compact(to_kill)}",
     )
 
 

@@ -52,7 +52,7 @@ def test_below_the_floor_fails_with_one_line_naming_the_survivors() -> None:
     assert "63.6% is below the floor of 64.0%" in verdict.failure
     # the survivors to kill, grouped by function; not the one listed as equivalent
     assert verdict.failure.endswith(
-        "these 3 changes (`mutmut show <name>`), add the tests that do: "
+        "3 survivor(s) no unit test notices (`mutmut show <name>`), add the tests that kill them: "
         "inbox.formats.x_ordering__mutmut_2, inbox.ingest.x_split_body__mutmut_{3,12}"
     )
     assert "x__decimal" not in verdict.failure
