@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from inbox.db.queries import DictConnection, Queries
+from inbox.db.queries import DictConnection, Keys, Queries, TypedBatch
 from inbox.ingest import ParsedBatch, Rejected, Source, parse_texts
 
 
@@ -26,13 +26,8 @@ def store(conn: DictConnection, batch: ParsedBatch, source: Source) -> IngestRes
     with conn.transaction():
         inserted = 0
         if batch.keys:
-            inserted = queries.ingest_events(
-                events=batch.array_text,
-                quota_ids=[k.quota_id for k in batch.keys],
-                versions=[k.version for k in batch.keys],
-                is_delete=[k.is_delete for k in batch.keys],
-                source_lsns=[k.source_lsn for k in batch.keys],
-                source=source,
+            inserted = queries.ingest_typed_events(
+                events=batch.array_text, batch=typed_batch(batch), source=source
             )
         if batch.rejected:
             queries.insert_request_rejects(
@@ -42,6 +37,40 @@ def store(conn: DictConnection, batch: ParsedBatch, source: Source) -> IngestRes
                 reasons=[f"item {r.index}: {r.reason}".replace("\x00", "\\x00") for r in batch.rejected],
             )
     return _result(batch, inserted)
+
+
+def typed_batch(batch: ParsedBatch) -> TypedBatch:
+    """The keys and typed columns of a parsed batch, one list per column (None where an event has
+    no value: a delete, an invalid event)."""
+    rows = [t.row for t in batch.typed]
+    error_events: list[int] = []
+    error_reasons: list[str] = []
+    for number, typed in enumerate(batch.typed, start=1):
+        for reason in typed.errors or ():
+            error_events.append(number)
+            error_reasons.append(reason.replace("\x00", "\\x00"))  # PostgreSQL text cannot hold NUL
+    return TypedBatch(
+        keys=Keys(
+            [k.quota_id for k in batch.keys],
+            [k.version for k in batch.keys],
+            [k.is_delete for k in batch.keys],
+        ),
+        source_lsns=[k.source_lsn for k in batch.keys],
+        versionless=[t.versionless for t in batch.typed],
+        columns={
+            "counterparty_ids": [r and r.counterparty_id for r in rows],
+            "directions": [r and r.direction for r in rows],
+            "period_months": [r and r.period_month for r in rows],
+            "qty_t": [r and r.qty_t for r in rows],
+            "tolerance_pct": [r and r.tolerance_pct for r in rows],
+            "incoterm_codes": [r and r.incoterm_code for r in rows],
+            "metal_codes": [r and r.metal_code for r in rows],
+            "source_updated_at": [r and r.source_updated_at for r in rows],
+        },
+        error_classes=[t.error_class if t.errors else None for t in batch.typed],
+        error_events=error_events,
+        error_reasons=error_reasons,
+    )
 
 
 def _result(batch: ParsedBatch, inserted: int) -> IngestResult:

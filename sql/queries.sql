@@ -85,15 +85,68 @@ CREATE EXTENSION IF NOT EXISTS pgmq;
 SELECT inbox.ingest_events(%(events)s::jsonb, %(quota_ids)s::uuid[], %(versions)s::bigint[],
                            %(is_delete)s::boolean[], %(source)s::text, %(source_lsns)s::bigint[]) AS inserted;
 
--- name: claim_events
--- Keys only: the payloads are read next, by claimed_payloads.
-SELECT quota_id, version, is_delete, attempts
-FROM inbox.claim_events(%(worker)s::text, %(limit)s::integer, %(lease)s::interval);
+-- name: ingest_typed_events
+-- The arrays go in binary (the b placeholders): no quoting, no parsing of each value as text.
+-- What was not new is counted for inbox_events_duplicate_total by the function itself.
+SELECT inbox.ingest_typed_events(
+           %(events)s::jsonb, %(quota_ids)b::uuid[], %(versions)b::bigint[], %(is_delete)b::boolean[],
+           %(source)s::text, %(source_lsns)b::bigint[], %(versionless)b::boolean[],
+           %(counterparty_ids)b::text[], %(directions)b::text[], %(period_months)b::date[],
+           %(qty_t)b::numeric[], %(tolerance_pct)b::numeric[], %(incoterm_codes)b::text[],
+           %(metal_codes)b::text[], %(source_updated_at)b::timestamptz[], %(error_classes)b::text[],
+           %(error_events)b::integer[], %(error_reasons)b::text[]) AS inserted;
 
--- name: claimed_payloads
--- The payloads, as text, of the events this worker holds, one row per key in the order given. A
--- plain statement, not a function: a set-returning function computes all its rows before the first
--- is sent, and this one must print each payload only as its row goes out, so that a worker
+-- name: apply_session
+-- The apply session's identity, as the claim ledger and the reaper know it: held for the session's
+-- life, the advisory lock on its random token says it is alive (inbox.claim_session_alive).
+SELECT pg_backend_pid() AS backend_pid, %(token)s::bigint AS session_token
+FROM pg_advisory_lock(%(token)s::bigint) l;
+
+-- name: claim_batch
+-- Inside the apply transaction: the claim is its row locks.
+SELECT quota_ids, versions, is_delete FROM inbox.claim_batch(%(limit)s::integer);
+
+-- name: record_claim
+-- From the worker's second session, committed before the apply: who holds which keys.
+INSERT INTO inbox.claim_ledger (worker, backend_pid, session_token, quota_ids, versions, is_delete)
+VALUES (%(worker)s, %(backend_pid)s, %(session_token)s, %(quota_ids)b::uuid[], %(versions)b::bigint[],
+        %(is_delete)b::boolean[])
+RETURNING id;
+
+-- name: drop_claim
+-- A batch bisected to the end: every part committed or was given back on its own.
+DELETE FROM inbox.claim_ledger WHERE id = %(ledger)s::bigint;
+
+-- name: process_batch
+SELECT applied, stale, dead, not_owned, published
+FROM inbox.process_batch(%(ledger)s::bigint, %(quota_ids)b::uuid[], %(versions)b::bigint[],
+                         %(is_delete)b::boolean[], %(error_class)s::text, %(error)s::text);
+
+-- name: release_claim
+SELECT retried, dead
+FROM inbox.release_claim(%(ledger)s::bigint, %(quota_ids)b::uuid[], %(versions)b::bigint[],
+                         %(is_delete)b::boolean[], %(error)s::text, %(max_attempts)s::integer,
+                         %(backoff_base)s::interval, %(backoff_cap)s::interval);
+
+-- name: reap_abandoned_claims
+SELECT retried, dead, waiting
+FROM inbox.reap_abandoned_claims(%(limit)s::integer, %(max_attempts)s::integer,
+                                 %(backoff_base)s::interval, %(backoff_cap)s::interval);
+
+-- name: untyped_keys
+-- Due events stored without typed columns (before migration 015, by the sink trigger, by a replay,
+-- by SQL by hand): the worker types them from their payload. Locked for the caller's transaction.
+SELECT e.quota_id, e.version, e.is_delete
+FROM inbox.quota_events e
+WHERE e.status = 'pending' AND NOT e.typed AND e.next_attempt_at <= now()
+ORDER BY e.next_attempt_at
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED;
+
+-- name: untyped_payloads
+-- The payloads, as text, of the untyped events the caller has locked, one row per key in the order
+-- given. A plain statement, not a function: a set-returning function computes all its rows before
+-- the first is sent, and this one must print each payload only as its row goes out, so that a worker
 -- streaming the result (inbox/apply/worker.py: read_payloads) receives every row before one that
 -- cannot be printed (the 1 GB string limit, statement_timeout) and knows which one failed. A
 -- payload stored larger than max_bytes is not printed at all (payload NULL; stored_bytes says why).
@@ -105,22 +158,23 @@ CROSS JOIN LATERAL (
     SELECT x.payload, pg_catalog.pg_column_size(x.payload) AS stored_bytes
     FROM inbox.quota_events x
     WHERE (x.quota_id, x.version, x.is_delete) = (k.quota_id, k.version, k.is_delete)
-      AND x.status = 'processing' AND x.lease_owner = %(worker)s::text
+      AND x.status = 'pending' AND NOT x.typed
     LIMIT 1
 ) e;
 
--- name: apply_events
-SELECT applied, stale, dead, not_owned, published FROM inbox.apply_events(%(worker)s::text, %(events)s::jsonb);
-
--- name: release_events
-SELECT retried, dead
-FROM inbox.release_events(%(worker)s::text, %(keys)s::jsonb, %(error)s::text, %(max_attempts)s::integer,
-                          %(backoff_base)s::interval, %(backoff_cap)s::interval);
-
--- name: reap_expired_leases
-SELECT retried, dead
-FROM inbox.reap_expired_leases(%(limit)s::integer, %(max_attempts)s::integer,
-                               %(backoff_base)s::interval, %(backoff_cap)s::interval);
+-- name: type_events
+-- The typed columns of untyped events, as the ingestor would have stored them (inbox/apply/prepare.py).
+UPDATE inbox.quota_events e
+SET typed = true, errors = t.errors, error_class = t.error_class, versionless = coalesce(t.versionless, false),
+    source_lsn = coalesce(e.source_lsn, t.source_lsn), counterparty_id = t.counterparty_id,
+    direction = t.direction, period_month = t.period_month, qty_t = t.qty_t, tolerance_pct = t.tolerance_pct,
+    incoterm_code = t.incoterm_code, metal_code = t.metal_code, source_updated_at = t.source_updated_at
+FROM pg_catalog.jsonb_to_recordset(%(rows)s::jsonb) AS t(
+    quota_id uuid, version bigint, is_delete boolean, errors text[], error_class text, versionless boolean,
+    source_lsn bigint, counterparty_id text, direction text, period_month date, qty_t numeric,
+    tolerance_pct numeric, incoterm_code text, metal_code text, source_updated_at timestamptz)
+WHERE (e.quota_id, e.version, e.is_delete) = (t.quota_id, t.version, t.is_delete)
+  AND e.status = 'pending' AND NOT e.typed;
 
 -- name: listen_for_events
 LISTEN inbox_quota_events;
@@ -324,9 +378,11 @@ FROM inbox.metric_counters
 GROUP BY metric, label;
 
 -- name: metrics_gauges
--- Exact, through the pending and processing partial indexes and the open dead letters' index.
+-- Exact, through the pending partial index, the claim ledger (what workers hold: migration 015) and
+-- the open dead letters' index.
 SELECT (SELECT count(*) FROM inbox.quota_events WHERE status = 'pending')    AS pending,
-       (SELECT count(*) FROM inbox.quota_events WHERE status = 'processing') AS processing,
+       (SELECT coalesce(sum(cardinality(quota_ids)), 0)
+        FROM inbox.claim_ledger)                                             AS processing,
        (SELECT extract(epoch FROM now() - min(received_at))::float8
         FROM inbox.quota_events WHERE status = 'pending')                    AS oldest_pending_age,
        (SELECT count(*) FROM public.quota_processing_errors
@@ -531,7 +587,8 @@ filed AS (
     ORDER BY p.quota_id
     ON CONFLICT (quota_id, version, is_delete) DO UPDATE
         SET payload = excluded.payload, source = 'reconcile', status = 'pending', attempts = 0,
-            received_at = now(), next_attempt_at = now(), last_error = NULL, applied_at = NULL
+            received_at = now(), next_attempt_at = now(), last_error = NULL, applied_at = NULL,
+            typed = false  -- a new payload: typed by the worker (migration 015)
         WHERE e.status IN ('applied', 'stale', 'dead')
     RETURNING e.quota_id
 ),

@@ -2,7 +2,7 @@
 
 | job              | how it stays safe with many processes                                     |
 |------------------|---------------------------------------------------------------------------|
-| lease reaper     | SKIP LOCKED: concurrent reapers take disjoint expired rows                |
+| claim reaper     | SKIP LOCKED: concurrent reapers take disjoint abandoned claim ledger rows  |
 | retention        | SKIP LOCKED batches of INBOX_RETENTION_BATCH_SIZE, one short transaction each |
 | alerts           | an alert row lock and a re-notify interval: one message per alert per window |
 | metrics          | counter folding under an advisory transaction lock; the rest only reads   |
@@ -24,7 +24,7 @@ from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from inbox.apply.worker import reap_expired_leases
+from inbox.apply.worker import reap_abandoned_claims
 from inbox.db.connect import connect
 from inbox.db.errors import DatabaseError, Unreachable
 from inbox.db.queries import Queries
@@ -35,15 +35,16 @@ log = logging.getLogger(__name__)
 
 
 def reap_job(dsn: str, settings: Settings) -> None:
-    """Expired leases back to pending (SKIP LOCKED: concurrent reapers take disjoint rows)."""
+    """Spend an attempt for workers that died holding a batch (claim ledger rows without their apply
+    session; SKIP LOCKED: concurrent reapers take disjoint rows)."""
     try:
         with connect(dsn, autocommit=True, application_name="quota-inbox reaper") as conn:
-            counts = reap_expired_leases(conn, settings)
+            counts = reap_abandoned_claims(conn, settings)
     except DatabaseError as exc:
-        log.warning("lease reaper could not run: %s", exc)
+        log.warning("claim reaper could not run: %s", exc)
         return
     if counts.retried or counts.dead:
-        log.info("reaped expired leases", extra={"retried": counts.retried, "dead": counts.dead})
+        log.info("reaped abandoned claims", extra={"retried": counts.retried, "dead": counts.dead})
 
 
 def purge_finished(dsn: str, settings: Settings, budget_seconds: float) -> int:
@@ -210,7 +211,7 @@ def metrics_job(dsn: str, settings: Settings) -> None:
 def start_scheduler(dsn: str, settings: Settings) -> Any:
     scheduler = BackgroundScheduler(daemon=True)
     jobs: list[tuple[str, Any, list[Any], float]] = [
-        ("reap_expired_leases", reap_job, [dsn, settings], settings.reap_interval_seconds),
+        ("reap_abandoned_claims", reap_job, [dsn, settings], settings.reap_interval_seconds),
         ("retention", retention_job, [dsn, settings], settings.retention_interval_seconds),
         ("alerts", alert_job, [dsn, settings, DatabaseWatch()], settings.alert_interval_seconds),
         ("metrics", metrics_job, [dsn, settings], settings.metrics_refresh_seconds),

@@ -1,87 +1,75 @@
-"""Claimed inbox rows -> the JSON the SQL apply function takes: a quota row, or why it is not one."""
+"""Events stored without typed columns -> the columns the ingestor would have stored (migration 015).
+
+Rows stored before migration 015, by the sink trigger, by a dead-letter replay, by a reconcile
+repair or by SQL by hand carry only their payload; the worker types them with the ingestor's own
+validation (inbox.formats.typed_event), after checking that the key they were filed under is their
+payload's own.
+"""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any
 
 from inbox.db.connect import load_json
-from inbox.events import EventKey, InvalidEvent, UnkeyableEvent
-from inbox.formats import interpret, key_event, ordering
-
-log = logging.getLogger(__name__)
+from inbox.events import EventKey, UnkeyableEvent
+from inbox.formats import Typed, key_event, source_lsn_of, typed_event
 
 
-def prepare(row: Mapping[str, Any]) -> dict[str, Any]:
-    """One claimed row -> {key..., error_class, error, quota columns}; never raises.
+def typed_columns(row: Mapping[str, Any]) -> dict[str, Any]:
+    """One stored row -> the JSON of query type_events; never raises.
 
     row: the key, and either payload (the JSON text the inbox holds) or unreadable (why it could
     not be read: inbox/apply/worker.py, read_payloads).
     """
-    prepared: dict[str, Any] = {
-        "quota_id": str(row["quota_id"]),
-        "version": row["version"],
-        "is_delete": row["is_delete"],
-    }
+    key = {"quota_id": str(row["quota_id"]), "version": row["version"], "is_delete": row["is_delete"]}
     if row.get("unreadable") is not None:
-        prepared.update(error_class="unreadable", error=str(row["unreadable"]))
-        return prepared
+        return {**key, "errors": [str(row["unreadable"])], "error_class": "unreadable"}
     try:
         payload = load_json(row["payload"])
     except (ValueError, ArithmeticError, RecursionError, MemoryError) as exc:  # too deep, too long
-        prepared.update(
-            error_class="unreadable", error=f"the stored payload cannot be read: {type(exc).__name__}"
-        )
-        return prepared
-    # Debezium's source LSN orders one database's changes; a delete that carries only its key
-    # (REPLICA IDENTITY DEFAULT) is placed by it alone (sql/functions/inbox.apply_events.sql).
-    prepared["source_lsn"], prepared["versionless"] = ordering(payload)
-    try:
-        _check_key(row, payload)
-        quota = interpret(payload)  # any format: Titan, Debezium, flattened
-        if (quota is None) != row["is_delete"]:
-            raise InvalidEvent(["the event's inbox key and its payload disagree on whether it is a delete"])
-    except InvalidEvent as exc:
-        prepared.update(error_class="invalid", error=str(exc))
-        return prepared
-    except Exception as exc:  # a bug in validation must not stall the queue: dead-letter and log it
-        log.exception("validation crashed", extra={"quota_id": prepared["quota_id"]})
-        prepared.update(error_class="unprocessable", error=f"validation failed: {exc!r}")
-        return prepared
-    if quota is not None:
-        prepared.update(
-            counterparty_id=quota.counterparty_id,
-            direction=quota.direction,
-            period_month=quota.period_month.isoformat(),
-            qty_t=str(quota.qty_t),
-            tolerance_pct=None if quota.tolerance_pct is None else str(quota.tolerance_pct),
-            incoterm_code=quota.incoterm_code,
-            metal_code=quota.metal_code,
-            source_updated_at=None
-            if quota.source_updated_at is None
-            else quota.source_updated_at.isoformat(),
-        )
-    return prepared
+        reason = f"the stored payload cannot be read: {type(exc).__name__}"
+        return {**key, "errors": [reason], "error_class": "unreadable"}
+    mismatch = key_mismatch(row, payload)
+    typed = Typed(None, errors=(mismatch,)) if mismatch else typed_event(payload, bool(row["is_delete"]))
+    quota = typed.row
+    return {
+        **key,
+        "errors": None if typed.errors is None else list(typed.errors),
+        "error_class": typed.error_class,
+        "versionless": typed.versionless,
+        # Debezium's source LSN orders one database's changes (migration 014)
+        "source_lsn": source_lsn_of(payload),
+        "counterparty_id": quota and quota.counterparty_id,
+        "direction": quota and quota.direction,
+        "period_month": quota and quota.period_month.isoformat(),
+        "qty_t": quota and str(quota.qty_t),
+        "tolerance_pct": None if quota is None or quota.tolerance_pct is None else str(quota.tolerance_pct),
+        "incoterm_code": quota and quota.incoterm_code,
+        "metal_code": quota and quota.metal_code,
+        "source_updated_at": None
+        if quota is None or quota.source_updated_at is None
+        else quota.source_updated_at.isoformat(),
+    }
 
 
-def _check_key(row: Mapping[str, Any], payload: Any) -> None:
-    """The key an event is filed under must be the payload's own: whoever files events (the ingest
-    role, the sink, SQL) passes the key next to the payload, and the version gate trusts the key
-    while the quota's columns come from the payload. Filed under another quota's key, or above its
-    own version, an event could otherwise write one quota's fields into another at any version."""
+def key_mismatch(row: Mapping[str, Any], payload: Any) -> str | None:
+    """Why the key an event was filed under is not its payload's own, or None. Whoever files untyped
+    events (the sink, a replay, SQL) passes the key next to the payload, and the version gate trusts
+    the key while the quota's columns come from the payload. Filed under another quota's key, or
+    above its own version, an event could otherwise write one quota's fields into another at any
+    version."""
     try:
-        # a key-only delete without an LSN is keyed all the same: apply_events dead-letters it as
+        # a key-only delete without an LSN is keyed all the same: process_batch dead-letters it as
         # delete_unplaceable, naming the fix
         own = key_event(payload, need_lsn=False)
     except UnkeyableEvent as exc:
-        raise InvalidEvent([f"the payload has no key of its own: {exc}"]) from exc
+        return f"the payload has no key of its own: {exc}"
     filed = EventKey(quota_id=own.quota_id, version=row["version"], is_delete=row["is_delete"])
     if str(row["quota_id"]) != str(own.quota_id) or filed != own:
-        raise InvalidEvent(
-            [
-                f"filed under key ({row['quota_id']}, version {row['version']}, "
-                f"{'delete' if row['is_delete'] else 'upsert'}) but the payload's key is ({own.quota_id}, "
-                f"version {own.version}, {'delete' if own.is_delete else 'upsert'})"
-            ]
+        return (
+            f"filed under key ({row['quota_id']}, version {row['version']}, "
+            f"{'delete' if row['is_delete'] else 'upsert'}) but the payload's key is ({own.quota_id}, "
+            f"version {own.version}, {'delete' if own.is_delete else 'upsert'})"
         )
+    return None

@@ -1,17 +1,32 @@
-"""A worker: claim a batch, validate it in Python, apply it in one SQL statement, repeat.
+"""A worker: claim a batch and apply it in one transaction, from the events' typed columns; repeat.
+
+One batch, on two sessions (migration 015):
+1. apply session, in a transaction: inbox.claim_batch locks up to batch_size due events (SKIP
+   LOCKED; no row is written to claim them) and returns their keys;
+2. ledger session (autocommit): one inbox.claim_ledger row records the keys and the apply session,
+   committed before the apply runs: if this worker dies with the batch, the reaper sees the session
+   gone and spends an attempt on each of its events, so a poison event cannot kill workers forever;
+3. apply session: inbox.process_batch gates, upserts, deletes, marks, dead-letters and publishes the
+   batch by its typed columns (typed at ingest) and deletes the ledger row; commit.
+No payload travels to the worker: it loops, retries, bisects and logs.
 
 Failure handling, by kind:
-- an invalid event is dead-lettered by the apply statement itself, in the same transaction;
-- a transient failure (lost connection, deadlock, serialization failure, timeout) gives the batch
-  back with exponential backoff and jitter, and dead-letters what has used up its attempts;
-- any other database error rolls the batch back and bisects it, so one poison event ends as a dead
-  letter ('apply_error') while the rest of its batch is applied.
+- an invalid event (reasons stored when it was typed) is dead-lettered by process_batch, in the same
+  transaction;
+- a transient failure (lost connection, deadlock, serialization failure, timeout) rolls the batch
+  back and spends an attempt on each event: pending again after an exponential backoff with jitter,
+  or dead-lettered once it has used up its attempts;
+- any other database error rolls the batch back and bisects it by keys, so one poison event ends as
+  a dead letter ('apply_error') while the rest of its batch is applied.
+Events stored without typed columns (before migration 015, by the sink trigger, by a replay) are
+typed here first, from their payload, by the same validation the ingestor runs.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import socket
 import threading
 import time
@@ -21,11 +36,11 @@ from datetime import timedelta
 from typing import Any
 
 from inbox.apply.ports import WorkerDatabase
-from inbox.apply.prepare import prepare
+from inbox.apply.prepare import typed_columns
 from inbox.apply.waker import Waker
 from inbox.db.connect import Session
 from inbox.db.errors import DatabaseError, is_transient, sqlstate
-from inbox.db.queries import Backoff, ClaimedKey, DeadLetterLine, DictConnection, EventKeyRow, Queries
+from inbox.db.queries import Backoff, DeadLetterLine, DictConnection, EventKeyRow, Keys, Queries
 from inbox.settings import Settings
 from inbox.text import shorten
 
@@ -35,6 +50,8 @@ log = logging.getLogger(__name__)
 # How much longer than its stored size a payload's text may be before it is not read: jsonb prints
 # ", " and ": " where a compact body had "," and ":", which can nearly double a small-valued array.
 PRINTED_GROWTH = 4
+# Untyped events are looked for when a claim comes back short, and at least every this many batches.
+TYPE_EVERY = 50
 
 
 @dataclass
@@ -64,68 +81,112 @@ class Worker:
         name: str,
         database: Callable[[], WorkerDatabase] | None = None,
     ) -> None:
-        """database: the port the worker calls (default: the named queries on its own session,
-        reconnected after a failure); tests of the retry logic pass a fake."""
+        """database: the port the worker calls after a claim (default: the named queries on its apply
+        session, reconnected after a failure); tests of the retry logic pass a fake."""
         self.dsn = dsn
         self.settings = settings
         self.name = name
-        self._session = Session(
-            dsn,
-            application_name=f"quota-inbox {name}",
-            statement_timeout_ms=settings.effective_statement_timeout_ms(),
-        )
+        timeout = settings.effective_statement_timeout_ms()
+        self._session = Session(dsn, application_name=f"quota-inbox {name}", statement_timeout_ms=timeout)
+        self._ledger = Session(dsn, application_name=f"quota-inbox {name} ledger", statement_timeout_ms=timeout)
+        # the apply connection that holds the advisory lock on its token, its backend pid and token
+        self._alive: tuple[DictConnection, int, int] | None = None
         self._db: Callable[[], WorkerDatabase] = database or self._session.queries
+        self._batches = 0
 
     def close(self) -> None:
         self._session.close()
+        self._ledger.close()
+        self._alive = None
+
+    def _apply_connection(self) -> tuple[DictConnection, int, int]:
+        """The apply session, holding the advisory lock that says it is alive (taken once per connection)."""
+        conn = self._session.connection()
+        if self._alive is None or self._alive[0] is not conn:
+            pid, token = Queries(conn).apply_session(secrets.randbits(62) + 1)
+            self._alive = (conn, pid, token)
+        return self._alive
 
     # -- one batch ----------------------------------------------------------------------------
 
-    def claim(self) -> list[dict[str, Any]]:
-        """Claim a batch and read its payloads: the rows prepare() takes. Rows whose payloads were not
-        read within half the lease are given back (see read_payloads)."""
-        conn = self._session.connection()
-        keys = claim_keys(conn, self.name, self.settings)
-        rows, unread = read_payloads(
-            conn,
-            self.name,
-            keys,
-            max_bytes=self.settings.max_body_bytes,
-            budget_seconds=self.settings.lease_seconds / 2,
-        )
-        if unread:
-            self._release(unread, "its payload was not read before half the lease had passed")
-        return rows
-
     def process_once(self) -> BatchCounts:
-        """Claim and finish one batch. Returns zero counts when nothing is due."""
-        rows = self.claim()
-        counts = BatchCounts(claimed=len(rows))
-        if rows:
-            counts.add(self.finish([prepare(row) for row in rows]))
+        """Claim and finish one batch (typing untyped events now and then). Zero counts: nothing due."""
+        conn, pid, token = self._apply_connection()
+        keys: Keys | None = None
+        ledger: int | None = None
+        try:
+            with conn.transaction():
+                queries = Queries(conn)
+                keys = queries.claim_batch(self.settings.batch_size)
+                counts = BatchCounts()
+                if keys:
+                    ledger = self._ledger_queries().record_claim(
+                        worker=self.name, backend_pid=pid, session_token=token, keys=keys
+                    )
+                    counts = self._counts(queries.process_batch(ledger=ledger, keys=keys), keys)
+        except Exception as exc:
+            if keys is None or ledger is None:
+                raise  # nothing was recorded: the rollback gave every claimed row back
+            counts = self._recover(ledger, keys, exc)
+        counts.claimed = len(keys)
+        self._batches += 1
+        if counts.claimed < self.settings.batch_size or self._batches % TYPE_EVERY == 0:
+            counts.claimed += self.type_untyped()
         return counts
 
-    def finish(self, prepared: Sequence[dict[str, Any]]) -> BatchCounts:
-        """Apply prepared events this worker holds; on failure retry or bisect, never lose them."""
+    def _ledger_queries(self) -> Queries:
+        return self._ledger.queries()
+
+    def _recover(self, ledger: int, keys: Keys, exc: Exception) -> BatchCounts:
+        """After a failed batch (rolled back): retry later, or bisect it by keys; then drop its ledger row."""
+        if is_transient(exc):
+            log.warning("transient failure applying %d events: %s", len(keys), exc)
+            return self._release(ledger, keys, f"{type(exc).__name__}: {exc}")
+        if not isinstance(exc, DatabaseError):
+            raise exc  # a bug: the session closes, and the reaper spends the batch's attempt
+        counts = self._bisect(keys, exc)
+        self._db().drop_claim(ledger)
+        return counts
+
+    def finish(self, keys: Keys) -> BatchCounts:
+        """Finish events this worker claimed (each part in its own transaction: one statement); on
+        failure retry or bisect, never lose them."""
         try:
-            return self._apply(prepared)
+            return self._counts(self._db().process_batch(ledger=None, keys=keys), keys)
         except Exception as exc:
             if is_transient(exc):
-                log.warning("transient failure applying %d events: %s", len(prepared), exc)
-                return self._release(prepared, f"{type(exc).__name__}: {exc}")
+                log.warning("transient failure applying %d events: %s", len(keys), exc)
+                return self._release(None, keys, f"{type(exc).__name__}: {exc}")
             if not isinstance(exc, DatabaseError):
                 raise
-            if len(prepared) == 1:
-                return self._bury(prepared[0], exc)
-            middle = len(prepared) // 2
-            counts = self.finish(prepared[:middle])
-            counts.add(self.finish(prepared[middle:]))
-            return counts
+            return self._bisect(keys, exc)
 
-    def _apply(self, prepared: Sequence[dict[str, Any]]) -> BatchCounts:
-        row = self._db().apply_events(worker=self.name, events=prepared)
+    def _bisect(self, keys: Keys, exc: DatabaseError) -> BatchCounts:
+        if len(keys) == 1:
+            return self._bury(keys, exc)
+        middle = len(keys) // 2
+        counts = self.finish(keys[:middle])
+        counts.add(self.finish(keys[middle:]))
+        return counts
+
+    def _bury(self, keys: Keys, exc: DatabaseError) -> BatchCounts:
+        """Dead-letter one event the database refused, by its key and the reason: its typed columns
+        are not used again, so this cannot fail the same way. Should it fail anyway, the event alone
+        goes back with an attempt spent (dead when they are used up); either way its neighbours never
+        pay for it."""
+        error = shorten(f"[{sqlstate(exc)}] {str(exc).strip()}")
+        try:
+            row = self._db().process_batch(ledger=None, keys=keys, error_class="apply_error", error=error)
+        except DatabaseError as again:
+            if is_transient(again):
+                raise
+            log.error("could not dead-letter a refused event; it is released: %s", again)
+            return self._release(None, keys, error)
+        return self._counts(row, keys)
+
+    def _counts(self, row: Any, keys: Keys) -> BatchCounts:
         if row.dead:
-            self._log_dead_letters(prepared)
+            self._log_dead_letters(keys)
         return BatchCounts(
             applied=row.applied,
             stale=row.stale,
@@ -134,34 +195,41 @@ class Worker:
             published=row.published,
         )
 
-    def _bury(self, event: dict[str, Any], exc: DatabaseError) -> BatchCounts:
-        """Dead-letter one event the database refused, sending only its key and the reason: the
-        columns it refused are not sent again, so this cannot fail the same way. Should it fail
-        anyway, the event alone goes back with an attempt counted (dead when they are used up);
-        either way its neighbours never pay for it."""
-        error = shorten(f"[{sqlstate(exc)}] {str(exc).strip()}")
-        try:
-            return self._apply([{**_keys([event])[0], "error_class": "apply_error", "error": error}])
-        except DatabaseError as again:
-            if is_transient(again):
-                raise
-            log.error("could not dead-letter a refused event; it is released: %s", again)
-            return self._release([event], error)
-
-    def _release(self, prepared: Sequence[Mapping[str, Any]], error: str) -> BatchCounts:
-        row = self._db().release_events(
-            worker=self.name, keys=_keys(prepared), error=error[:2000], backoff=backoff(self.settings)
+    def _release(self, ledger: int | None, keys: Keys, error: str) -> BatchCounts:
+        row = self._db().release_claim(
+            ledger=ledger, keys=keys, error=error[:2000], backoff=backoff(self.settings)
         )
         if row.dead:
-            self._log_dead_letters(prepared)
+            self._log_dead_letters(keys)
         return BatchCounts(retried=row.retried, dead=row.dead)
 
-    def _log_dead_letters(self, events: Sequence[Mapping[str, Any]]) -> None:
+    def _log_dead_letters(self, keys: Keys) -> None:
         # After the commit: a failure here loses log lines, never events, so it must not bubble up.
         try:
-            log_dead_letters(self._db().dead_letters_for_keys(_keys(events)))
+            log_dead_letters(self._db().dead_letters_for_keys(keys.rows()))
         except DatabaseError as exc:
             log.warning("could not read back the new dead letters to log them: %s", exc)
+
+    # -- events stored without typed columns --------------------------------------------------
+
+    def type_untyped(self) -> int:
+        """Type due events stored without typed columns, from their payload; how many were typed.
+        Rows whose payloads were not read within half the lease are left for the next round."""
+        conn, _, _ = self._apply_connection()
+        with conn.transaction():
+            queries = Queries(conn)
+            keys = queries.untyped_keys(self.settings.batch_size)
+            if not keys:
+                return 0
+            rows, _unread = read_payloads(
+                conn,
+                keys,
+                max_bytes=self.settings.max_body_bytes,
+                budget_seconds=self.settings.lease_seconds / 2,
+            )
+            if rows:
+                queries.type_events([typed_columns(row) for row in rows])
+        return len(rows)
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -173,7 +241,8 @@ class Worker:
                 counts = self.process_once()
                 delay = 0.1
             except Exception as exc:
-                # The database is away (or the release itself failed): leases bring the rows back.
+                # The database is away (or the release itself failed): closing the apply session
+                # ends its advisory lock, and the reaper spends the attempt of a batch it held.
                 log.warning("worker %s: %s; retrying in %.1fs", self.name, exc, delay)
                 self.close()
                 stop.wait(delay)
@@ -186,49 +255,41 @@ class Worker:
         self.close()
 
 
-def claim_keys(conn: DictConnection, worker: str, settings: Settings) -> list[ClaimedKey]:
-    """Claim up to a batch of due events: their keys and attempts, never their payloads. Once this
-    returns (autocommit), each row has spent an attempt, whatever reading its payload does next."""
-    return Queries(conn).claim_events(
-        worker=worker, limit=settings.batch_size, lease=timedelta(seconds=settings.lease_seconds)
-    )
-
-
 def read_payloads(
     conn: DictConnection,
-    worker: str,
-    keys: Sequence[Mapping[str, Any]],
+    keys: Sequence[EventKeyRow],
     *,
     max_bytes: int,
     budget_seconds: float = float("inf"),
 ) -> tuple[list[dict[str, Any]], list[EventKeyRow]]:
-    """The payload text of each claimed row, or why it cannot be read; and the rows left unread.
+    """The payload text of each untyped row the caller's transaction has locked, or why it cannot
+    be read; and the rows left unread.
 
     One payload can cost far more to print than to store (1e131071: 8 bytes stored, 131,072 digits
     printed), enough to pass the 1 GB string limit or statement_timeout. So the payloads are streamed,
-    one row at a time as PostgreSQL prints them: when the statement fails, every row before the one
-    that broke it has arrived. The rest are read again; a row that fails a statement on its own is
-    unreadable, and is dead-lettered by the apply (error_class 'unreadable') with the reason, while
-    its neighbours go on. A row stored larger than max_bytes is not printed at all ('unreadable' too).
-    Past budget_seconds, what is still unread is returned as such, for the caller to give back.
-    A lost connection is raised: the leases bring the rows back.
+    one row at a time as PostgreSQL prints them, each statement under a savepoint: when it fails,
+    every row before the one that broke it has arrived. The rest are read again; a row that fails a
+    statement on its own is unreadable, and is typed so (a dead letter, error_class 'unreadable')
+    with the reason, while its neighbours go on. A row stored larger than max_bytes is not printed at
+    all ('unreadable' too). Past budget_seconds, what is still unread is returned as such.
+    A lost connection is raised: the transaction is gone, and the rows with it.
     """
     deadline = time.monotonic() + budget_seconds
     rows: list[dict[str, Any]] = []
-    remaining = _keys(keys)
+    remaining = list(keys)
     while remaining and time.monotonic() < deadline:
         received: list[dict[str, Any]] = []
-        failure = _stream_payloads(conn, worker, remaining, max_bytes, received)
+        failure = _stream_payloads(conn, remaining, max_bytes, received)
         rows.extend(received)
         if failure is None:
-            return rows, []  # a key that did not come back is no longer this worker's
+            return rows, []  # a key that did not come back is no longer an untyped pending row
         got = {_key_of(r) for r in received}
         remaining = [k for k in remaining if _key_of(k) not in got]
         if not received:
             # Nothing arrived: the first row broke the statement, or the statement failed before
             # it. Read alone, the first row tells which.
             alone: list[dict[str, Any]] = []
-            failure = _stream_payloads(conn, worker, remaining[:1], max_bytes, alone)
+            failure = _stream_payloads(conn, remaining[:1], max_bytes, alone)
             if failure is None:
                 rows.extend(alone)
             else:
@@ -239,26 +300,31 @@ def read_payloads(
 
 
 def _stream_payloads(
-    conn: DictConnection, worker: str, keys: list[EventKeyRow], max_bytes: int, into: list[dict[str, Any]]
+    conn: DictConnection, keys: list[EventKeyRow], max_bytes: int, into: list[dict[str, Any]]
 ) -> DatabaseError | None:
     """Stream the payloads of keys into `into`; the error that ended the statement, if one did."""
     try:
-        for row in Queries(conn).claimed_payloads(worker=worker, keys=keys, max_bytes=max_bytes):
-            key = {"quota_id": str(row["quota_id"]), "version": row["version"], "is_delete": row["is_delete"]}
-            text = row["payload"]
-            if text is None:
-                stored = row["stored_bytes"]
-                reason = f"its payload is stored in {stored} bytes, over the {max_bytes} a worker reads"
-                into.append({**key, "unreadable": reason})
-            elif len(text) > PRINTED_GROWTH * max_bytes:
-                # stored small, printed huge: numbers written with large exponents (1e131071)
-                reason = (
-                    f"its payload is stored in {row['stored_bytes']} bytes but prints to {len(text)} "
-                    f"characters, over the {PRINTED_GROWTH * max_bytes} a worker reads"
-                )
-                into.append({**key, "unreadable": reason})
-            else:
-                into.append({**key, "payload": text})
+        with conn.transaction():  # a savepoint: a failed statement leaves the transaction usable
+            for row in Queries(conn).untyped_payloads(keys=keys, max_bytes=max_bytes):
+                key = {
+                    "quota_id": str(row["quota_id"]),
+                    "version": row["version"],
+                    "is_delete": row["is_delete"],
+                }
+                text = row["payload"]
+                if text is None:
+                    stored = row["stored_bytes"]
+                    reason = f"its payload is stored in {stored} bytes, over the {max_bytes} a worker reads"
+                    into.append({**key, "unreadable": reason})
+                elif len(text) > PRINTED_GROWTH * max_bytes:
+                    # stored small, printed huge: numbers written with large exponents (1e131071)
+                    reason = (
+                        f"its payload is stored in {row['stored_bytes']} bytes but prints to {len(text)} "
+                        f"characters, over the {PRINTED_GROWTH * max_bytes} a worker reads"
+                    )
+                    into.append({**key, "unreadable": reason})
+                else:
+                    into.append({**key, "payload": text})
     except DatabaseError as exc:
         if conn.closed or conn.broken:
             raise
@@ -270,11 +336,14 @@ def _key_of(row: Mapping[str, Any]) -> tuple[str, int, bool]:
     return (str(row["quota_id"]), int(row["version"]), bool(row["is_delete"]))
 
 
-def reap_expired_leases(conn: DictConnection, settings: Settings, limit: int = 1000) -> BatchCounts:
+def reap_abandoned_claims(conn: DictConnection, settings: Settings, limit: int = 100) -> BatchCounts:
+    """Spend an attempt on the batches of workers that died holding them (claim ledger rows whose
+    apply session is gone, once none of their events is locked); dead-letter what has used up its
+    attempts."""
     queries = Queries(conn)
     # One transaction, so the dead letters it wrote can be found by their created_at (= now()).
     with conn.transaction():
-        row = queries.reap_expired_leases(limit=limit, backoff=backoff(settings))
+        row = queries.reap_abandoned_claims(limit=limit, backoff=backoff(settings))
         if row.dead:
             log_dead_letters(queries.dead_letters_of_this_transaction())
     return BatchCounts(retried=row.retried, dead=row.dead)
@@ -286,13 +355,6 @@ def backoff(settings: Settings) -> Backoff:
         timedelta(seconds=settings.backoff_base_seconds),
         timedelta(seconds=settings.backoff_cap_seconds),
     )
-
-
-def _keys(events: Sequence[Mapping[str, Any]]) -> list[EventKeyRow]:
-    return [
-        EventKeyRow(quota_id=str(e["quota_id"]), version=e["version"], is_delete=e["is_delete"])
-        for e in events
-    ]
 
 
 def log_dead_letters(rows: Sequence[DeadLetterLine]) -> None:

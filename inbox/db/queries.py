@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypedDict, cast
@@ -39,15 +39,8 @@ class EventKeyRow(TypedDict):
     is_delete: bool
 
 
-class ClaimedKey(TypedDict):
-    quota_id: uuid.UUID
-    version: int
-    is_delete: bool
-    attempts: int
-
-
 class PayloadRow(TypedDict):
-    """claimed_payloads: the payload as PostgreSQL prints it (None: stored larger than max_bytes)."""
+    """untyped_payloads: the payload as PostgreSQL prints it (None: stored larger than max_bytes)."""
 
     quota_id: uuid.UUID
     version: int
@@ -175,10 +168,51 @@ class ApplyCounts:
 
 @dataclass(frozen=True, slots=True)
 class RetryCounts:
-    """release_events and reap_expired_leases: given back for a retry, and dead-lettered."""
+    """release_claim and reap_abandoned_claims: attempts spent (retried), and dead-lettered; waiting:
+    the reaper's claims left for the next round (a living worker holds some of their events)."""
 
     retried: int
     dead: int
+    waiting: int = 0
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The keys of a batch as three parallel lists, sent to PostgreSQL as binary arrays."""
+
+    quota_ids: list[uuid.UUID] = field(default_factory=list)
+    versions: list[int] = field(default_factory=list)
+    is_delete: list[bool] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.quota_ids)
+
+    def __getitem__(self, part: slice) -> Keys:
+        return Keys(self.quota_ids[part], self.versions[part], self.is_delete[part])
+
+    def params(self) -> dict[str, Any]:
+        return {"quota_ids": self.quota_ids, "versions": self.versions, "is_delete": self.is_delete}
+
+    def rows(self) -> list[EventKeyRow]:
+        return [
+            EventKeyRow(quota_id=str(q), version=v, is_delete=d)
+            for q, v, d in zip(self.quota_ids, self.versions, self.is_delete, strict=True)
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class TypedBatch:
+    """The parameters of inbox.ingest_typed_events beside the events' JSON array: one list per
+    column, parallel to the events (None where an event has no value), and the reasons of invalid
+    events as (event number from 1, reason) pairs."""
+
+    keys: Keys
+    source_lsns: list[int | None]
+    versionless: list[bool]
+    columns: dict[str, list[Any]]  # counterparty_ids, directions, ... (query ingest_typed_events)
+    error_classes: list[str | None]
+    error_events: list[int]
+    error_reasons: list[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,6 +394,21 @@ class Queries:
         }
         return int(self._one("ingest_events", params)["inserted"])
 
+    def ingest_typed_events(self, *, events: str, batch: TypedBatch, source: str) -> int:
+        """Store events (one JSON array text) with their keys and typed columns; how many were new."""
+        params = {
+            "events": events,
+            **batch.keys.params(),
+            "source": source,
+            "source_lsns": batch.source_lsns,
+            "versionless": batch.versionless,
+            **batch.columns,
+            "error_classes": batch.error_classes,
+            "error_events": batch.error_events,
+            "error_reasons": batch.error_reasons,
+        }
+        return int(self._one("ingest_typed_events", params)["inserted"])
+
     def insert_request_rejects(self, *, source: str, raws: list[bytes], reasons: list[str]) -> None:
         """Items of a request that could not be keyed, verbatim (the request stored the rest)."""
         self._run("insert_request_rejects", {"source": source, "raws": raws, "reasons": reasons})
@@ -390,31 +439,62 @@ class Queries:
 
     # -- the worker -----------------------------------------------------------------------------
 
-    def claim_events(self, *, worker: str, limit: int, lease: timedelta) -> list[ClaimedKey]:
-        return self._all("claim_events", {"worker": worker, "limit": limit, "lease": lease})
+    def apply_session(self, token: int) -> tuple[int, int]:
+        """Take the advisory lock that says this session is alive; (backend pid, token)."""
+        row = self._one("apply_session", {"token": token})
+        return int(row["backend_pid"]), int(row["session_token"])
 
-    def claimed_payloads(
-        self, *, worker: str, keys: Iterable[EventKeyRow], max_bytes: int
-    ) -> Iterator[PayloadRow]:
-        """Streamed, row by row as PostgreSQL prints them (inbox/apply/worker.py: read_payloads)."""
-        params = {"worker": worker, "keys": _keys(keys), "max_bytes": max_bytes}
-        rows: Iterator[Any] = self.conn.cursor().stream(query("claimed_payloads"), params)
-        return rows
+    def claim_batch(self, limit: int) -> Keys:
+        """Lock up to limit due typed events for this transaction (nothing is written)."""
+        row = self._one("claim_batch", {"limit": limit})
+        return Keys(row["quota_ids"], row["versions"], row["is_delete"])
 
-    def apply_events(self, *, worker: str, events: Sequence[dict[str, Any]]) -> ApplyCounts:
-        row = self._one("apply_events", {"worker": worker, "events": Jsonb(list(events))})
+    def record_claim(self, *, worker: str, backend_pid: int, session_token: int, keys: Keys) -> int:
+        """The claim ledger row of a batch (committed by the caller's autocommit session); its id."""
+        params = {
+            "worker": worker,
+            "backend_pid": backend_pid,
+            "session_token": session_token,
+            **keys.params(),
+        }
+        return int(self._one("record_claim", params)["id"])
+
+    def drop_claim(self, ledger: int) -> None:
+        self._run("drop_claim", {"ledger": ledger})
+
+    def process_batch(
+        self, *, ledger: int | None, keys: Keys, error_class: str | None = None, error: str | None = None
+    ) -> ApplyCounts:
+        params = {"ledger": ledger, **keys.params(), "error_class": error_class, "error": error}
+        row = self._one("process_batch", params)
         return ApplyCounts(row["applied"], row["stale"], row["dead"], row["not_owned"], row["published"])
 
-    def release_events(
-        self, *, worker: str, keys: Iterable[EventKeyRow], error: str, backoff: Backoff
-    ) -> RetryCounts:
-        params = {"worker": worker, "keys": _keys(keys), "error": error, **backoff.params()}
-        row = self._one("release_events", params)
+    def release_claim(self, *, ledger: int | None, keys: Keys, error: str, backoff: Backoff) -> RetryCounts:
+        params = {"ledger": ledger, **keys.params(), "error": error, **backoff.params()}
+        row = self._one("release_claim", params)
         return RetryCounts(row["retried"], row["dead"])
 
-    def reap_expired_leases(self, *, limit: int, backoff: Backoff) -> RetryCounts:
-        row = self._one("reap_expired_leases", {"limit": limit, **backoff.params()})
-        return RetryCounts(row["retried"], row["dead"])
+    def reap_abandoned_claims(self, *, limit: int, backoff: Backoff) -> RetryCounts:
+        row = self._one("reap_abandoned_claims", {"limit": limit, **backoff.params()})
+        return RetryCounts(row["retried"], row["dead"], row["waiting"])
+
+    def untyped_keys(self, limit: int) -> list[EventKeyRow]:
+        """Due untyped events, locked for the caller's transaction."""
+        rows = self._all("untyped_keys", {"limit": limit})
+        return [
+            EventKeyRow(quota_id=str(r["quota_id"]), version=r["version"], is_delete=r["is_delete"])
+            for r in rows
+        ]
+
+    def untyped_payloads(self, *, keys: Iterable[EventKeyRow], max_bytes: int) -> Iterator[PayloadRow]:
+        """Streamed, row by row as PostgreSQL prints them (inbox/apply/worker.py: read_payloads)."""
+        params = {"keys": _keys(keys), "max_bytes": max_bytes}
+        rows: Iterator[Any] = self.conn.cursor().stream(query("untyped_payloads"), params)
+        return rows
+
+    def type_events(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Store the typed columns of untyped events (inbox/apply/prepare.py: typed_columns)."""
+        self._run("type_events", {"rows": Jsonb(list(rows))})
 
     def dead_letters_for_keys(self, keys: Iterable[EventKeyRow]) -> list[DeadLetterLine]:
         return self._all("dead_letters_for_keys", {"keys": _keys(keys)})

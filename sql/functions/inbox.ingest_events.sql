@@ -10,7 +10,8 @@
 -- Called by:   query ingest_events (inbox/ingest.py: HTTP, `inbox consume`); inbox.titan_quota_sink_to_inbox
 -- Privileges:  SECURITY DEFINER: the ingest role has no right on the inbox table (007)
 -- -------------------------------------------------------------------------------------------------
--- Store a batch of raw events. p_events is a JSON array; the key arrays are parallel to it, and so
+-- Store a batch of raw events, untyped (migration 015: the worker types them from their payload;
+-- `inbox serve` and `inbox consume` store typed rows through inbox.ingest_typed_events). p_events is a JSON array; the key arrays are parallel to it, and so
 -- is p_source_lsns (Debezium's source.lsn per event, NULL where an event has none; the whole array
 -- NULL for a feed without LSNs). Returns how many rows were new or replaced.
 --
@@ -84,7 +85,8 @@ BEGIN
                 lease_owner = NULL,
                 lease_expires_at = NULL,
                 last_error = NULL,
-                applied_at = NULL
+                applied_at = NULL,
+                typed = false  -- a new payload: typed by the worker (migration 015)
             WHERE excluded.source_lsn > x.source_lsn
         RETURNING x.quota_id, x.version, x.is_delete, x.source_lsn
     ),

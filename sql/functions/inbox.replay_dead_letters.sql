@@ -36,7 +36,8 @@ BEGIN
         ORDER BY p.quota_id, p.version, p.is_delete
         ON CONFLICT (quota_id, version, is_delete) DO UPDATE
             SET status = 'pending', attempts = 0, source = 'replay', received_at = now(),
-                next_attempt_at = now(), last_error = NULL, applied_at = NULL
+                next_attempt_at = now(), last_error = NULL, applied_at = NULL,
+                typed = false  -- typed again from the payload by the worker (migration 015)
             WHERE e.status = 'dead'
         -- xmax = 0: the row was inserted by this statement, not updated
         RETURNING e.quota_id, e.version, e.is_delete, (e.xmax = 0) AS inserted

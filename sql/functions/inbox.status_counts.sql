@@ -2,11 +2,13 @@
 -- Function: inbox.status_counts(p_count_below bigint DEFAULT 8 MiB)
 --     RETURNS TABLE (status, events, exact)
 --
--- Reads:       inbox.quota_events (partial indexes; EXPLAIN estimates on a big table)
+-- Reads:       inbox.quota_events (partial indexes; EXPLAIN estimates on a big table), inbox.claim_ledger
 -- Writes:      -
 -- Called by:   inbox.v_status
 -- -------------------------------------------------------------------------------------------------
--- Events by state. pending and processing are counted exactly through their partial indexes.
+-- Events by state. pending is counted exactly through its partial index; processing is what the
+-- claim ledger says workers hold (migration 015: a claimed event stays 'pending' in the table until
+-- its batch commits), and is taken out of pending.
 -- The finished states (applied, stale, dead) grow until retention removes them: while the table
 -- is small they are counted, beyond that they are the planner's estimate (EXPLAIN's row count:
 -- the table's current size times the status frequencies ANALYZE saw), like count_estimate on the
@@ -22,9 +24,15 @@ DECLARE
     v_plan   jsonb;
 BEGIN
     RETURN QUERY
-    SELECT 'pending'::text, count(*), true FROM inbox.quota_events e WHERE e.status = 'pending'
+    WITH held AS (
+        SELECT coalesce(sum(cardinality(l.quota_ids)), 0)::bigint AS n FROM inbox.claim_ledger l
+    ),
+    pending AS (
+        SELECT count(*) AS n FROM inbox.quota_events e WHERE e.status = 'pending'
+    )
+    SELECT 'pending'::text, greatest(p.n - h.n, 0), true FROM pending p, held h
     UNION ALL
-    SELECT 'processing'::text, count(*), true FROM inbox.quota_events e WHERE e.status = 'processing';
+    SELECT 'processing'::text, least(h.n, p.n), true FROM pending p, held h;
 
     IF pg_relation_size('inbox.quota_events') < p_count_below THEN
         RETURN QUERY

@@ -1,12 +1,13 @@
 -- -------------------------------------------------------------------------------------------------
 -- View: inbox.v_lag (one row: backlog, age, flow, why)
 --
--- Reads:       inbox.quota_events, inbox.counter_window(), pg_stat_activity, pg_stat_user_tables
+-- Reads:       inbox.quota_events, inbox.claim_ledger, inbox.counter_window(), pg_stat_activity, pg_stat_user_tables
 -- Writes:      -
 -- Called by:   query status_lag (`inbox status`); DBAs (SELECT: inbox_readonly)
 -- -------------------------------------------------------------------------------------------------
 -- How far behind, and the usual reasons why: one row.
---   backlog:  pending (due now / waiting for a retry), processing (and leases already expired)
+--   backlog:  pending (due now / waiting for a retry; claimed events included), processing (in
+--             claimed batches, from inbox.claim_ledger; and those of workers already gone)
 --   age:      oldest pending event since received; how long the oldest due event has waited
 --   flow:     received and processed in the last 1 and 5 minutes (from the counters), and the
 --             time to drain what is due at the last 5 minutes' pace
@@ -24,12 +25,16 @@ WITH pending AS (
     FROM inbox.quota_events e
     WHERE e.status = 'pending'
 ),
+-- in workers' hands: the claim ledger (migration 015: a claim writes no row of the inbox).
+-- expired_leases: events of claims whose apply session is gone, not reaped yet; lease_holders:
+-- workers holding a claim.
 processing AS (
-    SELECT count(*)                                              AS processing,
-           count(*) FILTER (WHERE e.lease_expires_at < now())    AS expired_leases,
-           count(DISTINCT e.lease_owner)                         AS lease_holders
-    FROM inbox.quota_events e
-    WHERE e.status = 'processing'
+    SELECT coalesce(sum(cardinality(l.quota_ids)), 0)::bigint                 AS processing,
+           coalesce(sum(cardinality(l.quota_ids))
+                        FILTER (WHERE NOT inbox.claim_session_alive(l.session_token)), 0)::bigint
+                                                                              AS expired_leases,
+           count(DISTINCT l.worker)                                           AS lease_holders
+    FROM inbox.claim_ledger l
 ),
 flow AS (
     SELECT inbox.counter_window('ingested', '1 minute')  AS received_1m,

@@ -1,14 +1,18 @@
 -- -------------------------------------------------------------------------------------------------
--- Function: inbox.apply_events(p_worker text, p_events jsonb)
+-- Function: inbox.process_batch(p_ledger bigint, p_quota_ids uuid[], p_versions bigint[],
+--                               p_is_delete boolean[], p_error_class text, p_error text)
 --     RETURNS TABLE (applied, stale, dead, not_owned, published)
 --
--- Reads:       inbox.quota_events, inbox.quota_versions, public.call_off
+-- Reads:       inbox.quota_events (typed columns), inbox.quota_versions, public.call_off
 -- Writes:      inbox.quota_versions, public.quota, inbox.quota_events, public.quota_processing_errors,
---              pgmq queue quota_changes (pgmq.send_batch)
--- Called by:   query apply_events (inbox/apply/worker.py)
+--              inbox.claim_ledger (deletes p_ledger), pgmq queue quota_changes (pgmq.send_batch)
+-- Called by:   query process_batch (inbox/apply/worker.py), in the transaction of inbox.claim_batch
 -- -------------------------------------------------------------------------------------------------
--- Apply a validated batch that p_worker holds, in one transaction of two statements:
---   invalid events            -> dead letters (error_class from the worker, usually 'invalid')
+-- Finish the events with these keys that are still pending, in the caller's transaction, from their
+-- typed columns (migration 015: no payload travels to the worker and back), in two statements:
+--   invalid events (errors set when typed) -> dead letters (error_class, or 'invalid'; every reason)
+--   p_error given             -> every event a dead letter (p_error_class, p_error): the worker's
+--                                verdict on a poison event its bisection isolated
 --   deletes of quotas with call-offs, if they would take effect -> dead letters ('delete_blocked')
 --   version-less deletes that cannot be placed -> dead letters ('delete_unplaceable', below)
 --   per quota, the latest remaining change passes the version gate -> applied
@@ -16,38 +20,36 @@
 --     repairs a row changed outside the pipeline, `inbox reconcile --repair`; migration 013)
 --   everything else           -> stale (not after the applied change, or superseded in this batch;
 --                                a stale delete says in last_error what it lost to)
+-- Each event finished here has spent one attempt (attempts + 1). The claim ledger row p_ledger (if
+-- given) is deleted in the same transaction: once this commits, the batch is in nobody's hands.
+-- The claim. Each event's row is locked here (FOR UPDATE SKIP LOCKED, by primary key); in the
+-- worker's transaction inbox.claim_batch already holds them, so this takes nothing new. Events
+-- locked by another transaction, no longer pending, or not typed yet are left alone: not_owned.
 -- Order (issue 11). Where the event and the gate row both carry Debezium's source LSN (the change's
 -- position in Titan's WAL), the LSN decides: one database's changes, in the order they committed,
 -- whatever their versions (a redelivered change is never after the gate). Otherwise (version, is_delete)
--- decides, as before. A version-less delete (flagged by the worker: REPLICA IDENTITY DEFAULT sent
--- only the key, so it is keyed at version 0) is placed by its LSN alone: it applies iff no change of
--- the quota with a higher LSN was applied, takes effect at the version the gate holds (or 0 with no
--- gate row: its LSN then keeps older changes out), and is a 'delete_unplaceable' dead letter naming
--- the fix when it has no LSN or the gate row has none (applied from a feed without LSNs, or before
--- migration 014).
+-- decides. A version-less delete (typed versionless: REPLICA IDENTITY DEFAULT sent only the key, so it
+-- is keyed at version 0) is placed by its LSN alone: it applies iff no change of the quota with a
+-- higher LSN was applied, takes effect at the version the gate holds (or 0 with no gate row: its LSN
+-- then keeps older changes out), and is a 'delete_unplaceable' dead letter naming the fix when it
+-- has no LSN or the gate row has none (applied from a feed without LSNs, or before migration 014).
 -- Every effective change is published to the pgmq queue quota_changes in the same transaction:
---   {quota_id, version, previous_version, op: upsert|delete, quota: row after | null, applied_at}
+--   {quota_id, version, previous_version, op: upsert|delete, quota: row after | null, applied_at},
+-- the quota built by jsonb_build_object from the row's known columns.
 -- Deletes run in a second statement: its fresh snapshot sees a quota row that another worker
 -- inserted and committed while this one waited for the gate lock (the first snapshot predates it).
--- p_events: JSON array of {quota_id, version, is_delete, error_class, error, <normalised quota columns>}.
--- Rows whose lease this worker no longer holds are left alone and counted as not_owned.
 -- Linear in the batch size, whatever the planner's estimates: each event's inbox row is locked by
 -- its primary key (LATERAL), and the CTEs are joined on booleans, never filtered on a computed
--- value. The planner estimates a filter like "outcome = 'candidate'" on a CTE at one row; it then
--- joined the CTEs in nested loops (500 x 500 comparisons per join, 80% of the apply time).
---
--- Shaped by the benchmark's profile (migration 008, README, Performance):
--- 1. Each outbox message is built once. The first version (003) turned every changed row into JSON
---    in its first statement, aggregated it into one jsonb value, parsed that back into rows in the second
---    statement and built each message again. Now the first statement builds the final messages and
---    hands the second three parallel arrays (message, quota_id, is_delete); the second still runs
---    the deletes with its own, fresher snapshot (see 003) and publishes the upserts and the deletes
---    that removed a row.
--- 2. Every table is read by key, whatever the planner estimates: the gate row by a LATERAL lookup,
---    the deletes by = ANY, and no seq scans (SET below). The first version read the whole inbox once
---    per batch whenever it held a few thousand rows, which made small batches (light load) slow.
-CREATE OR REPLACE FUNCTION inbox.apply_events(p_worker text, p_events jsonb)
-RETURNS TABLE (applied bigint, stale bigint, dead bigint, not_owned bigint, published bigint)
+-- value (the history of inbox.apply_events, migrations 003 and 008). Payloads are read only for the
+-- dead letters, by key.
+CREATE OR REPLACE FUNCTION inbox.process_batch(
+    p_ledger      bigint,
+    p_quota_ids   uuid[],
+    p_versions    bigint[],
+    p_is_delete   boolean[],
+    p_error_class text,
+    p_error       text
+) RETURNS TABLE (applied bigint, stale bigint, dead bigint, not_owned bigint, published bigint)
 LANGUAGE plpgsql
 -- Every table here is reached by key from the batch. The planner takes the batch (a function
 -- scan) for 100 rows whatever its size; against tables of a few thousand rows it then found a hash
@@ -63,23 +65,22 @@ DECLARE
     v_quota_ids uuid[];
     v_is_delete boolean[];
 BEGIN
-    WITH input AS (
-        SELECT *
-        FROM jsonb_to_recordset(p_events) AS x(
-            quota_id uuid, version bigint, is_delete boolean, error_class text, error text,
-            counterparty_id text, direction text, period_month date, qty_t numeric,
-            tolerance_pct numeric, incoterm_code text, metal_code text, source_updated_at timestamptz,
-            source_lsn bigint, versionless boolean)
-    ),
-    owned AS (
-        SELECT i.*, e.payload, e.attempts, e.source
-        FROM input i
+    WITH owned AS (
+        SELECT e.*,
+               CASE WHEN p_error IS NOT NULL THEN coalesce(p_error_class, 'apply_error')
+                    WHEN e.errors IS NOT NULL THEN coalesce(e.stored_error_class, 'invalid') END AS error_class,
+               CASE WHEN p_error IS NOT NULL THEN p_error
+                    WHEN e.errors IS NOT NULL THEN array_to_string(e.errors, '; ') END        AS error
+        FROM unnest(p_quota_ids, p_versions, p_is_delete) AS k(quota_id, version, is_delete)
         CROSS JOIN LATERAL (
-            SELECT x.payload, x.attempts, x.source
+            SELECT x.quota_id, x.version, x.is_delete, x.attempts, x.source, x.errors,
+                   x.error_class AS stored_error_class, x.source_lsn, x.versionless,
+                   x.counterparty_id, x.direction, x.period_month, x.qty_t, x.tolerance_pct,
+                   x.incoterm_code, x.metal_code, x.source_updated_at
             FROM inbox.quota_events x
-            WHERE (x.quota_id, x.version, x.is_delete) = (i.quota_id, i.version, i.is_delete)
-              AND x.status = 'processing' AND x.lease_owner = p_worker
-            FOR UPDATE
+            WHERE (x.quota_id, x.version, x.is_delete) = (k.quota_id, k.version, k.is_delete)
+              AND x.status = 'pending' AND x.typed
+            FOR UPDATE SKIP LOCKED
         ) e
     ),
     placed AS (
@@ -191,7 +192,7 @@ BEGIN
         RETURNING q.*
     ),
     outcomes AS (
-        SELECT o.quota_id, o.version, o.is_delete, o.payload, o.attempts,
+        SELECT o.quota_id, o.version, o.is_delete, o.attempts,
                CASE
                    WHEN o.error IS NOT NULL OR o.unplaceable THEN 'dead'
                    WHEN o.candidate AND g.quota_id IS NOT NULL THEN 'applied'
@@ -240,8 +241,7 @@ BEGIN
     marked AS (
         UPDATE inbox.quota_events e
         SET status = o.status,
-            lease_owner = NULL,
-            lease_expires_at = NULL,
+            attempts = e.attempts + 1,  -- this attempt
             last_error = o.error,
             applied_at = CASE WHEN o.status = 'applied' THEN now() END
         FROM outcomes o
@@ -251,28 +251,45 @@ BEGIN
     buried AS (
         INSERT INTO public.quota_processing_errors (
             event_data, error_message, retry_count, quota_id, version, is_delete, error_class)
-        SELECT o.payload, o.error, o.attempts, o.quota_id, o.version, o.is_delete, o.error_class
+        SELECT x.payload, o.error, o.attempts + 1, o.quota_id, o.version, o.is_delete, o.error_class
         FROM outcomes o
+        JOIN inbox.quota_events x ON (x.quota_id, x.version, x.is_delete) = (o.quota_id, o.version, o.is_delete)
         WHERE o.status = 'dead'
         RETURNING 1
+    ),
+    unclaimed AS (
+        DELETE FROM inbox.claim_ledger l WHERE l.id = p_ledger RETURNING 1
     )
     SELECT count(*) FILTER (WHERE m.status = 'applied'),
            count(*) FILTER (WHERE m.status = 'stale'),
            count(*) FILTER (WHERE m.status = 'dead'),
-           (SELECT count(*) FROM input) - count(*),
+           cardinality(p_quota_ids) - count(*),
            (SELECT array_agg(jsonb_build_object(
                         'quota_id', g.quota_id,
                         'version', g.version,
                         'previous_version', g.previous_version,
                         'op', CASE WHEN g.is_delete THEN 'delete' ELSE 'upsert' END,
-                        'quota', CASE WHEN g.is_delete THEN NULL ELSE to_jsonb(u) END,
+                        -- the row's known columns (to_jsonb of the row costs more: issue 13)
+                        'quota', CASE WHEN g.is_delete THEN NULL ELSE jsonb_build_object(
+                            'quota_id', u.quota_id,
+                            'counterparty_id', u.counterparty_id,
+                            'direction', u.direction,
+                            'period_month', u.period_month,
+                            'qty_t', u.qty_t,
+                            'tolerance_pct', u.tolerance_pct,
+                            'incoterm_code', u.incoterm_code,
+                            'metal_code', u.metal_code,
+                            'created_at', u.created_at,
+                            'updated_at', u.updated_at,
+                            'source_version', u.source_version,
+                            'source_updated_at', u.source_updated_at) END,
                         'applied_at', g.applied_at)
                     ORDER BY g.quota_id)
             FROM gate g LEFT JOIN upserted u USING (quota_id)),
            (SELECT array_agg(g.quota_id ORDER BY g.quota_id) FROM gate g),
            (SELECT array_agg(g.is_delete ORDER BY g.quota_id) FROM gate g)
     INTO applied, stale, dead, not_owned, v_messages, v_quota_ids, v_is_delete
-    FROM marked m;
+    FROM marked m;  -- buried and unclaimed run too: a data-modifying CTE always does
 
     WITH deleted AS (
         -- = ANY(array): an index lookup per delete, whatever the planner guesses of unnest's size
