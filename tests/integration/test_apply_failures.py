@@ -1,7 +1,8 @@
-"""Failures while applying: transient errors with backoff, poison events, dead workers and their leases."""
+"""Failures while applying: transient errors with backoff, poison events, dead workers and their claims."""
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from inbox.apply.prepare import prepare
-from inbox.apply.worker import BatchCounts, Worker, reap_expired_leases
+from inbox.apply.worker import BatchCounts, Worker, backoff, reap_abandoned_claims
 from inbox.db.connect import DictConnection, connect
+from inbox.db.queries import Keys, Queries
 from inbox.settings import Settings
 from tests.helpers import (
     dead_letters,
@@ -240,46 +241,106 @@ def test_several_poison_events_in_one_batch_each_dead_letter_once(db: DictConnec
     assert db.execute("SELECT count(*) AS n FROM public.quota").fetchone() == {"n": 29}
 
 
-# -- dead workers and leases -------------------------------------------------------------------------
+# -- dead workers and their claims -------------------------------------------------------------------
 
 
-def claim_and_die(dsn: str, conf: Settings, name: str) -> tuple[Worker, list[dict[str, Any]]]:
-    """A worker claims a batch and never finishes it (as if its process died)."""
-    worker = Worker(dsn, conf, name)
-    rows = worker.claim()
-    return worker, [prepare(row) for row in rows]
+def claim_and_die(dsn: str, limit: int = 100, name: str = "w-dying") -> Keys:
+    """A worker claims a batch, records it in the claim ledger as the worker does (from a second
+    session, committed), and dies before its apply commits: its session ends, and with it the row
+    locks and the advisory lock that said it was alive."""
+    with connect(dsn) as apply, connect(dsn, autocommit=True) as ledger:
+        pid, token = Queries(apply).apply_session(secrets.randbits(62) + 1)
+        keys = Queries(apply).claim_batch(limit)
+        if keys:
+            Queries(ledger).record_claim(worker=name, backend_pid=pid, session_token=token, keys=keys)
+    # Leaving the block closed the apply session without a commit; its backend ends a moment later.
+    with connect(dsn, autocommit=True) as conn:
+        wait_for(
+            lambda: (
+                conn.execute("SELECT inbox.claim_session_alive(%s) AS alive", [token]).fetchone()
+                == {"alive": False}
+            ),
+            "the dead worker's session to end",
+        )
+    return keys
 
 
-def reap_when_expired(conn: DictConnection, conf: Settings, expected: BatchCounts) -> None:
+def reap(conn: DictConnection, conf: Settings, expected: BatchCounts | None = None) -> BatchCounts:
+    """Reap once; with expected, until that much was reaped in all (a dead session's locks go a moment
+    after its connection closes)."""
+    if expected is None:
+        return reap_abandoned_claims(conn, conf)
     total = BatchCounts()
 
     def reaped_all() -> bool:
-        total.add(reap_expired_leases(conn, conf))
-        return (total.retried, total.dead) == (expected.retried, expected.dead)
+        total.add(reap_abandoned_claims(conn, conf))
+        return total == expected
 
     wait_for(reaped_all, f"reaping {expected}")
+    return total
 
 
-def test_rows_of_a_dead_worker_are_applied_by_another_after_the_lease_expires(
+def ledger_rows(conn: DictConnection) -> int:
+    row = conn.execute("SELECT count(*) AS n FROM inbox.claim_ledger").fetchone()
+    assert row is not None
+    return int(row["n"])
+
+
+def test_a_dead_workers_batch_is_applied_by_another_and_its_claim_still_costs_an_attempt(
+    db: DictConnection, dsn: str
+) -> None:
+    """A living worker takes the events before the reaper runs: the dead claim's attempt is spent
+    all the same, once, and the outcome the living worker wrote stands."""
+    quotas = [uuid.uuid4() for _ in range(5)]
+    ingest(db, [titan_event(q, 1, "INSERT", qty_t=Decimal("10")) for q in quotas])
+    conf = worker_settings(backoff_base_seconds=0.05, backoff_cap_seconds=0.1)
+    keys = claim_and_die(dsn)
+    assert len(keys) == 5
+    assert ledger_rows(db) == 1
+    survivor = Worker(dsn, conf, "w-survivor")
+    try:
+        assert survivor.process_once().applied == 5  # claimable at once: the dead claim locks nothing
+        for q in quotas:
+            assert (inbox_row(db, q, 1)["status"], inbox_row(db, q, 1)["attempts"]) == ("applied", 1)
+
+        assert reap(db, conf, BatchCounts(retried=5)) == BatchCounts(retried=5)
+
+        for q in quotas:
+            row = inbox_row(db, q, 1)
+            assert (row["status"], row["attempts"]) == ("applied", 2)  # the survivor's and the dead one's
+            assert row["last_error"] is None
+            assert quota(db, q) is not None
+        assert ledger_rows(db) == 0
+        assert reap(db, conf) == BatchCounts()  # spent once
+        before = db.execute("SELECT * FROM inbox.quota_events ORDER BY quota_id, version").fetchall()
+        quota_before = db.execute("SELECT * FROM public.quota ORDER BY quota_id").fetchall()
+
+        late = survivor.finish(keys)  # what the dead worker would have applied: nothing is left
+
+        assert (late.not_owned, late.applied, late.stale, late.dead) == (5, 0, 0, 0)
+        assert db.execute("SELECT * FROM inbox.quota_events ORDER BY quota_id, version").fetchall() == before
+        assert db.execute("SELECT * FROM public.quota ORDER BY quota_id").fetchall() == quota_before
+        assert dead_letters(db) == []
+    finally:
+        survivor.close()
+
+
+def test_the_reaper_first_gives_a_dead_workers_batch_back_with_an_attempt_spent(
     db: DictConnection, dsn: str
 ) -> None:
     quotas = [uuid.uuid4() for _ in range(5)]
     ingest(db, [titan_event(q, 1, "INSERT", qty_t=Decimal("10")) for q in quotas])
-    short = worker_settings(lease_seconds=0.2, backoff_base_seconds=0.05, backoff_cap_seconds=0.1)
-    dying, prepared = claim_and_die(dsn, short, "w-dying")
-    assert len(prepared) == 5
-    survivor = Worker(dsn, worker_settings(backoff_base_seconds=0.05), "w-survivor")
+    conf = worker_settings(backoff_base_seconds=0.05, backoff_cap_seconds=0.1)
+    claim_and_die(dsn)
+
+    assert reap(db, conf, BatchCounts(retried=5)) == BatchCounts(retried=5)
+
+    for q in quotas:
+        row = inbox_row(db, q, 1)
+        assert (row["status"], row["attempts"]) == ("pending", 1)
+        assert row["last_error"] == "the worker ended before it finished the batch"
+    survivor = Worker(dsn, conf, "w-survivor")
     try:
-        held = db.execute("SELECT status, lease_owner FROM inbox.quota_events").fetchall()
-        assert held == [{"status": "processing", "lease_owner": "w-dying"}] * 5
-        assert survivor.process_once().claimed == 0  # leased rows are not claimable
-
-        reap_when_expired(db, short, BatchCounts(retried=5))
-        for q in quotas:
-            row = inbox_row(db, q, 1)
-            assert (row["status"], row["lease_owner"], row["attempts"]) == ("pending", None, 1)
-            assert row["last_error"] == "lease expired before the worker finished"
-
         applied = BatchCounts()
 
         def survivor_applies() -> bool:
@@ -287,112 +348,68 @@ def test_rows_of_a_dead_worker_are_applied_by_another_after_the_lease_expires(
             return applied.applied == 5
 
         wait_for(survivor_applies, "the survivor applying the events")
-        for q in quotas:
-            assert quota(db, q) is not None
-        # The quota moves on after the survivor's work.
-        ingest(db, [titan_event(quotas[0], 2, "UPDATE", qty_t=Decimal("20"))])
-        wait_for(lambda: survivor.process_once().applied == 1, "version 2")
-        before = db.execute("SELECT * FROM inbox.quota_events ORDER BY quota_id, version").fetchall()
-        quota_before = db.execute("SELECT * FROM public.quota ORDER BY quota_id").fetchall()
-
-        late = dying.finish(prepared)
-
-        assert (late.not_owned, late.applied, late.stale, late.dead) == (5, 0, 0, 0)
-        assert db.execute("SELECT * FROM inbox.quota_events ORDER BY quota_id, version").fetchall() == before
-        assert db.execute("SELECT * FROM public.quota ORDER BY quota_id").fetchall() == quota_before
-        moved_on = quota(db, quotas[0])
-        assert moved_on is not None
-        assert moved_on["source_version"] == 2
-        assert dead_letters(db) == []
     finally:
-        dying.close()
         survivor.close()
+    assert {inbox_row(db, q, 1)["attempts"] for q in quotas} == {2}
+    assert all(quota(db, q) is not None for q in quotas)
 
 
-def test_a_late_finish_cannot_take_rows_another_worker_holds(db: DictConnection, dsn: str) -> None:
+def test_a_dead_claim_waits_while_a_living_worker_holds_its_events(db: DictConnection, dsn: str) -> None:
+    """The reaper never skips a dead claim's event because a living worker holds it: the claim stays
+    in the ledger until that worker lets go, and then costs its attempt."""
     q = uuid.uuid4()
     ingest(db, [titan_event(q, 1, "INSERT")])
-    short = worker_settings(lease_seconds=0.2, backoff_base_seconds=0.05, backoff_cap_seconds=0.1)
-    dying, prepared = claim_and_die(dsn, short, "w-dying")
-    survivor = Worker(dsn, worker_settings(), "w-survivor")
-    try:
-        reap_when_expired(db, short, BatchCounts(retried=1))
-        claimed: list[dict[str, Any]] = []
+    conf = worker_settings(backoff_base_seconds=0.05, backoff_cap_seconds=0.1)
+    claim_and_die(dsn)
+    with connect(dsn) as living:
+        assert len(Queries(living).claim_batch(10)) == 1  # a living worker's claim, not committed yet
+        waiting = Queries(db).reap_abandoned_claims(limit=10, backoff=backoff(conf))
+        assert (waiting.retried, waiting.dead, waiting.waiting) == (0, 0, 1)
+        assert ledger_rows(db) == 1
+        assert inbox_row(db, q, 1)["attempts"] == 0
+        living.rollback()  # it fails, or dies: the events are free again
 
-        def survivor_claims() -> bool:
-            claimed.extend(survivor.claim())
-            return bool(claimed)
-
-        wait_for(survivor_claims, "the survivor's claim")
-
-        late = dying.finish(prepared)
-
-        assert (late.not_owned, late.applied) == (1, 0)
-        row = inbox_row(db, q, 1)
-        assert (row["status"], row["lease_owner"], row["attempts"]) == ("processing", "w-survivor", 2)
-        assert quota(db, q) is None
-
-        done = survivor.finish([prepare(r) for r in claimed])
-        assert (done.applied, done.not_owned) == (1, 0)
-        assert inbox_row(db, q, 1)["status"] == "applied"
-        assert quota(db, q) is not None
-    finally:
-        dying.close()
-        survivor.close()
+    assert reap(db, conf, BatchCounts(retried=1)) == BatchCounts(retried=1)
+    row = inbox_row(db, q, 1)
+    assert (row["status"], row["attempts"]) == ("pending", 1)
+    assert ledger_rows(db) == 0
 
 
-def test_an_expired_lease_with_no_attempts_left_goes_to_dead_letters(db: DictConnection, dsn: str) -> None:
-    q = uuid.uuid4()
+def test_an_event_that_kills_every_worker_ends_as_a_dead_letter(db: DictConnection, dsn: str) -> None:
+    """Each worker that dies holding it spends one attempt, whether the reaper runs before the next
+    worker takes it or after: out of attempts, it is a dead letter, and its neighbours are applied."""
+    q, neighbour = uuid.uuid4(), uuid.uuid4()
     ingest(db, [titan_event(q, 1, "INSERT")])
-    short = worker_settings(
-        lease_seconds=0.2, max_attempts=2, backoff_base_seconds=0.05, backoff_cap_seconds=0.1
+    conf = worker_settings(max_attempts=3, backoff_base_seconds=0.01, backoff_cap_seconds=0.01)
+    claim_and_die(dsn, name="w-1")
+    claim_and_die(dsn, name="w-2")  # takes it again before any reaper ran
+    assert reap(db, conf, BatchCounts(retried=2)) == BatchCounts(retried=2)
+    assert inbox_row(db, q, 1)["attempts"] == 2
+    make_due(db)
+    claim_and_die(dsn, name="w-3")
+    ingest(db, [titan_event(neighbour, 1, "INSERT")])
+
+    assert reap(db, conf, BatchCounts(dead=1)) == BatchCounts(dead=1)
+
+    row = inbox_row(db, q, 1)
+    assert (row["status"], row["attempts"]) == ("dead", 3)
+    [letter] = dead_letters_for(db, q)
+    assert (letter["error_class"], letter["retry_count"]) == ("retries_exhausted", 3)
+    assert (
+        letter["error_message"] == "gave up after 3 attempts: the worker ended before it finished the batch"
     )
-
-    first, _ = claim_and_die(dsn, short, "w-first")
-    reap_when_expired(db, short, BatchCounts(retried=1))
-    second: Worker | None = None
-    prepared: list[dict[str, Any]] = []
-
-    def claimed_again() -> bool:
-        nonlocal second
-        if second is not None:
-            second.close()
-        second, batch = claim_and_die(dsn, short, "w-second")
-        prepared.extend(batch)
-        return bool(batch)
-
-    try:
-        wait_for(claimed_again, "the second claim")
-        reap_when_expired(db, short, BatchCounts(dead=1))
-
-        row = inbox_row(db, q, 1)
-        assert (row["status"], row["attempts"], row["lease_owner"]) == ("dead", 2, None)
-        [letter] = dead_letters_for(db, q)
-        assert letter["error_class"] == "retries_exhausted"
-        assert letter["retry_count"] == 2
-        assert "lease expired" in letter["error_message"]
-
-        assert second is not None
-        late = second.finish(prepared)
-        assert (late.not_owned, late.applied, late.dead) == (1, 0, 0)
-        assert inbox_row(db, q, 1)["status"] == "dead"
-        assert len(dead_letters_for(db, q)) == 1
-        assert quota(db, q) is None
-        assert reap_expired_leases(db, short) == BatchCounts()
-    finally:
-        first.close()
-        if second is not None:
-            second.close()
+    assert drain(dsn, conf).applied == 1
+    assert quota(db, q) is None and quota(db, neighbour) is not None
 
 
 def test_a_transient_failure_after_a_lost_connection_is_retried(db: DictConnection, dsn: str) -> None:
-    """The worker's connection is killed between claim and apply: the batch comes back, then applies."""
+    """The worker's apply session is killed before it applies: the batch comes back, then applies."""
     q = uuid.uuid4()
-    ingest(db, [titan_event(q, 1, "INSERT")])
     conf = worker_settings(backoff_base_seconds=0.05, backoff_cap_seconds=0.1, lease_seconds=0.5)
     worker = Worker(dsn, conf, "w-cut")
     try:
-        prepared = [prepare(r) for r in worker.claim()]
+        assert worker.process_once().claimed == 0  # its sessions are open
+        ingest(db, [titan_event(q, 1, "INSERT")])
         killed = db.execute(
             "SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity WHERE application_name = %s",
             ["quota-inbox w-cut"],
@@ -408,12 +425,12 @@ def test_a_transient_failure_after_a_lost_connection_is_retried(db: DictConnecti
             "the backend to go",
         )
 
-        counts = worker.finish(prepared)
+        counts = worker.finish(Keys([q], [1], [False]))
 
         # The apply failed on the lost connection; the release reconnected and gave the batch back.
         assert (counts.retried, counts.applied, counts.dead) == (1, 0, 0)
         row = inbox_row(db, q, 1)
-        assert (row["status"], row["lease_owner"], row["attempts"]) == ("pending", None, 1)
+        assert (row["status"], row["attempts"]) == ("pending", 1)
         assert "terminating connection" in row["last_error"]
         wait_for(lambda: worker.process_once().applied == 1, "the retry")
     finally:
