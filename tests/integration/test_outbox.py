@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from psycopg.types.json import Jsonb
 
-from inbox.apply.prepare import prepare
-from inbox.apply.worker import Worker, reap_expired_leases
+from inbox.apply.worker import BatchCounts, Worker, reap_abandoned_claims
 from inbox.db.connect import DictConnection, connect
-from inbox.db.sqlfiles import query
+from inbox.db.queries import Queries
 from inbox.settings import Settings
 from tests.helpers import QUOTA_AS_TEXT, drain, ingest, quota, titan_event
+from tests.processes import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,21 +76,17 @@ def test_each_effective_change_publishes_one_message(db: DictConnection, dsn: st
 def test_rolled_back_apply_publishes_nothing(db: DictConnection, dsn: str) -> None:
     q = uuid.uuid4()
     ingest(db, [titan_event(q, 1, "INSERT")])
-    worker = Worker(dsn, Settings(), "w-rollback")
-    rows = worker.claim()
-    assert len(rows) == 1
     with connect(dsn) as conn:  # not autocommit: we decide the end of the transaction
-        result = conn.execute(
-            query("apply_events"), {"worker": "w-rollback", "events": Jsonb([prepare(rows[0])])}
-        ).fetchone()
-        assert result is not None and result["published"] == 1
+        keys = Queries(conn).claim_batch(10)  # the claim: row locks of this transaction
+        assert len(keys) == 1
+        result = Queries(conn).process_batch(ledger=None, keys=keys)
+        assert result.published == 1
         conn.rollback()
-    worker.close()
 
     assert outbox(db) == []
     assert quota(db, q) is None
-    status = db.execute("SELECT status FROM inbox.quota_events").fetchone()
-    assert status is not None and status["status"] == "processing"
+    status = db.execute("SELECT status, attempts FROM inbox.quota_events").fetchone()
+    assert status == {"status": "pending", "attempts": 0}
 
 
 def test_poison_batch_publishes_only_what_was_applied(db: DictConnection, dsn: str) -> None:
@@ -244,9 +239,14 @@ def test_worker_killed_mid_batch_still_publishes_each_change_once(db: DictConnec
         db.execute("SELECT pg_terminate_backend(%s)", [waiting])
         blocker.rollback()
 
-    time.sleep(1.2)  # let the lease run out
     quick_retry = Settings(backoff_base_seconds=0.001, backoff_cap_seconds=0.001)
-    reaped = reap_expired_leases(db, quick_retry)
+    reaped = BatchCounts()
+
+    def reaped_all() -> bool:  # the terminated session's locks go a moment after it
+        reaped.add(reap_abandoned_claims(db, quick_retry))
+        return reaped.retried >= 60
+
+    wait_for(reaped_all, "the dead worker's claim reaped")
     assert reaped.retried == 60
     time.sleep(0.01)
     drain(dsn)
