@@ -13,7 +13,6 @@ import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,9 @@ from typing import Any
 import pytest
 
 from inbox.apply.pool import WorkerPool
-from inbox.apply.prepare import prepare
 from inbox.apply.worker import Worker
 from inbox.db.connect import DictConnection, connect
+from inbox.db.queries import Keys, Queries
 from inbox.settings import Settings
 from inbox.store import store_events
 from tests.helpers import count_of, dead_letters, drain, ingest, quota, titan_event, to_json, worker_settings
@@ -233,34 +232,30 @@ def test_two_open_claims_get_disjoint_rows_without_waiting(db: DictConnection, d
     with connect(dsn) as first, connect(dsn) as second:  # both in open transactions
         for conn in (first, second):
             conn.execute("SET lock_timeout = '2s'")  # a claim that waited would fail here
-        claim = "SELECT * FROM inbox.claim_events(%s, %s, %s)"
-        got_first = first.execute(claim, ["first", 6, timedelta(seconds=30)]).fetchall()
-        got_second = second.execute(claim, ["second", 6, timedelta(seconds=30)]).fetchall()
-        third = db.execute(claim, ["third", 6, timedelta(seconds=30)]).fetchall()
+        got_first = Queries(first).claim_batch(6)
+        got_second = Queries(second).claim_batch(6)
+        third = Queries(db).claim_batch(6)
 
-        keys_first = {(r["quota_id"], r["version"]) for r in got_first}
-        keys_second = {(r["quota_id"], r["version"]) for r in got_second}
+        keys_first = set(zip(got_first.quota_ids, got_first.versions, strict=True))
+        keys_second = set(zip(got_second.quota_ids, got_second.versions, strict=True))
         assert len(keys_first) == 6
         assert len(keys_second) == 4  # only what the first left
         assert keys_first.isdisjoint(keys_second)
         assert keys_first | keys_second == {(q, 1) for q in quotas}
-        assert third == []  # nothing left for a third claimer, and it did not wait either
-        assert {r["attempts"] for r in got_first + got_second} == {1}
+        assert len(third) == 0  # nothing left for a third claimer, and it did not wait either
         first.commit()
         second.commit()
 
-    owners = db.execute(
-        "SELECT lease_owner, count(*) AS n FROM inbox.quota_events WHERE status = 'processing'"
-        " GROUP BY lease_owner ORDER BY lease_owner"
-    ).fetchall()
-    assert owners == [{"lease_owner": "first", "n": 6}, {"lease_owner": "second", "n": 4}]
+    # A claim writes nothing (migration 015): it is the row locks of its transaction, gone with it.
+    rows = db.execute("SELECT status, attempts FROM inbox.quota_events").fetchall()
+    assert rows == [{"status": "pending", "attempts": 0}] * 10
 
 
 @pytest.mark.timeout(30)
 def test_a_rolled_back_claim_leaves_its_rows_claimable(db: DictConnection, dsn: str) -> None:
     ingest(db, [titan_event(uuid.uuid4(), 1, "INSERT") for _ in range(3)])
     with connect(dsn) as conn:
-        assert len(conn.execute("SELECT * FROM inbox.claim_events('gone', 10, '30s')").fetchall()) == 3
+        assert len(Queries(conn).claim_batch(10)) == 3
         conn.rollback()
 
     rows = db.execute("SELECT status, attempts, lease_owner FROM inbox.quota_events").fetchall()
@@ -331,13 +326,13 @@ def test_two_workers_applying_consecutive_versions_of_one_quota_at_once_end_at_t
     install_hold(db, "w-A")
     worker_a, worker_b = Worker(dsn, conf, "w-A"), Worker(dsn, conf, "w-B")
     ingest(db, [titan_event(qid, first[0], first[1], qty_t=Decimal("1.5"))])
-    batch_a = [prepare(r) for r in worker_a.claim()]
     ingest(db, [titan_event(qid, second[0], second[1], qty_t=Decimal("2.5"))])
-    batch_b = [prepare(r) for r in worker_b.claim()]
-    assert ([e["version"] for e in batch_a], [e["version"] for e in batch_b]) == ([first[0]], [second[0]])
+    # each worker's batch: one version (finish() claims each event in its own transaction)
+    batch_a = Keys([qid], [first[0]], [first[1] == "DELETE"])
+    batch_b = Keys([qid], [second[0]], [second[1] == "DELETE"])
     results: dict[str, Any] = {}
 
-    def finish(name: str, worker: Worker, batch: list[dict[str, Any]]) -> None:
+    def finish(name: str, worker: Worker, batch: Keys) -> None:
         try:
             results[name] = worker.finish(batch)
         except Exception as exc:  # reported by the assertions below
