@@ -16,17 +16,15 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg.types.json import Jsonb
 
-from inbox.apply.prepare import prepare
-from inbox.apply.worker import read_payloads
 from inbox.db.connect import DictConnection
+from inbox.db.queries import ApplyCounts, Queries
 from inbox.db.sqlfiles import query
-from inbox.settings import Settings
 from tests.helpers import ingest, titan_event
 
 BATCH = 500
-WORKER = "plan-test"
+# a statement of inbox.process_batch, as auto_explain logs it
+APPLY = "unnest(p_quota_ids, p_versions, p_is_delete)"
 
 
 @pytest.fixture
@@ -74,20 +72,19 @@ def backlog(db: DictConnection, events: int) -> None:
     ingest(db, [titan_event(uuid.uuid4(), 1, "INSERT") for _ in range(events)])
 
 
-def _claimed(db: DictConnection, params: dict[str, Any]) -> list[dict[str, Any]]:
-    """Claim (keys), then read the payloads: the rows prepare() takes, as the worker does."""
-    keys = db.execute(query("claim_events"), params).fetchall()
-    rows, unread = read_payloads(db, WORKER, keys, max_bytes=Settings().max_body_bytes)
-    assert unread == []
-    return rows
+def claim_and_apply(db: DictConnection, limit: int) -> ApplyCounts:
+    """Claim and apply in one transaction, as the worker does (its claim ledger row aside)."""
+    with db.transaction():
+        keys = Queries(db).claim_batch(limit)
+        return Queries(db).process_batch(ledger=None, keys=keys)
 
 
 def test_claim_reads_the_due_index_in_order_and_stops_at_the_limit(
     db: DictConnection, plans: list[dict[str, Any]]
 ) -> None:
     backlog(db, 3 * BATCH)
-    params = {"worker": WORKER, "limit": BATCH, "lease": timedelta(seconds=30)}
-    assert len(db.execute(query("claim_events"), params).fetchall()) == BATCH
+    with db.transaction():
+        assert len(Queries(db).claim_batch(BATCH)) == BATCH
 
     claim = plan_of(plans, "FOR UPDATE SKIP LOCKED")
     kinds = [node["Node Type"] for node in nodes(claim)]
@@ -101,14 +98,9 @@ def test_claim_reads_the_due_index_in_order_and_stops_at_the_limit(
 
 def test_apply_joins_its_steps_in_linear_time(db: DictConnection, plans: list[dict[str, Any]]) -> None:
     backlog(db, BATCH)
-    params = {"worker": WORKER, "limit": BATCH, "lease": timedelta(seconds=30)}
-    rows = _claimed(db, params)
-    result = db.execute(
-        query("apply_events"), {"worker": WORKER, "events": Jsonb([prepare(row) for row in rows])}
-    ).fetchone()
-    assert result is not None and result["applied"] == BATCH
+    assert claim_and_apply(db, BATCH).applied == BATCH
 
-    apply = plan_of(plans, "jsonb_to_recordset(p_events)")
+    apply = plan_of(plans, APPLY)
     quadratic = [
         node
         for node in nodes(apply)
@@ -136,22 +128,18 @@ def wide_reads(logged: list[dict[str, Any]], tables: set[str], most: int) -> lis
 
 
 def test_a_small_batch_reads_only_its_own_rows(db: DictConnection, plans: list[dict[str, Any]]) -> None:
-    """Claim and apply, 10 events. The planner takes the input of apply_events for 100 rows,
+    """Claim and apply, 10 events. The planner takes the input of process_batch for 100 rows,
     whatever its size. Against tables of a few thousand rows it found a hash join over a seq scan
     cheaper than 100 index lookups, so each small batch (the light-load case) read the whole inbox
     to mark its few events."""
     ingest(db, [titan_event(uuid.uuid4(), 1, "INSERT") for _ in range(3000)])
     db.execute("ANALYZE")
     db.execute("SET auto_explain.log_analyze = on")
-    params = {"worker": WORKER, "limit": 10, "lease": timedelta(seconds=30)}
     plans.clear()  # the claim's and the apply's statements only
-    rows = _claimed(db, params)
-    result = db.execute(
-        query("apply_events"), {"worker": WORKER, "events": Jsonb([prepare(row) for row in rows])}
-    ).fetchone()
-    assert result is not None and result["applied"] == 10 and result["published"] == 10
+    result = claim_and_apply(db, 10)
+    assert result.applied == 10 and result.published == 10
 
-    assert plan_of(plans, "jsonb_to_recordset(p_events)") is not None
+    assert plan_of(plans, APPLY) is not None
     # each table is read by key: at most one row per event of the batch, never a whole table
     too_wide = wide_reads(plans, HOT_TABLES, most=10)
     assert too_wide == [], too_wide
@@ -165,13 +153,7 @@ def test_the_counter_trigger_stays_linear_after_a_small_first_batch(
     loop, which then compared 500 x 500 rows on every full batch (19 ms instead of 1 ms)."""
     backlog(db, BATCH + 2)
     for limit in (2, BATCH):  # a session whose first batch is small, as a worker's often is
-        params = {"worker": WORKER, "limit": limit, "lease": timedelta(seconds=30)}
-        rows = _claimed(db, params)
-        assert len(rows) == limit
-        applied = db.execute(
-            query("apply_events"), {"worker": WORKER, "events": Jsonb([prepare(row) for row in rows])}
-        ).fetchone()
-        assert applied is not None and applied["applied"] == limit
+        assert claim_and_apply(db, limit).applied == limit
 
     counting = [entry["Plan"] for entry in plans if "new_rows" in entry.get("Query Text", "")]
     assert counting, "no plan of the counter triggers was logged"
