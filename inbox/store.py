@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from inbox.db.errors import RefusedValue
 from inbox.db.queries import DictConnection, Keys, Queries, TypedBatch
 from inbox.ingest import ParsedBatch, Rejected, Source, parse_texts
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -26,9 +30,7 @@ def store(conn: DictConnection, batch: ParsedBatch, source: Source) -> IngestRes
     with conn.transaction():
         inserted = 0
         if batch.keys:
-            inserted = queries.ingest_typed_events(
-                events=batch.array_text, batch=typed_batch(batch), source=source
-            )
+            inserted = _store_events(queries, batch, source)
         if batch.rejected:
             queries.insert_request_rejects(
                 source=source,
@@ -37,6 +39,28 @@ def store(conn: DictConnection, batch: ParsedBatch, source: Source) -> IngestRes
                 reasons=[f"item {r.index}: {r.reason}".replace("\x00", "\\x00") for r in batch.rejected],
             )
     return _result(batch, inserted)
+
+
+def _store_events(queries: Queries, batch: ParsedBatch, source: Source) -> int:
+    """Store the events with their typed columns; should PostgreSQL refuse a typed value the edge's
+    validation let through (a validation gap), the batch is stored untyped instead, and the workers
+    type each event alone: the one whose columns are refused again ends as a dead letter
+    ('apply_error'), its neighbours are applied."""
+    try:
+        with queries.conn.transaction():  # a savepoint: the store's transaction goes on after a refusal
+            return queries.ingest_typed_events(
+                events=batch.array_text, batch=typed_batch(batch), source=source
+            )
+    except RefusedValue as exc:
+        log.warning("a typed value was refused, the batch is stored untyped for the workers to type: %s", exc)
+    return queries.ingest_events(
+        events=batch.array_text,
+        quota_ids=[k.quota_id for k in batch.keys],
+        versions=[k.version for k in batch.keys],
+        is_delete=[k.is_delete for k in batch.keys],
+        source_lsns=[k.source_lsn for k in batch.keys],
+        source=source,
+    )
 
 
 def typed_batch(batch: ParsedBatch) -> TypedBatch:

@@ -39,7 +39,7 @@ from inbox.apply.ports import WorkerDatabase
 from inbox.apply.prepare import typed_columns
 from inbox.apply.waker import Waker
 from inbox.db.connect import Session
-from inbox.db.errors import DatabaseError, is_transient, sqlstate
+from inbox.db.errors import DatabaseError, RefusedValue, is_transient, sqlstate
 from inbox.db.queries import Backoff, DeadLetterLine, DictConnection, EventKeyRow, Keys, Queries
 from inbox.settings import Settings
 from inbox.text import shorten
@@ -63,6 +63,7 @@ class BatchCounts:
     retried: int = 0
     not_owned: int = 0
     published: int = 0
+    typed: int = 0  # untyped events typed from their payload (not claimed: claimable now)
 
     def add(self, other: BatchCounts) -> None:
         for name in self.__dataclass_fields__:
@@ -88,11 +89,14 @@ class Worker:
         self.name = name
         timeout = settings.effective_statement_timeout_ms()
         self._session = Session(dsn, application_name=f"quota-inbox {name}", statement_timeout_ms=timeout)
-        self._ledger = Session(dsn, application_name=f"quota-inbox {name} ledger", statement_timeout_ms=timeout)
+        self._ledger = Session(
+            dsn, application_name=f"quota-inbox {name} ledger", statement_timeout_ms=timeout
+        )
         # the apply connection that holds the advisory lock on its token, its backend pid and token
         self._alive: tuple[DictConnection, int, int] | None = None
         self._db: Callable[[], WorkerDatabase] = database or self._session.queries
         self._batches = 0
+        self._short = True  # the last claim came back short: look for untyped events first
 
     def close(self) -> None:
         self._session.close()
@@ -110,7 +114,18 @@ class Worker:
     # -- one batch ----------------------------------------------------------------------------
 
     def process_once(self) -> BatchCounts:
-        """Claim and finish one batch (typing untyped events now and then). Zero counts: nothing due."""
+        """Claim and finish one batch; untyped events are typed first when the last claim came back
+        short, and every TYPE_EVERY batches. Zero counts: nothing was due."""
+        typed = 0
+        if self._short or self._batches % TYPE_EVERY == 0:
+            typed = self.type_untyped()
+        counts = self._claim_and_finish()
+        self._batches += 1
+        self._short = counts.claimed < self.settings.batch_size
+        counts.typed = typed
+        return counts
+
+    def _claim_and_finish(self) -> BatchCounts:
         conn, pid, token = self._apply_connection()
         keys: Keys | None = None
         ledger: int | None = None
@@ -129,9 +144,6 @@ class Worker:
                 raise  # nothing was recorded: the rollback gave every claimed row back
             counts = self._recover(ledger, keys, exc)
         counts.claimed = len(keys)
-        self._batches += 1
-        if counts.claimed < self.settings.batch_size or self._batches % TYPE_EVERY == 0:
-            counts.claimed += self.type_untyped()
         return counts
 
     def _ledger_queries(self) -> Queries:
@@ -228,8 +240,27 @@ class Worker:
                 budget_seconds=self.settings.lease_seconds / 2,
             )
             if rows:
-                queries.type_events([typed_columns(row) for row in rows])
+                self._type(conn, [typed_columns(row) for row in rows])
         return len(rows)
+
+    def _type(self, conn: DictConnection, typed: list[dict[str, Any]]) -> None:
+        """Store typed columns; a value PostgreSQL refuses (a validation gap) costs its event only:
+        typed one by one, that one is stored with the refusal as its reason (an 'apply_error' dead
+        letter), without the columns it was refused for."""
+        try:
+            with conn.transaction():  # a savepoint
+                Queries(conn).type_events(typed)
+            return
+        except RefusedValue as exc:
+            log.warning("typed columns refused, typing %d events one by one: %s", len(typed), exc)
+        for row in typed:
+            try:
+                with conn.transaction():
+                    Queries(conn).type_events([row])
+            except RefusedValue as exc:
+                key = {k: row[k] for k in ("quota_id", "version", "is_delete")}
+                reason = shorten(f"[{sqlstate(exc)}] {str(exc).strip()}")
+                Queries(conn).type_events([{**key, "errors": [reason], "error_class": "apply_error"}])
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -248,7 +279,7 @@ class Worker:
                 stop.wait(delay)
                 delay = min(delay * 2, 5.0)
                 continue
-            if counts.claimed == 0:
+            if counts.claimed == 0 and counts.typed == 0:
                 waker.wait(seen, timeout=self.settings.poll_seconds)
             elif counts.claimed >= self.settings.batch_size:
                 waker.wake()  # a full batch: more may be due, bring in another worker

@@ -27,6 +27,8 @@ from psycopg_pool import PoolTimeout
 # What callers catch: every error the driver raises, and the connection-level ones among them.
 DatabaseError = psycopg.Error
 Unreachable = psycopg.OperationalError
+# a value PostgreSQL refuses to hold (SQLSTATE class 22: numeric overflow, a date out of range)
+RefusedValue = psycopg.DataError
 # statement_timeout (or a cancel): `inbox status` falls back to estimates when counting takes too long.
 QueryCanceled = pg_errors.QueryCanceled
 __all__ = [

@@ -8,11 +8,13 @@ batch with many events the database refuses applies every valid neighbour.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
+from typing import Any
 
 import psycopg
 import pytest
@@ -20,11 +22,11 @@ from confluent_kafka import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from inbox.apply.prepare import prepare
-from inbox.apply.worker import Worker
+import inbox.apply.prepare
+import inbox.ingest
 from inbox.db.connect import DictConnection
 from inbox.events import InvalidEvent, quota_row
-from inbox.formats import key_event
+from inbox.formats import Typed, key_event, typed_event
 from inbox.ingest import BadBatch
 from inbox.kafka.batch import Batch, Event, Origin
 from inbox.kafka.store import store_batch
@@ -93,7 +95,9 @@ def test_an_event_postgresql_refuses_is_halved_out_as_a_reject(db: DictConnectio
     keyed = [*texts[:2], poison, *texts[2:]]
     batch = Batch(
         events=[
-            Event(Origin(TOPIC, 1, n), text, key_event(json.loads(text))) for n, text in enumerate(keyed)
+            Event(Origin(TOPIC, 1, n), text, key, typed_event(json.loads(text), key.is_delete))
+            for n, text in enumerate(keyed)
+            for key in [key_event(json.loads(text))]
         ],
         next_offsets={(TOPIC, 1): len(keyed)},
     )
@@ -189,33 +193,40 @@ def test_python_takes_an_updated_at_exactly_when_postgresql_does(
     assert python_takes == postgresql_takes, text
 
 
-POISON_COLUMNS = [
-    {"source_updated_at": "2026-01-01T00:00:00+20:00"},  # the offset of issue 12
-    {"source_updated_at": "2026-01-01T00:00:00+05:30:15.5"},
-    {"period_month": "2026-02-30"},
-    {"qty_t": "1e999999"},  # numeric overflow
+# Typed values a validation gap could let through, which PostgreSQL refuses: at ingest (a numeric
+# it cannot hold) or at the apply (the quota table's CHECKs).
+POISON_COLUMNS: list[dict[str, Any]] = [
+    {"qty_t": Decimal("1e999999")},  # numeric overflow: refused when stored
+    {"period_month": date(2026, 2, 2)},  # not the first of its month
+    {"counterparty_id": ""},
     {"direction": "x" * 10},
-    {"qty_t": "-1"},  # the quota table's CHECK
+    {"qty_t": Decimal("-1")},  # the quota table's CHECK
+    {"tolerance_pct": Decimal("101")},
 ]
 
 
 def test_events_the_database_refuses_cost_themselves_never_their_neighbours(
-    dsn: str, db: DictConnection
+    dsn: str, db: DictConnection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Six poison events among 36 (issue 12 H4: 2 valid neighbours ended dead). Here the poison is
-    put into the prepared columns directly, as a validation gap would leave it; each one alone is
-    dead-lettered without the columns it was refused for, the 30 others are applied."""
+    put into the typed columns by the validation itself, as a validation gap would leave it (at the
+    edge, and again when a worker types an event stored untyped); each one alone is dead-lettered
+    without the columns it was refused for, the 30 others are applied."""
     ids = [uuid.uuid4() for _ in range(36)]
-    ingest(db, [titan_event(q, 1) for q in ids])
     poisoned = {ids[i]: POISON_COLUMNS[n] for n, i in enumerate(range(2, 36, 6))}
-    worker = Worker(dsn, Settings(batch_size=100), "test-worker")
-    try:
-        prepared = [prepare(row) for row in worker.claim()]
-        prepared = [{**p, **poisoned.get(uuid.UUID(p["quota_id"]), {})} for p in prepared]
 
-        counts = worker.finish(prepared)
-    finally:
-        worker.close()
+    def gap(value: Any, is_delete: bool) -> Typed:
+        typed = typed_event(value, is_delete)
+        poison = poisoned.get(uuid.UUID(str(value["data"]["quota_id"])))
+        if poison is None or typed.row is None:
+            return typed
+        return dataclasses.replace(typed, row=dataclasses.replace(typed.row, **poison))
+
+    monkeypatch.setattr(inbox.ingest, "typed_event", gap)
+    monkeypatch.setattr(inbox.apply.prepare, "typed_event", gap)
+    ingest(db, [titan_event(q, 1) for q in ids])
+
+    counts = drain(dsn, Settings(batch_size=100))
 
     assert (counts.applied, counts.dead, counts.retried) == (30, 6, 0)
     assert all(quota(db, q) is not None for q in ids if q not in poisoned)
