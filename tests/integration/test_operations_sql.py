@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from inbox.apply.jobs import DatabaseWatch, check_alerts, purge_finished
-from inbox.apply.worker import reap_expired_leases
+from inbox.apply.worker import reap_abandoned_claims
 from inbox.db.connect import DictConnection, connect
 from inbox.settings import Settings
 from tests.acceptance.conftest import UNREACHABLE_DSN
@@ -389,12 +389,8 @@ def test_retries_and_replays_are_counted(db: DictConnection, dsn: str) -> None:
     _, letter = blocked_delete(db, dsn)
     other = uuid.uuid4()
     ingest(db, [titan_event(other, 1)])
-    db.execute(
-        "UPDATE inbox.quota_events SET status = 'processing', attempts = 1, lease_owner = 'gone', "
-        "lease_expires_at = now() - interval '1 second' WHERE quota_id = %s",
-        [other],
-    )
-    reap_expired_leases(db, Settings())
+    abandon_claim(db, other)
+    reap_abandoned_claims(db, Settings())
     replay(db, [letter])
 
     seen = counters(db)
@@ -402,6 +398,17 @@ def test_retries_and_replays_are_counted(db: DictConnection, dsn: str) -> None:
     assert seen[("retried", "")] == 1
     assert seen[("ingested", "replay")] == 1
     assert seen[("dead", "delete_blocked")] == 1
+
+
+def abandon_claim(db: DictConnection, quota_id: uuid.UUID) -> None:
+    """The claim ledger row of a worker that died holding this quota's events: its session token is
+    held by no session (no advisory lock on it)."""
+    db.execute(
+        "INSERT INTO inbox.claim_ledger (worker, backend_pid, session_token, quota_ids, versions, is_delete)"
+        " SELECT 'gone', 0, 42, array_agg(quota_id), array_agg(version), array_agg(is_delete)"
+        " FROM inbox.quota_events WHERE quota_id = %s",
+        [quota_id],
+    )
 
 
 def test_folding_keeps_the_totals_and_shrinks_the_table(db: DictConnection) -> None:
@@ -468,13 +475,11 @@ def test_events_exhausted_by_the_reaper_get_their_log_line(
 ) -> None:
     quota_id = uuid.uuid4()
     ingest(db, [titan_event(quota_id, 3, "INSERT")])
-    db.execute(
-        "UPDATE inbox.quota_events SET status = 'processing', attempts = 2, lease_owner = 'gone', "
-        "lease_expires_at = now() - interval '1 second'"
-    )
+    db.execute("UPDATE inbox.quota_events SET attempts = 1")  # one attempt spent already
+    abandon_claim(db, quota_id)
 
     with caplog.at_level(logging.INFO, logger="inbox.apply.worker"):
-        counts = reap_expired_leases(db, Settings(max_attempts=2))
+        counts = reap_abandoned_claims(db, Settings(max_attempts=2))
 
     assert counts.dead == 1
     assert _dead_lines(caplog) == [
