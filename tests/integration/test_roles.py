@@ -20,9 +20,10 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from inbox.apply.jobs import DatabaseWatch, check_alerts, metrics_job, purge_finished, purge_history
-from inbox.apply.worker import reap_expired_leases
+from inbox.apply.worker import reap_abandoned_claims
 from inbox.db.connect import DictConnection, connect, with_role
 from inbox.db.migrate import MigrationError, migrate
+from inbox.ingest import Source
 from inbox.metrics import MetricsSource
 from inbox.settings import Settings
 from inbox.store import store_events
@@ -165,7 +166,10 @@ def test_ingest_role_files_events_from_every_feed(
         " VALUES (gen_random_uuid(), 1, false, '{}', 'http', 'applied')",
         "UPDATE inbox.quota_events SET status = 'applied'",
         "DELETE FROM inbox.quota_events",
-        "SELECT * FROM inbox.claim_events('intruder', 10, '1 minute')",
+        "SELECT * FROM inbox.claim_batch(10)",
+        "SELECT * FROM inbox.process_batch(NULL, '{}', '{}', '{}', NULL, NULL)",
+        "SELECT * FROM inbox.claim_ledger",
+        "DELETE FROM inbox.claim_ledger",
         "UPDATE inbox.quota_versions SET version = 0",
         "SELECT * FROM inbox.rejects",
         "SELECT * FROM public.call_off",
@@ -210,12 +214,13 @@ def test_worker_role_runs_the_whole_data_path_and_its_jobs(
     # One event claimed by a worker that vanished: the reaper gives it back.
     ingest(db, [titan_event(kept, 3, qty_t=Decimal("8"))])
     db.execute(
-        "UPDATE inbox.quota_events SET status = 'processing', lease_owner = 'vanished',"
-        " lease_expires_at = now() - interval '1 second', attempts = 1 WHERE version = 3"
+        "INSERT INTO inbox.claim_ledger (worker, backend_pid, session_token, quota_ids, versions, is_delete)"
+        " SELECT 'vanished', 0, 42, array_agg(quota_id), array_agg(version), array_agg(is_delete)"
+        " FROM inbox.quota_events WHERE version = 3"
     )
     quick = Settings(backoff_base_seconds=0.001, backoff_cap_seconds=0.001, alert_dead_letter_threshold=1)
     with connect(worker_dsn, autocommit=True) as conn:
-        assert reap_expired_leases(conn, quick).retried == 1
+        assert reap_abandoned_claims(conn, quick).retried == 1
 
     counts = drain(worker_dsn)
 
@@ -239,7 +244,7 @@ def test_worker_role_runs_the_whole_data_path_and_its_jobs(
         "DROP TABLE public.quota",
         "DROP TABLE inbox.quota_events",
         "DROP VIEW inbox.v_lag",
-        "DROP FUNCTION inbox.apply_events(text, jsonb)",
+        "DROP FUNCTION inbox.process_batch(bigint, uuid[], bigint[], boolean[], text, text)",
         "DROP SCHEMA inbox CASCADE",
         "ALTER TABLE public.quota ADD COLUMN sneaky text",
         "ALTER TABLE inbox.quota_events DISABLE TRIGGER ALL",
@@ -269,6 +274,10 @@ def test_worker_role_runs_the_whole_data_path_and_its_jobs(
         "DELETE FROM inbox.quota_events WHERE status = 'pending'",
         "DELETE FROM inbox.rejects",
         "SELECT * FROM inbox.reset_gate(gen_random_uuid(), NULL, 'x')",
+        # nor file events, typed or not
+        "SELECT inbox.ingest_typed_events('[]', '{}', '{}', '{}', 'http', '{}', '{}', '{}', '{}', '{}', '{}',"
+        " '{}', '{}', '{}', '{}', '{}', '{}', '{}')",
+        "UPDATE inbox.quota_events SET received_at = now()",
     ],
 )
 def test_worker_role_cannot_change_the_schema_or_rewrite_history(
@@ -306,11 +315,14 @@ def test_readonly_role_reads_the_dba_views_and_the_metrics(
         "DELETE FROM public.quota_processing_errors",
         "SELECT * FROM inbox.replay_dead_letters(ARRAY(SELECT gen_random_uuid()))",
         "SELECT * FROM inbox.ingest_events('[]', '{}', '{}', '{}', 'http')",
-        "SELECT * FROM inbox.claim_events('intruder', 10, '1 minute')",
+        "SELECT * FROM inbox.claim_batch(10)",
+        "SELECT * FROM inbox.reap_abandoned_claims(10, 5, '1 second', '1 minute')",
+        "DELETE FROM inbox.claim_ledger",
         "SELECT inbox.fold_counters()",
         "CREATE TABLE inbox.mine (x int)",
         # M5: counts and states, never payloads
         "SELECT payload FROM inbox.quota_events",
+        "SELECT qty_t, counterparty_id FROM inbox.quota_events",  # the typed columns say as much
         "SELECT * FROM inbox.quota_events",
         "SELECT event_data FROM public.quota_processing_errors",
         "SELECT event_data FROM inbox.v_dead_letters",
@@ -341,6 +353,7 @@ def test_every_security_definer_function_pins_its_search_path_and_is_not_public(
     ).fetchall()
     assert {r["name"].split("(")[0] for r in rows} == {
         "inbox.ingest_events",
+        "inbox.ingest_typed_events",
         "inbox.add_counters",
         "inbox.titan_quota_sink_to_inbox",
         "inbox.purge_finished_events",
@@ -441,6 +454,20 @@ def test_ingest_role_files_only_as_http_or_kafka(
     assert store_events(db, [to_json(titan_event(q, 2))], "replay").accepted == 1
     sources = db.execute("SELECT version, source FROM inbox.quota_events ORDER BY version").fetchall()
     assert sources == [{"version": 1, "source": "kafka"}, {"version": 2, "source": "replay"}]
+
+
+@pytest.mark.parametrize("source", ["replay", "reconcile"])
+def test_ingest_role_files_typed_events_only_as_http_or_kafka(
+    db: DictConnection, as_role: dict[str, DictConnection], source: Source
+) -> None:
+    """inbox.ingest_typed_events checks the source as inbox.ingest_events does (migration 015)."""
+    text = to_json(titan_event(uuid.uuid4(), 1, "INSERT"))
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="may not file events as source"):
+        store_events(as_role["inbox_ingest"], [text], source)
+    assert store_events(as_role["inbox_ingest"], [text], "kafka").accepted == 1
+    assert db.execute("SELECT source, typed FROM inbox.quota_events").fetchall() == [
+        {"source": "kafka", "typed": True}
+    ]
 
 
 def test_an_event_filed_under_a_key_not_its_own_is_a_dead_letter_not_applied(
