@@ -6,7 +6,11 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import uuid
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from psycopg import sql
@@ -22,6 +26,8 @@ from inbox.db.migrate import (
     pending_migrations,
 )
 from inbox.db.sqlfiles import Migration, migrations, object_files, query
+from tests.helpers import titan_event, to_json
+from tests.processes import inbox_env, inbox_process, wait_for
 
 
 def _label(m: Migration) -> str:
@@ -282,3 +288,100 @@ def test_a_database_of_001_010_has_the_baseline(empty_dsn: str) -> None:
     _record_history(empty_dsn, list(SQUASHED))
     with connect(empty_dsn, autocommit=True) as conn:
         assert pending_migrations(conn) == [_label(m) for m in migrations()[1:]]
+
+
+def test_the_typed_events_migration_keeps_every_stored_event_and_dead_letter(
+    empty_dsn: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Migration 015 on a database at 014 with events in every state: each stored event and dead
+    letter survives as it was (an old worker's claim given back, its attempt kept); `inbox work`
+    then types the untyped pending ones from their payload and applies them, exactly."""
+    shipped = migrations()
+    with monkeypatch.context() as patch:
+        patch.setattr(migrate_module, "migrations", lambda: [m for m in shipped if m.version < 15])
+        patch.setattr(migrate_module, "object_files", lambda: [])  # the tables are what 015 changes
+        migrate(empty_dsn)
+    pending, claimed, applied, invalid, dead, stale = (uuid.uuid4() for _ in range(6))
+    rows = [
+        (pending, "pending", titan_event(pending, 1, "INSERT", qty_t=Decimal("1000.0010"))),
+        (claimed, "processing", titan_event(claimed, 2, "INSERT")),
+        (applied, "applied", titan_event(applied, 1, "INSERT")),
+        (invalid, "pending", titan_event(invalid, 1, "INSERT", direction="HOLD")),
+        (dead, "dead", titan_event(dead, 1, "INSERT", qty_t=Decimal("-1"))),
+        (stale, "stale", titan_event(stale, 1, "INSERT")),
+    ]
+    with connect(empty_dsn, autocommit=True) as conn:
+        for quota_id, status, event in rows:
+            held = status == "processing"
+            conn.execute(
+                "INSERT INTO inbox.quota_events (quota_id, version, is_delete, payload, source, status,"
+                " attempts, lease_owner, lease_expires_at, last_error)"
+                " VALUES (%s, %s, false, %s::jsonb, 'http', %s, %s, %s, %s, %s)",
+                [
+                    quota_id,
+                    event["metadata"]["version"],
+                    to_json(event),
+                    status,
+                    1 if status in ("processing", "applied", "dead", "stale") else 0,
+                    "old-worker" if held else None,
+                    datetime.now(UTC) + timedelta(minutes=5) if held else None,
+                    "qty_t must be > 0" if status == "dead" else None,
+                ],
+            )
+        conn.execute(
+            "INSERT INTO public.quota_processing_errors (event_data, error_message, quota_id, version,"
+            " is_delete, error_class) SELECT payload, last_error, quota_id, version, false, 'invalid'"
+            " FROM inbox.quota_events WHERE status = 'dead'"
+        )
+        before = conn.execute(
+            "SELECT quota_id, version, payload::text, source, received_at, status, attempts, last_error"
+            " FROM inbox.quota_events ORDER BY quota_id"
+        ).fetchall()
+        letters = conn.execute("SELECT * FROM public.quota_processing_errors ORDER BY id").fetchall()
+
+    report = migrate(empty_dsn)
+
+    assert report.applied == [_label(m) for m in shipped if m.version >= 15]
+    with connect(empty_dsn, autocommit=True) as conn:
+        after = conn.execute(
+            "SELECT quota_id, version, payload::text, source, received_at, status, attempts, last_error"
+            " FROM inbox.quota_events ORDER BY quota_id"
+        ).fetchall()
+        # every row kept; the old worker's claim given back, with the attempt it spent
+        assert [dict(r, status="pending") if r["quota_id"] == claimed else r for r in before] == after
+        assert conn.execute("SELECT * FROM public.quota_processing_errors ORDER BY id").fetchall() == letters
+        assert conn.execute("SELECT count(*) AS n FROM inbox.quota_events WHERE typed").fetchone() == {"n": 0}
+
+        with inbox_process(
+            "work", env=inbox_env(empty_dsn, INBOX_POLL_SECONDS="0.2"), log=tmp_path / "w.log"
+        ):
+            wait_for(
+                lambda: (
+                    conn.execute(
+                        "SELECT count(*) AS n FROM inbox.quota_events WHERE status = 'pending'"
+                    ).fetchone()
+                    == {"n": 0}
+                ),
+                "the worker to type and apply the old pending events",
+            )
+        states = {
+            r["quota_id"]: (r["status"], r["typed"])
+            for r in conn.execute("SELECT quota_id, status, typed FROM inbox.quota_events")
+        }
+        assert states == {
+            pending: ("applied", True),
+            claimed: ("applied", True),
+            applied: ("applied", False),
+            invalid: ("dead", True),
+            dead: ("dead", False),
+            stale: ("stale", False),
+        }
+        kept = conn.execute("SELECT qty_t FROM public.quota WHERE quota_id = %s", [pending]).fetchone()
+        assert kept is not None and str(kept["qty_t"]) == "1000.0010"
+        classes = conn.execute(
+            "SELECT quota_id, error_class FROM public.quota_processing_errors ORDER BY created_at"
+        ).fetchall()
+        assert {(r["quota_id"], r["error_class"]) for r in classes} == {
+            (dead, "invalid"),
+            (invalid, "invalid"),
+        }

@@ -113,7 +113,7 @@ def test_a_role_that_may_create_in_public_cannot_climb_through_the_owners_operat
     db.execute("SELECT * FROM inbox.v_dead_letters")
     db.execute("SELECT inbox.fold_counters('0 seconds')")
     db.execute("SELECT * FROM inbox.check_dead_letter_rate('1 hour', 1)")
-    db.execute("SELECT * FROM inbox.reap_expired_leases(10, 5, '1 second', '1 minute')")
+    db.execute("SELECT * FROM inbox.reap_abandoned_claims(10, 5, '1 second', '1 minute')")
     db.execute("SELECT inbox.purge_finished_events('0 seconds', 100)")
 
     assert not _is_superuser(db, planter)
