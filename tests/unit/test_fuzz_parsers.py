@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from inbox.apply.prepare import prepare
+from inbox.apply.prepare import typed_columns
 from inbox.db.connect import _dumps, load_json
 from inbox.events import MAX_NUMBER_DIGITS, EventKey, InvalidEvent, QuotaRow, UnkeyableEvent, number_problem
 from inbox.formats import interpret, key_event
@@ -221,10 +221,10 @@ def test_preparing_any_payload_never_crashes_validation(value: Any, is_delete: b
         readable = False
     row = {"quota_id": uuid.uuid4(), "version": 1, "is_delete": is_delete, "payload": text}
 
-    prepared = prepare(row)
+    prepared = typed_columns(row)
 
     assert prepared.get("error_class") in ((None, "invalid") if readable else ("unreadable",))
-    json.loads(_dumps(prepared))  # it can be sent to inbox.apply_events
+    json.loads(_dumps(prepared))  # it can be sent to query type_events
 
 
 # -- the Kafka message classifier -------------------------------------------------------------------

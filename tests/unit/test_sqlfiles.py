@@ -121,7 +121,8 @@ def test_no_names_means_no_queries() -> None:
 
 def test_shipped_queries_load() -> None:
     loaded = queries()
-    assert {"ingest_events", "claim_events", "apply_events", "try_lock_migrations", "ping"} <= set(loaded)
+    expected = {"ingest_typed_events", "claim_batch", "process_batch", "try_lock_migrations", "ping"}
+    assert expected <= set(loaded)
     assert "applied_migrations_if_any" not in loaded  # nothing ran it
     assert all(text.strip() for text in loaded.values())
     assert query("ping") == loaded["ping"]

@@ -7,9 +7,9 @@ failure releases a batch, which bisects it, which raises, and that one poison ev
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import uuid
+from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
-from typing import Any
 
 import psycopg
 import pytest
@@ -17,7 +17,7 @@ from psycopg import errors as pg_errors
 
 from inbox.apply.ports import WorkerDatabase
 from inbox.apply.worker import BatchCounts, Worker
-from inbox.db.queries import ApplyCounts, Backoff, DeadLetterLine, EventKeyRow, RetryCounts
+from inbox.db.queries import ApplyCounts, Backoff, DeadLetterLine, EventKeyRow, Keys, RetryCounts
 from inbox.settings import Settings
 
 
@@ -27,15 +27,18 @@ class FakeDatabase:
     def __init__(self, poison: AbstractSet[str] = frozenset(), fail_with: Exception | None = None) -> None:
         self.poison = poison
         self.fail_with = fail_with
-        self.applied: list[list[str]] = []  # each successful apply_events call: its quota ids
+        self.applied: list[list[str]] = []  # each successful process_batch call: its quota ids
         self.released: list[tuple[list[str], str]] = []
         self.buried: list[str] = []
+        self.dropped: list[int] = []
 
-    def apply_events(self, *, worker: str, events: Sequence[dict[str, Any]]) -> ApplyCounts:
-        ids = [e["quota_id"] for e in events]
+    def process_batch(
+        self, *, ledger: int | None, keys: Keys, error_class: str | None = None, error: str | None = None
+    ) -> ApplyCounts:
+        ids = [NAMES[q] for q in keys.quota_ids]
         if self.fail_with is not None:
             raise self.fail_with
-        if any(e.get("error_class") == "apply_error" for e in events):
+        if error_class == "apply_error":
             self.buried.extend(ids)
             return ApplyCounts(applied=0, stale=0, dead=len(ids), not_owned=0, published=0)
         if self.poison & set(ids):
@@ -43,12 +46,13 @@ class FakeDatabase:
         self.applied.append(ids)
         return ApplyCounts(applied=len(ids), stale=0, dead=0, not_owned=0, published=len(ids))
 
-    def release_events(
-        self, *, worker: str, keys: Iterable[EventKeyRow], error: str, backoff: Backoff
-    ) -> RetryCounts:
-        ids = [k["quota_id"] for k in keys]
+    def release_claim(self, *, ledger: int | None, keys: Keys, error: str, backoff: Backoff) -> RetryCounts:
+        ids = [NAMES[q] for q in keys.quota_ids]
         self.released.append((ids, error))
         return RetryCounts(retried=len(ids), dead=0)
+
+    def drop_claim(self, ledger: int) -> None:
+        self.dropped.append(ledger)
 
     def dead_letters_for_keys(self, keys: Iterable[EventKeyRow]) -> list[DeadLetterLine]:
         return []
@@ -59,8 +63,12 @@ def _worker(fake: WorkerDatabase) -> Worker:
     return Worker("postgresql://never-used", Settings(), "test:1:0", database=lambda: fake)
 
 
-def _events(n: int) -> list[dict[str, Any]]:
-    return [{"quota_id": f"q{i}", "version": 1, "is_delete": False} for i in range(n)]
+QUOTAS = [uuid.uuid4() for _ in range(10)]
+NAMES = {q: f"q{i}" for i, q in enumerate(QUOTAS)}
+
+
+def _events(n: int) -> Keys:
+    return Keys(QUOTAS[:n], [1] * n, [False] * n)
 
 
 def test_a_poison_event_is_bisected_out_and_costs_only_itself() -> None:
