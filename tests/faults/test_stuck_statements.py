@@ -65,9 +65,11 @@ def _session(db: DictConnection, process: InboxProcess) -> dict[str, Any]:
 
 
 def _longest_overdue_claim(db: DictConnection) -> float:
+    """How long past the lease the oldest claim (a claim ledger row) has been held."""
     row = db.execute(
-        "SELECT coalesce(max(extract(epoch FROM now() - lease_expires_at)), 0) AS overdue"
-        " FROM inbox.quota_events WHERE status = 'processing'"
+        "SELECT coalesce(max(extract(epoch FROM now() - claimed_at - make_interval(secs => %s))), 0)"
+        " AS overdue FROM inbox.claim_ledger",
+        [LEASE_SECONDS],
     ).fetchone()
     return float(row["overdue"]) if row else 0.0
 
@@ -132,8 +134,8 @@ def test_a_frozen_worker_loses_its_claim_to_the_lease_and_applies_nothing_twice(
             wait_for(lambda: _session(db, frozen).get("state") != "active", "the statement cancelled", 10)
         # ... but the frozen worker cannot give its batch back: the claim is held, by nobody alive.
         held = db.execute(
-            "SELECT count(*) AS n FROM inbox.quota_events"
-            " WHERE status = 'processing' AND lease_owner LIKE %s",
+            "SELECT coalesce(sum(cardinality(quota_ids)), 0) AS n FROM inbox.claim_ledger"
+            " WHERE worker LIKE %s",
             [f"%:{frozen.proc.pid}:0"],
         ).fetchone()
         with inbox_process("work", env=_worker_env(dsn), log=tmp_path / "rescuer.log"):

@@ -1,8 +1,8 @@
 """`inbox work` processes SIGKILLed mid-batch, again and again, while a large stream is applied.
 
 The final quota state is exact, each effective change is applied once and published once, and the
-leases the dead workers abandoned are picked up by the others. CI runs 50,000 events; INBOX_SOAK=1
-runs 200,000 with more workers and kills.
+claims the dead workers abandoned (their claim ledger rows) are picked up by the others. CI runs
+50,000 events; INBOX_SOAK=1 runs 200,000 with more workers and kills.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ STALL_SECONDS = 60  # far beyond a lease (2 s) and a reap interval (0.5 s)
 @dataclass
 class KillLog:
     kills: int = 0
-    abandoned: int = 0  # rows in 'processing' under a killed worker's name, right after its death
+    abandoned: int = 0  # events in a killed worker's claim ledger rows, right after its death
     abandoned_keys: set[tuple[object, ...]] = field(default_factory=set)
 
 
@@ -87,8 +87,9 @@ class WorkerFleet:
         # abandoned is what the worker held once its sessions are gone.
         wait_for(lambda: not _sessions(db, f"quota-inbox {owner}"), "the killed worker's sessions to end")
         held = db.execute(
-            "SELECT quota_id, version, is_delete FROM inbox.quota_events"
-            " WHERE status = 'processing' AND lease_owner LIKE %s",
+            "SELECT k.quota_id, k.version, k.is_delete FROM inbox.claim_ledger l,"
+            " unnest(l.quota_ids, l.versions, l.is_delete) AS k(quota_id, version, is_delete)"
+            " WHERE l.worker LIKE %s",
             [owner],
         ).fetchall()
         log.kills += 1
@@ -102,15 +103,13 @@ class WorkerFleet:
 
 
 def _owner(process: InboxProcess) -> str:
-    """A LIKE pattern for the lease owner names of a process's worker threads (host:pid:index)."""
+    """A LIKE pattern for the names of a process's worker threads (host:pid:index)."""
     return f"%:{process.proc.pid}:%"
 
 
 def _held(db: DictConnection, owner: str) -> bool:
     row = db.execute(
-        "SELECT EXISTS (SELECT 1 FROM inbox.quota_events WHERE status = 'processing' AND lease_owner LIKE %s)"
-        " AS held",
-        [owner],
+        "SELECT EXISTS (SELECT 1 FROM inbox.claim_ledger WHERE worker LIKE %s) AS held", [owner]
     ).fetchone()
     return bool(row and row["held"])
 
@@ -213,7 +212,7 @@ def test_workers_killed_mid_batch_again_and_again_end_exact(
     assert max(applied.values()) == 1
     messages = outbox(db)
     assert Counter(keys(messages)) == applied
-    # the abandoned rows were claimed again: by a living worker, after their lease ran out
+    # the abandoned rows were claimed again by a living worker, and the dead claim cost its attempt
     reclaimed = db.execute(
         "SELECT count(*) AS n FROM inbox.quota_events e"
         " JOIN unnest(%s::uuid[], %s::bigint[], %s::boolean[]) AS k(quota_id, version, is_delete)"
