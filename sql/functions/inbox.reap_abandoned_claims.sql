@@ -12,7 +12,7 @@
 -- gone, so are its row locks: the events were claimable again the moment it died, and a living
 -- worker may hold them already. The claim is reaped only once none of its events is locked (a
 -- claim some of whose events are held waits for the next round: counted in waiting); then each of
--- them has one attempt spent (inbox.release_claim with p_spend_finished): pending ones go back
+-- them has one attempt spent (inbox.release_claim with the claim's ledger row): pending ones go back
 -- with a backoff or, out of attempts, are dead-lettered ('retries_exhausted'); ones a living worker
 -- finished meanwhile keep their outcome. So every worker that dies holding an event costs it
 -- exactly one attempt, whoever took the event next: an event that kills every worker that takes it
@@ -64,7 +64,7 @@ BEGIN
         SELECT r.retried, r.dead INTO v_r, v_d
         FROM inbox.release_claim(v_claim.id, v_claim.quota_ids, v_claim.versions, v_claim.is_delete,
                                  'the worker ended before it finished the batch',
-                                 p_max_attempts, p_backoff_base, p_backoff_cap, true) r;
+                                 p_max_attempts, p_backoff_base, p_backoff_cap) r;
         retried := retried + v_r;
         dead := dead + v_d;
     END LOOP;

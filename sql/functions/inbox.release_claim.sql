@@ -1,8 +1,7 @@
 -- -------------------------------------------------------------------------------------------------
 -- Function: inbox.release_claim(p_ledger bigint, p_quota_ids uuid[], p_versions bigint[],
 --                               p_is_delete boolean[], p_error text, p_max_attempts integer,
---                               p_backoff_base interval, p_backoff_cap interval,
---                               p_spend_finished boolean DEFAULT false)
+--                               p_backoff_base interval, p_backoff_cap interval)
 --     RETURNS TABLE (retried, dead)
 --
 -- Reads:       inbox.claim_ledger, inbox.quota_events
@@ -12,41 +11,62 @@
 -- -------------------------------------------------------------------------------------------------
 -- Spend one attempt on each of these events, after a transient failure or for a worker that died
 -- with them. One still pending is pending again after an exponential backoff with jitter, or dead
--- ('retries_exhausted') once p_max_attempts attempts have been spent. With p_spend_finished (the
--- reaper), one that another worker has finished meanwhile keeps its outcome and has the dead
--- worker's attempt counted too: every claim that died holding an event has cost it one attempt.
--- With p_ledger, only if that claim ledger row is still there (it is deleted here): a worker and the
--- reaper racing for the same failed batch spend its attempt once.
--- Events locked by another transaction (a worker applying them) are left to it; the reaper calls
--- this only once none of a claim's events is locked.
+-- ('retries_exhausted') once p_max_attempts attempts have been spent.
+-- With p_ledger: a claim that failed (its apply rolled back, or its worker died). Only if that claim
+-- ledger row is still there (it is deleted here: a worker and the reaper racing for the same claim
+-- spend its attempt once), and then on every event of it: one a living worker has taken meanwhile
+-- is waited for (it holds it for one batch at most), and one another worker has finished keeps its
+-- outcome with the attempt counted. So every claim that failed holding an event has cost it exactly
+-- one attempt, whoever took the event next: an event that kills every worker that takes it ends as
+-- a dead letter.
+-- Without p_ledger (a part of a bisected batch, claimed by its own statement): the events still
+-- pending that no other transaction holds.
 CREATE OR REPLACE FUNCTION inbox.release_claim(
-    p_ledger         bigint,
-    p_quota_ids      uuid[],
-    p_versions       bigint[],
-    p_is_delete      boolean[],
-    p_error          text,
-    p_max_attempts   integer,
-    p_backoff_base   interval,
-    p_backoff_cap    interval,
-    p_spend_finished boolean DEFAULT false
+    p_ledger       bigint,
+    p_quota_ids    uuid[],
+    p_versions     bigint[],
+    p_is_delete    boolean[],
+    p_error        text,
+    p_max_attempts integer,
+    p_backoff_base interval,
+    p_backoff_cap  interval
 ) RETURNS TABLE (retried bigint, dead bigint)
-LANGUAGE sql
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
-    WITH unclaimed AS (
-        DELETE FROM inbox.claim_ledger l WHERE l.id = p_ledger RETURNING l.id
-    ),
-    held AS (
+#variable_conflict use_column
+BEGIN
+    IF p_ledger IS NOT NULL THEN
+        DELETE FROM inbox.claim_ledger l WHERE l.id = p_ledger;
+        IF NOT FOUND THEN  -- released or reaped already: its attempt is spent
+            retried := 0;
+            dead := 0;
+            RETURN NEXT;
+            RETURN;
+        END IF;
+        -- every event of the claim, waiting for a living worker that holds one
+        PERFORM 1
+        FROM unnest(p_quota_ids, p_versions, p_is_delete) AS k(quota_id, version, is_delete)
+        CROSS JOIN LATERAL (
+            SELECT 1
+            FROM inbox.quota_events e
+            WHERE (e.quota_id, e.version, e.is_delete) = (k.quota_id, k.version, k.is_delete)
+            ORDER BY e.quota_id, e.version, e.is_delete
+            FOR UPDATE
+        ) x;
+    END IF;
+
+    RETURN QUERY
+    WITH held AS (
         SELECT x.*, x.status = 'pending' AND x.attempts + 1 >= p_max_attempts AS exhausted
         FROM unnest(p_quota_ids, p_versions, p_is_delete) AS k(quota_id, version, is_delete)
         CROSS JOIN LATERAL (
             SELECT e.quota_id, e.version, e.is_delete, e.status, e.attempts
             FROM inbox.quota_events e
             WHERE (e.quota_id, e.version, e.is_delete) = (k.quota_id, k.version, k.is_delete)
-              AND (e.status = 'pending' OR p_spend_finished)
-            FOR UPDATE SKIP LOCKED
+              AND (e.status = 'pending' OR p_ledger IS NOT NULL)
+            FOR UPDATE SKIP LOCKED  -- with p_ledger, this transaction holds them all already
         ) x
-        WHERE p_ledger IS NULL OR EXISTS (SELECT 1 FROM unclaimed)
     ),
     marked AS (
         UPDATE inbox.quota_events e
@@ -78,4 +98,5 @@ AS $$
                  count(*) FILTER (WHERE m.exhausted)     AS dead
           FROM marked m) r,
          LATERAL inbox.add_counters(ARRAY['retried'], ARRAY[''], ARRAY[r.retried::float8]) c;
+END;
 $$;

@@ -1,0 +1,124 @@
+"""An event that kills every worker that takes it ends as a dead letter (issue 13).
+
+The claim writes nothing per event: a worker records its batch in the claim ledger, committed before
+the apply, and a worker that dies holding it must still spend an attempt on each of its events, even
+when a living worker takes them before any reaper runs. Here every `inbox work` process that takes
+the poison event is SIGKILLed mid-apply (its apply waits on a lock this test holds), again and
+again, while another worker takes the event at once: each death costs it exactly one attempt, and
+it is dead-lettered after INBOX_MAX_ATTEMPTS of them; its neighbours are applied.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from inbox.db.connect import DictConnection, connect
+from tests.helpers import dead_letters_for, inbox_row, ingest, quota, titan_event
+from tests.processes import InboxProcess, inbox_env, wait_for
+
+MAX_ATTEMPTS = 3
+NEIGHBOURS = 10
+
+
+class Fleet:
+    def __init__(self, dsn: str, workdir: Path) -> None:
+        self.env = inbox_env(
+            dsn,
+            INBOX_WORKERS="1",
+            INBOX_BATCH_SIZE="1",  # the poison's batch holds the poison alone
+            INBOX_MAX_ATTEMPTS=str(MAX_ATTEMPTS),
+            INBOX_LEASE_SECONDS="30",
+            INBOX_STATEMENT_TIMEOUT_MS="60000",  # the apply waits for the lock until it is killed
+            INBOX_REAP_INTERVAL_SECONDS="0.5",
+            INBOX_POLL_SECONDS="0.1",
+            INBOX_BACKOFF_BASE_SECONDS="0.01",
+            INBOX_BACKOFF_CAP_SECONDS="0.01",
+        )
+        self.workdir = workdir
+        self.started = 0
+        self.processes: dict[int, InboxProcess] = {}
+        for _ in range(2):
+            self.start()
+
+    def start(self) -> None:
+        self.started += 1
+        process = InboxProcess(["work"], self.env, self.workdir / f"work-{self.started}.log")
+        self.processes[process.proc.pid] = process
+
+    def kill(self, db: DictConnection, pid: int) -> None:
+        """SIGKILL the process, and end its sessions as a dead host's would end (a backend waiting
+        on a lock does not notice that its client is gone)."""
+        self.processes.pop(pid).kill()
+        db.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE %s",
+            [f"quota-inbox %:{pid}:%"],
+        )
+        self.start()
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            process.terminate()
+
+
+@pytest.fixture
+def fleet(dsn: str, tmp_path: Path) -> Iterator[Fleet]:
+    workers = Fleet(dsn, tmp_path)
+    yield workers
+    workers.stop()
+
+
+def _holder(db: DictConnection, quota_id: uuid.UUID) -> int | None:
+    """The pid of the `inbox work` process whose claim ledger row holds the quota's event."""
+    row = db.execute(
+        "SELECT worker FROM inbox.claim_ledger WHERE %s = ANY (quota_ids) ORDER BY id DESC LIMIT 1",
+        [quota_id],
+    ).fetchone()
+    return None if row is None else int(str(row["worker"]).split(":")[-2])
+
+
+@pytest.mark.timeout(240)
+def test_an_event_that_kills_every_worker_that_takes_it_ends_as_a_dead_letter(
+    dsn: str, db: DictConnection, fleet: Fleet
+) -> None:
+    poison = uuid.uuid4()
+    neighbours = [uuid.uuid4() for _ in range(NEIGHBOURS)]
+    db.execute(
+        "INSERT INTO inbox.quota_versions (quota_id, version, is_delete) VALUES (%s, 0, false)", [poison]
+    )
+    kills = 0
+    with connect(dsn) as blocker:  # every apply of the poison waits here, until its worker is killed
+        blocker.execute("SELECT 1 FROM inbox.quota_versions WHERE quota_id = %s FOR UPDATE", [poison])
+        ingest(db, [titan_event(poison, 1, "INSERT"), *(titan_event(q, 1, "INSERT") for q in neighbours)])
+        deadline = time.monotonic() + 200
+        while inbox_row(db, poison, 1)["status"] != "dead" or _holder(db, poison) is not None:
+            assert time.monotonic() < deadline, f"still {inbox_row(db, poison, 1)} after {kills} kills"
+            pid = _holder(db, poison)
+            if pid is not None and pid in fleet.processes and _waits_on_lock(db, pid):
+                fleet.kill(db, pid)
+                kills += 1
+            time.sleep(0.02)
+        blocker.rollback()
+
+    row = inbox_row(db, poison, 1)
+    print(f"\n{kills} kills, {fleet.started} worker processes, poison {row['status']} at {row['attempts']}")
+    assert kills >= MAX_ATTEMPTS
+    assert (row["status"], row["attempts"]) == ("dead", kills)  # each death cost exactly one attempt
+    [letter] = dead_letters_for(db, poison)
+    assert (letter["error_class"], letter["retry_count"]) == ("retries_exhausted", MAX_ATTEMPTS)
+    assert "the worker ended before it finished the batch" in letter["error_message"]
+    wait_for(lambda: all(quota(db, q) is not None for q in neighbours), "the neighbours applied")
+    assert quota(db, poison) is None
+
+
+def _waits_on_lock(db: DictConnection, pid: int) -> bool:
+    row = db.execute(
+        "SELECT count(*) AS n FROM pg_stat_activity"
+        " WHERE application_name LIKE %s AND wait_event_type = 'Lock'",
+        [f"quota-inbox %:{pid}:%"],
+    ).fetchone()
+    return row is not None and row["n"] > 0
