@@ -120,7 +120,8 @@ DELETE FROM inbox.claim_ledger WHERE id = %(ledger)s::bigint;
 -- name: process_batch
 SELECT applied, stale, dead, not_owned, published
 FROM inbox.process_batch(%(ledger)s::bigint, %(quota_ids)b::uuid[], %(versions)b::bigint[],
-                         %(is_delete)b::boolean[], %(error_class)s::text, %(error)s::text);
+                         %(is_delete)b::boolean[], %(error_class)s::text, %(error)s::text,
+                         %(max_attempts)s::integer);
 
 -- name: release_claim
 SELECT retried, dead
@@ -129,7 +130,7 @@ FROM inbox.release_claim(%(ledger)s::bigint, %(quota_ids)b::uuid[], %(versions)b
                          %(backoff_base)s::interval, %(backoff_cap)s::interval);
 
 -- name: reap_abandoned_claims
-SELECT retried, dead, waiting
+SELECT retried, dead
 FROM inbox.reap_abandoned_claims(%(limit)s::integer, %(max_attempts)s::integer,
                                  %(backoff_base)s::interval, %(backoff_cap)s::interval);
 

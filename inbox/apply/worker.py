@@ -138,7 +138,12 @@ class Worker:
                     ledger = self._ledger_queries().record_claim(
                         worker=self.name, backend_pid=pid, session_token=token, keys=keys
                     )
-                    counts = self._counts(queries.process_batch(ledger=ledger, keys=keys), keys)
+                    counts = self._counts(
+                        queries.process_batch(
+                            ledger=ledger, keys=keys, max_attempts=self.settings.max_attempts
+                        ),
+                        keys,
+                    )
         except Exception as exc:
             if keys is None or ledger is None:
                 raise  # nothing was recorded: the rollback gave every claimed row back
@@ -164,7 +169,10 @@ class Worker:
         """Finish events this worker claimed (each part in its own transaction: one statement); on
         failure retry or bisect, never lose them."""
         try:
-            return self._counts(self._db().process_batch(ledger=None, keys=keys), keys)
+            return self._counts(
+                self._db().process_batch(ledger=None, keys=keys, max_attempts=self.settings.max_attempts),
+                keys,
+            )
         except Exception as exc:
             if is_transient(exc):
                 log.warning("transient failure applying %d events: %s", len(keys), exc)
@@ -188,7 +196,13 @@ class Worker:
         pay for it."""
         error = shorten(f"[{sqlstate(exc)}] {str(exc).strip()}")
         try:
-            row = self._db().process_batch(ledger=None, keys=keys, error_class="apply_error", error=error)
+            row = self._db().process_batch(
+                ledger=None,
+                keys=keys,
+                max_attempts=self.settings.max_attempts,
+                error_class="apply_error",
+                error=error,
+            )
         except DatabaseError as again:
             if is_transient(again):
                 raise

@@ -168,12 +168,10 @@ class ApplyCounts:
 
 @dataclass(frozen=True, slots=True)
 class RetryCounts:
-    """release_claim and reap_abandoned_claims: attempts spent (retried), and dead-lettered; waiting:
-    the reaper's claims left for the next round (a living worker holds some of their events)."""
+    """release_claim and reap_abandoned_claims: attempts spent (retried), and dead-lettered."""
 
     retried: int
     dead: int
-    waiting: int = 0
 
 
 @dataclass(frozen=True)
@@ -463,9 +461,21 @@ class Queries:
         self._run("drop_claim", {"ledger": ledger})
 
     def process_batch(
-        self, *, ledger: int | None, keys: Keys, error_class: str | None = None, error: str | None = None
+        self,
+        *,
+        ledger: int | None,
+        keys: Keys,
+        max_attempts: int,
+        error_class: str | None = None,
+        error: str | None = None,
     ) -> ApplyCounts:
-        params = {"ledger": ledger, **keys.params(), "error_class": error_class, "error": error}
+        params = {
+            "ledger": ledger,
+            **keys.params(),
+            "error_class": error_class,
+            "error": error,
+            "max_attempts": max_attempts,
+        }
         row = self._one("process_batch", params)
         return ApplyCounts(row["applied"], row["stale"], row["dead"], row["not_owned"], row["published"])
 
@@ -476,7 +486,7 @@ class Queries:
 
     def reap_abandoned_claims(self, *, limit: int, backoff: Backoff) -> RetryCounts:
         row = self._one("reap_abandoned_claims", {"limit": limit, **backoff.params()})
-        return RetryCounts(row["retried"], row["dead"], row["waiting"])
+        return RetryCounts(row["retried"], row["dead"])
 
     def untyped_keys(self, limit: int) -> list[EventKeyRow]:
         """Due untyped events, locked for the caller's transaction."""

@@ -1,15 +1,20 @@
 -- -------------------------------------------------------------------------------------------------
 -- Function: inbox.process_batch(p_ledger bigint, p_quota_ids uuid[], p_versions bigint[],
---                               p_is_delete boolean[], p_error_class text, p_error text)
+--                               p_is_delete boolean[], p_error_class text, p_error text,
+--                               p_max_attempts integer)
 --     RETURNS TABLE (applied, stale, dead, not_owned, published)
 --
 -- Reads:       inbox.quota_events (typed columns), inbox.quota_versions, public.call_off
 -- Writes:      inbox.quota_versions, public.quota, inbox.quota_events, public.quota_processing_errors,
---              inbox.claim_ledger (deletes p_ledger), pgmq queue quota_changes (pgmq.send_batch)
+--              inbox.claim_ledger (deletes p_ledger), inbox.claim_debts (pays them),
+--              pgmq queue quota_changes (pgmq.send_batch)
 -- Called by:   query process_batch (inbox/apply/worker.py), in the transaction of inbox.claim_batch
 -- -------------------------------------------------------------------------------------------------
 -- Finish the events with these keys that are still pending, in the caller's transaction, from their
 -- typed columns (migration 015: no payload travels to the worker and back), in two statements:
+--   events whose spent attempts (with the debts of dead claims that held them, inbox.claim_debts)
+--   have reached p_max_attempts -> dead letters ('retries_exhausted'), never applied again: an
+--                                event that killed every worker that took it
 --   invalid events (errors set when typed) -> dead letters (error_class, or 'invalid'; every reason)
 --   p_error given             -> every event a dead letter (p_error_class, p_error): the worker's
 --                                verdict on a poison event its bisection isolated
@@ -47,8 +52,9 @@ CREATE OR REPLACE FUNCTION inbox.process_batch(
     p_quota_ids   uuid[],
     p_versions    bigint[],
     p_is_delete   boolean[],
-    p_error_class text,
-    p_error       text
+    p_error_class  text,
+    p_error        text,
+    p_max_attempts integer
 ) RETURNS TABLE (applied bigint, stale bigint, dead bigint, not_owned bigint, published bigint)
 LANGUAGE plpgsql
 -- Every table here is reached by key from the batch. The planner takes the batch (a function
@@ -65,12 +71,8 @@ DECLARE
     v_quota_ids uuid[];
     v_is_delete boolean[];
 BEGIN
-    WITH owned AS (
-        SELECT e.*,
-               CASE WHEN p_error IS NOT NULL THEN coalesce(p_error_class, 'apply_error')
-                    WHEN e.errors IS NOT NULL THEN coalesce(e.stored_error_class, 'invalid') END AS error_class,
-               CASE WHEN p_error IS NOT NULL THEN p_error
-                    WHEN e.errors IS NOT NULL THEN array_to_string(e.errors, '; ') END        AS error
+    WITH locked AS (
+        SELECT e.*
         FROM unnest(p_quota_ids, p_versions, p_is_delete) AS k(quota_id, version, is_delete)
         CROSS JOIN LATERAL (
             SELECT x.quota_id, x.version, x.is_delete, x.attempts, x.source, x.errors,
@@ -82,6 +84,31 @@ BEGIN
               AND x.status = 'pending' AND x.typed
             FOR UPDATE SKIP LOCKED
         ) e
+    ),
+    -- attempts that dead claims owe (inbox.release_claim): paid now, by primary key
+    paid AS (
+        DELETE FROM inbox.claim_debts d
+        USING locked l
+        WHERE (d.quota_id, d.version, d.is_delete) = (l.quota_id, l.version, l.is_delete)
+        RETURNING d.quota_id, d.version, d.is_delete, d.claims
+    ),
+    owned AS (
+        SELECT e.quota_id, e.version, e.is_delete, e.source, e.errors, e.stored_error_class, e.source_lsn,
+               e.versionless, e.counterparty_id, e.direction, e.period_month, e.qty_t, e.tolerance_pct,
+               e.incoterm_code, e.metal_code, e.source_updated_at,
+               e.attempts + coalesce(p.claims, 0)                                         AS attempts,
+               e.attempts + coalesce(p.claims, 0) >= p_max_attempts                       AS exhausted,
+               CASE WHEN e.attempts + coalesce(p.claims, 0) >= p_max_attempts THEN 'retries_exhausted'
+                    WHEN p_error IS NOT NULL THEN coalesce(p_error_class, 'apply_error')
+                    WHEN e.errors IS NOT NULL THEN coalesce(e.stored_error_class, 'invalid') END AS error_class,
+               CASE WHEN e.attempts + coalesce(p.claims, 0) >= p_max_attempts
+                        THEN format('gave up after %s attempts: %s', e.attempts + coalesce(p.claims, 0),
+                                    CASE WHEN p.claims > 0 THEN 'the worker ended before it finished the batch'
+                                         ELSE 'no attempt left' END)
+                    WHEN p_error IS NOT NULL THEN p_error
+                    WHEN e.errors IS NOT NULL THEN array_to_string(e.errors, '; ') END        AS error
+        FROM locked e
+        LEFT JOIN paid p ON (p.quota_id, p.version, p.is_delete) = (e.quota_id, e.version, e.is_delete)
     ),
     placed AS (
         SELECT o.*,
@@ -192,7 +219,7 @@ BEGIN
         RETURNING q.*
     ),
     outcomes AS (
-        SELECT o.quota_id, o.version, o.is_delete, o.attempts,
+        SELECT o.quota_id, o.version, o.is_delete, o.attempts, o.exhausted,
                CASE
                    WHEN o.error IS NOT NULL OR o.unplaceable THEN 'dead'
                    WHEN o.candidate AND g.quota_id IS NOT NULL THEN 'applied'
@@ -241,7 +268,7 @@ BEGIN
     marked AS (
         UPDATE inbox.quota_events e
         SET status = o.status,
-            attempts = e.attempts + 1,  -- this attempt
+            attempts = o.attempts + CASE WHEN o.exhausted THEN 0 ELSE 1 END,  -- this attempt, if made
             last_error = o.error,
             applied_at = CASE WHEN o.status = 'applied' THEN now() END
         FROM outcomes o
@@ -251,7 +278,8 @@ BEGIN
     buried AS (
         INSERT INTO public.quota_processing_errors (
             event_data, error_message, retry_count, quota_id, version, is_delete, error_class)
-        SELECT x.payload, o.error, o.attempts + 1, o.quota_id, o.version, o.is_delete, o.error_class
+        SELECT x.payload, o.error, o.attempts + CASE WHEN o.exhausted THEN 0 ELSE 1 END, o.quota_id, o.version,
+               o.is_delete, o.error_class
         FROM outcomes o
         JOIN inbox.quota_events x ON (x.quota_id, x.version, x.is_delete) = (o.quota_id, o.version, o.is_delete)
         WHERE o.status = 'dead'

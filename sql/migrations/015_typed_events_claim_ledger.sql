@@ -46,10 +46,10 @@ CREATE INDEX quota_events_untyped_idx
 --    session, committed before the apply runs; the apply deletes its row in its own transaction.
 --    Each apply session holds a session-level advisory lock on a random session_token for as long
 --    as it lives (pg_locks shows it to every role, unlike pg_stat_activity's details). A row whose
---    token no session holds belongs to a worker that died with the batch in hand: once none of its
---    events is locked any more, the reaper spends one attempt on each of them, whether a living
---    worker finished them meanwhile or not, and dead-letters those still pending that have used them
---    all: an event that kills every worker that takes it ends as a dead letter
+--    token no session holds belongs to a worker that died with the batch in hand: the reaper spends
+--    one attempt on each of its events, whether a living worker finished them meanwhile or not (or
+--    records it as a debt, below, for one a living worker holds), and dead-letters those still pending
+--    that have used them all: an event that kills every worker that takes it ends as a dead letter
 --    (sql/functions/inbox.reap_abandoned_claims.sql).
 CREATE TABLE inbox.claim_ledger (
     id            bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -68,6 +68,22 @@ ALTER TABLE inbox.claim_ledger SET (
 -- UPDATE: the reaper locks the rows it reaps (FOR UPDATE SKIP LOCKED)
 GRANT SELECT, INSERT, UPDATE, DELETE ON inbox.claim_ledger TO inbox_worker;
 GRANT SELECT ON inbox.claim_ledger TO inbox_readonly;
+
+-- Attempts that dead claims owe events a living worker held when the reaper came: the reaper
+-- cannot update a row another transaction holds, so it records the debt here, and whoever next
+-- finishes or gives back the event pays it (inbox.process_batch, inbox.release_claim): an event whose
+-- spent attempts reach INBOX_MAX_ATTEMPTS is then dead-lettered ('retries_exhausted') before it is
+-- applied again. Usually empty.
+CREATE TABLE inbox.claim_debts (
+    quota_id  uuid        NOT NULL,
+    version   bigint      NOT NULL,
+    is_delete boolean     NOT NULL,
+    claims    integer     NOT NULL CHECK (claims > 0),  -- dead claims that held the event
+    since     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (quota_id, version, is_delete)
+);
+GRANT SELECT, INSERT, UPDATE, DELETE ON inbox.claim_debts TO inbox_worker;
+GRANT SELECT ON inbox.claim_debts TO inbox_readonly;
 
 -- 3. The mark. Claims no longer write a lease, so the lease's index goes: the mark of a finished
 --    event (status, attempts, last_error, applied_at) then touches no index key. It still leaves

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from inbox.apply.worker import BatchCounts, Worker, backoff, reap_abandoned_claims
+from inbox.apply.worker import BatchCounts, Worker, reap_abandoned_claims
 from inbox.db.connect import DictConnection, connect
 from inbox.db.queries import Keys, Queries
 from inbox.settings import Settings
@@ -354,25 +354,54 @@ def test_the_reaper_first_gives_a_dead_workers_batch_back_with_an_attempt_spent(
     assert all(quota(db, q) is not None for q in quotas)
 
 
-def test_a_dead_claim_waits_while_a_living_worker_holds_its_events(db: DictConnection, dsn: str) -> None:
-    """The reaper never skips a dead claim's event because a living worker holds it: the claim stays
-    in the ledger until that worker lets go, and then costs its attempt."""
+def test_a_dead_claim_on_an_event_a_living_worker_holds_is_a_debt_that_worker_pays(
+    db: DictConnection, dsn: str
+) -> None:
+    """The reaper cannot write an event a living worker holds: the dead claim's attempt becomes a
+    debt (inbox.claim_debts), and the living worker pays it when it finishes the event."""
     q = uuid.uuid4()
     ingest(db, [titan_event(q, 1, "INSERT")])
     conf = worker_settings(backoff_base_seconds=0.05, backoff_cap_seconds=0.1)
     claim_and_die(dsn)
     with connect(dsn) as living:
-        assert len(Queries(living).claim_batch(10)) == 1  # a living worker's claim, not committed yet
-        waiting = Queries(db).reap_abandoned_claims(limit=10, backoff=backoff(conf))
-        assert (waiting.retried, waiting.dead, waiting.waiting) == (0, 0, 1)
-        assert ledger_rows(db) == 1
-        assert inbox_row(db, q, 1)["attempts"] == 0
-        living.rollback()  # it fails, or dies: the events are free again
+        keys = Queries(living).claim_batch(10)  # a living worker's claim, not committed yet
+        assert len(keys) == 1
 
-    assert reap(db, conf, BatchCounts(retried=1)) == BatchCounts(retried=1)
+        assert reap(db, conf) == BatchCounts(retried=1)
+
+        assert ledger_rows(db) == 0
+        assert db.execute("SELECT claims FROM inbox.claim_debts").fetchall() == [{"claims": 1}]
+        assert inbox_row(db, q, 1)["attempts"] == 0
+        assert Queries(living).process_batch(ledger=None, keys=keys, max_attempts=5).applied == 1
+        living.commit()
+
     row = inbox_row(db, q, 1)
-    assert (row["status"], row["attempts"]) == ("pending", 1)
-    assert ledger_rows(db) == 0
+    assert (row["status"], row["attempts"]) == ("applied", 2)  # the dead claim's and its own
+    assert db.execute("SELECT count(*) AS n FROM inbox.claim_debts").fetchone() == {"n": 0}
+
+
+def test_an_event_whose_dead_claims_used_up_its_attempts_is_dead_lettered_not_applied(
+    db: DictConnection, dsn: str
+) -> None:
+    """The next worker to take an event that killed every worker before it buries it unapplied."""
+    q = uuid.uuid4()
+    ingest(db, [titan_event(q, 1, "INSERT")])
+    conf = worker_settings(max_attempts=2)
+    db.execute(
+        "INSERT INTO inbox.claim_debts (quota_id, version, is_delete, claims) VALUES (%s, 1, false, 2)", [q]
+    )
+
+    counts = drain(dsn, conf)
+
+    assert (counts.applied, counts.dead) == (0, 1)
+    row = inbox_row(db, q, 1)
+    assert (row["status"], row["attempts"]) == ("dead", 2)
+    [letter] = dead_letters_for(db, q)
+    assert (letter["error_class"], letter["retry_count"]) == ("retries_exhausted", 2)
+    assert (
+        letter["error_message"] == "gave up after 2 attempts: the worker ended before it finished the batch"
+    )
+    assert quota(db, q) is None
 
 
 def test_an_event_that_kills_every_worker_ends_as_a_dead_letter(db: DictConnection, dsn: str) -> None:

@@ -79,7 +79,7 @@ def test_rolled_back_apply_publishes_nothing(db: DictConnection, dsn: str) -> No
     with connect(dsn) as conn:  # not autocommit: we decide the end of the transaction
         keys = Queries(conn).claim_batch(10)  # the claim: row locks of this transaction
         assert len(keys) == 1
-        result = Queries(conn).process_batch(ledger=None, keys=keys)
+        result = Queries(conn).process_batch(ledger=None, keys=keys, max_attempts=5)
         assert result.published == 1
         conn.rollback()
 

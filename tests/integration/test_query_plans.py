@@ -76,7 +76,7 @@ def claim_and_apply(db: DictConnection, limit: int) -> ApplyCounts:
     """Claim and apply in one transaction, as the worker does (its claim ledger row aside)."""
     with db.transaction():
         keys = Queries(db).claim_batch(limit)
-        return Queries(db).process_batch(ledger=None, keys=keys)
+        return Queries(db).process_batch(ledger=None, keys=keys, max_attempts=5)
 
 
 def test_claim_reads_the_due_index_in_order_and_stops_at_the_limit(

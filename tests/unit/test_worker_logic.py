@@ -33,7 +33,13 @@ class FakeDatabase:
         self.dropped: list[int] = []
 
     def process_batch(
-        self, *, ledger: int | None, keys: Keys, error_class: str | None = None, error: str | None = None
+        self,
+        *,
+        ledger: int | None,
+        keys: Keys,
+        max_attempts: int,
+        error_class: str | None = None,
+        error: str | None = None,
     ) -> ApplyCounts:
         ids = [NAMES[q] for q in keys.quota_ids]
         if self.fail_with is not None:
