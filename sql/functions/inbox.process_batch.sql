@@ -86,11 +86,16 @@ BEGIN
         ) e
     ),
     -- attempts that dead claims owe (inbox.release_claim): paid now, by primary key
-    paid AS (
+    paid_rows AS (
         DELETE FROM inbox.claim_debts d
         USING locked l
         WHERE (d.quota_id, d.version, d.is_delete) = (l.quota_id, l.version, l.is_delete)
         RETURNING d.quota_id, d.version, d.is_delete, d.claims
+    ),
+    paid AS (
+        SELECT p.quota_id, p.version, p.is_delete, sum(p.claims)::integer AS claims
+        FROM paid_rows p
+        GROUP BY p.quota_id, p.version, p.is_delete
     ),
     owned AS (
         SELECT e.quota_id, e.version, e.is_delete, e.source, e.errors, e.stored_error_class, e.source_lsn,

@@ -67,26 +67,30 @@ BEGIN
 
     IF p_ledger IS NOT NULL THEN
         -- the others of the claim are in a living worker's hands: a debt it pays
-        INSERT INTO inbox.claim_debts AS d (quota_id, version, is_delete, claims)
+        INSERT INTO inbox.claim_debts (quota_id, version, is_delete, claims)
         SELECT k.quota_id, k.version, k.is_delete, 1
         FROM unnest(p_quota_ids, p_versions, p_is_delete) AS k(quota_id, version, is_delete)
         WHERE EXISTS (SELECT 1 FROM inbox.quota_events e
                       WHERE (e.quota_id, e.version, e.is_delete) = (k.quota_id, k.version, k.is_delete))
           AND NOT EXISTS (SELECT 1 FROM unnest(v_quota_ids, v_versions, v_is_delete) AS f(quota_id, version, is_delete)
                           WHERE (f.quota_id, f.version, f.is_delete) = (k.quota_id, k.version, k.is_delete))
-        ORDER BY 1, 2, 3
-        ON CONFLICT (quota_id, version, is_delete) DO UPDATE SET claims = d.claims + 1;
+        ORDER BY 1, 2, 3;
         GET DIAGNOSTICS v_debts = ROW_COUNT;
         -- an attempt spent all the same (retried), paid when the event is next finished or given back
         PERFORM inbox.add_counters(ARRAY['retried'], ARRAY[''], ARRAY[v_debts::float8]);
     END IF;
 
     RETURN QUERY
-    WITH paid AS (
+    WITH paid_rows AS (
         DELETE FROM inbox.claim_debts d
         USING unnest(v_quota_ids, v_versions, v_is_delete) AS f(quota_id, version, is_delete)
         WHERE (d.quota_id, d.version, d.is_delete) = (f.quota_id, f.version, f.is_delete)
         RETURNING d.quota_id, d.version, d.is_delete, d.claims
+    ),
+    paid AS (
+        SELECT p.quota_id, p.version, p.is_delete, sum(p.claims)::integer AS claims
+        FROM paid_rows p
+        GROUP BY p.quota_id, p.version, p.is_delete
     ),
     held AS (
         SELECT e.quota_id, e.version, e.is_delete, e.status, e.attempts + coalesce(p.claims, 0) AS spent,

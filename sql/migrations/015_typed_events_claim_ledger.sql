@@ -73,15 +73,16 @@ GRANT SELECT ON inbox.claim_ledger TO inbox_readonly;
 -- cannot update a row another transaction holds, so it records the debt here, and whoever next
 -- finishes or gives back the event pays it (inbox.process_batch, inbox.release_claim): an event whose
 -- spent attempts reach INBOX_MAX_ATTEMPTS is then dead-lettered ('retries_exhausted') before it is
--- applied again. Usually empty.
+-- applied again. Usually empty. One row per dead claim and event, never updated: the reaper's
+-- insert waits for no worker (a worker paying a debt holds its row until it commits).
 CREATE TABLE inbox.claim_debts (
     quota_id  uuid        NOT NULL,
     version   bigint      NOT NULL,
     is_delete boolean     NOT NULL,
-    claims    integer     NOT NULL CHECK (claims > 0),  -- dead claims that held the event
-    since     timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (quota_id, version, is_delete)
+    claims    integer     NOT NULL DEFAULT 1 CHECK (claims > 0),  -- attempts owed
+    since     timestamptz NOT NULL DEFAULT now()
 );
+CREATE INDEX claim_debts_event_idx ON inbox.claim_debts (quota_id, version, is_delete);
 GRANT SELECT, INSERT, UPDATE, DELETE ON inbox.claim_debts TO inbox_worker;
 GRANT SELECT ON inbox.claim_debts TO inbox_readonly;
 

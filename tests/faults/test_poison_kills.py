@@ -116,9 +116,12 @@ def test_an_event_that_kills_every_worker_that_takes_it_ends_as_a_dead_letter(
 
 
 def _waits_on_lock(db: DictConnection, pid: int) -> bool:
+    """Whether the process's apply has waited on the lock for a while: the poison takes a moment to
+    kill its worker, time for the reaper of a living process to run (in a fleet where every
+    process died at once, none would be left to reap)."""
     row = db.execute(
-        "SELECT count(*) AS n FROM pg_stat_activity"
-        " WHERE application_name LIKE %s AND wait_event_type = 'Lock'",
+        "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name LIKE %s"
+        " AND wait_event_type = 'Lock' AND now() - query_start > interval '1 second'",
         [f"quota-inbox %:{pid}:%"],
     ).fetchone()
     return row is not None and row["n"] > 0
