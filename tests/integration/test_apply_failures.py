@@ -380,6 +380,22 @@ def test_a_dead_claim_on_an_event_a_living_worker_holds_is_a_debt_that_worker_pa
     assert db.execute("SELECT count(*) AS n FROM inbox.claim_debts").fetchone() == {"n": 0}
 
 
+def test_a_debt_no_worker_paid_is_paid_by_the_reaper(db: DictConnection, dsn: str) -> None:
+    """A worker may finish an event just after the reaper recorded a debt it did not see: the reaper
+    pays it once the event is free, and the outcome stands."""
+    q = uuid.uuid4()
+    ingest(db, [titan_event(q, 1, "INSERT")])
+    conf = worker_settings()
+    assert drain(dsn, conf).applied == 1
+    db.execute("INSERT INTO inbox.claim_debts (quota_id, version, is_delete) VALUES (%s, 1, false)", [q])
+
+    assert reap(db, conf) == BatchCounts()  # the attempt was counted when the debt was recorded
+
+    row = inbox_row(db, q, 1)
+    assert (row["status"], row["attempts"]) == ("applied", 2)
+    assert db.execute("SELECT count(*) AS n FROM inbox.claim_debts").fetchone() == {"n": 0}
+
+
 def test_an_event_whose_dead_claims_used_up_its_attempts_is_dead_lettered_not_applied(
     db: DictConnection, dsn: str
 ) -> None:
