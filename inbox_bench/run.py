@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from inbox_bench import ceiling, edge, kafka, overhead, peers, pipeline
+from inbox_bench import apply, ceiling, edge, kafka, overhead, peers, pipeline
 from inbox_bench.cluster import Cluster
 from inbox_bench.config import FULL, QUICK, Config
 from inbox_bench.events import generate
@@ -31,6 +31,7 @@ STEPS = (
     "pgmq",
     "ceiling",
     "ceiling_honest",
+    "apply",
     "http",
     "kafka",
     "latency",
@@ -80,6 +81,7 @@ def measure_all(
         "pgmq": lambda: peers.pgmq_peer(cluster, stream, cfg),
         "ceiling": lambda: ceiling.ceiling(cluster, stream),
         "ceiling_honest": lambda: ceiling.honest_ceiling(cluster, stream, cfg),
+        "apply": lambda: apply.apply_only(cluster, stream, cfg),
         "http": lambda: pipeline.http_path(cluster, stream, cfg, workdir),
         "kafka": lambda: _kafka(cluster, stream, cfg, workdir),
         "latency": lambda: pipeline.latency(cluster, stream, cfg, workdir),

@@ -98,6 +98,12 @@ class Worker:
         self._batches = 0
         self._short = True  # the last claim came back short: look for untyped events first
 
+    def open(self) -> None:
+        """Open both sessions now (they open on first use otherwise; the benchmark opens them before
+        its clock starts)."""
+        self._apply_connection()
+        self._ledger.connection()
+
     def close(self) -> None:
         self._session.close()
         self._ledger.close()
