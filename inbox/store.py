@@ -64,15 +64,10 @@ def _store_events(queries: Queries, batch: ParsedBatch, source: Source) -> int:
 
 
 def typed_batch(batch: ParsedBatch) -> TypedBatch:
-    """The keys and typed columns of a parsed batch, one list per column (None where an event has
-    no value: a delete, an invalid event)."""
-    rows = [t.row for t in batch.typed]
-    error_events: list[int] = []
-    error_reasons: list[str] = []
-    for number, typed in enumerate(batch.typed, start=1):
-        for reason in typed.errors or ():
-            error_events.append(number)
-            error_reasons.append(reason.replace("\x00", "\\x00"))  # PostgreSQL text cannot hold NUL
+    """The keys and typed columns of a parsed batch, one list per column: the quota row of each valid
+    upsert the edge read (ParsedBatch.rows); None where it read none (a delete, an invalid event,
+    another format: stored untyped, the worker types them from the payload)."""
+    rows = batch.rows if len(batch.rows) == len(batch.keys) else [None] * len(batch.keys)
     return TypedBatch(
         keys=Keys(
             [k.quota_id for k in batch.keys],
@@ -80,7 +75,7 @@ def typed_batch(batch: ParsedBatch) -> TypedBatch:
             [k.is_delete for k in batch.keys],
         ),
         source_lsns=[k.source_lsn for k in batch.keys],
-        versionless=[t.versionless for t in batch.typed],
+        typed=[r is not None for r in rows],
         columns={
             "counterparty_ids": [r and r.counterparty_id for r in rows],
             "directions": [r and r.direction for r in rows],
@@ -91,9 +86,6 @@ def typed_batch(batch: ParsedBatch) -> TypedBatch:
             "metal_codes": [r and r.metal_code for r in rows],
             "source_updated_at": [r and r.source_updated_at for r in rows],
         },
-        error_classes=[t.error_class if t.errors else None for t in batch.typed],
-        error_events=error_events,
-        error_reasons=error_reasons,
     )
 
 

@@ -90,11 +90,10 @@ SELECT inbox.ingest_events(%(events)s::jsonb, %(quota_ids)s::uuid[], %(versions)
 -- What was not new is counted for inbox_events_duplicate_total by the function itself.
 SELECT inbox.ingest_typed_events(
            %(events)s::jsonb, %(quota_ids)b::uuid[], %(versions)b::bigint[], %(is_delete)b::boolean[],
-           %(source)s::text, %(source_lsns)b::bigint[], %(versionless)b::boolean[],
+           %(source)s::text, %(source_lsns)b::bigint[], %(typed)b::boolean[],
            %(counterparty_ids)b::text[], %(directions)b::text[], %(period_months)b::date[],
            %(qty_t)b::numeric[], %(tolerance_pct)b::numeric[], %(incoterm_codes)b::text[],
-           %(metal_codes)b::text[], %(source_updated_at)b::timestamptz[], %(error_classes)b::text[],
-           %(error_events)b::integer[], %(error_reasons)b::text[]) AS inserted;
+           %(metal_codes)b::text[], %(source_updated_at)b::timestamptz[]) AS inserted;
 
 -- name: apply_session
 -- The apply session's identity, as the claim ledger and the reaper know it: held for the session's

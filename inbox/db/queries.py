@@ -201,16 +201,12 @@ class Keys:
 @dataclass(frozen=True, slots=True)
 class TypedBatch:
     """The parameters of inbox.ingest_typed_events beside the events' JSON array: one list per
-    column, parallel to the events (None where an event has no value), and the reasons of invalid
-    events as (event number from 1, reason) pairs."""
+    column, parallel to the events (None where an event is not typed)."""
 
     keys: Keys
     source_lsns: list[int | None]
-    versionless: list[bool]
+    typed: list[bool]
     columns: dict[str, list[Any]]  # counterparty_ids, directions, ... (query ingest_typed_events)
-    error_classes: list[str | None]
-    error_events: list[int]
-    error_reasons: list[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,11 +395,8 @@ class Queries:
             **batch.keys.params(),
             "source": source,
             "source_lsns": batch.source_lsns,
-            "versionless": batch.versionless,
+            "typed": batch.typed,
             **batch.columns,
-            "error_classes": batch.error_classes,
-            "error_events": batch.error_events,
-            "error_reasons": batch.error_reasons,
         }
         return int(self._one("ingest_typed_events", params)["inserted"])
 

@@ -1,10 +1,9 @@
 -- -------------------------------------------------------------------------------------------------
 -- Function: inbox.ingest_typed_events(p_events jsonb, p_quota_ids uuid[], p_versions bigint[],
---               p_is_delete boolean[], p_source text, p_source_lsns bigint[], p_versionless boolean[],
+--               p_is_delete boolean[], p_source text, p_source_lsns bigint[], p_typed boolean[],
 --               p_counterparty_ids text[], p_directions text[], p_period_months date[],
 --               p_qty_t numeric[], p_tolerance_pct numeric[], p_incoterm_codes text[],
---               p_metal_codes text[], p_source_updated_at timestamptz[], p_error_classes text[],
---               p_error_events integer[], p_error_reasons text[]) RETURNS integer
+--               p_metal_codes text[], p_source_updated_at timestamptz[]) RETURNS integer
 --
 -- Reads:       inbox.quota_events (the stored row of a key)
 -- Writes:      inbox.quota_events (INSERT ... ON CONFLICT DO UPDATE); inbox.metric_counters (duplicates,
@@ -14,11 +13,11 @@
 -- Privileges:  SECURITY DEFINER: the ingest role has no right on the inbox table (007)
 -- -------------------------------------------------------------------------------------------------
 -- Store a batch of raw events with the typed columns the ingestor read from each (migration 015):
--- the quota row an upsert sets, or every reason the event is invalid. p_events is a JSON array;
--- every other array but the last two is parallel to it (sent as binary parameters: no quoting, no
--- parsing of each value as text). An invalid event's reasons come as pairs (p_error_events[i]: its
--- number in the batch from 1, p_error_reasons[i]: one reason), in order; p_error_classes[n] is its
--- dead letter's class (NULL: 'invalid'). Returns how many rows were new or replaced.
+-- where p_typed[n], the quota row a valid upsert sets (inbox/edge.py, ParsedBatch.rows); the other
+-- events (deletes, invalid events, other formats) are stored untyped and typed by the worker from
+-- their payload. p_events is a JSON array; every other array is parallel to it (sent as binary
+-- parameters: no quoting, no parsing of each value as text). Returns how many rows were new or
+-- replaced.
 --
 -- Everything else is inbox.ingest_events' (014): a redelivered event (same key, no higher LSN) is a
 -- no-op, counted as a duplicate here; an event whose key is stored but whose LSN is higher is a newer
@@ -34,7 +33,7 @@ CREATE OR REPLACE FUNCTION inbox.ingest_typed_events(
     p_is_delete         boolean[],
     p_source            text,
     p_source_lsns       bigint[],
-    p_versionless       boolean[],
+    p_typed             boolean[],
     p_counterparty_ids  text[],
     p_directions        text[],
     p_period_months     date[],
@@ -42,10 +41,7 @@ CREATE OR REPLACE FUNCTION inbox.ingest_typed_events(
     p_tolerance_pct     numeric[],
     p_incoterm_codes    text[],
     p_metal_codes       text[],
-    p_source_updated_at timestamptz[],
-    p_error_classes     text[],
-    p_error_events      integer[],
-    p_error_reasons     text[]
+    p_source_updated_at timestamptz[]
 ) RETURNS integer
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -65,41 +61,31 @@ BEGIN
 
     IF jsonb_array_length(p_events) <> v_n
        OR v_n <> ANY (ARRAY[cardinality(p_versions), cardinality(p_is_delete), cardinality(p_source_lsns),
-                            cardinality(p_versionless), cardinality(p_counterparty_ids),
+                            cardinality(p_typed), cardinality(p_counterparty_ids),
                             cardinality(p_directions), cardinality(p_period_months), cardinality(p_qty_t),
                             cardinality(p_tolerance_pct), cardinality(p_incoterm_codes),
-                            cardinality(p_metal_codes), cardinality(p_source_updated_at),
-                            cardinality(p_error_classes)])
-       OR cardinality(p_error_events) IS DISTINCT FROM cardinality(p_error_reasons) THEN
+                            cardinality(p_metal_codes), cardinality(p_source_updated_at)]) THEN
         RAISE EXCEPTION 'inbox.ingest_typed_events: % events but arrays of other lengths', v_n;
     END IF;
 
-    WITH reasons AS (
-        SELECT x.n, array_agg(x.reason ORDER BY x.i) AS errors
-        FROM unnest(p_error_events, p_error_reasons) WITH ORDINALITY AS x(n, reason, i)
-        GROUP BY x.n
-    ),
-    batch AS (
+    WITH batch AS (
         -- one row per key (ON CONFLICT DO UPDATE may touch a row once): the highest LSN wins
         SELECT DISTINCT ON (k.quota_id, k.version, k.is_delete)
-               k.*, e.payload, r.errors
-        FROM unnest(p_quota_ids, p_versions, p_is_delete, p_source_lsns, p_versionless, p_counterparty_ids,
+               k.*, e.payload
+        FROM unnest(p_quota_ids, p_versions, p_is_delete, p_source_lsns, p_typed, p_counterparty_ids,
                     p_directions, p_period_months, p_qty_t, p_tolerance_pct, p_incoterm_codes,
-                    p_metal_codes, p_source_updated_at, p_error_classes)
-                 WITH ORDINALITY AS k(quota_id, version, is_delete, source_lsn, versionless, counterparty_id,
+                    p_metal_codes, p_source_updated_at)
+                 WITH ORDINALITY AS k(quota_id, version, is_delete, source_lsn, typed, counterparty_id,
                                       direction, period_month, qty_t, tolerance_pct, incoterm_code,
-                                      metal_code, source_updated_at, error_class, n)
+                                      metal_code, source_updated_at, n)
         JOIN jsonb_array_elements(p_events) WITH ORDINALITY AS e(payload, n) USING (n)
-        LEFT JOIN reasons r USING (n)
         ORDER BY k.quota_id, k.version, k.is_delete, k.source_lsn DESC NULLS LAST, k.n
     ),
     stored AS (
         INSERT INTO inbox.quota_events AS x (
-            quota_id, version, is_delete, payload, source, source_lsn, typed, errors, error_class,
-            versionless, counterparty_id, direction, period_month, qty_t, tolerance_pct, incoterm_code,
-            metal_code, source_updated_at)
-        SELECT b.quota_id, b.version, b.is_delete, b.payload, p_source, b.source_lsn, true, b.errors,
-               CASE WHEN b.errors IS NOT NULL THEN b.error_class END, coalesce(b.versionless, false),
+            quota_id, version, is_delete, payload, source, source_lsn, typed, counterparty_id, direction,
+            period_month, qty_t, tolerance_pct, incoterm_code, metal_code, source_updated_at)
+        SELECT b.quota_id, b.version, b.is_delete, b.payload, p_source, b.source_lsn, coalesce(b.typed, false),
                b.counterparty_id, b.direction, b.period_month, b.qty_t, b.tolerance_pct, b.incoterm_code,
                b.metal_code, b.source_updated_at
         FROM batch b
@@ -115,10 +101,10 @@ BEGIN
                 lease_expires_at = NULL,
                 last_error = NULL,
                 applied_at = NULL,
-                typed = true,
-                errors = excluded.errors,
-                error_class = excluded.error_class,
-                versionless = excluded.versionless,
+                typed = excluded.typed,
+                errors = NULL,
+                error_class = NULL,
+                versionless = false,
                 counterparty_id = excluded.counterparty_id,
                 direction = excluded.direction,
                 period_month = excluded.period_month,
@@ -153,8 +139,6 @@ END;
 $$;
 
 REVOKE EXECUTE ON FUNCTION inbox.ingest_typed_events(jsonb, uuid[], bigint[], boolean[], text, bigint[],
-    boolean[], text[], text[], date[], numeric[], numeric[], text[], text[], timestamptz[], text[], integer[],
-    text[]) FROM PUBLIC;
+    boolean[], text[], text[], date[], numeric[], numeric[], text[], text[], timestamptz[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION inbox.ingest_typed_events(jsonb, uuid[], bigint[], boolean[], text, bigint[],
-    boolean[], text[], text[], date[], numeric[], numeric[], text[], text[], timestamptz[], text[], integer[],
-    text[]) TO inbox_ingest;
+    boolean[], text[], text[], date[], numeric[], numeric[], text[], text[], timestamptz[]) TO inbox_ingest;

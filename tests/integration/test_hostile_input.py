@@ -23,11 +23,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import inbox.apply.prepare
-import inbox.ingest
+import inbox.store
 from inbox.db.connect import DictConnection
 from inbox.events import InvalidEvent, quota_row
 from inbox.formats import Typed, key_event, typed_event
-from inbox.ingest import BadBatch
+from inbox.ingest import BadBatch, ParsedBatch, parse_texts
 from inbox.kafka.batch import Batch, Event, Origin
 from inbox.kafka.store import store_batch
 from inbox.settings import Settings
@@ -95,9 +95,7 @@ def test_an_event_postgresql_refuses_is_halved_out_as_a_reject(db: DictConnectio
     keyed = [*texts[:2], poison, *texts[2:]]
     batch = Batch(
         events=[
-            Event(Origin(TOPIC, 1, n), text, key, typed_event(json.loads(text), key.is_delete))
-            for n, text in enumerate(keyed)
-            for key in [key_event(json.loads(text))]
+            Event(Origin(TOPIC, 1, n), text, key_event(json.loads(text))) for n, text in enumerate(keyed)
         ],
         next_offsets={(TOPIC, 1): len(keyed)},
     )
@@ -215,14 +213,24 @@ def test_events_the_database_refuses_cost_themselves_never_their_neighbours(
     ids = [uuid.uuid4() for _ in range(36)]
     poisoned = {ids[i]: POISON_COLUMNS[n] for n, i in enumerate(range(2, 36, 6))}
 
-    def gap(value: Any, is_delete: bool) -> Typed:
+    def gap(value: Any, is_delete: bool) -> Typed:  # the worker's typing of an untyped event
         typed = typed_event(value, is_delete)
         poison = poisoned.get(uuid.UUID(str(value["data"]["quota_id"])))
         if poison is None or typed.row is None:
             return typed
         return dataclasses.replace(typed, row=dataclasses.replace(typed.row, **poison))
 
-    monkeypatch.setattr(inbox.ingest, "typed_event", gap)
+    def edge_gap(*args: Any, **kwargs: Any) -> ParsedBatch:  # the edge's rows
+        batch = parse_texts(*args, **kwargs)
+        rows = [
+            row
+            if row is None or key.quota_id not in poisoned
+            else dataclasses.replace(row, **poisoned[key.quota_id])
+            for key, row in zip(batch.keys, batch.rows, strict=True)
+        ]
+        return dataclasses.replace(batch, rows=rows)
+
+    monkeypatch.setattr(inbox.store, "parse_texts", edge_gap)
     monkeypatch.setattr(inbox.apply.prepare, "typed_event", gap)
     ingest(db, [titan_event(q, 1) for q in ids])
 

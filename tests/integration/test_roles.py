@@ -167,7 +167,7 @@ def test_ingest_role_files_events_from_every_feed(
         "UPDATE inbox.quota_events SET status = 'applied'",
         "DELETE FROM inbox.quota_events",
         "SELECT * FROM inbox.claim_batch(10)",
-        "SELECT * FROM inbox.process_batch(NULL, '{}', '{}', '{}', NULL, NULL)",
+        "SELECT * FROM inbox.process_batch(NULL, '{}', '{}', '{}', NULL, NULL, 5)",
         "SELECT * FROM inbox.claim_ledger",
         "DELETE FROM inbox.claim_ledger",
         "UPDATE inbox.quota_versions SET version = 0",
@@ -244,7 +244,7 @@ def test_worker_role_runs_the_whole_data_path_and_its_jobs(
         "DROP TABLE public.quota",
         "DROP TABLE inbox.quota_events",
         "DROP VIEW inbox.v_lag",
-        "DROP FUNCTION inbox.process_batch(bigint, uuid[], bigint[], boolean[], text, text)",
+        "DROP FUNCTION inbox.process_batch(bigint, uuid[], bigint[], boolean[], text, text, integer)",
         "DROP SCHEMA inbox CASCADE",
         "ALTER TABLE public.quota ADD COLUMN sneaky text",
         "ALTER TABLE inbox.quota_events DISABLE TRIGGER ALL",
@@ -276,7 +276,7 @@ def test_worker_role_runs_the_whole_data_path_and_its_jobs(
         "SELECT * FROM inbox.reset_gate(gen_random_uuid(), NULL, 'x')",
         # nor file events, typed or not
         "SELECT inbox.ingest_typed_events('[]', '{}', '{}', '{}', 'http', '{}', '{}', '{}', '{}', '{}', '{}',"
-        " '{}', '{}', '{}', '{}', '{}', '{}', '{}')",
+        " '{}', '{}', '{}', '{}')",
         "UPDATE inbox.quota_events SET received_at = now()",
     ],
 )
