@@ -87,7 +87,7 @@ def drain(dsn: str, settings: Settings | None = None, name: str = "test-worker")
     try:
         while True:
             counts = worker.process_once()
-            if counts.claimed == 0:
+            if counts.claimed == 0 and counts.typed == 0:
                 return total
             total.add(counts)
     finally:

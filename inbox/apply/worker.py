@@ -121,13 +121,17 @@ class Worker:
 
     def process_once(self) -> BatchCounts:
         """Claim and finish one batch; untyped events are typed first when the last claim came back
-        short, and every TYPE_EVERY batches. Zero counts: nothing was due."""
+        short, and every TYPE_EVERY batches, and after this claim if it came back short. Zero counts
+        (claimed and typed): nothing was due."""
         typed = 0
-        if self._short or self._batches % TYPE_EVERY == 0:
+        looked = self._short or self._batches % TYPE_EVERY == 0
+        if looked:
             typed = self.type_untyped()
         counts = self._claim_and_finish()
         self._batches += 1
         self._short = counts.claimed < self.settings.batch_size
+        if self._short and not looked:
+            typed = self.type_untyped()  # claimable at the next call
         counts.typed = typed
         return counts
 
