@@ -51,7 +51,10 @@ def drain(dsn: str, cfg: Config) -> float:
 
     def loop(i: int) -> int:
         batches = 0
-        while workers[i].process_once().claimed:
+        while True:
+            counts = workers[i].process_once()
+            if not counts.claimed + counts.typed:
+                break
             batches += 1
         return batches
 
