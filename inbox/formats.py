@@ -33,9 +33,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import logging
 import re
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
@@ -55,8 +53,6 @@ from inbox.events import (
 )
 
 Format = Literal["titan", "debezium", "flattened"]
-
-log = logging.getLogger(__name__)
 
 DEBEZIUM_OPS = ("c", "u", "r", "d")
 QUOTA_FIELDS = (
@@ -138,11 +134,6 @@ def ordering(value: Any) -> tuple[int | None, bool]:
     return None, False
 
 
-def source_lsn_of(value: Any) -> int | None:
-    """The source LSN of a stored event in any format (None for a Titan event or anything unreadable)."""
-    return ordering(value)[0]
-
-
 def source_lsn(body: dict[str, Any]) -> int | None:
     """Debezium's source.lsn (``__lsn`` in a flattened record), when it is a usable integer."""
     source = body.get("source")
@@ -162,34 +153,6 @@ def _key_only(row: dict[str, Any]) -> bool:
 
 
 _IDENTITY_FIX = "Titan's table needs REPLICA IDENTITY FULL (ALTER TABLE public.quota REPLICA IDENTITY FULL)"
-
-
-@dataclass(frozen=True, slots=True)
-class Typed:
-    """What the inbox stores beside an event's payload (migration 015): the quota row it sets (None
-    for a delete, or when it is invalid), whether it is a version-less delete, and every reason it
-    cannot be applied with the class of its dead letter (None: 'invalid')."""
-
-    row: QuotaRow | None
-    versionless: bool = False
-    errors: tuple[str, ...] | None = None
-    error_class: str | None = None
-
-
-def typed_event(value: Any, is_delete: bool) -> Typed:
-    """The typed columns of a keyed event; never raises: an invalid event is stored with its reasons
-    and ends as a dead letter. is_delete: what its inbox key says."""
-    _, versionless = ordering(value)
-    try:
-        row = interpret(value)  # any format: Titan, Debezium, flattened
-        if (row is None) != is_delete:
-            raise InvalidEvent(["the event's inbox key and its payload disagree on whether it is a delete"])
-    except InvalidEvent as exc:
-        return Typed(None, versionless, tuple(exc.reasons))
-    except Exception as exc:  # a bug in validation must not lose the event: it ends as a dead letter
-        log.exception("validation crashed")
-        return Typed(None, versionless, (f"validation failed: {exc!r}",), "unprocessable")
-    return Typed(row, versionless)
 
 
 def interpret(value: Any) -> QuotaRow | None:

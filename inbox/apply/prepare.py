@@ -1,19 +1,52 @@
 """Events stored without typed columns -> the columns the ingestor would have stored (migration 015).
 
 Rows stored before migration 015, by the sink trigger, by a dead-letter replay, by a reconcile
-repair or by SQL by hand carry only their payload; the worker types them with the ingestor's own
-validation (inbox.formats.typed_event), after checking that the key they were filed under is their
-payload's own.
+repair or by SQL by hand, and the events the edge does not type (deletes, other formats, invalid
+events) carry only their payload; the worker types them with the ingestor's own validation
+(typed_event below: inbox.formats.interpret), after checking that the key they were filed under is
+their payload's own.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from inbox.db.connect import load_json
-from inbox.events import EventKey, UnkeyableEvent
-from inbox.formats import Typed, key_event, source_lsn_of, typed_event
+from inbox.events import EventKey, InvalidEvent, QuotaRow, UnkeyableEvent
+from inbox.formats import interpret, key_event, ordering
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Typed:
+    """What the inbox stores beside an event's payload (migration 015): the quota row it sets (None
+    for a delete, or when it is invalid), whether it is a version-less delete, and every reason it
+    cannot be applied with the class of its dead letter (None: 'invalid')."""
+
+    row: QuotaRow | None
+    versionless: bool = False
+    errors: tuple[str, ...] | None = None
+    error_class: str | None = None
+
+
+def typed_event(value: Any, is_delete: bool) -> Typed:
+    """The typed columns of a keyed event; never raises: an invalid event is stored with its reasons
+    and ends as a dead letter. is_delete: what its inbox key says."""
+    _, versionless = ordering(value)
+    try:
+        row = interpret(value)  # any format: Titan, Debezium, flattened
+        if (row is None) != is_delete:
+            raise InvalidEvent(["the event's inbox key and its payload disagree on whether it is a delete"])
+    except InvalidEvent as exc:
+        return Typed(None, versionless, tuple(exc.reasons))
+    except Exception as exc:  # a bug in validation must not lose the event: it ends as a dead letter
+        log.exception("validation crashed")
+        return Typed(None, versionless, (f"validation failed: {exc!r}",), "unprocessable")
+    return Typed(row, versionless)
 
 
 def typed_columns(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -39,7 +72,7 @@ def typed_columns(row: Mapping[str, Any]) -> dict[str, Any]:
         "error_class": typed.error_class,
         "versionless": typed.versionless,
         # Debezium's source LSN orders one database's changes (migration 014)
-        "source_lsn": source_lsn_of(payload),
+        "source_lsn": ordering(payload)[0],
         "counterparty_id": quota and quota.counterparty_id,
         "direction": quota and quota.direction,
         "period_month": quota and quota.period_month.isoformat(),

@@ -24,9 +24,10 @@ from hypothesis import strategies as st
 
 import inbox.apply.prepare
 import inbox.store
+from inbox.apply.prepare import Typed, typed_event
 from inbox.db.connect import DictConnection
 from inbox.events import InvalidEvent, quota_row
-from inbox.formats import Typed, key_event, typed_event
+from inbox.formats import key_event
 from inbox.ingest import BadBatch, ParsedBatch, parse_texts
 from inbox.kafka.batch import Batch, Event, Origin
 from inbox.kafka.store import store_batch
