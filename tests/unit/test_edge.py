@@ -14,18 +14,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import inbox.ingest
 from inbox.edge import EdgeEvent, _typed, decode_event, decode_texts
-from inbox.events import MAX_NUMBER_DIGITS, EventKey, QuotaRow
+from inbox.events import MAX_NUMBER_DIGITS, EventKey, QuotaRow, UnkeyableEvent
 from inbox.formats import titan_row
 from inbox.ingest import BadBatch, ParsedBatch, _element_texts, loads, parse_body, parse_texts, split_body
 from inbox.kafka.batch import Event, Origin, classify, parsed
 from inbox_bench.events import generate
 from tests.cdc_events import encode_event, quota_columns
-from tests.fuzz_strategies import EDGE_NUMBERS, EDGE_STRINGS, EXAMPLES, Body, bodies
+from tests.fuzz_strategies import EDGE_NUMBERS, EDGE_STRINGS, EXAMPLES, Body, bodies, examples
 from tests.helpers import titan_event, to_json
 
 PROPERTY = settings(
-    max_examples=EXAMPLES * 2,
+    max_examples=examples(EXAMPLES * 2),  # fewer in the mutation run
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -305,6 +306,7 @@ TYPED_CASES = {  # the change to GOOD: (taken by the typed path, has a row)
     "qty as text": ("100.000", '"100.000"', False, True),
     "qty of 18 digits": ("100.000", "9" * 18, True, True),
     "qty of 19 digits": ("100.000", "9" * 19, False, True),
+    "qty 10**18, the least of 19 digits": ("100.000", str(10**18), False, True),
     "qty -18 digits": ("100.000", "-" + "9" * 18, False, False),
     "blank counterparty": ('"CP-1"', '"  "', False, False),
     "counterparty with a joiner (safe, not printable)": ('"CP-1"', '"C\\u200dP"', False, True),
@@ -321,7 +323,13 @@ TYPED_CASES = {  # the change to GOOD: (taken by the typed path, has a row)
     "direction HOLD": ('"BUY"', '"HOLD"', False, False),
     "eventType in lower case": ('"UPDATE"', '"update"', False, False),
     "a field Titan does not send": ('"metal_code"', '"note": 1, "metal_code"', False, True),
-    "no tolerance, incoterm, updated_at": (', "tolerance_pct": 5, "incoterm_code": "CIF"', "", True, True),
+    "no tolerance, incoterm, updated_at": (
+        ', "tolerance_pct": 5, "incoterm_code": "CIF", "metal_code": "CU", '
+        '"updated_at": "2026-03-01T10:00:00Z"',
+        ', "metal_code": "CU"',
+        True,
+        True,
+    ),
     "a delete": ('"UPDATE"', '"DELETE"', True, False),
 }
 
@@ -442,6 +450,13 @@ def test_a_line_keeps_its_text_without_the_whitespace_around_it() -> None:
     assert events is not None and [e.raw for e in events] == [GOOD, GOOD]
 
 
+def test_an_array_after_json_whitespace_is_read_as_an_array() -> None:
+    # store_events() hands the texts of its caller to parse_texts as they are: no split_body strips them.
+    events = check_fast_equals_slow([" \t\r\n[" + GOOD + "]"])
+
+    assert events is not None and [e.raw for e in events] == [GOOD]
+
+
 def test_an_empty_array_costs_no_event() -> None:
     assert check_fast_equals_slow(["[]", "[ ]"]) == []
 
@@ -459,6 +474,31 @@ def test_parse_body_gives_rows_for_titan_and_none_for_the_rest() -> None:
     assert [row is not None for row in fast.rows] == [True, False]
     assert [row is not None for row in mixed.rows] == [True, False]
     assert exact(mixed.rows[0]) == exact(fast.rows[0])
+
+
+def test_parse_texts_asks_the_fast_path_first_unless_told_not_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[list[str]] = []
+
+    def recorded(texts: list[str]) -> list[EdgeEvent] | None:
+        asked.append(list(texts))
+        return decode_texts(texts)
+
+    monkeypatch.setattr(inbox.ingest, "decode_texts", recorded)  # the real one, its calls recorded
+
+    fast = parse_texts([GOOD])
+    assert asked == [[GOOD]]
+    slow = parse_texts([GOOD], fast=False)
+    assert asked == [[GOOD]]
+    assert batch_outcome(fast) == batch_outcome(slow) and fast.rows[0] is not None
+
+
+def test_a_keying_of_the_callers_own_keys_titan_events_too() -> None:
+    def refused(item: Any) -> EventKey:
+        raise UnkeyableEvent(f"not keyed here: {item['eventType']}")
+
+    batch = parse_texts([GOOD], refused, partial=True)
+
+    assert batch.keys == [] and [r.reason for r in batch.rejected] == ["not keyed here: UPDATE"]
 
 
 def test_a_kafka_message_gets_its_row_on_either_path() -> None:
