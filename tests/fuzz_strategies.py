@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from hypothesis import settings
 from hypothesis import strategies as st
 
 from inbox.formats import QUOTA_FIELDS
@@ -22,6 +23,14 @@ from tests.cdc_events import FORMATS, encode_event, quota_columns
 
 # Modest in CI; INBOX_SOAK=1 searches much longer.
 EXAMPLES = 2000 if os.environ.get("INBOX_SOAK") == "1" else 150
+
+
+def examples(count: int) -> int:
+    """A property test's count of examples; in the mutation run, the fewer of its hypothesis profile
+    ("mutation", tests/unit/conftest.py): each mutant reruns the tests that reach its function."""
+    if settings.get_current_profile_name() == "mutation":
+        return int(settings.get_profile("mutation").max_examples)
+    return count
 
 
 class Raw(str):
