@@ -248,9 +248,11 @@ def test_the_service_runs_as_the_configured_roles(dsn: str, db: DictConnection, 
 
         # Take a right away from each role: the service loses exactly what that role did for it,
         # so the sessions run as the roles (the login, a superuser here, would not notice).
-        db.execute("REVOKE EXECUTE ON FUNCTION inbox.ingest_events FROM inbox_ingest")
+        # A Titan upsert is typed at the edge (ingest_typed_events), other events are not (ingest_events).
+        ingest_functions = "FUNCTION inbox.ingest_events, inbox.ingest_typed_events"
+        db.execute(f"REVOKE EXECUTE ON {ingest_functions} FROM inbox_ingest")
         refused = client.post("/events", content=to_json(titan_event(second, 1, "INSERT")))
-        db.execute("GRANT EXECUTE ON FUNCTION inbox.ingest_events TO inbox_ingest")
+        db.execute(f"GRANT EXECUTE ON {ingest_functions} TO inbox_ingest")
         db.execute("REVOKE UPDATE ON inbox.quota_events FROM inbox_worker")
         assert client.post("/events", content=to_json(titan_event(third, 1, "INSERT"))).status_code == 202
         time.sleep(1)  # ten poll intervals: the workers try, and may not claim
