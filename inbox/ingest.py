@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, BinaryIO, Literal
 
-from inbox.edge import decode_texts
+from inbox.edge import JSON_WHITESPACE, decode_texts
 from inbox.events import EventKey, QuotaRow, UnkeyableEvent, json_decimal, json_int
 from inbox.formats import key_event, skip_reason, titan_row
 
@@ -25,7 +25,6 @@ _NUL_ESCAPE = "\\u0000"
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 # The only way a decoded string can hold a lone UTF-16 surrogate is an escape \uD800-\uDFFF.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-_JSON_WHITESPACE = " \t\r\n"
 
 
 class BadBatch(ValueError):
@@ -363,7 +362,7 @@ def stream_values(
         """The next character that is not JSON whitespace ('' at the end of the stream)."""
         nonlocal position
         while True:
-            while position < len(buffer) and buffer[position] in _JSON_WHITESPACE:
+            while position < len(buffer) and buffer[position] in JSON_WHITESPACE:
                 position += 1
             if position < len(buffer) or not fill():
                 return buffer[position : position + 1]
