@@ -27,7 +27,7 @@ from inbox.db.connect import DictConnection, connect
 from inbox_bench.cluster import Cluster, cpu_seconds, cpu_used, scalar
 from inbox_bench.config import Config
 from inbox_bench.events import Stream
-from inbox_bench.measure import Measurement, status_counts
+from inbox_bench.measure import Measurement, quota_version_sum, status_counts
 from inbox_bench.quota_sql import COLUMNS, NEWER_ONLY, ON_CONFLICT, payload_values
 from inbox_bench.threads import on_threads
 
@@ -242,6 +242,7 @@ def honest_ceiling(cluster: Cluster, stream: Stream, cfg: Config, sessions: int 
         counts = status_counts(conn)
         messages = int(scalar(conn, "SELECT count(*) AS n FROM pgmq.q_quota_changes"))
         left = int(scalar(conn, "SELECT count(*) AS n FROM inbox.quota_events WHERE status = 'pending'"))
+        versions = quota_version_sum(conn)
     finally:
         for conn in conns:
             conn.close()
@@ -265,6 +266,7 @@ def honest_ceiling(cluster: Cluster, stream: Stream, cfg: Config, sessions: int 
             "apply_calls": calls,
             "statuses": counts,
             "outbox_messages": messages,
+            "quota_version_sum": versions,
             "cpu_seconds": total_cpu,
             "cpu_us_per_event": per_event(total_cpu, len(stream)),
             "ingest_cpu_us_per_event": per_event(ingest_cpu, len(stream)),

@@ -60,6 +60,12 @@ def status_counts(conn: DictConnection) -> dict[str, int]:
     return {str(r["status"]): int(r["n"]) for r in rows}
 
 
+def quota_version_sum(conn: DictConnection) -> int:
+    """The sum of the quota rows' versions: two applies of the same events reach the same sum."""
+    row = conn.execute("SELECT coalesce(sum(source_version), 0) AS n FROM public.quota").fetchone()
+    return int(row["n"]) if row else 0
+
+
 def processed(conn: DictConnection) -> int:
     """Events finished (applied, stale or dead), from the database's counters: cheap at any size and
     unaffected by retention deleting rows."""
