@@ -5,10 +5,9 @@
 --               p_qty_t numeric[], p_tolerance_pct numeric[], p_incoterm_codes text[],
 --               p_metal_codes text[], p_source_updated_at timestamptz[]) RETURNS integer
 --
--- Reads:       inbox.quota_events (the stored row of a key)
--- Writes:      inbox.quota_events (INSERT ... ON CONFLICT DO UPDATE); inbox.metric_counters (duplicates,
---              through inbox.add_counters); public.quota_processing_errors (resolves the open dead
---              letter of a row a newer change replaces); NOTIFY inbox_quota_events
+-- Reads:       session role's privilege on inbox.quota_events (a source other than http or kafka)
+-- Writes:      through inbox.store_events: inbox.quota_events, inbox.metric_counters (duplicates),
+--              public.quota_processing_errors (superseded dead letters); NOTIFY inbox_quota_events
 -- Called by:   query ingest_typed_events (inbox/store.py: HTTP, `inbox consume`, the Python API)
 -- Privileges:  SECURITY DEFINER: the ingest role has no right on the inbox table (007)
 -- -------------------------------------------------------------------------------------------------
@@ -19,11 +18,11 @@
 -- parameters: no quoting, no parsing of each value as text). Returns how many rows were new or
 -- replaced.
 --
--- Everything else is inbox.ingest_events' (014): a redelivered event (same key, no higher LSN) is a
--- no-op, counted as a duplicate here; an event whose key is stored but whose LSN is higher is a newer
--- change that reuses the key: it replaces the stored row (typed columns included) and is processed
--- again, and an open dead letter of the row it replaces is resolved. Within one batch the highest
--- LSN of a key wins. The source is what the session may claim: 'http' and 'kafka' for anyone who may
+-- The store itself is inbox.store_events', shared with inbox.ingest_events (014): a redelivered
+-- event (same key, no higher LSN) is a no-op, counted as a duplicate; an event whose key is stored
+-- but whose LSN is higher is a newer change that reuses the key: it replaces the stored row (typed
+-- columns included) and is processed again, and an open dead letter of the row it replaces is
+-- resolved. Within one batch the highest LSN of a key wins. The source is what the session may claim: 'http' and 'kafka' for anyone who may
 -- call this function, any other source only for a session whose role may insert into the inbox
 -- itself (the owner, an operator); the sink's trigger files untyped rows through inbox.ingest_events.
 CREATE OR REPLACE FUNCTION inbox.ingest_typed_events(
@@ -48,8 +47,7 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_inserted integer;
-    v_n        integer := cardinality(p_quota_ids);
+    v_n integer := cardinality(p_quota_ids);
 BEGIN
     IF p_source IS DISTINCT FROM 'http' AND p_source IS DISTINCT FROM 'kafka'
        AND NOT has_table_privilege(coalesce(nullif(current_setting('role'), 'none'), session_user),
@@ -68,73 +66,9 @@ BEGIN
         RAISE EXCEPTION 'inbox.ingest_typed_events: % events but arrays of other lengths', v_n;
     END IF;
 
-    WITH batch AS (
-        -- one row per key (ON CONFLICT DO UPDATE may touch a row once): the highest LSN wins
-        SELECT DISTINCT ON (k.quota_id, k.version, k.is_delete)
-               k.*, e.payload
-        FROM unnest(p_quota_ids, p_versions, p_is_delete, p_source_lsns, p_typed, p_counterparty_ids,
-                    p_directions, p_period_months, p_qty_t, p_tolerance_pct, p_incoterm_codes,
-                    p_metal_codes, p_source_updated_at)
-                 WITH ORDINALITY AS k(quota_id, version, is_delete, source_lsn, typed, counterparty_id,
-                                      direction, period_month, qty_t, tolerance_pct, incoterm_code,
-                                      metal_code, source_updated_at, n)
-        JOIN jsonb_array_elements(p_events) WITH ORDINALITY AS e(payload, n) USING (n)
-        ORDER BY k.quota_id, k.version, k.is_delete, k.source_lsn DESC NULLS LAST, k.n
-    ),
-    stored AS (
-        INSERT INTO inbox.quota_events AS x (
-            quota_id, version, is_delete, payload, source, source_lsn, typed, counterparty_id, direction,
-            period_month, qty_t, tolerance_pct, incoterm_code, metal_code, source_updated_at)
-        SELECT b.quota_id, b.version, b.is_delete, b.payload, p_source, b.source_lsn, coalesce(b.typed, false),
-               b.counterparty_id, b.direction, b.period_month, b.qty_t, b.tolerance_pct, b.incoterm_code,
-               b.metal_code, b.source_updated_at
-        FROM batch b
-        ON CONFLICT (quota_id, version, is_delete) DO UPDATE
-            SET payload = excluded.payload,
-                source = excluded.source,
-                source_lsn = excluded.source_lsn,
-                received_at = now(),
-                status = 'pending',
-                attempts = 0,
-                next_attempt_at = now(),
-                lease_owner = NULL,
-                lease_expires_at = NULL,
-                last_error = NULL,
-                applied_at = NULL,
-                typed = excluded.typed,
-                errors = NULL,
-                error_class = NULL,
-                versionless = false,
-                counterparty_id = excluded.counterparty_id,
-                direction = excluded.direction,
-                period_month = excluded.period_month,
-                qty_t = excluded.qty_t,
-                tolerance_pct = excluded.tolerance_pct,
-                incoterm_code = excluded.incoterm_code,
-                metal_code = excluded.metal_code,
-                source_updated_at = excluded.source_updated_at
-            WHERE excluded.source_lsn > x.source_lsn
-        RETURNING x.quota_id, x.version, x.is_delete, x.source_lsn
-    ),
-    superseded AS (
-        UPDATE public.quota_processing_errors d
-        SET resolved_at = now(),
-            resolution_note = format('superseded by a newer change with the same key (source LSN %s)',
-                                     s.source_lsn)
-        FROM stored s
-        WHERE (d.quota_id, d.version, d.is_delete) = (s.quota_id, s.version, s.is_delete)
-          AND d.resolved_at IS NULL AND s.source_lsn IS NOT NULL
-        RETURNING 1
-    )
-    SELECT count(*) INTO v_inserted FROM stored;
-    -- what was new is counted by the insert trigger; what was not, here
-    PERFORM inbox.add_counters(ARRAY['duplicate'], ARRAY[''], ARRAY[v_n - v_inserted]::float8[]);
-
-    -- A wake-up hint for idle workers; delivered at commit, once per transaction.
-    IF v_inserted > 0 THEN
-        PERFORM pg_notify('inbox_quota_events', '');
-    END IF;
-    RETURN v_inserted;
+    RETURN inbox.store_events(p_events, p_quota_ids, p_versions, p_is_delete, p_source, p_source_lsns,
+                              p_typed, p_counterparty_ids, p_directions, p_period_months, p_qty_t,
+                              p_tolerance_pct, p_incoterm_codes, p_metal_codes, p_source_updated_at);
 END;
 $$;
 

@@ -364,6 +364,20 @@ def test_every_security_definer_function_pins_its_search_path_and_is_not_public(
         assert not row["public_execute"], row["name"]
 
 
+def test_the_ingest_functions_shared_store_is_reached_only_through_them(db: DictConnection) -> None:
+    """inbox.store_events checks neither the source nor the arrays (its callers do): no role may call
+    it, so filing as `replay` past inbox.ingest_events' check is impossible (migration 015)."""
+    signature = (
+        "inbox.store_events(jsonb, uuid[], bigint[], boolean[], text, bigint[], boolean[], text[], text[],"
+        " date[], numeric[], numeric[], text[], text[], timestamptz[])"
+    )
+    for role in ("public", *ROLES):
+        row = db.execute(
+            "SELECT has_function_privilege(%s, %s, 'EXECUTE') AS ok", [role, signature]
+        ).fetchone()
+        assert row is not None and row["ok"] is False, role
+
+
 # -- login roles, as a DBA sets them up ----------------------------------------------------------
 
 

@@ -1,0 +1,126 @@
+-- -------------------------------------------------------------------------------------------------
+-- Function: inbox.store_events(p_events jsonb, p_quota_ids uuid[], p_versions bigint[],
+--               p_is_delete boolean[], p_source text, p_source_lsns bigint[], p_typed boolean[],
+--               p_counterparty_ids text[], p_directions text[], p_period_months date[],
+--               p_qty_t numeric[], p_tolerance_pct numeric[], p_incoterm_codes text[],
+--               p_metal_codes text[], p_source_updated_at timestamptz[]) RETURNS integer
+--
+-- Reads:       inbox.quota_events (the stored row of a key)
+-- Writes:      inbox.quota_events (INSERT ... ON CONFLICT DO UPDATE); inbox.metric_counters (duplicates,
+--              through inbox.add_counters); public.quota_processing_errors (resolves the open dead
+--              letter of a row a newer change replaces); NOTIFY inbox_quota_events
+-- Called by:   inbox.ingest_typed_events, inbox.ingest_events (after their checks of the source and
+--              the arrays' lengths)
+-- Privileges:  internal: EXECUTE revoked from PUBLIC and granted to no role; it runs with the rights of
+--              its callers, definer functions owned by the owner. It checks nothing itself.
+-- -------------------------------------------------------------------------------------------------
+-- The store of both ingest functions, in one place. p_events is a JSON array; every other array is
+-- parallel to it, or NULL as a whole (no LSNs; no typed columns: the row is stored untyped, p_typed
+-- NULL counts as false, and the worker types it from its payload). Returns how many rows were new
+-- or replaced.
+--
+-- A redelivered event (same key, no higher LSN) is a no-op, counted as a duplicate here (since
+-- migration 012: the ingest role may not write counters itself). An event whose key is already
+-- stored but whose LSN is higher is a newer change that reuses the key, not a redelivery: the next
+-- version-less delete (version 0) of a re-created quota, or Titan reusing a version after a delete
+-- (migration 014). It replaces the stored row, typed columns included (NULL and untyped when it
+-- comes untyped), and is processed again; an open dead letter of the row it replaces is resolved,
+-- naming the change that superseded it. Within one batch, the highest LSN of a key wins (ON
+-- CONFLICT DO UPDATE may touch a row once).
+CREATE OR REPLACE FUNCTION inbox.store_events(
+    p_events            jsonb,
+    p_quota_ids         uuid[],
+    p_versions          bigint[],
+    p_is_delete         boolean[],
+    p_source            text,
+    p_source_lsns       bigint[],
+    p_typed             boolean[],
+    p_counterparty_ids  text[],
+    p_directions        text[],
+    p_period_months     date[],
+    p_qty_t             numeric[],
+    p_tolerance_pct     numeric[],
+    p_incoterm_codes    text[],
+    p_metal_codes       text[],
+    p_source_updated_at timestamptz[]
+) RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_inserted integer;
+BEGIN
+    WITH batch AS (
+        -- one row per key (ON CONFLICT DO UPDATE may touch a row once): the highest LSN wins. A NULL
+        -- array unnests as NULLs beside the others.
+        SELECT DISTINCT ON (k.quota_id, k.version, k.is_delete)
+               k.*, e.payload
+        FROM unnest(p_quota_ids, p_versions, p_is_delete, p_source_lsns, p_typed, p_counterparty_ids,
+                    p_directions, p_period_months, p_qty_t, p_tolerance_pct, p_incoterm_codes,
+                    p_metal_codes, p_source_updated_at)
+                 WITH ORDINALITY AS k(quota_id, version, is_delete, source_lsn, typed, counterparty_id,
+                                      direction, period_month, qty_t, tolerance_pct, incoterm_code,
+                                      metal_code, source_updated_at, n)
+        JOIN jsonb_array_elements(p_events) WITH ORDINALITY AS e(payload, n) USING (n)
+        ORDER BY k.quota_id, k.version, k.is_delete, k.source_lsn DESC NULLS LAST, k.n
+    ),
+    stored AS (
+        INSERT INTO inbox.quota_events AS x (
+            quota_id, version, is_delete, payload, source, source_lsn, typed, counterparty_id, direction,
+            period_month, qty_t, tolerance_pct, incoterm_code, metal_code, source_updated_at)
+        SELECT b.quota_id, b.version, b.is_delete, b.payload, p_source, b.source_lsn, coalesce(b.typed, false),
+               b.counterparty_id, b.direction, b.period_month, b.qty_t, b.tolerance_pct, b.incoterm_code,
+               b.metal_code, b.source_updated_at
+        FROM batch b
+        ON CONFLICT (quota_id, version, is_delete) DO UPDATE
+            SET payload = excluded.payload,
+                source = excluded.source,
+                source_lsn = excluded.source_lsn,
+                received_at = now(),
+                status = 'pending',
+                attempts = 0,
+                next_attempt_at = now(),
+                lease_owner = NULL,
+                lease_expires_at = NULL,
+                last_error = NULL,
+                applied_at = NULL,
+                typed = excluded.typed,
+                errors = NULL,
+                error_class = NULL,
+                versionless = false,
+                counterparty_id = excluded.counterparty_id,
+                direction = excluded.direction,
+                period_month = excluded.period_month,
+                qty_t = excluded.qty_t,
+                tolerance_pct = excluded.tolerance_pct,
+                incoterm_code = excluded.incoterm_code,
+                metal_code = excluded.metal_code,
+                source_updated_at = excluded.source_updated_at
+            WHERE excluded.source_lsn > x.source_lsn
+        RETURNING x.quota_id, x.version, x.is_delete, x.source_lsn
+    ),
+    superseded AS (
+        UPDATE public.quota_processing_errors d
+        SET resolved_at = now(),
+            resolution_note = format('superseded by a newer change with the same key (source LSN %s)',
+                                     s.source_lsn)
+        FROM stored s
+        WHERE (d.quota_id, d.version, d.is_delete) = (s.quota_id, s.version, s.is_delete)
+          AND d.resolved_at IS NULL AND s.source_lsn IS NOT NULL
+        RETURNING 1
+    )
+    SELECT count(*) INTO v_inserted FROM stored;
+    -- what was new is counted by the insert trigger; what was not, here
+    PERFORM inbox.add_counters(ARRAY['duplicate'], ARRAY[''],
+                               ARRAY[cardinality(p_quota_ids) - v_inserted]::float8[]);
+
+    -- A wake-up hint for idle workers; delivered at commit, once per transaction.
+    IF v_inserted > 0 THEN
+        PERFORM pg_notify('inbox_quota_events', '');
+    END IF;
+    RETURN v_inserted;
+END;
+$$;
+
+REVOKE EXECUTE ON FUNCTION inbox.store_events(jsonb, uuid[], bigint[], boolean[], text, bigint[],
+    boolean[], text[], text[], date[], numeric[], numeric[], text[], text[], timestamptz[]) FROM PUBLIC;
