@@ -17,13 +17,7 @@ from inbox.db.queries import ApplyCounts, Backoff, DeadLetterLine, EventKeyRow, 
 
 class WorkerDatabase(Protocol):
     def process_batch(
-        self,
-        *,
-        ledger: int | None,
-        keys: Keys,
-        max_attempts: int,
-        error_class: str | None = None,
-        error: str | None = None,
+        self, *, ledger: int | None, keys: Keys, max_attempts: int, refused: str | None = None
     ) -> ApplyCounts: ...
 
     def release_claim(

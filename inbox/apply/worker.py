@@ -207,11 +207,7 @@ class Worker:
         error = shorten(f"[{sqlstate(exc)}] {str(exc).strip()}")
         try:
             row = self._db().process_batch(
-                ledger=None,
-                keys=keys,
-                max_attempts=self.settings.max_attempts,
-                error_class="apply_error",
-                error=error,
+                ledger=None, keys=keys, max_attempts=self.settings.max_attempts, refused=error
             )
         except DatabaseError as again:
             if is_transient(again):

@@ -454,19 +454,15 @@ class Queries:
         self._run("drop_claim", {"ledger": ledger})
 
     def process_batch(
-        self,
-        *,
-        ledger: int | None,
-        keys: Keys,
-        max_attempts: int,
-        error_class: str | None = None,
-        error: str | None = None,
+        self, *, ledger: int | None, keys: Keys, max_attempts: int, refused: str | None = None
     ) -> ApplyCounts:
+        """Finish these events; with `refused` (why the database refused the one event), dead-letter
+        them as apply_error instead of applying them."""
         params = {
             "ledger": ledger,
             **keys.params(),
-            "error_class": error_class,
-            "error": error,
+            "error_class": None if refused is None else "apply_error",
+            "error": refused,
             "max_attempts": max_attempts,
         }
         row = self._one("process_batch", params)

@@ -33,18 +33,12 @@ class FakeDatabase:
         self.dropped: list[int] = []
 
     def process_batch(
-        self,
-        *,
-        ledger: int | None,
-        keys: Keys,
-        max_attempts: int,
-        error_class: str | None = None,
-        error: str | None = None,
+        self, *, ledger: int | None, keys: Keys, max_attempts: int, refused: str | None = None
     ) -> ApplyCounts:
         ids = [NAMES[q] for q in keys.quota_ids]
         if self.fail_with is not None:
             raise self.fail_with
-        if error_class == "apply_error":
+        if refused is not None:
             self.buried.extend(ids)
             return ApplyCounts(applied=0, stale=0, dead=len(ids), not_owned=0, published=0)
         if self.poison & set(ids):
