@@ -5,7 +5,8 @@
 --
 -- Reads:       inbox.claim_ledger, inbox.claim_debts, inbox.quota_events, pg_locks
 -- Writes:      through inbox.release_claim; inbox.claim_debts, inbox.quota_events,
---              public.quota_processing_errors (debts nobody else paid)
+--              public.quota_processing_errors (debts nobody else paid, through
+--              inbox.bury_retries_exhausted)
 -- Called by:   query reap_abandoned_claims (inbox/apply/worker.py, the reaper job)
 -- -------------------------------------------------------------------------------------------------
 -- Spend an attempt for workers that died with a batch in hand: every claim ledger row whose apply
@@ -33,7 +34,11 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
-    v_dead bigint;
+    v_dead      bigint;
+    v_quota_ids uuid[];
+    v_versions  bigint[];
+    v_is_delete boolean[];
+    v_attempts  integer[];
 BEGIN
     SELECT coalesce(sum(r.retried), 0)::bigint, coalesce(sum(r.dead), 0)::bigint
     INTO retried, dead
@@ -91,21 +96,14 @@ BEGIN
                               ELSE e.last_error END
         FROM free f
         WHERE (e.quota_id, e.version, e.is_delete) = (f.quota_id, f.version, f.is_delete)
-        RETURNING f.exhausted
-    ),
-    buried AS (
-        INSERT INTO public.quota_processing_errors (
-            event_data, error_message, retry_count, quota_id, version, is_delete, error_class)
-        SELECT f.payload,
-               format('gave up after %s attempts: the worker ended before it finished the batch',
-                      f.attempts + f.claims),
-               f.attempts + f.claims, f.quota_id, f.version, f.is_delete, 'retries_exhausted'
-        FROM free f
-        WHERE f.exhausted
-        RETURNING 1
+        RETURNING f.quota_id, f.version, f.is_delete, f.attempts + f.claims AS attempts, f.exhausted
     )
-    SELECT count(*) FILTER (WHERE m.exhausted) INTO v_dead
-    FROM marked m, (SELECT count(*) FROM paid) p;
+    SELECT array_agg(m.quota_id), array_agg(m.version), array_agg(m.is_delete), array_agg(m.attempts)
+    INTO v_quota_ids, v_versions, v_is_delete, v_attempts
+    FROM marked m, (SELECT count(*) FROM paid) p
+    WHERE m.exhausted;
+    v_dead := inbox.bury_retries_exhausted(v_quota_ids, v_versions, v_is_delete, v_attempts,
+                                           'the worker ended before it finished the batch');
     dead := dead + v_dead;
     RETURN NEXT;
 END;

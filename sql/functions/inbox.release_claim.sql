@@ -6,7 +6,7 @@
 --
 -- Reads:       inbox.claim_ledger, inbox.quota_events, inbox.claim_debts
 -- Writes:      inbox.claim_ledger (deletes p_ledger), inbox.claim_debts, inbox.quota_events,
---              public.quota_processing_errors, inbox.metric_counters ('retried', through add_counters)
+--              public.quota_processing_errors (through inbox.bury_retries_exhausted), inbox.metric_counters ('retried', through add_counters)
 -- Called by:   query release_claim (inbox/apply/worker.py); inbox.reap_abandoned_claims
 -- -------------------------------------------------------------------------------------------------
 -- Spend one attempt on each of these events, after a transient failure or for a worker that died
@@ -41,6 +41,9 @@ DECLARE
     v_versions  bigint[];
     v_is_delete boolean[];
     v_debts     bigint := 0;
+    v_retried   bigint;
+    v_dead      bigint;
+    v_attempts  integer[];
 BEGIN
     IF p_ledger IS NOT NULL THEN
         DELETE FROM inbox.claim_ledger l WHERE l.id = p_ledger;
@@ -80,7 +83,6 @@ BEGIN
         PERFORM inbox.add_counters(ARRAY['retried'], ARRAY[''], ARRAY[v_debts::float8]);
     END IF;
 
-    RETURN QUERY
     WITH paid_rows AS (
         DELETE FROM inbox.claim_debts d
         USING unnest(v_quota_ids, v_versions, v_is_delete) AS f(quota_id, version, is_delete)
@@ -111,23 +113,18 @@ BEGIN
                                    ELSE e.next_attempt_at END
         FROM held h
         WHERE (e.quota_id, e.version, e.is_delete) = (h.quota_id, h.version, h.is_delete)
-        RETURNING e.status, h.exhausted
-    ),
-    buried AS (
-        INSERT INTO public.quota_processing_errors (
-            event_data, error_message, retry_count, quota_id, version, is_delete, error_class)
-        SELECT e.payload, format('gave up after %s attempts: %s', h.spent + 1, p_error), h.spent + 1,
-               h.quota_id, h.version, h.is_delete, 'retries_exhausted'
-        FROM held h
-        JOIN inbox.quota_events e ON (e.quota_id, e.version, e.is_delete) = (h.quota_id, h.version, h.is_delete)
-        WHERE h.exhausted
-        RETURNING 1
+        RETURNING h.quota_id, h.version, h.is_delete, h.spent + 1 AS attempts, h.exhausted
     )
+    SELECT count(*) FILTER (WHERE NOT m.exhausted), count(*) FILTER (WHERE m.exhausted),
+           array_agg(m.quota_id) FILTER (WHERE m.exhausted), array_agg(m.version) FILTER (WHERE m.exhausted),
+           array_agg(m.is_delete) FILTER (WHERE m.exhausted), array_agg(m.attempts) FILTER (WHERE m.exhausted)
+    INTO v_retried, v_dead, v_quota_ids, v_versions, v_is_delete, v_attempts
+    FROM marked m;
+    PERFORM inbox.bury_retries_exhausted(v_quota_ids, v_versions, v_is_delete, v_attempts, p_error);
     -- A retry leaves the status as it was: the status counter trigger cannot see it, so it is counted here.
-    SELECT r.retried + v_debts, r.dead
-    FROM (SELECT count(*) FILTER (WHERE NOT m.exhausted) AS retried,
-                 count(*) FILTER (WHERE m.exhausted)     AS dead
-          FROM marked m) r,
-         LATERAL inbox.add_counters(ARRAY['retried'], ARRAY[''], ARRAY[r.retried::float8]) c;
+    PERFORM inbox.add_counters(ARRAY['retried'], ARRAY[''], ARRAY[v_retried::float8]);
+    retried := v_retried + v_debts;
+    dead := v_dead;
+    RETURN NEXT;
 END;
 $$;
