@@ -8,9 +8,12 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
+import pytest
+
 from inbox.apply.worker import BatchCounts, Worker
 from inbox.db.connect import DictConnection
-from inbox.formats import QUOTA_COLUMNS
+from inbox.events import UnkeyableEvent
+from inbox.formats import QUOTA_COLUMNS, key_event
 from inbox.ingest import Source
 from inbox.settings import Settings
 from inbox.store import IngestResult, store_events
@@ -153,3 +156,10 @@ def dead_letters_for(conn: DictConnection, quota_id: uuid.UUID | str) -> list[di
 def status_counts(conn: DictConnection) -> dict[str, int]:
     rows = conn.execute("SELECT status, count(*) AS n FROM inbox.quota_events GROUP BY status").fetchall()
     return {str(r["status"]): int(r["n"]) for r in rows}
+
+
+def unkeyable(event: Any) -> str:
+    """The reason key_event refuses an event (it must refuse it)."""
+    with pytest.raises(UnkeyableEvent) as caught:
+        key_event(event)
+    return str(caught.value)

@@ -12,11 +12,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from inbox.events import EventKey, InvalidEvent, UnkeyableEvent
+from inbox.events import EventKey, InvalidEvent
 from inbox.formats import connect_decimal, format_of, interpret, key_event, ordering, skip_reason
 from inbox.ingest import parse_texts
 from tests.cdc_events import debezium_event, encode_decimal, flattened_record, row_schema
-from tests.helpers import titan_event, to_json
+from tests.helpers import titan_event, to_json, unkeyable
 
 QUOTA_ID = uuid.UUID("5f0c4a3e-8c1d-4e57-9a0b-1c2d3e4f5a6b")
 
@@ -24,12 +24,6 @@ QUOTA_ID = uuid.UUID("5f0c4a3e-8c1d-4e57-9a0b-1c2d3e4f5a6b")
 def reasons(event: Any) -> str:
     with pytest.raises(InvalidEvent) as caught:
         interpret(event)
-    return str(caught.value)
-
-
-def unkeyable(event: Any) -> str:
-    with pytest.raises(UnkeyableEvent) as caught:
-        key_event(event)
     return str(caught.value)
 
 

@@ -8,10 +8,9 @@ from typing import Any
 
 import pytest
 
-from inbox.events import UnkeyableEvent
 from inbox.formats import key_event, ordering
 from tests.cdc_events import debezium_event, flattened_record
-from tests.helpers import titan_event
+from tests.helpers import titan_event, unkeyable
 
 QUOTA_ID = uuid.UUID("0b7e3f52-4c1a-4d2e-8f90-123456789abc")
 IDENTITY_FIX = "Titan's table needs REPLICA IDENTITY FULL (ALTER TABLE public.quota REPLICA IDENTITY FULL)"
@@ -31,12 +30,6 @@ def _debezium_delete(before: dict[str, Any], lsn: int | None = 4242) -> dict[str
 
 def _flattened_delete(row: dict[str, Any], lsn: int | None = 4242) -> dict[str, Any]:
     return {**row, "__deleted": "true"} | ({} if lsn is None else {"__lsn": lsn})
-
-
-def _unkeyable(event: Any) -> str:
-    with pytest.raises(UnkeyableEvent) as caught:
-        key_event(event)
-    return str(caught.value)
 
 
 @pytest.mark.parametrize(
@@ -73,10 +66,10 @@ def test_ordering_of_events_that_are_no_version_less_delete() -> None:
 
 def test_a_version_less_delete_without_an_lsn_names_the_fix_of_its_format() -> None:
     lead = "a delete without the old row's version (REPLICA IDENTITY DEFAULT sends only the key) needs"
-    assert _unkeyable(_debezium_delete(KEY_ONLY, lsn=None)) == (
+    assert unkeyable(_debezium_delete(KEY_ONLY, lsn=None)) == (
         f"{lead} source.lsn to be ordered by: {IDENTITY_FIX}"
     )
-    assert _unkeyable(_flattened_delete(KEY_ONLY, lsn=None)) == (
+    assert unkeyable(_flattened_delete(KEY_ONLY, lsn=None)) == (
         f"{lead} __lsn to be ordered by: {IDENTITY_FIX}, or add lsn to ExtractNewRecordState's add.fields"
     )
     # the worker's check of a stored event: keyed at version 0 without its LSN
@@ -86,12 +79,12 @@ def test_a_version_less_delete_without_an_lsn_names_the_fix_of_its_format() -> N
 
 def test_a_delete_that_cannot_be_keyed_names_the_field_and_the_fix() -> None:
     bad_id = {**KEY_ONLY, "quota_id": "nope"}
-    assert _unkeyable(_debezium_delete(bad_id)) == "before.quota_id must be a UUID string"
-    assert _unkeyable(_flattened_delete(bad_id)) == "quota_id must be a UUID string"
+    assert unkeyable(_debezium_delete(bad_id)) == "before.quota_id must be a UUID string"
+    assert unkeyable(_flattened_delete(bad_id)) == "quota_id must be a UUID string"
     bad_version = {**KEY_ONLY, "version": "x", "counterparty_id": "CP-1"}
-    assert _unkeyable(_debezium_delete(bad_version)) == (
+    assert unkeyable(_debezium_delete(bad_version)) == (
         f"before.version {VERSION_RANGE} (a delete is keyed from the old row: {IDENTITY_FIX})"
     )
-    assert _unkeyable(_flattened_delete(bad_version)) == (
+    assert unkeyable(_flattened_delete(bad_version)) == (
         f"version {VERSION_RANGE} (a delete is keyed from the old row: {IDENTITY_FIX})"
     )
