@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-import inbox.http.app as app_module
+import inbox.http.routes as app_module
 from inbox.db.connect import DictConnection
 from inbox.ingest import parse_body
 from tests.acceptance.conftest import LiveServer, StartServer

@@ -70,7 +70,7 @@ def test_each_bad_signature_says_why(signature: str | None, timestamp: str | Non
 def test_digests_and_tokens_are_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
     from starlette.requests import Request
 
-    from inbox.http import app as http_app
+    from inbox.http import routes as http_app
 
     compared: list[tuple[Any, Any]] = []
     real = hmac.compare_digest
