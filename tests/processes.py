@@ -32,6 +32,29 @@ def inbox_env(database_url: str | None, **settings: str) -> dict[str, str]:
     return env
 
 
+# Timings a fault test can wait for: the reaper runs every half second, an idle worker polls five
+# times a second, and a transient failure is retried within half a second.
+QUICK_RECOVERY = {
+    "INBOX_REAP_INTERVAL_SECONDS": "0.5",
+    "INBOX_POLL_SECONDS": "0.2",
+    "INBOX_BACKOFF_BASE_SECONDS": "0.05",
+    "INBOX_BACKOFF_CAP_SECONDS": "0.5",
+}
+
+
+# `inbox run` with each part in the group role of migration 007 made for it.
+SERVICE_ROLES = {
+    "INBOX_INGEST_ROLE": "inbox_ingest",
+    "INBOX_WORKER_ROLE": "inbox_worker",
+    "INBOX_READONLY_ROLE": "inbox_readonly",
+}
+
+
+def quick_env(database_url: str, **settings: str) -> dict[str, str]:
+    """inbox_env with the QUICK_RECOVERY timings; the given settings win over them."""
+    return inbox_env(database_url, **{**QUICK_RECOVERY, **settings})
+
+
 def run_inbox(
     *args: str, database_url: str | None, stdin: str | None = None, timeout: float = 120, **env: str
 ) -> subprocess.CompletedProcess[str]:
@@ -106,6 +129,46 @@ class InboxProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(30)
+
+
+class WorkerFleet:
+    """`inbox work` processes with one environment, each logging to work-N.log in workdir (N counts
+    every process started); kill() SIGKILLs one and forgets it, stop() ends the others."""
+
+    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+        self.env = env
+        self.workdir = workdir
+        self.started = 0
+        self.processes: list[InboxProcess] = []
+
+    def start(self) -> InboxProcess:
+        self.started += 1
+        process = InboxProcess(["work"], self.env, self.workdir / f"work-{self.started}.log")
+        self.processes.append(process)
+        return process
+
+    def find(self, pid: int) -> InboxProcess | None:
+        return next((p for p in self.processes if p.proc.pid == pid), None)
+
+    def kill(self, process: InboxProcess) -> None:
+        self.processes.remove(process)
+        process.kill()
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.terminate()
+
+
+@contextmanager
+def worker_fleet(env: dict[str, str], workdir: Path, size: int) -> Iterator[WorkerFleet]:
+    """`size` `inbox work` processes, stopped (SIGTERM, then SIGKILL) when the block ends."""
+    fleet = WorkerFleet(env, workdir)
+    try:
+        for _ in range(size):
+            fleet.start()
+        yield fleet
+    finally:
+        fleet.stop()
 
 
 @contextmanager

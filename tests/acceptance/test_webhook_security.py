@@ -16,7 +16,7 @@ from inbox.db.connect import DictConnection
 from inbox.http.signing import sign
 from tests.acceptance.conftest import UNREACHABLE_DSN, LiveServer, StartServer
 from tests.helpers import inbox_rows, quota, titan_event, to_json
-from tests.processes import inbox_env, inbox_process, wait_for
+from tests.processes import SERVICE_ROLES, inbox_env, inbox_process, wait_for
 
 SECRET = "hmac-secret-for-tests-only"
 TOKEN = "bearer-token-for-tests-only"
@@ -229,10 +229,8 @@ def test_the_service_runs_as_the_configured_roles(dsn: str, db: DictConnection, 
         dsn,
         INBOX_HTTP_PORT="0",
         INBOX_POLL_SECONDS="0.1",
-        INBOX_INGEST_ROLE="inbox_ingest",
-        INBOX_WORKER_ROLE="inbox_worker",
-        INBOX_READONLY_ROLE="inbox_readonly",
         INBOX_METRICS_REFRESH_SECONDS="0.1",
+        **SERVICE_ROLES,
     )
     first, second, third = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
 

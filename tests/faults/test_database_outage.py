@@ -29,7 +29,7 @@ from tests.cdc_events import QuotaStream, expected_rows, quota_rows, quota_strea
 from tests.helpers import dead_letters, status_counts
 from tests.integration.test_kafka_consume import Feed
 from tests.kafka_broker import KafkaBroker, kafka_broker
-from tests.processes import InboxProcess, inbox_env, inbox_process, wait_for
+from tests.processes import InboxProcess, inbox_process, quick_env, wait_for
 from tests.restartable_pg import RestartablePostgres
 
 SOAK = os.environ.get("INBOX_SOAK") == "1"
@@ -105,15 +105,7 @@ def test_database_stopped_and_started_under_load_loses_nothing(
     http_stream = quota_stream(rng, 6000 if SOAK else 2400)
     kafka_stream = quota_stream(rng, 6000 if SOAK else 2400)
     feed = Feed(broker, broker.create_topic(PARTITIONS), f"quota-inbox-outage-{uuid.uuid4().hex[:8]}")
-    service_env = inbox_env(
-        dsn,
-        INBOX_HTTP_PORT="0",
-        INBOX_LEASE_SECONDS="3",
-        INBOX_REAP_INTERVAL_SECONDS="0.5",
-        INBOX_POLL_SECONDS="0.2",
-        INBOX_BACKOFF_BASE_SECONDS="0.05",
-        INBOX_BACKOFF_CAP_SECONDS="0.5",
-    )
+    service_env = quick_env(dsn, INBOX_HTTP_PORT="0", INBOX_LEASE_SECONDS="3")
     consumer_env = {**feed.env(dsn), "INBOX_KAFKA_BATCH_SIZE": "100", "PYTHONUNBUFFERED": "1"}
     answers = Answers()
     batches = _batches(http_stream, 20)

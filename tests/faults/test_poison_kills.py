@@ -19,57 +19,38 @@ import pytest
 
 from inbox.db.connect import DictConnection, connect
 from tests.helpers import dead_letters_for, inbox_row, ingest, quota, titan_event
-from tests.processes import InboxProcess, inbox_env, wait_for
+from tests.processes import InboxProcess, WorkerFleet, quick_env, wait_for, worker_fleet
 
 MAX_ATTEMPTS = 3
 NEIGHBOURS = 10
 
 
-class Fleet:
-    def __init__(self, dsn: str, workdir: Path) -> None:
-        self.env = inbox_env(
-            dsn,
-            INBOX_WORKERS="1",
-            INBOX_BATCH_SIZE="1",  # the poison's batch holds the poison alone
-            INBOX_MAX_ATTEMPTS=str(MAX_ATTEMPTS),
-            INBOX_LEASE_SECONDS="30",
-            INBOX_STATEMENT_TIMEOUT_MS="60000",  # the apply waits for the lock until it is killed
-            INBOX_REAP_INTERVAL_SECONDS="0.5",
-            INBOX_POLL_SECONDS="0.1",
-            INBOX_BACKOFF_BASE_SECONDS="0.01",
-            INBOX_BACKOFF_CAP_SECONDS="0.01",
-        )
-        self.workdir = workdir
-        self.started = 0
-        self.processes: dict[int, InboxProcess] = {}
-        for _ in range(2):
-            self.start()
-
-    def start(self) -> None:
-        self.started += 1
-        process = InboxProcess(["work"], self.env, self.workdir / f"work-{self.started}.log")
-        self.processes[process.proc.pid] = process
-
-    def kill(self, db: DictConnection, pid: int) -> None:
-        """SIGKILL the process, and end its sessions as a dead host's would end (a backend waiting
-        on a lock does not notice that its client is gone)."""
-        self.processes.pop(pid).kill()
-        db.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE %s",
-            [f"quota-inbox %:{pid}:%"],
-        )
-        self.start()
-
-    def stop(self) -> None:
-        for process in self.processes.values():
-            process.terminate()
-
-
 @pytest.fixture
-def fleet(dsn: str, tmp_path: Path) -> Iterator[Fleet]:
-    workers = Fleet(dsn, tmp_path)
-    yield workers
-    workers.stop()
+def fleet(dsn: str, tmp_path: Path) -> Iterator[WorkerFleet]:
+    env = quick_env(
+        dsn,
+        INBOX_WORKERS="1",
+        INBOX_BATCH_SIZE="1",  # the poison's batch holds the poison alone
+        INBOX_MAX_ATTEMPTS=str(MAX_ATTEMPTS),
+        INBOX_LEASE_SECONDS="30",
+        INBOX_STATEMENT_TIMEOUT_MS="60000",  # the apply waits for the lock until it is killed
+        INBOX_POLL_SECONDS="0.1",
+        INBOX_BACKOFF_BASE_SECONDS="0.01",
+        INBOX_BACKOFF_CAP_SECONDS="0.01",
+    )
+    with worker_fleet(env, tmp_path, 2) as workers:
+        yield workers
+
+
+def _kill(fleet: WorkerFleet, db: DictConnection, process: InboxProcess) -> None:
+    """SIGKILL the process, end its sessions as a dead host's would end (a backend waiting on a lock
+    does not notice that its client is gone), and start another."""
+    fleet.kill(process)
+    db.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE %s",
+        [f"quota-inbox %:{process.proc.pid}:%"],
+    )
+    fleet.start()
 
 
 def _holder(db: DictConnection, quota_id: uuid.UUID) -> int | None:
@@ -83,7 +64,7 @@ def _holder(db: DictConnection, quota_id: uuid.UUID) -> int | None:
 
 @pytest.mark.timeout(240)
 def test_an_event_that_kills_every_worker_that_takes_it_ends_as_a_dead_letter(
-    dsn: str, db: DictConnection, fleet: Fleet
+    dsn: str, db: DictConnection, fleet: WorkerFleet
 ) -> None:
     poison = uuid.uuid4()
     neighbours = [uuid.uuid4() for _ in range(NEIGHBOURS)]
@@ -98,8 +79,9 @@ def test_an_event_that_kills_every_worker_that_takes_it_ends_as_a_dead_letter(
         while inbox_row(db, poison, 1)["status"] != "dead" or _holder(db, poison) is not None:
             assert time.monotonic() < deadline, f"still {inbox_row(db, poison, 1)} after {kills} kills"
             pid = _holder(db, poison)
-            if pid is not None and pid in fleet.processes and _waits_on_lock(db, pid):
-                fleet.kill(db, pid)
+            process = None if pid is None else fleet.find(pid)
+            if process is not None and _waits_on_lock(db, process.proc.pid):
+                _kill(fleet, db, process)
                 kills += 1
             time.sleep(0.02)
         blocker.rollback()

@@ -20,7 +20,7 @@ from typing import Any
 from inbox.db.connect import DictConnection, connect
 from tests.helpers import dead_letters, ingest, quota, status_counts, titan_event
 from tests.integration.test_outbox import keys, outbox
-from tests.processes import InboxProcess, inbox_env, inbox_process, wait_for
+from tests.processes import InboxProcess, inbox_process, quick_env, wait_for
 
 LEASE_SECONDS = 2.0
 LAST_ERRORS = "SELECT DISTINCT last_error AS e FROM inbox.quota_events WHERE last_error IS NOT NULL"
@@ -28,16 +28,13 @@ QUOTAS = 50
 
 
 def _worker_env(dsn: str) -> dict[str, str]:
-    return inbox_env(
+    return quick_env(
         dsn,
         INBOX_WORKERS="1",
         INBOX_BATCH_SIZE="100",
         INBOX_LEASE_SECONDS=str(LEASE_SECONDS),
         INBOX_STATEMENT_TIMEOUT_MS="0",  # "off": the lease still bounds every statement
-        INBOX_REAP_INTERVAL_SECONDS="0.5",
-        INBOX_POLL_SECONDS="0.2",
         INBOX_BACKOFF_BASE_SECONDS="0.2",
-        INBOX_BACKOFF_CAP_SECONDS="0.5",
         INBOX_MAX_ATTEMPTS="50",
     )
 

@@ -25,7 +25,7 @@ from inbox.store import store_events
 from tests.cdc_events import QuotaStream, expected_rows, quota_rows, quota_stream
 from tests.helpers import count_of, dead_letters, status_counts
 from tests.integration.test_outbox import install_change_log, keys, outbox
-from tests.processes import InboxProcess, inbox_env, wait_for
+from tests.processes import InboxProcess, WorkerFleet, quick_env, wait_for, worker_fleet
 
 SOAK = os.environ.get("INBOX_SOAK") == "1"
 EVENTS = 200_000 if SOAK else 50_000
@@ -44,62 +44,35 @@ class KillLog:
     abandoned_keys: set[tuple[object, ...]] = field(default_factory=set)
 
 
-class WorkerFleet:
-    """N `inbox work` processes; kill() SIGKILLs one holding a claim and starts a replacement."""
+def _kill_one_mid_batch(fleet: WorkerFleet, db: DictConnection, rng: random.Random, log: KillLog) -> bool:
+    """SIGKILL a worker the moment it holds claimed rows and start a replacement; False if no worker
+    held a claim within a second."""
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        holders = [p for p in fleet.processes if _held(db, _owner(p))]
+        if holders:
+            _kill(fleet, db, rng.choice(holders), log)
+            return True
+        time.sleep(0.005)
+    return False
 
-    def __init__(self, dsn: str, workdir: Path, size: int) -> None:
-        self.env = inbox_env(
-            dsn,
-            INBOX_WORKERS="2",
-            INBOX_BATCH_SIZE="250",
-            INBOX_LEASE_SECONDS=str(LEASE_SECONDS),
-            INBOX_REAP_INTERVAL_SECONDS="0.5",
-            INBOX_POLL_SECONDS="0.2",
-            INBOX_BACKOFF_BASE_SECONDS="0.05",
-            INBOX_BACKOFF_CAP_SECONDS="0.5",
-            # A batch may be killed a few times; the kills must not use up its retries.
-            INBOX_MAX_ATTEMPTS="100",
-        )
-        self.workdir = workdir
-        self.started = 0
-        self.processes = [self._start() for _ in range(size)]
 
-    def _start(self) -> InboxProcess:
-        self.started += 1
-        return InboxProcess(["work"], self.env, self.workdir / f"work-{self.started}.log")
-
-    def kill_one_mid_batch(self, db: DictConnection, rng: random.Random, log: KillLog) -> bool:
-        """SIGKILL a worker the moment it holds claimed rows and start a replacement; False if no
-        worker held a claim within a second."""
-        deadline = time.monotonic() + 1.0
-        while time.monotonic() < deadline:
-            holders = [i for i, p in enumerate(self.processes) if _held(db, _owner(p))]
-            if holders:
-                self._kill(db, rng.choice(holders), log)
-                return True
-            time.sleep(0.005)
-        return False
-
-    def _kill(self, db: DictConnection, victim: int, log: KillLog) -> None:
-        owner = _owner(self.processes[victim])
-        self.processes[victim].kill()
-        # A statement already running on the server still finishes (and may commit): what is
-        # abandoned is what the worker held once its sessions are gone.
-        wait_for(lambda: not _sessions(db, f"quota-inbox {owner}"), "the killed worker's sessions to end")
-        held = db.execute(
-            "SELECT k.quota_id, k.version, k.is_delete FROM inbox.claim_ledger l,"
-            " unnest(l.quota_ids, l.versions, l.is_delete) AS k(quota_id, version, is_delete)"
-            " WHERE l.worker LIKE %s",
-            [owner],
-        ).fetchall()
-        log.kills += 1
-        log.abandoned += len(held)
-        log.abandoned_keys.update(tuple(r.values()) for r in held)
-        self.processes[victim] = self._start()
-
-    def stop(self) -> None:
-        for process in self.processes:
-            process.terminate()
+def _kill(fleet: WorkerFleet, db: DictConnection, victim: InboxProcess, log: KillLog) -> None:
+    owner = _owner(victim)
+    fleet.kill(victim)
+    # A statement already running on the server still finishes (and may commit): what is
+    # abandoned is what the worker held once its sessions are gone.
+    wait_for(lambda: not _sessions(db, f"quota-inbox {owner}"), "the killed worker's sessions to end")
+    held = db.execute(
+        "SELECT k.quota_id, k.version, k.is_delete FROM inbox.claim_ledger l,"
+        " unnest(l.quota_ids, l.versions, l.is_delete) AS k(quota_id, version, is_delete)"
+        " WHERE l.worker LIKE %s",
+        [owner],
+    ).fetchall()
+    log.kills += 1
+    log.abandoned += len(held)
+    log.abandoned_keys.update(tuple(r.values()) for r in held)
+    fleet.start()
 
 
 def _owner(process: InboxProcess) -> str:
@@ -122,9 +95,16 @@ def _sessions(db: DictConnection, application_name: str) -> int:
 
 @pytest.fixture
 def fleet(dsn: str, tmp_path: Path) -> Iterator[WorkerFleet]:
-    workers = WorkerFleet(dsn, tmp_path, WORKERS)
-    yield workers
-    workers.stop()
+    env = quick_env(
+        dsn,
+        INBOX_WORKERS="2",
+        INBOX_BATCH_SIZE="250",
+        INBOX_LEASE_SECONDS=str(LEASE_SECONDS),
+        # A batch may be killed a few times; the kills must not use up its retries.
+        INBOX_MAX_ATTEMPTS="100",
+    )
+    with worker_fleet(env, tmp_path, WORKERS) as workers:
+        yield workers
 
 
 def _event_texts(stream: QuotaStream) -> list[str]:
@@ -187,7 +167,7 @@ def test_workers_killed_mid_batch_again_and_again_end_exact(
     # them and the loop end with it pending (workers that keep up drain everything before it).
     while not ingested.is_set() or progress.unfinished(db):
         if owed.acquire(blocking=False):
-            if fleet.kill_one_mid_batch(db, rng, log):
+            if _kill_one_mid_batch(fleet, db, rng, log):
                 killed.set()
             else:
                 owed.release()  # nobody held a claim: try again while there is work

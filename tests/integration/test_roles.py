@@ -30,7 +30,7 @@ from inbox.store import store_events
 from tests.conftest import create_database, drop_database
 from tests.helpers import dead_letters, drain, inbox_rows, ingest, quota, status_counts, titan_event, to_json
 from tests.integration.test_sink_sql import SHAPES, Record, connector_session
-from tests.processes import inbox_env, inbox_process, wait_for
+from tests.processes import SERVICE_ROLES, inbox_env, inbox_process, wait_for
 
 ROLES = ("inbox_ingest", "inbox_worker", "inbox_readonly")
 
@@ -417,12 +417,7 @@ def test_inbox_run_needs_no_ddl_right_once_the_owner_has_migrated(
         )
     )
     env = inbox_env(
-        make_conninfo(dsn, user=login),
-        INBOX_HTTP_PORT="0",
-        INBOX_POLL_SECONDS="0.1",
-        INBOX_INGEST_ROLE="inbox_ingest",
-        INBOX_WORKER_ROLE="inbox_worker",
-        INBOX_READONLY_ROLE="inbox_readonly",
+        make_conninfo(dsn, user=login), INBOX_HTTP_PORT="0", INBOX_POLL_SECONDS="0.1", **SERVICE_ROLES
     )
     q = uuid.uuid4()
     try:
