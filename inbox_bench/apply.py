@@ -22,8 +22,8 @@ from inbox.db.connect import DictConnection, connect
 from inbox.ingest import parse_texts
 from inbox.settings import Settings
 from inbox.store import store
-from inbox_bench.ceiling import honest_ceiling, per_event
-from inbox_bench.cluster import Cluster, cpu_seconds, cpu_used, scalar
+from inbox_bench.ceiling import honest_ceiling
+from inbox_bench.cluster import Cluster, cpu_seconds, cpu_us_per_event, cpu_used, scalar
 from inbox_bench.config import Config
 from inbox_bench.events import Stream
 from inbox_bench.measure import Measurement, quota_version_sum, status_counts
@@ -79,7 +79,7 @@ def apply_only(cluster: Cluster, stream: Stream, cfg: Config) -> list[Measuremen
         f"apply only, as shipped, {SESSIONS} sessions",
         len(stream),
         seconds,
-        {**state, "cpu_seconds": cpu, "cpu_us_per_event": per_event(cpu, len(stream))},
+        {**state, "cpu_seconds": cpu, "cpu_us_per_event": cpu_us_per_event(cpu, len(stream))},
     )
     ceiling = honest_ceiling(cluster, stream, cfg)
     ceiling_apply = ceiling.detail["apply_events_per_second"]

@@ -24,7 +24,7 @@ import os
 import time
 
 from inbox.db.connect import DictConnection, connect
-from inbox_bench.cluster import Cluster, cpu_seconds, cpu_used, scalar
+from inbox_bench.cluster import Cluster, cpu_seconds, cpu_us_per_event, cpu_used, scalar
 from inbox_bench.config import Config
 from inbox_bench.events import Stream
 from inbox_bench.measure import Measurement, quota_version_sum, status_counts
@@ -173,10 +173,6 @@ def backend_pid(conn: DictConnection) -> int:
     return int(scalar(conn, "SELECT pg_backend_pid() AS pid"))
 
 
-def per_event(cpu: dict[str, float], events: int) -> dict[str, float]:
-    return {name: round(seconds / events * 1e6, 1) for name, seconds in cpu.items()}
-
-
 def ceiling(cluster: Cluster, stream: Stream) -> Measurement:
     dsn = cluster.database("ceiling", seeded=True)
     rows = copy_rows(stream, 0, len(stream))
@@ -201,7 +197,7 @@ def ceiling(cluster: Cluster, stream: Stream) -> Measurement:
             "upsert_seconds": round(end - copied, 4),
             "sessions": 1,
             "cpu_seconds": cpu,
-            "cpu_us_per_event": per_event(cpu, len(stream)),
+            "cpu_us_per_event": cpu_us_per_event(cpu, len(stream)),
         },
     )
 
@@ -268,9 +264,9 @@ def honest_ceiling(cluster: Cluster, stream: Stream, cfg: Config, sessions: int 
             "outbox_messages": messages,
             "quota_version_sum": versions,
             "cpu_seconds": total_cpu,
-            "cpu_us_per_event": per_event(total_cpu, len(stream)),
-            "ingest_cpu_us_per_event": per_event(ingest_cpu, len(stream)),
-            "apply_cpu_us_per_event": per_event(apply_cpu, len(stream)),
+            "cpu_us_per_event": cpu_us_per_event(total_cpu, len(stream)),
+            "ingest_cpu_us_per_event": cpu_us_per_event(ingest_cpu, len(stream)),
+            "apply_cpu_us_per_event": cpu_us_per_event(apply_cpu, len(stream)),
             "cpu_note": "postgres = every server process; each session = its backend; bench client = this"
             " process, which only sends prepared statements and COPY text made before the clock started",
         },

@@ -251,3 +251,8 @@ def _cpu(process: Any) -> float:
 
 def cpu_used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     return {name: round(after[name] - before.get(name, 0.0), 2) for name in after}
+
+
+def cpu_us_per_event(cpu: dict[str, float], events: int) -> dict[str, float]:
+    """CPU seconds by process (cpu_used) as microseconds per event."""
+    return {name: round(seconds / events * 1e6, 1) for name, seconds in cpu.items()}

@@ -29,26 +29,24 @@ class Config:
     kafka_partitions: int = 3
 
 
-FULL = Config(
-    quick=False,
-    events=200_000,
-    per_event=20_000,
-    latency_seconds=30,
-    soak_events=2_000_000,
-    soak_quotas=100_000,
-    soak_retention_seconds=20,
-    soak_backlog=50_000,
-    overhead_events=50_000,
-)
+def _sized(quick: bool) -> Config:
+    """The sizes side by side: each measure's full run, then its --quick one."""
 
-QUICK = Config(
-    quick=True,
-    events=3_000,
-    per_event=300,
-    latency_seconds=2,
-    soak_events=10_000,
-    soak_quotas=1_000,
-    soak_retention_seconds=2,
-    soak_backlog=3_000,
-    overhead_events=3_000,
-)
+    def size(full: int, small: int) -> int:
+        return small if quick else full
+
+    return Config(
+        quick=quick,
+        events=size(200_000, 3_000),
+        per_event=size(20_000, 300),
+        latency_seconds=size(30, 2),
+        soak_events=size(2_000_000, 10_000),
+        soak_quotas=size(100_000, 1_000),
+        soak_retention_seconds=size(20, 2),
+        soak_backlog=size(50_000, 3_000),
+        overhead_events=size(50_000, 3_000),
+    )
+
+
+FULL = _sized(quick=False)
+QUICK = _sized(quick=True)

@@ -17,6 +17,7 @@ from inbox_bench.cluster import (
     RssSampler,
     Service,
     cpu_seconds,
+    cpu_us_per_event,
     cpu_used,
     inbox_cli,
     scalar,
@@ -121,7 +122,7 @@ def http_path(cluster: Cluster, stream: Stream, cfg: Config, workdir: Path) -> M
             # where the time goes: CPU seconds by process over the run (the machine has
             # cpu_cores x seconds to give); postgres = every server process, ingest and apply
             "cpu_seconds": cpu,
-            "cpu_us_per_event": {k: round(v / len(stream) * 1e6, 1) for k, v in cpu.items()},
+            "cpu_us_per_event": cpu_us_per_event(cpu, len(stream)),
             # inside PostgreSQL: wall time per event in each SQL function (waits included)
             "sql_function_us_per_event": functions,
         },
