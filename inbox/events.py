@@ -286,14 +286,15 @@ def _first_of_month(value: Any, errors: list[str]) -> date | None:
 
 
 def updated_at(value: Any, errors: list[str]) -> datetime | None:
-    """Titan's updated_at; optional. A timestamp without an offset is read as UTC."""
+    """Titan's updated_at; optional: ISO 8601 as Python reads it, plus RFC 3339's lowercase "z"
+    (which PostgreSQL takes too). A timestamp without an offset is read as UTC."""
     if value is None:
         return None
     if not isinstance(value, str):
         errors.append(f"updated_at must be an ISO-8601 timestamp, got {json_type(value)}")
         return None
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(value[:-1] + "Z" if value.endswith("z") else value)
     except ValueError:
         errors.append(f"updated_at must be an ISO-8601 timestamp, got {show_value(value)}")
         return None

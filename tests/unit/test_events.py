@@ -397,6 +397,9 @@ def test_period_month_must_be_a_real_date(text: str) -> None:
     ("text", "expected"),
     [
         ("2026-03-01T10:00:00Z", datetime(2026, 3, 1, 10, tzinfo=UTC)),
+        # RFC 3339 allows a lowercase "t" and "z", and PostgreSQL's timestamptz takes them
+        ("2026-03-01t10:00:00.25z", datetime(2026, 3, 1, 10, 0, 0, 250_000, tzinfo=UTC)),
+        ("2026-03-01T10:00:00z", datetime(2026, 3, 1, 10, tzinfo=UTC)),
         ("2026-03-01T10:00:00", datetime(2026, 3, 1, 10, tzinfo=UTC)),
         ("2026-03-01T10:00:00+02:00", datetime(2026, 3, 1, 10, tzinfo=timezone(timedelta(hours=2)))),
         (None, None),
@@ -410,7 +413,9 @@ def test_updated_at(text: str | None, expected: datetime | None) -> None:
         assert row.source_updated_at.tzinfo is not None
 
 
-@pytest.mark.parametrize("value", ["yesterday", "2026-13-01T00:00:00Z", 1740000000, True])
+@pytest.mark.parametrize(
+    "value", ["yesterday", "2026-13-01T00:00:00Z", 1740000000, True, "", "z", "2026-03-01Tz"]
+)
 def test_updated_at_must_be_iso_8601(value: Any) -> None:
     [reason] = _reasons(_with(titan_event(QUOTA_ID, 1), updated_at=value))
     assert reason.startswith("updated_at must be an ISO-8601 timestamp")
