@@ -40,6 +40,12 @@ def ratios(results: dict[str, Measurement]) -> dict[str, float]:
             out[name] = round(http.rate / results[key].rate, 3)
     honest = results.get("ceiling_honest")
     pgmq = results.get("pgmq")
+    kafka = results.get("kafka")
+    if kafka is not None and pgmq is not None and pgmq.rate > 0 and kafka.rate > 0:
+        out["kafka_over_pgmq"] = round(kafka.rate / pgmq.rate, 3)
+        bare = kafka.detail.get("bare_consume", {}).get("events_per_second")
+        if bare:
+            out["kafka_bare_consume_over_kafka"] = round(bare / kafka.rate, 3)
     if honest is not None and honest.rate > 0:
         if pgmq is not None:
             out["honest_ceiling_over_pgmq"] = round(honest.rate / pgmq.rate, 3)
@@ -80,11 +86,20 @@ def table(doc: dict[str, Any]) -> str:
             lines.append(f"{result['title']:<54}  TODO: {result['todo']}")
         elif "error" in result:
             lines.append(f"{result['title']:<54}  FAILED: {result['error'][:200]}")
-    for key in ("ceiling", "ceiling_honest", "http"):
+    for key in ("ceiling", "ceiling_honest", "http", "kafka"):
         cpu = doc["results"].get(key, {}).get("cpu_us_per_event")
         if cpu:
             shown = ", ".join(f"{name} {us:,.0f}" for name, us in cpu.items())
             lines.append(f"CPU us per event, {key}: {shown}")
+    kafka = doc["results"].get("kafka", {})
+    if kafka.get("bare_consume"):
+        bare, fill = kafka["bare_consume"], kafka["fill"]
+        lines.append(
+            f"kafka: {kafka['stored_batches']:,} batches of {kafka['events_per_stored_batch']} events stored "
+            f"in {kafka['ingest_seconds']} s; bare consume of the topic {bare['events_per_second']:,.0f}/s "
+            f"(CPU us/event: {', '.join(f'{k} {v:,.0f}' for k, v in bare['cpu_us_per_event'].items())}); "
+            f"fill {fill['events_per_second']:,.0f}/s"
+        )
     latency = doc["results"].get("latency")
     if latency:
         for side in ("server_ms", "client_ms"):

