@@ -91,7 +91,7 @@ def kafka_path(cluster: Cluster, stream: Stream, cfg: Config, workdir: Path) -> 
             consumer = spawn(started, workdir, "inbox-consume", inbox_cli("consume"), env)
             pids = _broker_pids(broker, {"inbox consume": consumer.process.pid, **pids})
             _wait_first_event(conn, [consumer, *workers])
-            wait_drained(conn, [consumer, *workers], timeout=600, expected=len(stream))
+            wait_drained(conn, [consumer, *workers], timeout=600, poll=0.05, expected=len(stream))
             cpu = cpu_used(cpu_before, cpu_seconds(pids))
             seconds = float(
                 scalar(
