@@ -69,7 +69,14 @@ def test_quick_bench_measures_every_path(tmp_path: Path) -> None:
         "http_over_ceiling",
         "http_over_honest_ceiling",
         "apply_over_honest_ceiling_apply",
+        "kafka_over_pgmq",
+        "kafka_bare_consume_over_kafka",
     }
+    # path 5 says where its time goes: CPU per process, the batches stored, the broker's side alone
+    kafka = results["kafka"]
+    assert set(kafka["cpu_us_per_event"]) >= {"inbox consume", "inbox work 1", "postgres", "tansu"}
+    assert positive(kafka["cpu_us_per_event"]["inbox consume"]) and positive(kafka["stored_batches"])
+    assert kafka["bare_consume"]["events"] == kafka["events"] and positive(kafka["fill"]["events_per_second"])
     # the honest ceiling did the pipeline's work: every event finished, one message per change (each
     # event of the stream is a change), CPU stated for PostgreSQL, each session and the client
     honest = results["ceiling_honest"]
