@@ -31,6 +31,14 @@ MAX_NUMBER_DIGITS = 1000
 MAX_NUMBER_ZEROS = 40
 # The offsets PostgreSQL's timestamptz takes (Python's fromisoformat takes up to 23:59:59.999999).
 MAX_UTC_OFFSET = timedelta(hours=15, minutes=59, seconds=59)
+# The shapes of updated_at taken: ISO 8601's extended date, then optionally a time (hh:mm, :ss, a
+# fraction) and an offset (Z, +hh, +hhmm, +hh:mm, +hh:mm:ss). Python's fromisoformat alone also takes
+# week dates, the basic form and any one character between the date and the time or before the offset.
+ISO_TIMESTAMP = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    r"(?:[Tt ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]+)?)?"
+    r"(?:[Zz]|[+-][0-9]{2}(?::?[0-9]{2}(?::[0-9]{2}(?:\.[0-9]+)?)?)?)?)?"
+)
 # Debezium's time.precision.mode=isostring writes a date as "2026-03-15Z".
 _DATE_PREFIX = re.compile(r"^(\d{4})-(\d{2})-(\d{2})(?:$|[T ]|Z$)")
 # The canonical 8-4-4-4-12 text form, either case (uuid.UUID also takes braces, urns and bare hex).
@@ -286,14 +294,16 @@ def _first_of_month(value: Any, errors: list[str]) -> date | None:
 
 
 def updated_at(value: Any, errors: list[str]) -> datetime | None:
-    """Titan's updated_at; optional: ISO 8601 as Python reads it, plus RFC 3339's lowercase "z"
-    (which PostgreSQL takes too). A timestamp without an offset is read as UTC."""
+    """Titan's updated_at; optional: ISO 8601 in the shapes of ISO_TIMESTAMP, RFC 3339's lowercase
+    "t" and "z" included (PostgreSQL takes them too). A timestamp without an offset is read as UTC."""
     if value is None:
         return None
     if not isinstance(value, str):
         errors.append(f"updated_at must be an ISO-8601 timestamp, got {json_type(value)}")
         return None
     try:
+        if not ISO_TIMESTAMP.fullmatch(value):
+            raise ValueError(value)
         parsed = datetime.fromisoformat(value[:-1] + "Z" if value.endswith("z") else value)
     except ValueError:
         errors.append(f"updated_at must be an ISO-8601 timestamp, got {show_value(value)}")

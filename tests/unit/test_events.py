@@ -402,6 +402,12 @@ def test_period_month_must_be_a_real_date(text: str) -> None:
         ("2026-03-01T10:00:00z", datetime(2026, 3, 1, 10, tzinfo=UTC)),
         ("2026-03-01T10:00:00", datetime(2026, 3, 1, 10, tzinfo=UTC)),
         ("2026-03-01T10:00:00+02:00", datetime(2026, 3, 1, 10, tzinfo=timezone(timedelta(hours=2)))),
+        (
+            "2026-03-01T10:00:00.123456789-0130",
+            datetime(2026, 3, 1, 10, 0, 0, 123456, tzinfo=timezone(-timedelta(hours=1, minutes=30))),
+        ),
+        ("2026-03-01 10:00+01", datetime(2026, 3, 1, 10, tzinfo=timezone(timedelta(hours=1)))),
+        ("2026-03-01", datetime(2026, 3, 1, tzinfo=UTC)),
         (None, None),
     ],
 )
@@ -414,7 +420,25 @@ def test_updated_at(text: str | None, expected: datetime | None) -> None:
 
 
 @pytest.mark.parametrize(
-    "value", ["yesterday", "2026-13-01T00:00:00Z", 1740000000, True, "", "z", "2026-03-01Tz"]
+    "value",
+    [
+        "yesterday",
+        "2026-13-01T00:00:00Z",
+        1740000000,
+        True,
+        "",
+        "z",
+        "2026-03-01Tz",
+        # shapes Python's fromisoformat takes and a CDC producer does not send
+        "2026-03-01T10:00:00x+01:00",
+        "2026-03-01x10:00",
+        "2026-W09-7",
+        "20260301T100000",
+        "2026-03-01T10",
+        "2026-03-01T10:00:00,5",
+        "2026-03-01T10:00:00 +01:00",
+        "２０２６-03-01T10:00:00Z",
+    ],
 )
 def test_updated_at_must_be_iso_8601(value: Any) -> None:
     [reason] = _reasons(_with(titan_event(QUOTA_ID, 1), updated_at=value))
