@@ -302,10 +302,14 @@ def updated_at(value: Any, errors: list[str]) -> datetime | None:
         errors.append(f"updated_at must be an ISO-8601 timestamp, got {json_type(value)}")
         return None
     try:
-        if not ISO_TIMESTAMP.fullmatch(value):
-            raise ValueError(value)
-        parsed = datetime.fromisoformat(value[:-1] + "Z" if value.endswith("z") else value)
+        parsed = (
+            datetime.fromisoformat(value[:-1] + "Z" if value.endswith("z") else value)
+            if ISO_TIMESTAMP.fullmatch(value)
+            else None
+        )
     except ValueError:
+        parsed = None
+    if parsed is None:
         errors.append(f"updated_at must be an ISO-8601 timestamp, got {show_value(value)}")
         return None
     if parsed.tzinfo is None:
