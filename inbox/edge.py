@@ -34,17 +34,22 @@ does not fit is decoded as plain JSON (_event), and quota_row itself gives its r
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
+from itertools import compress
+from operator import attrgetter
 from typing import Any, Literal
 
 import msgspec
 from msgspec import UNSET, UnsetType
 
 from inbox.events import (
+    CANONICAL_UUID_PATTERN,
     MAX_NUMBER_DIGITS,
+    MAX_VERSION,
     EventKey,
     InvalidEvent,
     QuotaRow,
@@ -95,6 +100,23 @@ class _Titan(msgspec.Struct, forbid_unknown_fields=True):
 # The members _Titan always has: its 3, _Data's 6 required ones, metadata.version.
 _REQUIRED_MEMBERS = 10
 _TYPED = msgspec.json.Decoder(_Titan, float_hook=json_decimal)
+_TYPED_LIST = msgspec.json.Decoder(list[_Titan], float_hook=json_decimal)
+_UUID_LINES = re.compile(f"(?:{CANONICAL_UUID_PATTERN}\n)*{CANONICAL_UUID_PATTERN}")
+_GET_DATA, _GET_METADATA, _GET_EVENT_TYPE = (
+    attrgetter("data"),
+    attrgetter("metadata"),
+    attrgetter("eventType"),
+)
+_GET_QUOTA_ID, _GET_VERSION = attrgetter("quota_id"), attrgetter("version")
+_GET_COUNTERPARTY, _GET_METAL = attrgetter("counterparty_id"), attrgetter("metal_code")
+_GET_QTY, _GET_DIRECTION, _GET_PERIOD_MONTH = (
+    attrgetter("qty_t"),
+    attrgetter("direction"),
+    attrgetter("period_month"),
+)
+# _Data's and _Metadata's optional members; the first three are columns of the row
+_GET_OPTIONAL_DATA = tuple(map(attrgetter, ("tolerance_pct", "incoterm_code", "updated_at")))
+_GET_OPTIONAL_METADATA = tuple(map(attrgetter, ("timestamp", "source")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +137,144 @@ def decode_texts(texts: Sequence[str]) -> list[EdgeEvent] | None:
             return None
         events.extend(decoded)
     return events
+
+
+# The row columns of query ingest_typed_events, in the order of QuotaRow's fields.
+ROW_COLUMNS = (
+    "counterparty_ids",
+    "directions",
+    "period_months",
+    "qty_t",
+    "tolerance_pct",
+    "incoterm_codes",
+    "metal_codes",
+    "source_updated_at",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeColumns:
+    """A body's events column by column, as inbox.ingest_typed_events takes them: every event a
+    typed upsert (typed True) or a delete (typed False, its row columns None). No object per event:
+    keys() and rows() build EventKeys and QuotaRows only for a caller that asks."""
+
+    quota_ids: list[uuid.UUID]
+    versions: list[int]
+    is_delete: list[bool]
+    typed: list[bool]
+    row_columns: dict[str, list[Any]]  # ROW_COLUMNS, in QuotaRow's order
+
+    def __len__(self) -> int:
+        return len(self.quota_ids)
+
+    def keys(self) -> list[EventKey]:
+        return list(map(EventKey, self.quota_ids, self.versions, self.is_delete))
+
+    def rows(self) -> list[QuotaRow | None]:
+        return [
+            QuotaRow(*values) if typed else None
+            for typed, *values in zip(self.typed, *self.row_columns.values(), strict=True)
+        ]
+
+
+def decode_columns(texts: Sequence[str]) -> EdgeColumns | None:
+    """The whole body at once, when every event is one _typed takes as a typed upsert or a delete:
+    the same keys and rows, checked column by column (builtins over lists, not Python per event).
+    None when any event is not such an event: decode_texts decides then, event by event."""
+    try:
+        if len(texts) == 1 and is_array(texts[0]):
+            data = texts[0].encode("utf-8")
+            events = _TYPED_LIST.decode(data)
+        else:  # each text one event (NDJSON lines): a text holding anything else is refused
+            raws = list(map(str.encode, texts))
+            events = list(map(_TYPED.decode, raws))
+            data = b"\n".join(raws)
+    except (UnicodeEncodeError, msgspec.MsgspecError, ValueError, RecursionError):
+        return None
+    count = len(events)
+    if not count:
+        return EdgeColumns([], [], [], [], {name: [] for name in ROW_COLUMNS})
+    if _NUL_ESCAPE in data or _SPACED_COLON.search(data) is not None:
+        return None
+    datas, metas = list(map(_GET_DATA, events)), list(map(_GET_METADATA, events))
+    optional = [list(map(get, datas)) for get in _GET_OPTIONAL_DATA]
+    optional += [list(map(get, metas)) for get in _GET_OPTIONAL_METADATA]
+    members = count * _REQUIRED_MEMBERS + sum(count - column.count(UNSET) for column in optional)
+    # Each event shows at least one '":' per member: the equality of the sums is that of each event's.
+    if data.count(b'":') != members:
+        return None
+    ids = "\n".join(map(_GET_QUOTA_ID, datas))
+    # 36 characters each and the canonical form between the newlines: each id is one UUID
+    if len(ids) != 37 * count - 1 or _UUID_LINES.fullmatch(ids) is None:
+        return None
+    versions = list(map(_GET_VERSION, metas))
+    if min(versions) < 0 or max(versions) > MAX_VERSION:
+        return None
+    is_delete = list(map("DELETE".__eq__, map(_GET_EVENT_TYPE, events)))
+    typed = [not delete for delete in is_delete]
+    row_columns = _row_columns(list(compress(datas, typed)), [list(compress(c, typed)) for c in optional])
+    if row_columns is None:
+        return None
+    if not all(typed):
+        row_columns = {name: _spread(values, typed) for name, values in row_columns.items()}
+    return EdgeColumns(list(map(uuid.UUID, ids.split("\n"))), versions, is_delete, typed, row_columns)
+
+
+def _row_columns(datas: list[_Data], optional: list[list[Any]]) -> dict[str, list[Any]] | None:
+    """The row columns of upserts, or None when one of them breaks a rule _typed checks."""
+    tolerances, incoterms, timestamps = optional[0], optional[1], optional[2]
+    counterparties, metals = list(map(_GET_COUNTERPARTY, datas)), list(map(_GET_METAL, datas))
+    if not (_texts(counterparties) and _texts(metals)):
+        return None
+    quantities = _numbers(list(map(_GET_QTY, datas)))
+    if quantities is None or (quantities and min(quantities) <= 0):
+        return None
+    given = [t for t in tolerances if t is not UNSET and t is not None]
+    given_numbers = _numbers(given)
+    if given_numbers is None or (
+        given_numbers and not (min(given_numbers) >= 0 and max(given_numbers) <= 100)
+    ):
+        return None
+    numbers = iter(given_numbers)
+    tolerance = [next(numbers) if t is not UNSET and t is not None else None for t in tolerances]
+    incoterm = [None if code is UNSET else code for code in incoterms]
+    if not all(code.isprintable() for code in incoterm if code is not None):
+        return None
+    errors: list[str] = []
+    # Titan stamps many events alike: each distinct timestamp and month is read once.
+    read = {value: updated_at(None if value is UNSET else value, errors) for value in set(timestamps)}
+    months = {month: month.replace(day=1) for month in set(map(_GET_PERIOD_MONTH, datas))}
+    if errors:
+        return None
+    return {
+        "counterparty_ids": counterparties,
+        "directions": list(map(_GET_DIRECTION, datas)),
+        "period_months": list(map(months.__getitem__, map(_GET_PERIOD_MONTH, datas))),
+        "qty_t": quantities,
+        "tolerance_pct": tolerance,
+        "incoterm_codes": incoterm,
+        "metal_codes": metals,
+        "source_updated_at": list(map(read.__getitem__, timestamps)),
+    }
+
+
+def _numbers(values: list[Any]) -> list[Decimal] | None:
+    """Each value as _number reads it, or None if one of them it does not take."""
+    if set(map(type, values)) <= {Decimal}:
+        return values
+    numbers = list(map(_number, values))
+    return None if None in numbers else numbers  # type: ignore[return-value]
+
+
+def _texts(values: list[str]) -> bool:
+    """_text of every value."""
+    return all(map(str.isprintable, values)) and all(map(str.strip, values))
+
+
+def _spread(values: list[Any], typed: list[bool]) -> list[Any]:
+    """Values of the typed events only, placed at theirs, None at the others."""
+    given = iter(values)
+    return [next(given) if is_typed else None for is_typed in typed]
 
 
 def decode_event(text: str) -> EdgeEvent | None:

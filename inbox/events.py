@@ -42,7 +42,8 @@ ISO_TIMESTAMP = re.compile(
 # Debezium's time.precision.mode=isostring writes a date as "2026-03-15Z".
 _DATE_PREFIX = re.compile(r"^(\d{4})-(\d{2})-(\d{2})(?:$|[T ]|Z$)")
 # The canonical 8-4-4-4-12 text form, either case (uuid.UUID also takes braces, urns and bare hex).
-_CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+CANONICAL_UUID_PATTERN = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+_CANONICAL_UUID = re.compile(CANONICAL_UUID_PATTERN)
 
 
 class UnkeyableEvent(ValueError):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, BinaryIO, Literal
 
-from inbox.edge import JSON_WHITESPACE, decode_texts
+from inbox.edge import JSON_WHITESPACE, EdgeColumns, decode_columns, decode_texts
 from inbox.events import EventKey, QuotaRow, UnkeyableEvent, json_decimal, json_int
 from inbox.formats import key_event, skip_reason, titan_row
 
@@ -45,22 +45,62 @@ class Rejected:
     raw: str = field(repr=False)
 
 
-@dataclass(frozen=True)
 class ParsedBatch:
     """Events ready to store: their keys, and the batch as one JSON array text. skipped counts the
     tombstones and truncates left out; rejected holds the items that could not be keyed, left out
     of the events when the caller allowed a partial batch (store() keeps them in inbox.rejects).
     rows: per event (beside keys) the quota row it sets when it is a valid Titan upsert, else None
-    (a delete, an invalid event, another format: the worker decides those); empty when not known."""
+    (a delete, an invalid event, another format: the worker decides those); empty when not known.
 
-    keys: list[EventKey]
-    array_text: str = field(repr=False)
-    skipped: int = 0
-    rejected: list[Rejected] = field(default_factory=list)
-    rows: list[QuotaRow | None] = field(default_factory=list, repr=False)
+    A body the edge decoded column by column (inbox/edge.py, decode_columns) comes as its columns:
+    the store sends them as they are, and keys and rows are built from them only when asked."""
+
+    __slots__ = ("_keys", "_rows", "array_text", "columns", "rejected", "skipped")
+
+    def __init__(
+        self,
+        keys: list[EventKey] | None = None,
+        array_text: str = "[]",
+        skipped: int = 0,
+        rejected: list[Rejected] | None = None,
+        rows: list[QuotaRow | None] | None = None,
+        *,
+        columns: EdgeColumns | None = None,
+    ) -> None:
+        self._keys = keys if keys is not None or columns is not None else []
+        self._rows = rows if rows is not None or columns is not None else []
+        self.array_text = array_text
+        self.skipped = skipped
+        self.rejected = rejected if rejected is not None else []
+        self.columns = columns
+
+    @property
+    def keys(self) -> list[EventKey]:
+        if self._keys is None:
+            assert self.columns is not None
+            self._keys = self.columns.keys()
+        return self._keys
+
+    @property
+    def rows(self) -> list[QuotaRow | None]:
+        if self._rows is None:
+            assert self.columns is not None
+            self._rows = self.columns.rows()
+        return self._rows
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self.columns) if self.columns is not None else len(self.keys)
+
+    def _fields(self) -> tuple[Any, ...]:
+        return (self.keys, self.array_text, self.skipped, self.rejected, self.rows)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ParsedBatch) and self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"ParsedBatch(keys={self.keys!r}, skipped={self.skipped}, rejected={self.rejected!r})"
 
 
 def _reject_constant(name: str) -> Any:
@@ -161,6 +201,9 @@ def parse_texts(
     when it declines, this slow path decides, with the same result wherever both answer.
     """
     if fast and key is key_event:
+        columns = decode_columns(texts)
+        if columns is not None:
+            return ParsedBatch(array_text=_array_text([_part(text) for text in texts]), columns=columns)
         events = decode_texts(texts)
         if events is not None:
             return ParsedBatch(

@@ -24,12 +24,12 @@ class IngestResult:
 def store(conn: DictConnection, batch: ParsedBatch, source: Source) -> IngestResult:
     """Store the batch in one transaction: its events (a redelivered event counts as a duplicate and
     changes nothing) and its rejected items, verbatim with their reasons, in inbox.rejects."""
-    if not batch.keys and not batch.rejected:
+    if not len(batch) and not batch.rejected:
         return _result(batch, 0)
     queries = Queries(conn)
     with conn.transaction():
         inserted = 0
-        if batch.keys:
+        if len(batch):
             inserted = _store_events(queries, batch, source)
         if batch.rejected:
             queries.insert_request_rejects(
@@ -67,6 +67,14 @@ def typed_batch(batch: ParsedBatch) -> TypedBatch:
     """The keys and typed columns of a parsed batch, one list per column: the quota row of each valid
     upsert the edge read (ParsedBatch.rows); None where it read none (a delete, an invalid event,
     another format: stored untyped, the worker types them from the payload)."""
+    columns = batch.columns
+    if columns is not None:  # decoded column by column: sent as they are
+        return TypedBatch(
+            keys=Keys(columns.quota_ids, columns.versions, columns.is_delete),
+            source_lsns=[None] * len(columns),
+            typed=columns.typed,
+            columns=columns.row_columns,
+        )
     rows = batch.rows if len(batch.rows) == len(batch.keys) else [None] * len(batch.keys)
     return TypedBatch(
         keys=Keys(
@@ -92,7 +100,7 @@ def typed_batch(batch: ParsedBatch) -> TypedBatch:
 def _result(batch: ParsedBatch, inserted: int) -> IngestResult:
     return IngestResult(
         accepted=inserted,
-        duplicates=len(batch.keys) - inserted,
+        duplicates=len(batch) - inserted,
         skipped=batch.skipped,
         rejected=batch.rejected,
     )

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import inbox.ingest
-from inbox.edge import EdgeEvent, _typed, decode_event, decode_texts
+from inbox.edge import EdgeEvent, _typed, decode_columns, decode_event, decode_texts
 from inbox.events import MAX_NUMBER_DIGITS, EventKey, QuotaRow, UnkeyableEvent
 from inbox.formats import titan_row
 from inbox.ingest import BadBatch, ParsedBatch, _element_texts, loads, parse_body, parse_texts, split_body
@@ -204,6 +204,43 @@ def test_fuzz_corpus_bodies_fast_or_declined_never_different(body: Body, ndjson:
         check_fast_equals_slow(texts)
 
 
+def check_columns(texts: list[str]) -> None:
+    """decode_columns answers as the slow path does, and for every body whose events _typed takes."""
+    columns = decode_columns(texts)
+    events = decode_texts(texts)
+    every_typed = events is not None and all(_typed(e.raw.encode()) is not None for e in events)
+    assert (columns is not None) == every_typed
+    if columns is not None:
+        slow = parse_texts(texts, fast=False)
+        assert columns.keys() == slow.keys
+        assert [exact(r) for r in columns.rows()] == [exact(r) for r in slow.rows]
+        assert columns.typed == [r is not None for r in slow.rows]
+
+
+@PROPERTY
+@given(titan_bodies())
+def test_titan_bodies_by_columns_as_event_by_event(body: tuple[bytes, bool]) -> None:
+    texts = texts_of(*body)
+    if texts is not None:
+        check_columns(texts)
+
+
+@PROPERTY
+@given(st.lists(titan_texts(), min_size=2, max_size=4), st.integers(0, 3), st.integers(0, 3))
+def test_lines_that_are_not_one_event_each_are_never_read_by_columns(
+    events: list[str], cut: int, join: int
+) -> None:
+    """Lines cut inside an event, or holding two: joined they could read as events; never taken."""
+    lines = list(events)
+    at = cut % len(lines)
+    half = len(lines[at]) // 2
+    lines[at : at + 1] = [lines[at][:half], lines[at][half:]]
+    if join % 2:  # and two events on one line
+        lines[0:2] = [lines[0] + "," + lines[1]]
+    check_columns(lines)
+    assert decode_columns(lines) is None
+
+
 # -- the fast path is taken -------------------------------------------------------------------------
 
 
@@ -217,6 +254,24 @@ def test_the_benchmark_body_takes_the_fast_path_with_exact_rows() -> None:
     assert [(str(e.key.quota_id), e.key.version, e.key.is_delete) for e in events] == stream.keys(0, 500)
     assert sum(e.row is None for e in events) == sum(key.is_delete for key in [e.key for e in events]) > 0
     assert [e.raw for e in events] == stream.texts(0, 500)
+
+
+@pytest.mark.parametrize("shape", ["array", "ndjson"])
+def test_the_benchmark_body_is_read_by_columns(shape: str) -> None:
+    stream = generate(1000, 300, first_version=2)
+    body = (
+        stream.ndjson(0, 1000)
+        if shape == "ndjson"
+        else ("[" + ",".join(stream.texts(0, 1000)) + "]").encode()
+    )
+    texts = split_body(body, ndjson=shape == "ndjson")
+
+    batch = parse_texts(texts, partial=True)
+
+    assert batch.columns is not None and len(batch) == 1000
+    assert batch_outcome(batch) == outcome(texts, fast=False)
+    assert 0 < sum(batch.columns.is_delete) == batch.columns.typed.count(False)
+    check_columns(texts)
 
 
 @pytest.mark.parametrize("shape", ["array", "ndjson", "pretty"])
@@ -477,19 +532,27 @@ def test_parse_body_gives_rows_for_titan_and_none_for_the_rest() -> None:
 
 
 def test_parse_texts_asks_the_fast_path_first_unless_told_not_to(monkeypatch: pytest.MonkeyPatch) -> None:
-    asked: list[list[str]] = []
+    asked: list[tuple[str, list[str]]] = []
 
-    def recorded(texts: list[str]) -> list[EdgeEvent] | None:
-        asked.append(list(texts))
-        return decode_texts(texts)
+    def recorded(name: str, decode: Any) -> Any:
+        def asking(texts: list[str]) -> Any:
+            asked.append((name, list(texts)))
+            return decode(texts)
 
-    monkeypatch.setattr(inbox.ingest, "decode_texts", recorded)  # the real one, its calls recorded
+        return asking
+
+    # the real ones, their calls recorded
+    monkeypatch.setattr(inbox.ingest, "decode_columns", recorded("columns", decode_columns))
+    monkeypatch.setattr(inbox.ingest, "decode_texts", recorded("events", decode_texts))
 
     fast = parse_texts([GOOD])
-    assert asked == [[GOOD]]
+    assert asked == [("columns", [GOOD])]
     slow = parse_texts([GOOD], fast=False)
-    assert asked == [[GOOD]]
+    assert asked == [("columns", [GOOD])]
     assert batch_outcome(fast) == batch_outcome(slow) and fast.rows[0] is not None
+    invalid = GOOD.replace('"BUY"', '"HOLD"')  # the columns decline: the events answer
+    parse_texts([invalid])
+    assert asked[1:] == [("columns", [invalid]), ("events", [invalid])]
 
 
 def test_a_keying_of_the_callers_own_keys_titan_events_too() -> None:
