@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
 from itertools import compress
-from operator import attrgetter
+from operator import attrgetter, not_
 from typing import Any, Literal
 
 import msgspec
@@ -100,6 +100,7 @@ class _Titan(msgspec.Struct, forbid_unknown_fields=True):
 # The members _Titan always has: its 3, _Data's 6 required ones, metadata.version.
 _REQUIRED_MEMBERS = 10
 _TYPED = msgspec.json.Decoder(_Titan, float_hook=json_decimal)
+_UNREAD = object()  # a tolerance_pct given that _number does not take
 _TYPED_LIST = msgspec.json.Decoder(list[_Titan], float_hook=json_decimal)
 _UUID_LINES = re.compile(f"(?:{CANONICAL_UUID_PATTERN}\n)*{CANONICAL_UUID_PATTERN}")
 _GET_DATA, _GET_METADATA, _GET_EVENT_TYPE = (
@@ -158,7 +159,7 @@ class EdgeColumns:
     typed upsert (typed True) or a delete (typed False, its row columns None). No object per event:
     keys() and rows() build EventKeys and QuotaRows only for a caller that asks."""
 
-    quota_ids: list[uuid.UUID]
+    quota_ids: list[str]  # canonical UUID text, cast by PostgreSQL (a UUID object costs 1 us)
     versions: list[int]
     is_delete: list[bool]
     typed: list[bool]
@@ -168,7 +169,7 @@ class EdgeColumns:
         return len(self.quota_ids)
 
     def keys(self) -> list[EventKey]:
-        return list(map(EventKey, self.quota_ids, self.versions, self.is_delete))
+        return list(map(EventKey, map(uuid.UUID, self.quota_ids), self.versions, self.is_delete))
 
     def rows(self) -> list[QuotaRow | None]:
         return [
@@ -211,70 +212,74 @@ def decode_columns(texts: Sequence[str]) -> EdgeColumns | None:
     if min(versions) < 0 or max(versions) > MAX_VERSION:
         return None
     is_delete = list(map("DELETE".__eq__, map(_GET_EVENT_TYPE, events)))
-    typed = [not delete for delete in is_delete]
-    row_columns = _row_columns(list(compress(datas, typed)), [list(compress(c, typed)) for c in optional])
+    row_columns = _row_columns(datas, optional, list(compress(range(count), is_delete)))
     if row_columns is None:
         return None
-    if not all(typed):
-        row_columns = {name: _spread(values, typed) for name, values in row_columns.items()}
-    return EdgeColumns(list(map(uuid.UUID, ids.split("\n"))), versions, is_delete, typed, row_columns)
+    typed = list(map(not_, is_delete))
+    return EdgeColumns(ids.split("\n"), versions, is_delete, typed, row_columns)
 
 
-def _row_columns(datas: list[_Data], optional: list[list[Any]]) -> dict[str, list[Any]] | None:
-    """The row columns of upserts, or None when one of them breaks a rule _typed checks."""
-    tolerances, incoterms, timestamps = optional[0], optional[1], optional[2]
+def _row_columns(
+    datas: list[_Data], optional: list[list[Any]], deletes: list[int]
+) -> dict[str, list[Any]] | None:
+    """The row columns (None at the deletes), or None when an upsert breaks a rule _typed checks.
+    A delete's fields are not checked, as _typed does not check them."""
+    typed = [True] * len(datas)
+    for at in deletes:
+        typed[at] = False
+
+    def upserts(column: list[Any]) -> list[Any]:
+        return list(compress(column, typed)) if deletes else column
+
     counterparties, metals = list(map(_GET_COUNTERPARTY, datas)), list(map(_GET_METAL, datas))
-    if not (_texts(counterparties) and _texts(metals)):
+    if not (_texts(upserts(counterparties)) and _texts(upserts(metals))):
         return None
-    quantities = _numbers(list(map(_GET_QTY, datas)))
-    if quantities is None or (quantities and min(quantities) <= 0):
+    quantities = list(map(_GET_QTY, datas))
+    if not set(map(type, upserts(quantities))) <= {Decimal}:
+        quantities = list(map(_number, quantities))
+    taken = upserts(quantities)
+    if None in taken or (taken and min(taken) <= 0):
         return None
-    given = [t for t in tolerances if t is not UNSET and t is not None]
-    given_numbers = _numbers(given)
-    if given_numbers is None or (
-        given_numbers and not (min(given_numbers) >= 0 and max(given_numbers) <= 100)
-    ):
+    tolerances = list(map(_tolerance, optional[0]))
+    taken = [t for t in upserts(tolerances) if t is not None]
+    if _UNREAD in taken or (taken and not (min(taken) >= 0 and max(taken) <= 100)):
         return None
-    numbers = iter(given_numbers)
-    tolerance = [next(numbers) if t is not UNSET and t is not None else None for t in tolerances]
-    incoterm = [None if code is UNSET else code for code in incoterms]
-    if not all(code.isprintable() for code in incoterm if code is not None):
+    incoterms = [None if code is UNSET else code for code in optional[1]]
+    if not all(code.isprintable() for code in upserts(incoterms) if code is not None):
         return None
     errors: list[str] = []
     # Titan stamps many events alike: each distinct timestamp and month is read once.
-    read = {value: updated_at(None if value is UNSET else value, errors) for value in set(timestamps)}
+    stamps = {v: updated_at(None if v is UNSET else v, errors) for v in set(upserts(optional[2]))}
     months = {month: month.replace(day=1) for month in set(map(_GET_PERIOD_MONTH, datas))}
     if errors:
         return None
-    return {
+    columns = {
         "counterparty_ids": counterparties,
         "directions": list(map(_GET_DIRECTION, datas)),
         "period_months": list(map(months.__getitem__, map(_GET_PERIOD_MONTH, datas))),
         "qty_t": quantities,
-        "tolerance_pct": tolerance,
-        "incoterm_codes": incoterm,
+        "tolerance_pct": tolerances,
+        "incoterm_codes": incoterms,
         "metal_codes": metals,
-        "source_updated_at": list(map(read.__getitem__, timestamps)),
+        "source_updated_at": list(map(stamps.get, optional[2])),
     }
+    for column in columns.values():
+        for at in deletes:
+            column[at] = None
+    return columns
 
 
-def _numbers(values: list[Any]) -> list[Decimal] | None:
-    """Each value as _number reads it, or None if one of them it does not take."""
-    if set(map(type, values)) <= {Decimal}:
-        return values
-    numbers = list(map(_number, values))
-    return None if None in numbers else numbers  # type: ignore[return-value]
+def _tolerance(value: Any) -> Decimal | object | None:
+    """tolerance_pct as _typed reads it: None when not given, _UNREAD when it would decline."""
+    if value is UNSET or value is None:
+        return None
+    number = _number(value)
+    return _UNREAD if number is None else number
 
 
 def _texts(values: list[str]) -> bool:
     """_text of every value."""
     return all(map(str.isprintable, values)) and all(map(str.strip, values))
-
-
-def _spread(values: list[Any], typed: list[bool]) -> list[Any]:
-    """Values of the typed events only, placed at theirs, None at the others."""
-    given = iter(values)
-    return [next(given) if is_typed else None for is_typed in typed]
 
 
 def decode_event(text: str) -> EdgeEvent | None:

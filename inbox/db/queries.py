@@ -176,9 +176,10 @@ class RetryCounts:
 
 @dataclass(frozen=True)
 class Keys:
-    """The keys of a batch as three parallel lists, sent to PostgreSQL as binary arrays."""
+    """The keys of a batch as three parallel lists, sent to PostgreSQL as binary arrays; quota ids
+    as UUIDs, or as their canonical text (the edge's columns), which the queries cast to uuid."""
 
-    quota_ids: list[uuid.UUID] = field(default_factory=list)
+    quota_ids: list[uuid.UUID] | list[str] = field(default_factory=list)
     versions: list[int] = field(default_factory=list)
     is_delete: list[bool] = field(default_factory=list)
 
