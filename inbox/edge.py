@@ -164,18 +164,13 @@ class EdgeColumns:
     is_delete: list[bool]
     typed: list[bool]
     row_columns: dict[str, list[Any]]  # ROW_COLUMNS, in QuotaRow's order
+    rows: list[QuotaRow | None]  # the same, a row per event (None: a delete)
 
     def __len__(self) -> int:
         return len(self.quota_ids)
 
     def keys(self) -> list[EventKey]:
         return list(map(EventKey, map(uuid.UUID, self.quota_ids), self.versions, self.is_delete))
-
-    def rows(self) -> list[QuotaRow | None]:
-        return [
-            QuotaRow(*values) if typed else None
-            for typed, *values in zip(self.typed, *self.row_columns.values(), strict=True)
-        ]
 
 
 def decode_columns(texts: Sequence[str]) -> EdgeColumns | None:
@@ -194,7 +189,7 @@ def decode_columns(texts: Sequence[str]) -> EdgeColumns | None:
         return None
     count = len(events)
     if not count:
-        return EdgeColumns([], [], [], [], {name: [] for name in ROW_COLUMNS})
+        return EdgeColumns([], [], [], [], {name: [] for name in ROW_COLUMNS}, [])
     if _NUL_ESCAPE in data or _SPACED_COLON.search(data) is not None:
         return None
     datas, metas = list(map(_GET_DATA, events)), list(map(_GET_METADATA, events))
@@ -212,11 +207,15 @@ def decode_columns(texts: Sequence[str]) -> EdgeColumns | None:
     if min(versions) < 0 or max(versions) > MAX_VERSION:
         return None
     is_delete = list(map("DELETE".__eq__, map(_GET_EVENT_TYPE, events)))
-    row_columns = _row_columns(datas, optional, list(compress(range(count), is_delete)))
+    deletes = list(compress(range(count), is_delete))
+    row_columns = _row_columns(datas, optional, deletes)
     if row_columns is None:
         return None
     typed = list(map(not_, is_delete))
-    return EdgeColumns(ids.split("\n"), versions, is_delete, typed, row_columns)
+    rows: list[QuotaRow | None] = list(map(QuotaRow, *row_columns.values()))
+    for at in deletes:
+        rows[at] = None
+    return EdgeColumns(ids.split("\n"), versions, is_delete, typed, row_columns, rows)
 
 
 def _row_columns(

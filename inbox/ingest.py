@@ -45,62 +45,52 @@ class Rejected:
     raw: str = field(repr=False)
 
 
+@dataclass(frozen=True)
 class ParsedBatch:
     """Events ready to store: their keys, and the batch as one JSON array text. skipped counts the
     tombstones and truncates left out; rejected holds the items that could not be keyed, left out
     of the events when the caller allowed a partial batch (store() keeps them in inbox.rejects).
     rows: per event (beside keys) the quota row it sets when it is a valid Titan upsert, else None
     (a delete, an invalid event, another format: the worker decides those); empty when not known.
+    columns: the same events column by column when the edge read them so (inbox/edge.py,
+    decode_columns); the store sends those as they are, as long as rows are still the columns' own."""
 
-    A body the edge decoded column by column (inbox/edge.py, decode_columns) comes as its columns:
-    the store sends them as they are, and keys and rows are built from them only when asked."""
+    keys: list[EventKey]
+    array_text: str = field(repr=False)
+    skipped: int = 0
+    rejected: list[Rejected] = field(default_factory=list)
+    rows: list[QuotaRow | None] = field(default_factory=list, repr=False)
+    columns: EdgeColumns | None = field(default=None, repr=False, compare=False)
 
-    __slots__ = ("_keys", "_rows", "array_text", "columns", "rejected", "skipped")
+    @classmethod
+    def of_columns(cls, columns: EdgeColumns, array_text: str) -> ParsedBatch:
+        """A batch read column by column: its keys and rows are built from the columns when first
+        read (__getattr__), which storing it never does."""
+        batch = object.__new__(cls)
+        for name, value in (
+            ("array_text", array_text),
+            ("skipped", 0),
+            ("rejected", []),
+            ("columns", columns),
+        ):
+            object.__setattr__(batch, name, value)
+        return batch
 
-    def __init__(
-        self,
-        keys: list[EventKey] | None = None,
-        array_text: str = "[]",
-        skipped: int = 0,
-        rejected: list[Rejected] | None = None,
-        rows: list[QuotaRow | None] | None = None,
-        *,
-        columns: EdgeColumns | None = None,
-    ) -> None:
-        self._keys = keys if keys is not None or columns is not None else []
-        self._rows = rows if rows is not None or columns is not None else []
-        self.array_text = array_text
-        self.skipped = skipped
-        self.rejected = rejected if rejected is not None else []
-        self.columns = columns
-
-    @property
-    def keys(self) -> list[EventKey]:
-        if self._keys is None:
-            assert self.columns is not None
-            self._keys = self.columns.keys()
-        return self._keys
-
-    @property
-    def rows(self) -> list[QuotaRow | None]:
-        if self._rows is None:
-            assert self.columns is not None
-            self._rows = self.columns.rows()
-        return self._rows
+    def __getattr__(self, name: str) -> Any:
+        """keys and rows of a batch made by of_columns (only called when they are not yet set)."""
+        columns = self.__dict__.get("columns")
+        if columns is None or name not in ("keys", "rows"):
+            raise AttributeError(name)
+        value = columns.keys() if name == "keys" else columns.rows
+        object.__setattr__(self, name, value)
+        return value
 
     def __len__(self) -> int:
         return len(self.columns) if self.columns is not None else len(self.keys)
 
-    def _fields(self) -> tuple[Any, ...]:
-        return (self.keys, self.array_text, self.skipped, self.rejected, self.rows)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, ParsedBatch) and self._fields() == other._fields()
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return f"ParsedBatch(keys={self.keys!r}, skipped={self.skipped}, rejected={self.rejected!r})"
+    def of_its_columns(self) -> bool:
+        """Whether the columns still stand for the batch (its rows, if read, are theirs)."""
+        return self.columns is not None and ("rows" not in self.__dict__ or self.rows is self.columns.rows)
 
 
 def _reject_constant(name: str) -> Any:
@@ -203,7 +193,7 @@ def parse_texts(
     if fast and key is key_event:
         columns = decode_columns(texts)
         if columns is not None:
-            return ParsedBatch(array_text=_array_text([_part(text) for text in texts]), columns=columns)
+            return ParsedBatch.of_columns(columns, _array_text([_part(text) for text in texts]))
         events = decode_texts(texts)
         if events is not None:
             return ParsedBatch(

@@ -68,7 +68,7 @@ def typed_batch(batch: ParsedBatch) -> TypedBatch:
     upsert the edge read (ParsedBatch.rows); None where it read none (a delete, an invalid event,
     another format: stored untyped, the worker types them from the payload)."""
     columns = batch.columns
-    if columns is not None:  # decoded column by column: sent as they are
+    if columns is not None and batch.of_its_columns():  # read column by column: sent as they are
         return TypedBatch(
             keys=Keys(columns.quota_ids, columns.versions, columns.is_delete),
             source_lsns=[None] * len(columns),

@@ -213,7 +213,7 @@ def check_columns(texts: list[str]) -> None:
     if columns is not None:
         slow = parse_texts(texts, fast=False)
         assert columns.keys() == slow.keys
-        assert [exact(r) for r in columns.rows()] == [exact(r) for r in slow.rows]
+        assert [exact(r) for r in columns.rows] == [exact(r) for r in slow.rows]
         assert columns.typed == [r is not None for r in slow.rows]
 
 
@@ -239,6 +239,21 @@ def test_lines_that_are_not_one_event_each_are_never_read_by_columns(
         lines[0:2] = [lines[0] + "," + lines[1]]
     check_columns(lines)
     assert decode_columns(lines) is None
+
+
+def test_columns_decline_what_a_whole_column_could_hide() -> None:
+    """Checks over a whole column must still see each event: an id holding two UUIDs, a key twice in
+    one event beside an event short of an optional member, a delete's unchecked fields."""
+    first, second = GOOD, GOOD.replace("6f1d8c52", "7f1d8c52")
+    two_ids = first.replace('"6f1d8c52-98a5-4d0e-9bbf-2f6b1f0c4b11"', f'"{uuid.uuid4()}\\n{uuid.uuid4()}"')
+    twice = first.replace('"metal_code": "CU"', '"metal_code": "CU", "metal_code": "CU"')
+    short = second.replace(', "source": "titan"', "")
+    delete = second.replace('"UPDATE"', '"DELETE"').replace('"qty_t": 100.000', '"qty_t": "not a number"')
+    for texts in ([two_ids, second], [twice, short]):
+        check_columns(texts)
+        assert decode_columns(texts) is None
+    check_columns([first, delete])
+    assert decode_columns([first, delete]) is not None
 
 
 # -- the fast path is taken -------------------------------------------------------------------------
