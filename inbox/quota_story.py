@@ -109,8 +109,6 @@ def verdict(story: QuotaStory) -> str:
             retry = f", attempt {event['attempts'] + 1}" if event["attempts"] else ""
             error = f", last error: {_one_line(event['last_error'], 80)}" if event["last_error"] else ""
             parts.append(f"{name} is pending{retry}{error}")
-        elif status == "processing":
-            parts.append(f"{name} is being applied by {event['lease_owner']}")
     for letter in story.dead_letters:
         if letter["resolved_at"] is None:
             parts.append(
