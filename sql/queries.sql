@@ -631,13 +631,20 @@ logged AS (
     LEFT JOIN existing x USING (quota_id)
     LEFT JOIN resolved r USING (quota_id)
     RETURNING outcome
+),
+-- a finished row taken over is pending again: ingested from 'reconcile' (a new row is counted by the
+-- insert trigger; since migration 016 no trigger counts status changes)
+counted AS (
+    SELECT inbox.add_counters(ARRAY['ingested'], ARRAY['reconcile'], ARRAY[count(*)::float8])
+    FROM logged l
+    WHERE l.outcome = 'refiled'
 )
 SELECT (SELECT b.quota_id FROM batch b ORDER BY b.quota_id DESC LIMIT 1) AS last_quota_id,
        count(*) FILTER (WHERE l.outcome = 'filed')        AS filed,
        count(*) FILTER (WHERE l.outcome = 'refiled')      AS refiled,
        count(*) FILTER (WHERE l.outcome = 'in_flight')    AS in_flight,
        count(*) FILTER (WHERE l.outcome = 'not_repaired') AS not_repaired
-FROM logged l;
+FROM logged l, counted;
 
 -- name: wake_workers
 -- The hint ingest sends: idle workers look for due events now.

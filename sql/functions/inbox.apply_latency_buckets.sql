@@ -3,7 +3,7 @@
 --
 -- Reads:       -
 -- Writes:      -
--- Called by:   inbox.count_status_changes; query metrics_counters (inbox/metrics.py)
+-- Called by:   inbox.count_finished; query metrics_counters (inbox/metrics.py)
 -- -------------------------------------------------------------------------------------------------
 -- Upper bounds (seconds) of inbox_apply_latency_seconds; the Python exposition reads them here.
 CREATE OR REPLACE FUNCTION inbox.apply_latency_buckets() RETURNS double precision[]

@@ -6,8 +6,9 @@
 --
 -- Reads:       inbox.quota_events (typed columns), inbox.quota_versions, public.call_off
 -- Writes:      inbox.quota_versions, public.quota, inbox.quota_events, public.quota_processing_errors,
---              inbox.claim_ledger (deletes p_ledger), inbox.claim_debts (pays them),
---              pgmq queue quota_changes (pgmq.send_batch)
+--              inbox.claim_ledger (deletes p_ledger), inbox.claim_debts (pays them, through
+--              inbox.pay_claim_debts), inbox.metric_counters (the batch's counts, through
+--              inbox.count_finished), pgmq queue quota_changes (pgmq.send_batch)
 -- Called by:   query process_batch (inbox/apply/worker.py), in the transaction of inbox.claim_batch
 -- -------------------------------------------------------------------------------------------------
 -- Finish the events with these keys that are still pending, in the caller's transaction, from their
@@ -70,6 +71,7 @@ DECLARE
     v_messages  jsonb[];
     v_quota_ids uuid[];
     v_is_delete boolean[];
+    v_latencies double precision[];  -- received-to-applied seconds of each applied event
 BEGIN
     WITH locked AS (
         SELECT e.*
@@ -85,17 +87,13 @@ BEGIN
             FOR UPDATE SKIP LOCKED
         ) e
     ),
-    -- attempts that dead claims owe (inbox.release_claim): paid now, by primary key
-    paid_rows AS (
-        DELETE FROM inbox.claim_debts d
-        USING locked l
-        WHERE (d.quota_id, d.version, d.is_delete) = (l.quota_id, l.version, l.is_delete)
-        RETURNING d.quota_id, d.version, d.is_delete, d.claims
-    ),
+    -- attempts that dead claims owe (inbox.release_claim): paid now
     paid AS (
-        SELECT p.quota_id, p.version, p.is_delete, sum(p.claims)::integer AS claims
-        FROM paid_rows p
-        GROUP BY p.quota_id, p.version, p.is_delete
+        SELECT p.quota_id, p.version, p.is_delete, p.claims
+        FROM (SELECT array_agg(l.quota_id) AS quota_ids, array_agg(l.version) AS versions,
+                     array_agg(l.is_delete) AS is_delete
+              FROM locked l) a
+        CROSS JOIN LATERAL inbox.pay_claim_debts(a.quota_ids, a.versions, a.is_delete) p
     ),
     owned AS (
         SELECT e.quota_id, e.version, e.is_delete, e.source, e.errors, e.stored_error_class, e.source_lsn,
@@ -278,7 +276,9 @@ BEGIN
             applied_at = CASE WHEN o.status = 'applied' THEN now() END
         FROM outcomes o
         WHERE (e.quota_id, e.version, e.is_delete) = (o.quota_id, o.version, o.is_delete)
-        RETURNING e.status
+        RETURNING e.status,
+                  CASE WHEN e.status = 'applied'
+                       THEN extract(epoch FROM e.applied_at - e.received_at)::float8 END AS latency
     ),
     buried AS (
         INSERT INTO public.quota_processing_errors (
@@ -320,9 +320,12 @@ BEGIN
                     ORDER BY g.quota_id)
             FROM gate g LEFT JOIN upserted u USING (quota_id)),
            (SELECT array_agg(g.quota_id ORDER BY g.quota_id) FROM gate g),
-           (SELECT array_agg(g.is_delete ORDER BY g.quota_id) FROM gate g)
-    INTO applied, stale, dead, not_owned, v_messages, v_quota_ids, v_is_delete
+           (SELECT array_agg(g.is_delete ORDER BY g.quota_id) FROM gate g),
+           array_agg(m.latency) FILTER (WHERE m.latency IS NOT NULL)
+    INTO applied, stale, dead, not_owned, v_messages, v_quota_ids, v_is_delete, v_latencies
     FROM marked m;  -- buried and unclaimed run too: a data-modifying CTE always does
+    -- the batch's counts, once (migration 016: no counter trigger on the mark)
+    PERFORM inbox.count_finished(applied, stale, v_latencies);
 
     WITH deleted AS (
         -- = ANY(array): an index lookup per delete, whatever the planner guesses of unnest's size

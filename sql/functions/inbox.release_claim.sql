@@ -5,7 +5,8 @@
 --     RETURNS TABLE (retried, dead)
 --
 -- Reads:       inbox.claim_ledger, inbox.quota_events, inbox.claim_debts
--- Writes:      inbox.claim_ledger (deletes p_ledger), inbox.claim_debts, inbox.quota_events,
+-- Writes:      inbox.claim_ledger (deletes p_ledger), inbox.claim_debts (pays them through
+--              inbox.pay_claim_debts), inbox.quota_events,
 --              public.quota_processing_errors (through inbox.bury_retries_exhausted), inbox.metric_counters ('retried', through add_counters)
 -- Called by:   query release_claim (inbox/apply/worker.py); inbox.reap_abandoned_claims
 -- -------------------------------------------------------------------------------------------------
@@ -83,16 +84,9 @@ BEGIN
         PERFORM inbox.add_counters(ARRAY['retried'], ARRAY[''], ARRAY[v_debts::float8]);
     END IF;
 
-    WITH paid_rows AS (
-        DELETE FROM inbox.claim_debts d
-        USING unnest(v_quota_ids, v_versions, v_is_delete) AS f(quota_id, version, is_delete)
-        WHERE (d.quota_id, d.version, d.is_delete) = (f.quota_id, f.version, f.is_delete)
-        RETURNING d.quota_id, d.version, d.is_delete, d.claims
-    ),
-    paid AS (
-        SELECT p.quota_id, p.version, p.is_delete, sum(p.claims)::integer AS claims
-        FROM paid_rows p
-        GROUP BY p.quota_id, p.version, p.is_delete
+    WITH paid AS (
+        SELECT p.quota_id, p.version, p.is_delete, p.claims
+        FROM inbox.pay_claim_debts(v_quota_ids, v_versions, v_is_delete) p
     ),
     held AS (
         SELECT e.quota_id, e.version, e.is_delete, e.status, e.attempts + coalesce(p.claims, 0) AS spent,
@@ -121,7 +115,7 @@ BEGIN
     INTO v_retried, v_dead, v_quota_ids, v_versions, v_is_delete, v_attempts
     FROM marked m;
     PERFORM inbox.bury_retries_exhausted(v_quota_ids, v_versions, v_is_delete, v_attempts, p_error);
-    -- A retry leaves the status as it was: the status counter trigger cannot see it, so it is counted here.
+    -- A retry leaves the status as it was: counted here.
     PERFORM inbox.add_counters(ARRAY['retried'], ARRAY[''], ARRAY[v_retried::float8]);
     retried := v_retried + v_debts;
     dead := v_dead;

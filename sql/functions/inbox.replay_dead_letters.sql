@@ -3,7 +3,8 @@
 --     RETURNS TABLE (id, quota_id, version, is_delete, outcome)
 --
 -- Reads:       public.quota_processing_errors
--- Writes:      inbox.quota_events, public.quota_processing_errors; NOTIFY inbox_quota_events
+-- Writes:      inbox.quota_events, public.quota_processing_errors, inbox.metric_counters (requeued:
+--              ingested from 'replay', through inbox.add_counters); NOTIFY inbox_quota_events
 -- Called by:   queries dlq_replay, dlq_replay_matching (`inbox dlq replay`, inbox/ops.py)
 -- -------------------------------------------------------------------------------------------------
 -- Put dead letters back through the inbox, in one transaction with marking them resolved:
@@ -48,12 +49,19 @@ BEGIN
         FROM picked p
         WHERE d.id = p.id
         RETURNING d.id
+    ),
+    -- dead -> pending: ingested again, from 'replay' (a reinserted row is counted by the insert trigger)
+    counted AS (
+        SELECT inbox.add_counters(ARRAY['ingested'], ARRAY['replay'], ARRAY[count(*)::float8])
+        FROM queued q
+        WHERE NOT q.inserted
     )
     SELECT p.id, p.quota_id, p.version, p.is_delete,
            CASE WHEN q.inserted THEN 'reinserted' WHEN q.quota_id IS NOT NULL THEN 'requeued'
                 ELSE 'in_inbox' END
     FROM picked p
     JOIN resolved r USING (id)
+    CROSS JOIN counted
     LEFT JOIN queued q USING (quota_id, version, is_delete)
     ORDER BY p.quota_id, p.version;
 

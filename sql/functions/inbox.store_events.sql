@@ -7,7 +7,7 @@
 --
 -- Reads:       inbox.quota_events (the stored row of a key)
 -- Writes:      inbox.quota_events (INSERT ... ON CONFLICT DO UPDATE); inbox.metric_counters (duplicates,
---              through inbox.add_counters); public.quota_processing_errors (resolves the open dead
+--              finished rows replaced: through inbox.add_counters); public.quota_processing_errors (resolves the open dead
 --              letter of a row a newer change replaces); NOTIFY inbox_quota_events
 -- Called by:   inbox.ingest_typed_events, inbox.ingest_events (after their checks of the source and
 --              the arrays' lengths)
@@ -49,6 +49,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_inserted integer;
+    v_repended integer;
 BEGIN
     WITH batch AS (
         -- one row per key (ON CONFLICT DO UPDATE may touch a row once): the highest LSN wins. A NULL
@@ -97,7 +98,8 @@ BEGIN
                 metal_code = excluded.metal_code,
                 source_updated_at = excluded.source_updated_at
             WHERE excluded.source_lsn > x.source_lsn
-        RETURNING x.quota_id, x.version, x.is_delete, x.source_lsn
+        -- xmax = 0: the row was inserted by this statement, not updated
+        RETURNING x.quota_id, x.version, x.is_delete, x.source_lsn, (x.xmax = 0) AS inserted
     ),
     superseded AS (
         UPDATE public.quota_processing_errors d
@@ -109,10 +111,19 @@ BEGIN
           AND d.resolved_at IS NULL AND s.source_lsn IS NOT NULL
         RETURNING 1
     )
-    SELECT count(*) INTO v_inserted FROM stored;
+    -- A replaced row that had finished is ingested again (one that was still pending was counted
+    -- when it came). This statement's snapshot still sees the row as it was before the replacement.
+    SELECT count(*),
+           count(*) FILTER (WHERE NOT s.inserted
+                              AND EXISTS (SELECT 1 FROM inbox.quota_events o
+                                          WHERE (o.quota_id, o.version, o.is_delete)
+                                                = (s.quota_id, s.version, s.is_delete)
+                                            AND o.status <> 'pending'))
+    INTO v_inserted, v_repended
+    FROM stored s;
     -- what was new is counted by the insert trigger; what was not, here
-    PERFORM inbox.add_counters(ARRAY['duplicate'], ARRAY[''],
-                               ARRAY[cardinality(p_quota_ids) - v_inserted]::float8[]);
+    PERFORM inbox.add_counters(ARRAY['duplicate', 'ingested'], ARRAY['', p_source],
+                               ARRAY[cardinality(p_quota_ids) - v_inserted, v_repended]::float8[]);
 
     -- A wake-up hint for idle workers; delivered at commit, once per transaction.
     IF v_inserted > 0 THEN
