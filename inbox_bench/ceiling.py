@@ -10,9 +10,9 @@
    the highest of each quota through the version gate (inbox.quota_versions), upserts or deletes
    the quota row, marks every event's status, dead-letters a delete that call-offs block, and
    publishes one outbox message per change (pgmq.send_batch into quota_changes, the message
-   apply_events builds), in one transaction. It reads the fields from the stored payload with
-   casts: the validation the worker does in Python is not done here, which is what makes it a
-   ceiling.
+   apply_events builds) and writes the batch's counters (inbox.count_finished), in one
+   transaction. It reads the fields from the stored payload with casts: the validation the worker
+   does in Python is not done here, which is what makes it a ceiling.
 
 Both report CPU per event by process (cluster.cpu_seconds): PostgreSQL (every server process),
 each session's backend, and this process.
@@ -123,7 +123,15 @@ marked AS (
     FROM checked c
     LEFT JOIN gate g ON (g.quota_id, g.version, g.is_delete) = (c.quota_id, c.version, c.is_delete)
     WHERE (e.quota_id, e.version, e.is_delete) = (c.quota_id, c.version, c.is_delete)
-    RETURNING e.status
+    RETURNING e.status,
+              CASE WHEN e.status = 'applied' THEN extract(epoch FROM e.applied_at - e.received_at)::float8 END
+                  AS latency
+),
+counted AS (  -- the batch's counts, once, as the pipeline writes them (migration 016)
+    SELECT inbox.count_finished(count(*) FILTER (WHERE m.status = 'applied'),
+                                count(*) FILTER (WHERE m.status = 'stale'),
+                                array_agg(m.latency) FILTER (WHERE m.latency IS NOT NULL)) AS done
+    FROM marked m
 ),
 buried AS (
     INSERT INTO public.quota_processing_errors (
@@ -152,7 +160,7 @@ published AS (
     FROM messages m, LATERAL pgmq.send_batch('quota_changes', m.batch) AS sent
     WHERE m.batch IS NOT NULL
 )
-SELECT (SELECT count(*) FROM marked) AS finished,
+SELECT (SELECT count(*) FROM marked, counted) AS finished,
        (SELECT n FROM published) AS published,
        (SELECT count(*) FROM buried) AS dead
 """

@@ -19,7 +19,7 @@ from inbox.metrics import registry_for
 from inbox.settings import Settings
 from inbox.store import store_events
 from tests.cdc_events import debezium_event
-from tests.helpers import dead_letters, drain, inbox_row, quota, titan_event, to_json
+from tests.helpers import count_of, dead_letters, drain, inbox_row, quota, titan_event, to_json
 
 
 def upsert(quota_id: uuid.UUID, version: int, lsn: int, **columns: Any) -> dict[str, Any]:
@@ -161,3 +161,25 @@ def test_a_newer_change_reusing_a_stored_key_is_processed_again(db: DictConnecti
     # the old changes, redelivered, are duplicates again
     assert send(db, dsn, upsert(quota_id, 1, 300), key_only_delete(quota_id, 200)) == (0, 2)
     assert quota(db, quota_id) is None
+
+
+def ingested(db: DictConnection) -> int:
+    return count_of(
+        db, "SELECT sum(value) AS n FROM inbox.metric_counters WHERE metric = 'ingested' AND label = 'kafka'"
+    )
+
+
+def test_a_replaced_row_counts_as_ingested_only_when_it_had_finished(db: DictConnection, dsn: str) -> None:
+    """store_events counts a replacement itself (migration 016: no trigger on status changes): a
+    finished row pending again is one more event ingested; a row replaced while still pending is not
+    (the change it carried was counted when it came, and is never applied)."""
+    finished, waiting = uuid.uuid4(), uuid.uuid4()
+    send(db, dsn, upsert(finished, 1, 100))
+    assert ingested(db) == 1
+    store_events(db, [to_json(upsert(finished, 1, 300))], "kafka")  # the applied row, pending again
+    assert ingested(db) == 2
+    store_events(db, [to_json(upsert(waiting, 1, 100))], "kafka")
+    store_events(db, [to_json(upsert(waiting, 1, 200))], "kafka")  # still pending: replaced, not counted
+    assert ingested(db) == 3
+    drain(dsn)
+    assert count_of(db, "SELECT sum(value) AS n FROM inbox.metric_counters WHERE metric = 'applied'") == 3

@@ -385,6 +385,21 @@ def test_counters_follow_every_outcome(db: DictConnection, dsn: str) -> None:
     assert seen[("apply_latency_sum", "")] >= 0
 
 
+def test_the_mark_fires_no_trigger_and_each_batch_counts_once(db: DictConnection, dsn: str) -> None:
+    """Migration 016: no trigger on the inbox's updates (it captured every marked row twice); the
+    worker's batch writes its own counts."""
+    triggers = db.execute(
+        "SELECT tgname FROM pg_trigger WHERE tgrelid = 'inbox.quota_events'::regclass AND NOT tgisinternal"
+        " AND tgtype & 16 <> 0"  # TRIGGER_TYPE_UPDATE
+    ).fetchall()
+    assert triggers == []
+    ingest(db, [titan_event(uuid.uuid4(), 1) for _ in range(5)])
+    drain(dsn)
+    seen = counters(db)
+    assert (seen[("applied", "")], seen.get(("stale", ""))) == (5, None)
+    assert sum(v for (metric, _), v in seen.items() if metric == "apply_latency_bucket") == 5
+
+
 def test_retries_and_replays_are_counted(db: DictConnection, dsn: str) -> None:
     _, letter = blocked_delete(db, dsn)
     other = uuid.uuid4()
