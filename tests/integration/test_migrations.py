@@ -293,9 +293,10 @@ def test_a_database_of_001_010_has_the_baseline(empty_dsn: str) -> None:
 def test_the_typed_events_migration_keeps_every_stored_event_and_dead_letter(
     empty_dsn: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """Migration 015 on a database at 014 with events in every state: each stored event and dead
-    letter survives as it was (an old worker's claim given back, its attempt kept); `inbox work`
-    then types the untyped pending ones from their payload and applies them, exactly."""
+    """Migrations 015 and 016 on a database at 014 with events in every state: each stored event,
+    dead letter and counter survives as it was (an old worker's claim given back, its attempt kept);
+    `inbox work` then types the untyped pending ones from their payload and applies them, exactly,
+    counting them per batch."""
     shipped = migrations()
     with monkeypatch.context() as patch:
         patch.setattr(migrate_module, "migrations", lambda: [m for m in shipped if m.version < 15])
@@ -338,6 +339,9 @@ def test_the_typed_events_migration_keeps_every_stored_event_and_dead_letter(
             " FROM inbox.quota_events ORDER BY quota_id"
         ).fetchall()
         letters = conn.execute("SELECT * FROM public.quota_processing_errors ORDER BY id").fetchall()
+        counted = conn.execute(
+            "SELECT * FROM inbox.metric_counters ORDER BY metric, label, backend"
+        ).fetchall()
 
     report = migrate(empty_dsn)
 
@@ -351,6 +355,18 @@ def test_the_typed_events_migration_keeps_every_stored_event_and_dead_letter(
         assert [dict(r, status="pending") if r["quota_id"] == claimed else r for r in before] == after
         assert conn.execute("SELECT * FROM public.quota_processing_errors ORDER BY id").fetchall() == letters
         assert conn.execute("SELECT count(*) AS n FROM inbox.quota_events WHERE typed").fetchone() == {"n": 0}
+        # 016: the counters so far kept; no trigger on the inbox's updates any more
+        assert (
+            conn.execute("SELECT * FROM inbox.metric_counters ORDER BY metric, label, backend").fetchall()
+            == counted
+        )
+        assert (
+            conn.execute(
+                "SELECT tgname FROM pg_trigger WHERE tgrelid = 'inbox.quota_events'::regclass"
+                " AND NOT tgisinternal AND tgtype & 16 <> 0"
+            ).fetchall()
+            == []
+        )
 
         with inbox_process(
             "work", env=inbox_env(empty_dsn, INBOX_POLL_SECONDS="0.2"), log=tmp_path / "w.log"
@@ -376,6 +392,11 @@ def test_the_typed_events_migration_keeps_every_stored_event_and_dead_letter(
             dead: ("dead", False),
             stale: ("stale", False),
         }
+        # ... and the batches count what they applied: the two pending events
+        applied_count = conn.execute(
+            "SELECT sum(value) AS n FROM inbox.metric_counters WHERE metric = 'applied'"
+        ).fetchone()
+        assert applied_count == {"n": 2.0}
         kept = conn.execute("SELECT qty_t FROM public.quota WHERE quota_id = %s", [pending]).fetchone()
         assert kept is not None and str(kept["qty_t"]) == "1000.0010"
         classes = conn.execute(
