@@ -3,6 +3,7 @@ PostgreSQL, fed over HTTP by this process. Validation and the outbox are on, as 
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from inbox.db.connect import DictConnection, connect
 from inbox_bench.cluster import (
@@ -238,10 +240,16 @@ class Progress(Background):
 
     THREAD = "progress"
 
+    size_every: int = 10  # every size_every samples, the files' sizes too (peaks)
+    peak_bytes: dict[str, int] = field(default_factory=dict)
+
     def _run(self) -> None:
         with connect(self.dsn, autocommit=True) as conn:
             while True:
                 self.samples.append((time.perf_counter(), processed(conn)))
+                if len(self.samples) % self.size_every == 1:
+                    for name, size in file_sizes(conn).items():
+                        self.peak_bytes[name] = max(self.peak_bytes.get(name, 0), size)
                 if self._stop.wait(self.interval):
                     self.samples.append((time.perf_counter(), processed(conn)))
                     return
@@ -256,6 +264,27 @@ class Progress(Background):
             if n0 <= events <= n1 and n1 > n0:
                 return t0 + (t1 - t0) * (events - n0) / (n1 - n0)
         raise ValueError(f"{events} events were never reached (last sample {self.latest})")
+
+
+FILES = """
+SELECT 'inbox.quota_events' AS name, pg_relation_size('inbox.quota_events') AS bytes
+UNION ALL
+SELECT 'inbox.quota_events toast', coalesce(pg_total_relation_size(nullif(reltoastrelid, 0)), 0)
+FROM pg_class WHERE oid = 'inbox.quota_events'::regclass
+UNION ALL
+(SELECT indexrelid::regclass::text, pg_relation_size(indexrelid) FROM pg_index
+ WHERE indrelid = 'inbox.quota_events'::regclass ORDER BY 1)
+UNION ALL
+SELECT t, pg_total_relation_size(t::regclass)
+FROM unnest(ARRAY['pgmq.q_quota_changes', 'public.quota', 'inbox.quota_versions', 'inbox.claim_ledger',
+                  'inbox.claim_debts', 'inbox.metric_counters']) AS t
+"""
+
+
+def file_sizes(conn: DictConnection) -> dict[str, int]:
+    """Bytes on disk: the inbox's heap, its TOAST and each index apart, then the other tables whole
+    (indexes and TOAST included)."""
+    return {str(r["name"]): int(r["bytes"]) for r in conn.execute(FILES).fetchall()}
 
 
 SIZES = """
@@ -300,8 +329,10 @@ def soak(cluster: Cluster, cfg: Config, workdir: Path) -> Measurement:
             post_all(running.base_url, "/events", len(batches), body, cfg.http_senders, NDJSON)
             end = wait_drained(conn, running.all, timeout=3600, poll=0.05)
         time.sleep(cfg.soak_retention_seconds + 1)
+        before_purge = file_sizes(conn)
         purged = _purge(conn, cfg.soak_retention_seconds)
         sizes = conn.execute(SIZES).fetchone()
+        after = file_sizes(conn)
     return Measurement(
         "soak",
         f"7. soak: {len(stream):,} events over HTTP, retention on",
@@ -310,6 +341,16 @@ def soak(cluster: Cluster, cfg: Config, workdir: Path) -> Measurement:
         {
             **_tenths(progress, start, len(stream)),
             "after_retention": {**(sizes or {}), "purged_at_end": purged},
+            # MB on disk per file: the largest seen while events flowed (sampled every few seconds),
+            # when the last event was applied, and after the final purge
+            "files_mb": {
+                name: {
+                    "peak": _mb(max(progress.peak_bytes.get(name, 0), before_purge.get(name, 0))),
+                    "drained": _mb(before_purge.get(name, 0)),
+                    "after_retention": _mb(size),
+                }
+                for name, size in after.items()
+            },
             "peak_rss_mb": {name: round(b / 2**20, 1) for name, b in rss.peaks.items()},
             "retention_seconds": cfg.soak_retention_seconds,
             "max_backlog": cfg.soak_backlog,
@@ -322,15 +363,21 @@ def soak(cluster: Cluster, cfg: Config, workdir: Path) -> Measurement:
     )
 
 
-def _tenths(progress: Progress, start: int | float, events: int) -> dict[str, float]:
+def _tenths(progress: Progress, start: int | float, events: int) -> dict[str, Any]:
     tenth = events / 10
     first = tenth / (progress.time_at(tenth) - start)
     last = tenth / (progress.time_at(events) - progress.time_at(events - tenth))
+    bounds = [start, *(progress.time_at(tenth * k) for k in range(1, 11))]
     return {
         "first_tenth_events_per_second": round(first, 1),
         "last_tenth_events_per_second": round(last, 1),
         "last_over_first": round(last / first, 3),
+        "tenths_events_per_second": [round(tenth / (b - a), 1) for a, b in itertools.pairwise(bounds)],
     }
+
+
+def _mb(size: int) -> float:
+    return round(size / 2**20, 1)
 
 
 def _purge(conn: DictConnection, older_than_seconds: int) -> int:

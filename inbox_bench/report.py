@@ -111,7 +111,17 @@ def table(doc: dict[str, Any]) -> str:
             f"soak: first tenth {soak['first_tenth_events_per_second']:,.0f}/s, last tenth "
             f"{soak['last_tenth_events_per_second']:,.0f}/s ({soak['last_over_first']:.0%})"
         )
+        if "tenths_events_per_second" in soak:
+            lines.append(
+                "soak per tenth, events/s: "
+                + ", ".join(f"{v:,.0f}" for v in soak["tenths_events_per_second"])
+            )
         lines.append("soak peak RSS MB: " + ", ".join(f"{k} {v}" for k, v in soak["peak_rss_mb"].items()))
+        for name, mb in soak.get("files_mb", {}).items():
+            lines.append(
+                f"soak files MB {name}: peak {mb['peak']:,.1f}, drained {mb['drained']:,.1f}, "
+                f"after retention {mb['after_retention']:,.1f}"
+            )
         sizes = soak["after_retention"]
         lines.append(
             f"after retention: inbox {sizes['inbox_rows']:,} rows {sizes['inbox_bytes'] / 2**20:.0f} MB, "
