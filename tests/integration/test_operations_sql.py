@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from inbox.apply import jobs
 from inbox.apply.jobs import DatabaseWatch, check_alerts, purge_finished
 from inbox.apply.worker import reap_abandoned_claims
 from inbox.db.connect import DictConnection, connect
@@ -291,6 +292,45 @@ def test_retention_job_loops_until_done(db: DictConnection, dsn: str) -> None:
     purged = purge_finished(dsn, Settings(retention=timedelta(days=7), retention_batch_size=3), 60)
 
     assert purged == 13
+
+
+def test_retention_job_gives_the_inbox_three_quarters_of_its_interval(
+    db: DictConnection, dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Half the interval capped retention at half its speed: in the soak the finished rows piled up
+    faster than it deleted them. The history still gets a batch after it."""
+    _finished_rows_aged(db, dsn)
+    budgets: dict[str, float] = {}
+
+    def recorded(real: Any, name: str) -> Any:
+        def call(dsn: str, settings: Settings, budget_seconds: float) -> Any:
+            budgets[name] = budget_seconds
+            return real(dsn, settings, budget_seconds)
+
+        return call
+
+    monkeypatch.setattr(jobs, "purge_finished", recorded(jobs.purge_finished, "finished"))
+    monkeypatch.setattr(jobs, "purge_history", recorded(jobs.purge_history, "history"))
+    settings = Settings(retention=timedelta(days=7), retention_batch_size=3, retention_interval_seconds=40)
+
+    jobs.retention_job(dsn, settings)
+
+    assert budgets["finished"] == 30
+    assert 0 < budgets["history"] <= 40  # what the inbox's purge left of the interval
+    assert _one(db, "SELECT count(*) AS n FROM inbox.quota_events")["n"] == 3  # young, open dead, pending
+
+
+def test_inbox_and_claim_ledger_vacuum_unthrottled(db: DictConnection) -> None:
+    """Migration 016: a throttled autovacuum fell behind the inbox's churn and its files grew."""
+    options = {
+        r["relname"]: set(r["reloptions"])
+        for r in db.execute(
+            "SELECT relname, reloptions FROM pg_class"
+            " WHERE oid IN ('inbox.quota_events'::regclass, 'inbox.claim_ledger'::regclass)"
+        )
+    }
+    assert "autovacuum_vacuum_cost_delay=0" in options["quota_events"]
+    assert {"autovacuum_vacuum_cost_delay=0", "autovacuum_vacuum_threshold=100"} <= options["claim_ledger"]
 
 
 def test_retention_skips_rows_another_transaction_holds(db: DictConnection, dsn: str) -> None:
