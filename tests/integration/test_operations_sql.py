@@ -321,7 +321,7 @@ def test_retention_job_gives_the_inbox_three_quarters_of_its_interval(
 
 
 def test_inbox_and_claim_ledger_vacuum_unthrottled(db: DictConnection) -> None:
-    """Migration 016: a throttled autovacuum fell behind the inbox's churn and its files grew."""
+    """Migration 017: a throttled autovacuum fell behind the inbox's churn and its files grew."""
     options = {
         r["relname"]: set(r["reloptions"])
         for r in db.execute(
