@@ -23,10 +23,14 @@ class IngestResult:
 
 def store(conn: DictConnection, batch: ParsedBatch, source: Source) -> IngestResult:
     """Store the batch in one transaction: its events (a redelivered event counts as a duplicate and
-    changes nothing) and its rejected items, verbatim with their reasons, in inbox.rejects."""
+    changes nothing) and its rejected items, verbatim with their reasons, in inbox.rejects. Events
+    alone, on an autocommit session outside a transaction (HTTP's pool), are one statement: its own
+    transaction, one round trip."""
     if not len(batch) and not batch.rejected:
         return _result(batch, 0)
     queries = Queries(conn)
+    if not batch.rejected and queries.autocommitting():
+        return _result(batch, _store_events(queries, batch, source))
     with conn.transaction():
         inserted = 0
         if len(batch):
@@ -47,7 +51,7 @@ def _store_events(queries: Queries, batch: ParsedBatch, source: Source) -> int:
     type each event alone: the one whose columns are refused again ends as a dead letter
     ('apply_error'), its neighbours are applied."""
     try:
-        with queries.conn.transaction():  # a savepoint: the store's transaction goes on after a refusal
+        with queries.atomic():  # a savepoint in a transaction: it goes on after a refusal
             return queries.ingest_typed_events(
                 events=batch.array_text, batch=typed_batch(batch), source=source
             )

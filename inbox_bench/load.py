@@ -113,11 +113,11 @@ def paced(
     bodies: Sequence[tuple[int, int, bytes]],
     interval: float,
     senders: int = 4,
-    on_dispatch: Callable[[int], None] | None = None,
+    on_ack: Callable[[Sent], None] | None = None,
 ) -> list[Sent]:
     """Open-loop load: request k is sent at start + k * interval, whether or not earlier ones have
     been answered (a closed loop would slow down with the server and hide its latency).
-    bodies: (first event index, stop index, body); on_dispatch(stop) runs as each one is handed out."""
+    bodies: (first event index, stop index, body); on_ack(sent) runs as each 202 comes back."""
     work: queue.SimpleQueue[tuple[int, int, bytes, float] | None] = queue.SimpleQueue()
     sent: list[Sent] = []
     errors: list[BaseException] = []
@@ -127,9 +127,11 @@ def paced(
         while (item := work.get()) is not None:
             first, stop, body, due = item
             client.post("/events", body, "application/x-ndjson")
-            acked = time.time()
+            done = Sent(first, stop, due, time.time())
+            if on_ack is not None:
+                on_ack(done)
             with lock:
-                sent.append(Sent(first, stop, due, acked))
+                sent.append(done)
 
     threads = _senders(base_url, senders, "paced", send, errors)
     start = time.time() + 0.05
@@ -138,8 +140,6 @@ def paced(
         delay = due - time.time()
         if delay > 0:
             time.sleep(delay)
-        if on_dispatch is not None:
-            on_dispatch(stop)
         work.put((first, stop, body, due))
     for _ in threads:
         work.put(None)

@@ -30,7 +30,7 @@ from inbox_bench.cluster import (
 )
 from inbox_bench.config import Config
 from inbox_bench.events import Stream, generate
-from inbox_bench.load import paced, post_all
+from inbox_bench.load import Sent, paced, post_all
 from inbox_bench.measure import Measurement, percentiles, processed, status_counts, wait_drained
 from inbox_bench.processes import free_port
 from inbox_bench.threads import Background
@@ -133,29 +133,32 @@ def http_path(cluster: Cluster, stream: Stream, cfg: Config, workdir: Path) -> M
 
 @dataclass
 class AppliedWatcher(Background):
-    """Client-side latency: polls the inbox, by primary key, for the dispatched events it has not yet
-    seen finished, every `poll` seconds. Its resolution is the poll interval plus one query.
+    """Client-side latency: polls the inbox, by primary key, for the acknowledged events it has not
+    yet seen finished, every `poll` seconds. Its resolution is the poll interval plus one query.
 
     The poller shares the two cores with what it measures: at 2 ms, re-planning its query each
     time, it used a third of a core and inflated the latency it reported. A prepared statement
-    every 5 ms costs a few percent."""
+    every 5 ms costs a few percent. It looks only for events whose 202 has come back: a client
+    cannot look for an event it does not know was taken, and events registered when they were
+    handed to a sender (before their POST) made each poll cost what the senders had queued, which
+    grew as the server fell behind, taking CPU from the server it measured."""
 
     dsn: str
     keys: list[tuple[str, int, bool]]
     poll: float = 0.005
     seen: dict[int, float] = field(default_factory=dict)
-    dispatched: int = 0
-    # the dispatched events not yet seen: kept as it goes, so a poll costs what is in flight, not
+    acknowledged: int = 0
+    # the acknowledged events not yet seen: kept as it goes, so a poll costs what is in flight, not
     # what was ever sent (the client shares its GIL with the paced senders)
     _unseen: set[int] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     THREAD = "applied-watcher"
 
-    def dispatch(self, stop: int) -> None:
+    def acked(self, sent: Sent) -> None:
         with self._lock:
-            self._unseen.update(range(self.dispatched, stop))
-            self.dispatched = max(self.dispatched, stop)
+            self._unseen.update(range(sent.first, sent.stop))
+            self.acknowledged += sent.stop - sent.first
 
     QUERY = """
         SELECT k.i
@@ -166,9 +169,9 @@ class AppliedWatcher(Background):
 
     def _run(self) -> None:
         with connect(self.dsn, autocommit=True) as conn:
-            while not self._stop.is_set() or len(self.seen) < self.dispatched:
+            while not self._stop.is_set() or len(self.seen) < self.acknowledged:
                 self._look(conn)
-                if self._stop.is_set() and len(self.seen) >= self.dispatched:
+                if self._stop.is_set() and len(self.seen) >= self.acknowledged:
                     return
                 time.sleep(self.poll)
 
@@ -198,7 +201,7 @@ def latency(cluster: Cluster, stream: Stream, cfg: Config, workdir: Path) -> Mea
     watcher = AppliedWatcher(dsn, stream.keys(0, total))
     with pipeline(workdir, dsn, cfg) as running, connect(dsn, autocommit=True) as conn:
         with watcher:
-            sent = paced(running.base_url, requests, interval, on_dispatch=watcher.dispatch)
+            sent = paced(running.base_url, requests, interval, on_ack=watcher.acked)
             wait_drained(conn, running.all, timeout=120)
             time.sleep(0.05)
         server_ms = [

@@ -245,6 +245,12 @@ ORDER BY s.n;
 -- name: set_local_statement_timeout
 SELECT set_config('statement_timeout', %(timeout)s::text, true);
 
+-- name: commit_without_flush
+-- This transaction's commit does not wait for its WAL to reach the disk (synchronous_commit off, for
+-- this transaction only). Only for work derived from what is already durable: lost in a crash, it is
+-- done again (the worker's typing of untyped rows). The next synchronous commit flushes it anyway.
+SELECT set_config('synchronous_commit', 'off', true);
+
 -- name: status_statistics
 -- How old the statistics behind v_status's estimates are.
 SELECT greatest(t.last_analyze, t.last_autoanalyze) AS analyzed_at, t.n_mod_since_analyze AS changed_since
@@ -647,8 +653,8 @@ SELECT (SELECT b.quota_id FROM batch b ORDER BY b.quota_id DESC LIMIT 1) AS last
 FROM logged l, counted;
 
 -- name: wake_workers
--- The hint ingest sends: idle workers look for due events now.
-SELECT pg_notify('inbox_quota_events', '');
+-- The hint for rows filed untyped (reconcile's repairs): idle workers type them and claim now.
+SELECT pg_notify('inbox_quota_events', 'untyped');
 
 -- name: open_unplaceable_deletes
 -- Deletes that carried no version and could not be ordered (inbox.apply_events): each is an alert.

@@ -1,4 +1,11 @@
-"""LISTEN/NOTIFY wakes idle workers; they still poll, so a lost hint costs one poll interval."""
+"""LISTEN/NOTIFY wakes idle workers; they still poll, so a lost hint costs one poll interval.
+
+A notification's payload says what was stored: UNTYPED when some event came without typed columns
+(a delete, another format, an invalid event, the sink's rows, a replay), which a worker must type
+from its payload before it can claim it; empty otherwise. A worker looks for untyped events only
+when told so (or after a poll, when hints may have been lost): the look is one more transaction,
+which every batch paid before.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +17,9 @@ from inbox.db.errors import DatabaseError
 from inbox.db.queries import Queries
 
 log = logging.getLogger(__name__)
+
+# The payload of a notification whose transaction stored untyped events (inbox.store_events).
+UNTYPED = "untyped"
 
 
 class Waker:
@@ -25,16 +35,26 @@ class Waker:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._generation = 0
+        self._untyped = False
 
     @property
     def generation(self) -> int:
         with self._cond:
             return self._generation
 
-    def wake(self) -> None:
+    def wake(self, untyped: bool = False) -> None:
+        """untyped: untyped events may be due (kept until a worker takes it: take_untyped)."""
         with self._cond:
             self._generation += 1
+            self._untyped = self._untyped or untyped
             self._cond.notify()
+
+    def take_untyped(self) -> bool:
+        """Whether a hint since the last call said untyped events may be due; the first caller
+        types them, the others need not look."""
+        with self._cond:
+            untyped, self._untyped = self._untyped, False
+            return untyped
 
     def wake_all(self) -> None:
         """Every sleeping worker: to stop."""
@@ -74,8 +94,8 @@ class NotifyListener(threading.Thread):
         with connect(self._dsn, autocommit=True, application_name="quota-inbox listener") as conn:
             Queries(conn).listen_for_events()
             self.listening.set()
-            # Whatever arrived while we were not listening: let the workers look.
-            self._waker.wake()
+            # Whatever arrived while we were not listening: let the workers look, for untyped too.
+            self._waker.wake(untyped=True)
             while not self._stop_event.is_set():
-                for _ in conn.notifies(timeout=0.5, stop_after=1):
-                    self._waker.wake()
+                for notify in conn.notifies(timeout=0.5, stop_after=1):
+                    self._waker.wake(untyped=notify.payload == UNTYPED)

@@ -119,18 +119,20 @@ class Worker:
 
     # -- one batch ----------------------------------------------------------------------------
 
-    def process_once(self) -> BatchCounts:
-        """Claim and finish one batch; untyped events are typed first when the last claim came back
-        short, and every TYPE_EVERY batches, and after this claim if it came back short. Zero counts
-        (claimed and typed): nothing was due."""
-        typed = 0
-        looked = self._short or self._batches % TYPE_EVERY == 0
-        if looked:
-            typed = self.type_untyped()
+    def process_once(self, look: bool | None = None) -> BatchCounts:
+        """Claim and finish one batch. Zero counts (claimed and typed): nothing was due.
+
+        look: whether to type untyped events before the claim (Worker.run says so when a hint told
+        it, or after a poll). None, for callers that have no hints (a drain): when the last claim
+        came back short, and after this claim if it came back short. Either way every TYPE_EVERY
+        batches, in case hints were lost while workers never went idle."""
+        hinted = look is not None
+        looked = look or (not hinted and self._short) or self._batches % TYPE_EVERY == 0
+        typed = self.type_untyped() if looked else 0
         counts = self._claim_and_finish()
         self._batches += 1
         self._short = counts.claimed < self.settings.batch_size
-        if self._short and not looked:
+        if self._short and not looked and not hinted:
             typed = self.type_untyped()  # claimable at the next call
         counts.typed = typed
         return counts
@@ -253,6 +255,10 @@ class Worker:
             keys = queries.untyped_keys(self.settings.batch_size)
             if not keys:
                 return 0
+            # Typing is derived from payloads already stored: a crash that loses it only means the
+            # rows are typed again. Not waiting for the disk here keeps a WAL flush off the path of
+            # every event that needs typing; the apply's commit flushes it anyway.
+            queries.commit_without_flush()
             rows, _unread = read_payloads(
                 conn,
                 keys,
@@ -285,11 +291,16 @@ class Worker:
     # -- the loop -----------------------------------------------------------------------------
 
     def run(self, stop: threading.Event, waker: Waker) -> None:
+        """Claim and apply until stopped. Between batches, a worker goes on at once while a batch
+        came back full or a hint came meanwhile; otherwise it sleeps until a hint or the poll: a
+        short batch means nothing more was due when it was claimed, and what was stored since came
+        with a hint (inbox/apply/waker.py), so another claim at once would only find nothing."""
         delay = 0.1
+        look = True  # at start, and after a poll or a failure: untyped events may wait without a hint
         while not stop.is_set():
             seen = waker.generation
             try:
-                counts = self.process_once()
+                counts = self.process_once(look=waker.take_untyped() or look)
                 delay = 0.1
             except Exception as exc:
                 # The database is away (or the release itself failed): closing the apply session
@@ -298,11 +309,13 @@ class Worker:
                 self.close()
                 stop.wait(delay)
                 delay = min(delay * 2, 5.0)
+                look = True
                 continue
-            if counts.claimed == 0 and counts.typed == 0:
-                waker.wait(seen, timeout=self.settings.poll_seconds)
-            elif counts.claimed >= self.settings.batch_size:
+            look = False
+            if counts.claimed >= self.settings.batch_size:
                 waker.wake()  # a full batch: more may be due, bring in another worker
+            elif counts.typed == 0:  # (typed events are claimable now: claim them at once)
+                look = not waker.wait(seen, timeout=self.settings.poll_seconds)
         self.close()
 
 

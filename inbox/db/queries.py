@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -288,6 +288,17 @@ class Queries:
     def _run(self, name: str, params: dict[str, Any] | None = None) -> None:
         self.conn.execute(query(name), params)
 
+    def autocommitting(self) -> bool:
+        """An autocommit session outside any transaction: each statement commits on its own."""
+        idle = self.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        return self.conn.autocommit and idle
+
+    def atomic(self) -> AbstractContextManager[Any]:
+        """Around one statement that must change all or nothing: a savepoint inside a transaction
+        (a failure leaves the transaction usable); nothing when autocommitting, since the statement
+        is its own transaction: no BEGIN, SAVEPOINT, RELEASE and COMMIT round trips to wait for."""
+        return nullcontext() if self.autocommitting() else self.conn.transaction()
+
     # -- sessions -------------------------------------------------------------------------------
 
     def set_worker_session(self, *, statement_timeout: str, idle_timeout: str, application_name: str) -> None:
@@ -492,6 +503,10 @@ class Queries:
         rows: Iterator[Any] = self.conn.cursor().stream(query("untyped_payloads"), params)
         return rows
 
+    def commit_without_flush(self) -> None:
+        """This transaction's commit does not wait for the disk: for work redone if a crash loses it."""
+        self._run("commit_without_flush")
+
     def type_events(self, rows: Sequence[dict[str, Any]]) -> None:
         """Store the typed columns of untyped events (inbox/apply/prepare.py: typed_columns)."""
         self._run("type_events", {"rows": Jsonb(list(rows))})
@@ -628,7 +643,7 @@ class Queries:
         self._run("outbox_archive", {"msg_ids": list(msg_ids)})
 
     def wake_workers(self) -> None:
-        """The hint ingest sends: idle workers look for due events now."""
+        """The hint for rows filed untyped: idle workers type them and claim now."""
         self._run("wake_workers")
 
     # -- the story of one quota (inbox/quota_story.py) ------------------------------------------

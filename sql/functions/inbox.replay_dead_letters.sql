@@ -5,6 +5,7 @@
 -- Reads:       public.quota_processing_errors
 -- Writes:      inbox.quota_events, public.quota_processing_errors, inbox.metric_counters (requeued:
 --              ingested from 'replay', through inbox.add_counters); NOTIFY inbox_quota_events
+--              (payload 'untyped': replayed rows are typed again by a worker)
 -- Called by:   queries dlq_replay, dlq_replay_matching (`inbox dlq replay`, inbox/ops.py)
 -- -------------------------------------------------------------------------------------------------
 -- Put dead letters back through the inbox, in one transaction with marking them resolved:
@@ -66,7 +67,7 @@ BEGIN
     ORDER BY p.quota_id, p.version;
 
     IF FOUND THEN
-        PERFORM pg_notify('inbox_quota_events', '');  -- wake idle workers, as ingest does
+        PERFORM pg_notify('inbox_quota_events', 'untyped');  -- wake idle workers to type them
     END IF;
 END;
 $$;

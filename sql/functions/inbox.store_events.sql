@@ -7,8 +7,10 @@
 --
 -- Reads:       inbox.quota_events (the stored row of a key)
 -- Writes:      inbox.quota_events (INSERT ... ON CONFLICT DO UPDATE); inbox.metric_counters (duplicates,
---              finished rows replaced: through inbox.add_counters); public.quota_processing_errors (resolves the open dead
---              letter of a row a newer change replaces); NOTIFY inbox_quota_events
+--              finished rows replaced: through inbox.add_counters); public.quota_processing_errors
+--              (resolves the open dead letter of a row a newer change replaces); NOTIFY
+--              inbox_quota_events (payload 'untyped' when a stored row is untyped: a worker types it
+--              before it can be claimed)
 -- Called by:   inbox.ingest_typed_events, inbox.ingest_events (after their checks of the source and
 --              the arrays' lengths)
 -- Privileges:  internal: EXECUTE revoked from PUBLIC and granted to no role; it runs with the rights of
@@ -50,6 +52,7 @@ AS $$
 DECLARE
     v_inserted integer;
     v_repended integer;
+    v_untyped  boolean;
 BEGIN
     WITH batch AS (
         -- one row per key (ON CONFLICT DO UPDATE may touch a row once): the highest LSN wins. A NULL
@@ -99,7 +102,7 @@ BEGIN
                 source_updated_at = excluded.source_updated_at
             WHERE excluded.source_lsn > x.source_lsn
         -- xmax = 0: the row was inserted by this statement, not updated
-        RETURNING x.quota_id, x.version, x.is_delete, x.source_lsn, (x.xmax = 0) AS inserted
+        RETURNING x.quota_id, x.version, x.is_delete, x.source_lsn, (x.xmax = 0) AS inserted, x.typed
     ),
     superseded AS (
         UPDATE public.quota_processing_errors d
@@ -113,21 +116,22 @@ BEGIN
     )
     -- A replaced row that had finished is ingested again (one that was still pending was counted
     -- when it came). This statement's snapshot still sees the row as it was before the replacement.
-    SELECT count(*),
+    SELECT count(*), coalesce(bool_or(NOT s.typed), false),
            count(*) FILTER (WHERE NOT s.inserted
                               AND EXISTS (SELECT 1 FROM inbox.quota_events o
                                           WHERE (o.quota_id, o.version, o.is_delete)
                                                 = (s.quota_id, s.version, s.is_delete)
                                             AND o.status <> 'pending'))
-    INTO v_inserted, v_repended
+    INTO v_inserted, v_untyped, v_repended
     FROM stored s;
     -- what was new is counted by the insert trigger; what was not, here
     PERFORM inbox.add_counters(ARRAY['duplicate', 'ingested'], ARRAY['', p_source],
                                ARRAY[cardinality(p_quota_ids) - v_inserted, v_repended]::float8[]);
 
-    -- A wake-up hint for idle workers; delivered at commit, once per transaction.
+    -- A wake-up hint for idle workers, delivered at commit: 'untyped' tells them to type rows first
+    -- (inbox/apply/waker.py), which they otherwise look for only after a poll.
     IF v_inserted > 0 THEN
-        PERFORM pg_notify('inbox_quota_events', '');
+        PERFORM pg_notify('inbox_quota_events', CASE WHEN v_untyped THEN 'untyped' ELSE '' END);
     END IF;
     RETURN v_inserted;
 END;
