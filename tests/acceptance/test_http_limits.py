@@ -14,10 +14,14 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 
 import inbox.http.routes as app_module
+from inbox.commands.service import listen
 from inbox.db.connect import DictConnection
+from inbox.http.server import server_config
 from inbox.ingest import parse_body
+from inbox.settings import Settings
 from tests.acceptance.conftest import LiveServer, StartServer
 from tests.helpers import inbox_rows, titan_event, to_json
 
@@ -158,3 +162,30 @@ def test_a_lone_surrogate_is_a_400_naming_its_item(live: LiveServer, db: DictCon
     (problem,) = response.json()["problems"]
     assert problem["index"] == 1 and "lone UTF-16 surrogate" in problem["reason"]
     assert inbox_rows(db) == 0
+
+
+def test_every_connection_of_inbox_serve_sends_without_nagle(dsn: str) -> None:
+    """uvicorn writes a response's headers and its body apart: with Nagle's algorithm on, the body
+    waited for the client's delayed ACK of the headers, 40 ms a response on Linux. `inbox serve` and
+    `inbox run` bind their port themselves (socket.create_server, proto 0), and asyncio sets
+    TCP_NODELAY only on sockets made with proto IPPROTO_TCP: the server sets it on each connection."""
+    sock = listen("127.0.0.1", 0)
+    server = uvicorn.Server(server_config(Settings(api_token=None), dsn))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="test-http", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + GIVE_UP_SECONDS
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with socket.create_connection(sock.getsockname()[:2], timeout=GIVE_UP_SECONDS) as client:
+            client.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            assert client.recv(4096).startswith(b"HTTP/1.1 200")
+            connections = list(server.server_state.connections)
+            options = [
+                c.transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+                for c in connections
+            ]
+        assert options and all(options), f"TCP_NODELAY per connection: {options}"
+    finally:
+        server.should_exit = True
+        thread.join(15)

@@ -9,9 +9,10 @@ from collections.abc import Callable
 from psycopg.types.json import Jsonb
 
 from inbox.apply.pool import WorkerPool
-from inbox.db.connect import DictConnection
+from inbox.apply.waker import UNTYPED
+from inbox.db.connect import DictConnection, connect
 from inbox.settings import Settings
-from tests.helpers import event_status, ingest, quota, titan_event, to_json
+from tests.helpers import event_status, inbox_row, ingest, quota, titan_event, to_json
 
 
 def _wait_for(condition: Callable[[], bool], timeout: float) -> bool:
@@ -113,3 +114,39 @@ def test_workers_apply_events_stored_before_the_pool_started(dsn: str, db: DictC
     row = quota(db, quota_id)
     assert row is not None
     assert str(row["qty_t"]) == "3.5"
+
+
+def _hints(listener: DictConnection) -> list[str]:
+    """The payloads of the notifications the listener has received (delivered at each commit)."""
+    return [n.payload for n in listener.notifies(timeout=2.0, stop_after=1)]
+
+
+def test_a_hint_says_when_untyped_events_were_stored(dsn: str, db: DictConnection) -> None:
+    """Workers type untyped events only when told (or after a poll): an ingest that stored one says
+    so in its NOTIFY payload; one that stored typed events only does not."""
+    quota_id = uuid.uuid4()
+    with connect(dsn, autocommit=True) as listener:
+        listener.execute("LISTEN inbox_quota_events")
+        ingest(db, [titan_event(quota_id, 1, "INSERT")])  # typed at the edge
+        typed = _hints(listener)
+        ingest(db, [titan_event(quota_id, 2, "DELETE")])  # deletes are typed by a worker
+        untyped = _hints(listener)
+    assert (typed, untyped) == ([""], [UNTYPED])
+
+
+def test_an_untyped_event_is_typed_and_applied_on_its_hint_long_before_the_poll(
+    dsn: str, db: DictConnection
+) -> None:
+    """Idle workers no longer look for untyped events before every claim: the hint of the ingest
+    that stored one must bring it through typing and apply."""
+    settings = Settings(poll_seconds=30, workers=2, reap_interval_seconds=60)
+    quota_id = uuid.uuid4()
+    with WorkerPool(dsn, settings) as pool:
+        _idle(pool)
+        ingest(db, [titan_event(quota_id, 1, "INSERT")])
+        assert _wait_for(_applied(db, quota_id), 5.0)
+        time.sleep(0.3)  # idle again
+        ingest(db, [titan_event(quota_id, 2, "DELETE")])
+        deleted = _wait_for(lambda: inbox_row(db, quota_id, 2, is_delete=True)["status"] == "applied", 5.0)
+    assert deleted, f"the delete was not applied within 5 s: {inbox_row(db, quota_id, 2, is_delete=True)}"
+    assert quota(db, quota_id) is None

@@ -47,3 +47,15 @@ def test_a_worker_busy_when_the_hint_came_looks_at_once() -> None:
     started = time.monotonic()
     assert waker.wait(seen, timeout=5.0)
     assert time.monotonic() - started < 1.0
+
+
+def test_an_untyped_hint_is_taken_once() -> None:
+    """One worker types what the hint announced; the others need not look again."""
+    waker = Waker()
+    assert not waker.take_untyped()
+    waker.wake()
+    assert not waker.take_untyped()
+    waker.wake(untyped=True)
+    waker.wake()  # a later plain hint does not clear it
+    assert waker.take_untyped()
+    assert not waker.take_untyped()
