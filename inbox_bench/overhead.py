@@ -3,8 +3,9 @@ where one of them is switched off, against one where everything is as shipped.
 
 * outbox off: pgmq.send_batch(text, jsonb[]) -- the overload apply_events calls -- replaced by a no-op
   of the same signature that returns as many ids, so apply_events runs unchanged;
-* triggers off: the statement-level counter triggers of migration 006 dropped (the insert and
-  dead-letter ones: migration 016 dropped the status-change trigger, the apply counts per batch).
+* triggers off: the statement-level counter trigger of migration 006 that is left dropped, the
+  dead-letter one (migration 016 dropped the status-change trigger, the apply counts per batch; 018
+  the insert trigger, the ingest counts per batch).
 
 Ingest is inbox.store.store (parse, key, one transaction per 500 events) without HTTP; the apply is
 Worker threads in this process draining the backlog, so the figures isolate the database work.
@@ -30,7 +31,6 @@ CREATE OR REPLACE FUNCTION pgmq.send_batch(queue_name text, msgs jsonb[]) RETURN
 LANGUAGE sql AS $$ SELECT generate_series(1, cardinality(msgs))::bigint $$;
 """
 DROP_TRIGGERS = """
-DROP TRIGGER quota_events_count_inserted ON inbox.quota_events;
 DROP TRIGGER quota_processing_errors_count ON public.quota_processing_errors;
 """
 VARIANTS = {"as_shipped": "", "outbox_off": NOOP_SEND_BATCH, "triggers_off": DROP_TRIGGERS}

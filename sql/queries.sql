@@ -638,12 +638,12 @@ logged AS (
     LEFT JOIN resolved r USING (quota_id)
     RETURNING outcome
 ),
--- a finished row taken over is pending again: ingested from 'reconcile' (a new row is counted by the
--- insert trigger; since migration 016 no trigger counts status changes)
+-- a new row (filed) and a finished row taken over, pending again (refiled): ingested from 'reconcile'
+-- (no trigger counts the inbox's inserts since migration 018, nor its status changes since 016)
 counted AS (
     SELECT inbox.add_counters(ARRAY['ingested'], ARRAY['reconcile'], ARRAY[count(*)::float8])
     FROM logged l
-    WHERE l.outcome = 'refiled'
+    WHERE l.outcome IN ('filed', 'refiled')
 )
 SELECT (SELECT b.quota_id FROM batch b ORDER BY b.quota_id DESC LIMIT 1) AS last_quota_id,
        count(*) FILTER (WHERE l.outcome = 'filed')        AS filed,

@@ -3,8 +3,8 @@
 --     RETURNS TABLE (id, quota_id, version, is_delete, outcome)
 --
 -- Reads:       public.quota_processing_errors
--- Writes:      inbox.quota_events, public.quota_processing_errors, inbox.metric_counters (requeued:
---              ingested from 'replay', through inbox.add_counters); NOTIFY inbox_quota_events
+-- Writes:      inbox.quota_events, public.quota_processing_errors, inbox.metric_counters (requeued and
+--              reinserted: ingested from 'replay', through inbox.add_counters); NOTIFY inbox_quota_events
 --              (payload 'untyped': replayed rows are typed again by a worker)
 -- Called by:   queries dlq_replay, dlq_replay_matching (`inbox dlq replay`, inbox/ops.py)
 -- -------------------------------------------------------------------------------------------------
@@ -51,11 +51,11 @@ BEGIN
         WHERE d.id = p.id
         RETURNING d.id
     ),
-    -- dead -> pending: ingested again, from 'replay' (a reinserted row is counted by the insert trigger)
+    -- requeued (dead -> pending) and reinserted: ingested, from 'replay' (no trigger counts the
+    -- inbox's inserts since migration 018)
     counted AS (
         SELECT inbox.add_counters(ARRAY['ingested'], ARRAY['replay'], ARRAY[count(*)::float8])
         FROM queued q
-        WHERE NOT q.inserted
     )
     SELECT p.id, p.quota_id, p.version, p.is_delete,
            CASE WHEN q.inserted THEN 'reinserted' WHEN q.quota_id IS NOT NULL THEN 'requeued'

@@ -6,8 +6,9 @@
 --               p_metal_codes text[], p_source_updated_at timestamptz[]) RETURNS integer
 --
 -- Reads:       inbox.quota_events (the stored row of a key)
--- Writes:      inbox.quota_events (INSERT ... ON CONFLICT DO UPDATE); inbox.metric_counters (duplicates,
---              finished rows replaced: through inbox.add_counters); public.quota_processing_errors
+-- Writes:      inbox.quota_events (INSERT ... ON CONFLICT DO UPDATE); inbox.metric_counters (duplicates;
+--              ingested: new rows and finished rows replaced, through inbox.add_counters, once per
+--              call); public.quota_processing_errors
 --              (resolves the open dead letter of a row a newer change replaces); NOTIFY
 --              inbox_quota_events (payload 'untyped' when a stored row is untyped: a worker types it
 --              before it can be claimed)
@@ -51,7 +52,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_inserted integer;
-    v_repended integer;
+    v_ingested integer;
     v_untyped  boolean;
 BEGIN
     WITH batch AS (
@@ -114,19 +115,20 @@ BEGIN
           AND d.resolved_at IS NULL AND s.source_lsn IS NOT NULL
         RETURNING 1
     )
-    -- A replaced row that had finished is ingested again (one that was still pending was counted
-    -- when it came). This statement's snapshot still sees the row as it was before the replacement.
+    -- Ingested: every new row, and a replaced row that had finished (one that was still pending was
+    -- counted when it came). This statement's snapshot still sees the row as it was before the
+    -- replacement.
     SELECT count(*), coalesce(bool_or(NOT s.typed), false),
-           count(*) FILTER (WHERE NOT s.inserted
-                              AND EXISTS (SELECT 1 FROM inbox.quota_events o
+           count(*) FILTER (WHERE s.inserted
+                               OR EXISTS (SELECT 1 FROM inbox.quota_events o
                                           WHERE (o.quota_id, o.version, o.is_delete)
                                                 = (s.quota_id, s.version, s.is_delete)
                                             AND o.status <> 'pending'))
-    INTO v_inserted, v_untyped, v_repended
+    INTO v_inserted, v_untyped, v_ingested
     FROM stored s;
-    -- what was new is counted by the insert trigger; what was not, here
+    -- one call per batch: no trigger counts the inbox's inserts (migration 018)
     PERFORM inbox.add_counters(ARRAY['duplicate', 'ingested'], ARRAY['', p_source],
-                               ARRAY[cardinality(p_quota_ids) - v_inserted, v_repended]::float8[]);
+                               ARRAY[cardinality(p_quota_ids) - v_inserted, v_ingested]::float8[]);
 
     -- A wake-up hint for idle workers, delivered at commit: 'untyped' tells them to type rows first
     -- (inbox/apply/waker.py), which they otherwise look for only after a poll.

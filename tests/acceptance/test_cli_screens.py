@@ -41,6 +41,8 @@ def test_status_counts_exactly_after_a_burst_the_statistics_have_not_seen(
         "SELECT gen_random_uuid(), 1, false, jsonb_build_object('pad', repeat('x', 400)), 'replay', "
         "'applied', now() FROM generate_series(1, 20000)"
     )
+    # counted as the inbox's writers count what they store (no trigger counts inserts: migration 018)
+    db.execute("SELECT inbox.add_counters(ARRAY['ingested'], ARRAY['replay'], ARRAY[20000]::float8[])")
     size = db.execute("SELECT pg_relation_size('inbox.quota_events') AS bytes").fetchone()
     assert size is not None and size["bytes"] > 8 * 1024 * 1024  # where v_status estimates
 

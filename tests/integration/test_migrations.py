@@ -26,7 +26,7 @@ from inbox.db.migrate import (
     pending_migrations,
 )
 from inbox.db.sqlfiles import Migration, migrations, object_files, query
-from tests.helpers import titan_event, to_json
+from tests.helpers import ingest, titan_event, to_json
 from tests.processes import inbox_env, inbox_process, wait_for
 
 
@@ -290,10 +290,63 @@ def test_a_database_of_001_010_has_the_baseline(empty_dsn: str) -> None:
         assert pending_migrations(conn) == [_label(m) for m in migrations()[1:]]
 
 
+# The insert trigger as sql/functions/inbox.count_inserted_events.sql shipped it before migration 018.
+OLD_INSERT_TRIGGER = """
+CREATE FUNCTION inbox.count_inserted_events() RETURNS trigger LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM inbox.add_counters(array_agg('ingested'::text), array_agg(s.source), array_agg(s.n))
+    FROM (SELECT n.source, count(*)::float8 AS n FROM new_rows n GROUP BY n.source) s;
+    RETURN NULL;
+END;
+$$;
+CREATE TRIGGER quota_events_count_inserted AFTER INSERT ON inbox.quota_events
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION inbox.count_inserted_events();
+"""
+
+
+def test_migration_018_drops_the_insert_trigger_and_keeps_the_counts(
+    empty_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database at 017 with the insert trigger: 018 drops it and its function, the counters so far
+    stay, and an ingest after it is counted once (by inbox.store_events)."""
+    shipped = migrations()
+    with monkeypatch.context() as patch:
+        patch.setattr(migrate_module, "migrations", lambda: [m for m in shipped if m.version < 18])
+        migrate(empty_dsn)
+    with connect(empty_dsn, autocommit=True) as conn:
+        conn.execute(OLD_INSERT_TRIGGER)
+        conn.execute(
+            "INSERT INTO inbox.quota_events (quota_id, version, is_delete, payload, source)"
+            " VALUES (gen_random_uuid(), 1, false, '{}', 'kafka')"
+        )
+        counted = conn.execute("SELECT * FROM inbox.metric_counters ORDER BY metric, label").fetchall()
+        assert [(r["metric"], r["label"], r["value"]) for r in counted] == [("ingested", "kafka", 1.0)]
+
+    report = migrate(empty_dsn)
+
+    assert report.applied == ["018_ingest_counts"]
+    with connect(empty_dsn, autocommit=True) as conn:
+        kept = conn.execute("SELECT * FROM inbox.metric_counters ORDER BY metric, label").fetchall()
+        assert kept == counted
+        triggers = conn.execute(
+            "SELECT tgname FROM pg_trigger"
+            " WHERE tgrelid = 'inbox.quota_events'::regclass AND NOT tgisinternal"
+        ).fetchall()
+        assert triggers == []
+        gone = conn.execute("SELECT to_regprocedure('inbox.count_inserted_events()') AS f").fetchone()
+        assert gone == {"f": None}
+        ingest(conn, [titan_event(uuid.uuid4(), 1)], "kafka")
+        ingested = conn.execute(
+            "SELECT sum(value) AS n FROM inbox.metric_counters WHERE metric = 'ingested'"
+        ).fetchone()
+        assert ingested == {"n": 2.0}
+
+
 def test_the_typed_events_migration_keeps_every_stored_event_and_dead_letter(
     empty_dsn: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """Migrations 015 and 016 on a database at 014 with events in every state: each stored event,
+    """Migrations 015 to 018 on a database at 014 with events in every state: each stored event,
     dead letter and counter survives as it was (an old worker's claim given back, its attempt kept);
     `inbox work` then types the untyped pending ones from their payload and applies them, exactly,
     counting them per batch."""
@@ -355,7 +408,7 @@ def test_the_typed_events_migration_keeps_every_stored_event_and_dead_letter(
         assert [dict(r, status="pending") if r["quota_id"] == claimed else r for r in before] == after
         assert conn.execute("SELECT * FROM public.quota_processing_errors ORDER BY id").fetchall() == letters
         assert conn.execute("SELECT count(*) AS n FROM inbox.quota_events WHERE typed").fetchone() == {"n": 0}
-        # 016: the counters so far kept; no trigger on the inbox's updates any more
+        # 016, 018: the counters so far kept; no trigger on the inbox's updates or inserts any more
         assert (
             conn.execute("SELECT * FROM inbox.metric_counters ORDER BY metric, label, backend").fetchall()
             == counted
@@ -363,10 +416,13 @@ def test_the_typed_events_migration_keeps_every_stored_event_and_dead_letter(
         assert (
             conn.execute(
                 "SELECT tgname FROM pg_trigger WHERE tgrelid = 'inbox.quota_events'::regclass"
-                " AND NOT tgisinternal AND tgtype & 16 <> 0"
+                " AND NOT tgisinternal AND tgtype & (4 | 16) <> 0"  # TRIGGER_TYPE_INSERT, _UPDATE
             ).fetchall()
             == []
         )
+        assert conn.execute("SELECT to_regprocedure('inbox.count_inserted_events()') AS f").fetchone() == {
+            "f": None
+        }
 
         with inbox_process(
             "work", env=inbox_env(empty_dsn, INBOX_POLL_SECONDS="0.2"), log=tmp_path / "w.log"

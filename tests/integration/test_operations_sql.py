@@ -18,7 +18,7 @@ from inbox.apply.worker import reap_abandoned_claims
 from inbox.db.connect import DictConnection, connect
 from inbox.settings import Settings
 from tests.acceptance.conftest import UNREACHABLE_DSN
-from tests.helpers import dead_letters, drain, event_status, ingest, quota, titan_event
+from tests.helpers import dead_letters, dead_letters_for, drain, event_status, ingest, quota, titan_event
 
 
 def _one(conn: DictConnection, sql: str, params: Any = None) -> dict[str, Any]:
@@ -438,6 +438,35 @@ def test_the_mark_fires_no_trigger_and_each_batch_counts_once(db: DictConnection
     seen = counters(db)
     assert (seen[("applied", "")], seen.get(("stale", ""))) == (5, None)
     assert sum(v for (metric, _), v in seen.items() if metric == "apply_latency_bucket") == 5
+
+
+def test_no_trigger_counts_the_inbox_and_each_writer_counts_its_own_new_rows(
+    db: DictConnection, dsn: str
+) -> None:
+    """Migration 018: no trigger on the inbox at all (016 took the one on updates, 018 the one on
+    inserts); the ingest and a replay count what they stored, a new row and a finished row pending
+    again alike, and nothing else (reconcile's repair: tests/integration/test_reconcile.py)."""
+    triggers = db.execute(
+        "SELECT tgname FROM pg_trigger WHERE tgrelid = 'inbox.quota_events'::regclass AND NOT tgisinternal"
+    ).fetchall()
+    assert triggers == []
+    gone, gone_letter = blocked_delete(db, dsn)  # 2 events ingested
+    invalid = uuid.uuid4()
+    ingest(db, [titan_event(invalid, 1, direction="X"), titan_event(uuid.uuid4(), 1)])  # 2 more
+    drain(dsn)
+    [dead] = dead_letters_for(db, invalid)
+    assert counters(db)[("ingested", "http")] == 4
+
+    ingest(db, [titan_event(uuid.uuid4(), 1) for _ in range(3)] + [titan_event(gone, 1)])  # 3 new, 1 dup
+    seen = counters(db)
+    assert (seen[("ingested", "http")], seen[("duplicate", "")]) == (7, 1)
+
+    db.execute("DELETE FROM inbox.quota_events WHERE quota_id = %s AND version = 2", [gone])
+    outcomes = sorted(r["outcome"] for r in replay(db, [gone_letter, dead["id"]]))
+    assert outcomes == ["reinserted", "requeued"]
+    assert replay(db, [gone_letter]) == []  # resolved: nothing stored, nothing counted
+    seen = counters(db)
+    assert (seen[("ingested", "http")], seen[("ingested", "replay")]) == (7, 2)
 
 
 def test_retries_and_replays_are_counted(db: DictConnection, dsn: str) -> None:

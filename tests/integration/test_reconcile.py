@@ -205,6 +205,12 @@ def test_a_repair_goes_through_the_inbox_and_a_second_reconcile_finds_nothing(
     # ahead: never filed (an older truth); bad: the source breaks CSLA's rules
     assert repaired.not_repaired == 2
     assert repaired.filed + repaired.refiled == 6
+    # each new row and each finished row taken over counted once as ingested (migration 018)
+    assert repaired.filed > 0 and repaired.refiled > 0
+    counted = db.execute(
+        "SELECT sum(value) AS n FROM inbox.metric_counters WHERE metric = 'ingested' AND label = 'reconcile'"
+    ).fetchone()
+    assert counted == {"n": 6.0}
     sources = db.execute("SELECT DISTINCT source FROM inbox.quota_events WHERE status = 'pending'").fetchall()
     assert sources == [{"source": "reconcile"}]
     counts = drain(dsn)

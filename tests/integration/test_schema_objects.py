@@ -150,6 +150,7 @@ DROPPED_SINCE_010 = {
     "reap_expired_leases",
     "quota_events_leased_idx",
     "count_status_changes",  # 016: the batch counts its outcomes itself
+    "count_inserted_events",  # 018: each writer counts the rows it stores
 }
 
 _INGEST_EVENTS_010 = (
