@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import inbox.ingest
-from inbox.edge import EdgeEvent, _typed, decode_columns, decode_event, decode_texts
-from inbox.events import MAX_NUMBER_DIGITS, EventKey, QuotaRow, UnkeyableEvent
+from inbox.edge import ROW_COLUMNS, EdgeColumns, EdgeEvent, _typed, decode_columns, decode_event, decode_texts
+from inbox.events import MAX_NUMBER_DIGITS, MAX_VERSION, EventKey, QuotaRow, UnkeyableEvent
 from inbox.formats import titan_row
 from inbox.ingest import BadBatch, ParsedBatch, _element_texts, loads, parse_body, parse_texts, split_body
 from inbox.kafka.batch import Event, Origin, classify, parsed
@@ -215,6 +215,11 @@ def check_columns(texts: list[str]) -> None:
         assert columns.keys() == slow.keys
         assert [exact(r) for r in columns.rows] == [exact(r) for r in slow.rows]
         assert columns.typed == [r is not None for r in slow.rows]
+        # the columns the query takes by name: each QuotaRow field's, None at a delete
+        assert list(columns.row_columns) == list(ROW_COLUMNS)
+        for name, field in zip(ROW_COLUMNS, dataclasses.fields(QuotaRow), strict=True):
+            column = [None if row is None else getattr(row, field.name) for row in slow.rows]
+            assert list(map(repr, columns.row_columns[name])) == list(map(repr, column)), name
 
 
 @PROPERTY
@@ -401,6 +406,8 @@ TYPED_CASES = {  # the change to GOOD: (taken by the typed path, has a row)
         True,
     ),
     "a delete": ('"UPDATE"', '"DELETE"', True, False),
+    "version 0": ('"version": 4', '"version": 0', True, True),
+    "the last version": ('"version": 4', f'"version": {MAX_VERSION}', True, True),
 }
 
 
@@ -415,6 +422,11 @@ def test_the_typed_path_or_quota_row_gives_the_slow_paths_row(
 
     assert (_typed(text.encode()) is not None) == typed
     assert (event.row is not None) == has_row
+    # by columns too: alone, and beside a delete (its columns None) and an event with every member
+    delete = GOOD.replace('"UPDATE"', '"DELETE"').replace("6f1d8c52", "7f1d8c52")
+    for texts in ([text], [text, delete], [GOOD.replace("6f1d8c52", "8f1d8c52"), text]):
+        check_columns(texts)
+        check_columns(["[" + ",".join(texts) + "]"])
 
 
 def test_a_delete_without_its_fields_is_keyed_by_the_generic_path() -> None:
@@ -525,6 +537,14 @@ def test_an_array_after_json_whitespace_is_read_as_an_array() -> None:
     events = check_fast_equals_slow([" \t\r\n[" + GOOD + "]"])
 
     assert events is not None and [e.raw for e in events] == [GOOD]
+
+
+def test_an_empty_body_is_read_by_columns_as_no_event() -> None:
+    empty = EdgeColumns([], [], [], [], {name: [] for name in ROW_COLUMNS}, [])
+
+    assert decode_columns([]) == empty
+    assert decode_columns(["[]"]) == empty
+    assert decode_columns([" [ ] "]) == empty
 
 
 def test_an_empty_array_costs_no_event() -> None:
