@@ -4,6 +4,7 @@ their text verbatim, tombstones are counted, and the events kept are the batch's
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 
@@ -90,3 +91,29 @@ def test_a_batch_with_nothing_left_out_is_passed_through_whole() -> None:
     batch = parse_texts(texts, partial=True)
     assert (batch.rejected, batch.skipped) == ([], 0)
     assert batch.array_text == f"[ {FIRST},\n{SECOND} ,{THIRD}]"
+
+
+def _column_batch() -> ParsedBatch:
+    batch = parse_body(f"[{FIRST}, {SECOND}]".encode())
+    assert batch.columns is not None  # the edge read it column by column (ParsedBatch.of_columns)
+    return batch
+
+
+def test_a_column_batch_builds_keys_and_rows_only_when_read() -> None:
+    batch = _column_batch()
+    assert batch.skipped == 0 and batch.rejected == []  # set by of_columns, not looked up
+    assert len(batch) == 2
+    assert batch.of_its_columns() is True
+    assert "keys" not in batch.__dict__ and "rows" not in batch.__dict__  # neither asks for them
+    with pytest.raises(AttributeError, match=r"^nothing$"):
+        batch.nothing  # noqa: B018  (only keys and rows are built from the columns)
+    assert "nothing" not in batch.__dict__
+    assert batch.keys == [_key(1), _key(2)]
+    assert batch.rows is batch.columns.rows  # type: ignore[union-attr]
+    assert batch.of_its_columns() is True  # rows read, still the columns' own
+
+
+def test_a_batch_whose_rows_are_not_its_columns_own_is_not_sent_as_columns() -> None:
+    batch = _column_batch()
+    assert dataclasses.replace(batch, rows=[None, None]).of_its_columns() is False
+    assert ParsedBatch(keys=[], array_text="[]").of_its_columns() is False  # no columns at all
