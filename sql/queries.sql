@@ -107,10 +107,10 @@ SELECT quota_ids, versions, is_delete FROM inbox.claim_batch(%(limit)s::integer)
 
 -- name: record_claim
 -- From the worker's second session, committed before the apply: who holds which keys.
-INSERT INTO inbox.claim_ledger (worker, backend_pid, session_token, quota_ids, versions, is_delete)
-VALUES (%(worker)s, %(backend_pid)s, %(session_token)s, %(quota_ids)b::uuid[], %(versions)b::bigint[],
-        %(is_delete)b::boolean[])
-RETURNING id;
+-- Claims whose worker is gone are released first: their attempts are debts before this apply reads them.
+SELECT inbox.record_claim(%(worker)s, %(backend_pid)s, %(session_token)s, %(quota_ids)b::uuid[],
+                          %(versions)b::bigint[], %(is_delete)b::boolean[], %(max_attempts)s::integer,
+                          %(backoff_base)s::interval, %(backoff_cap)s::interval) AS id;
 
 -- name: drop_claim
 -- A batch bisected to the end: every part committed or was given back on its own.

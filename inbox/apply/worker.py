@@ -4,8 +4,9 @@ One batch, on two sessions (migration 015):
 1. apply session, in a transaction: inbox.claim_batch locks up to batch_size due events (SKIP
    LOCKED; no row is written to claim them) and returns their keys;
 2. ledger session (autocommit): one inbox.claim_ledger row records the keys and the apply session,
-   committed before the apply runs: if this worker dies with the batch, the reaper sees the session
-   gone and spends an attempt on each of its events, so a poison event cannot kill workers forever;
+   committed before the apply runs: if this worker dies with the batch, the reaper (or the next
+   worker's ledger row, inbox.record_claim) sees the session gone and spends an attempt on each of
+   its events, so a poison event kills exactly max_attempts workers;
 3. apply session: inbox.process_batch gates, upserts, deletes, marks, dead-letters and publishes the
    batch by its typed columns (typed at ingest) and deletes the ledger row; commit.
 No payload travels to the worker: it loops, retries, bisects and logs.
@@ -148,7 +149,11 @@ class Worker:
                 counts = BatchCounts()
                 if keys:
                     ledger = self._ledger_queries().record_claim(
-                        worker=self.name, backend_pid=pid, session_token=token, keys=keys
+                        worker=self.name,
+                        backend_pid=pid,
+                        session_token=token,
+                        keys=keys,
+                        backoff=backoff(self.settings),
                     )
                     counts = self._counts(
                         queries.process_batch(

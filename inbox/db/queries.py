@@ -452,13 +452,17 @@ class Queries:
         row = self._one("claim_batch", {"limit": limit})
         return Keys(row["quota_ids"], row["versions"], row["is_delete"])
 
-    def record_claim(self, *, worker: str, backend_pid: int, session_token: int, keys: Keys) -> int:
-        """The claim ledger row of a batch (committed by the caller's autocommit session); its id."""
+    def record_claim(
+        self, *, worker: str, backend_pid: int, session_token: int, keys: Keys, backoff: Backoff
+    ) -> int:
+        """The claim ledger row of a batch (committed by the caller's autocommit session); its id.
+        Claims whose worker is gone are released first (their attempts spent, with `backoff`)."""
         params = {
             "worker": worker,
             "backend_pid": backend_pid,
             "session_token": session_token,
             **keys.params(),
+            **backoff.params(),
         }
         return int(self._one("record_claim", params)["id"])
 

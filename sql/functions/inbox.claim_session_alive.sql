@@ -3,7 +3,7 @@
 --
 -- Reads:       pg_locks
 -- Writes:      -
--- Called by:   inbox.reap_abandoned_claims, inbox.v_lag, query metrics_gauges
+-- Called by:   inbox.reap_abandoned_claims, inbox.record_claim, inbox.v_lag, query metrics_gauges
 -- -------------------------------------------------------------------------------------------------
 -- Whether a worker's apply session is still connected: it holds a session-level advisory lock on
 -- its random token for its whole life (query apply_session). pg_locks shows a lock on a bigint key as

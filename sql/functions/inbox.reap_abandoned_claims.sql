@@ -7,7 +7,8 @@
 -- Writes:      through inbox.release_claim; inbox.claim_debts, inbox.quota_events,
 --              public.quota_processing_errors (debts nobody else paid, through
 --              inbox.bury_retries_exhausted)
--- Called by:   query reap_abandoned_claims (inbox/apply/worker.py, the reaper job)
+-- Called by:   query reap_abandoned_claims (inbox/apply/worker.py, the reaper job); inbox.record_claim releases
+--              the same claims as a worker records its own
 -- -------------------------------------------------------------------------------------------------
 -- Spend an attempt for workers that died with a batch in hand: every claim ledger row whose apply
 -- session is gone (no session holds the advisory lock on its session_token). Its transaction is

@@ -8,7 +8,7 @@
 -- Writes:      inbox.claim_ledger (deletes p_ledger), inbox.claim_debts (pays them through
 --              inbox.pay_claim_debts), inbox.quota_events,
 --              public.quota_processing_errors (through inbox.bury_retries_exhausted), inbox.metric_counters ('retried', through add_counters)
--- Called by:   query release_claim (inbox/apply/worker.py); inbox.reap_abandoned_claims
+-- Called by:   query release_claim (inbox/apply/worker.py); inbox.reap_abandoned_claims, inbox.record_claim
 -- -------------------------------------------------------------------------------------------------
 -- Spend one attempt on each of these events, after a transient failure or for a worker that died
 -- with them. One still pending is pending again after an exponential backoff with jitter, or dead
