@@ -16,7 +16,16 @@ from pathlib import Path
 import psycopg
 
 from inbox.db.connect import connect
-from inbox_bench.cluster import Cluster, scalar, services, spawn, wait_http
+from inbox_bench.cluster import (
+    Cluster,
+    cpu_seconds,
+    cpu_us_per_event,
+    cpu_used,
+    scalar,
+    services,
+    spawn,
+    wait_http,
+)
 from inbox_bench.config import Config
 from inbox_bench.events import Stream
 from inbox_bench.load import post_all
@@ -49,21 +58,22 @@ def per_event(cluster: Cluster, stream: Stream, cfg: Config, workdir: Path) -> M
 def pgmq_peer(cluster: Cluster, stream: Stream, cfg: Config) -> Measurement:
     dsn = cluster.database("pgmq", seeded=True)
     batches = [stream.texts(a, z) for a, z in stream.batches(cfg.batch_size)]
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("SELECT pgmq.create('bench_peer')")
     produced: list[float] = []
+    # both sessions stay open until the CPU is read: a backend that ended takes its CPU time with it
+    with psycopg.connect(dsn, autocommit=True) as sender, psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT pgmq.create('bench_peer')")
+        pids = {"postgres": cluster.postmaster_pid(), "bench client": os.getpid()}
 
-    def produce() -> None:
-        with psycopg.connect(dsn, autocommit=True) as conn:
+        def produce() -> None:
             for texts in batches:
-                conn.execute("SELECT pgmq.send_batch('bench_peer', %s::jsonb[])", [texts]).fetchall()
-        produced.append(time.perf_counter())
+                sender.execute("SELECT pgmq.send_batch('bench_peer', %s::jsonb[])", [texts]).fetchall()
+            produced.append(time.perf_counter())
 
-    start = time.perf_counter()
-    producer = threading.Thread(target=produce, name="pgmq-producer")
-    producer.start()
-    consumed = 0
-    with psycopg.connect(dsn, autocommit=True) as conn:
+        cpu_0 = cpu_seconds(pids)
+        start = time.perf_counter()
+        producer = threading.Thread(target=produce, name="pgmq-producer")
+        producer.start()
+        consumed = 0
         while consumed < len(stream):
             rows = conn.execute(
                 "SELECT msg_id, message FROM pgmq.read('bench_peer', 30, %s)", [cfg.batch_size]
@@ -75,12 +85,18 @@ def pgmq_peer(cluster: Cluster, stream: Stream, cfg: Config) -> Measurement:
                 "SELECT count(*) FROM pgmq.delete('bench_peer', %s::bigint[])", [[r[0] for r in rows]]
             )
             consumed += len(rows)
-    end = time.perf_counter()
-    producer.join()
+        end = time.perf_counter()
+        producer.join()
+        cpu = cpu_used(cpu_0, cpu_seconds(pids))
     return Measurement(
         "pgmq",
         "2. pgmq: send_batch, read, delete",
         consumed,
         end - start,
-        {"send_seconds": round(produced[0] - start, 4), "batch": cfg.batch_size},
+        {
+            "send_seconds": round(produced[0] - start, 4),
+            "batch": cfg.batch_size,
+            "cpu_seconds": cpu,
+            "cpu_us_per_event": cpu_us_per_event(cpu, consumed),
+        },
     )

@@ -86,7 +86,7 @@ def table(doc: dict[str, Any]) -> str:
             lines.append(f"{result['title']:<54}  TODO: {result['todo']}")
         elif "error" in result:
             lines.append(f"{result['title']:<54}  FAILED: {result['error'][:200]}")
-    for key in ("ceiling", "ceiling_honest", "http", "kafka"):
+    for key in ("pgmq", "ceiling", "ceiling_honest", "http", "kafka"):
         cpu = doc["results"].get(key, {}).get("cpu_us_per_event")
         if cpu:
             shown = ", ".join(f"{name} {us:,.0f}" for name, us in cpu.items())
