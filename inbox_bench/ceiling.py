@@ -5,7 +5,7 @@
    with earlier runs; it does less than the pipeline, so it flatters nothing and bounds little.
 3b. the honest ceiling: the pipeline's work with no Python in the loop, on 2 sessions (the
    pipeline's 2 cores). Ingest: each session COPYs its share of the events, 500 per COPY, and
-   counts them as ingested (inbox.add_counters, as inbox.store_events does), one transaction each,
+   counts them as ingested (inbox.add_counters, as inbox.ingest_typed_events does), one transaction each,
    as one POST is. Apply: each session repeats one statement, one psycopg call
    per batch of 500, that claims pending events (FOR UPDATE SKIP LOCKED, no lease write), passes
    the highest of each quota through the version gate (inbox.quota_versions), upserts or deletes
@@ -33,7 +33,7 @@ from inbox_bench.quota_sql import COLUMNS, NEWER_ONLY, ON_CONFLICT, payload_valu
 from inbox_bench.threads import on_threads
 
 COPY_INBOX = "COPY inbox.quota_events (quota_id, version, is_delete, payload, source) FROM STDIN"
-# the ingest's count, as inbox.store_events writes it (no trigger counts the inbox's inserts: 018)
+# the ingest's count, as inbox.ingest_typed_events writes it (no trigger counts the inbox's inserts: 018)
 COUNT_INGESTED = "SELECT inbox.add_counters(ARRAY['ingested'], ARRAY['http'], ARRAY[%s]::float8[])"
 
 # Highest version per quota, upserted (version-gated) or deleted, every inbox row marked applied.

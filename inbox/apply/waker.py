@@ -18,7 +18,7 @@ from inbox.db.queries import Queries
 
 log = logging.getLogger(__name__)
 
-# The payload of a notification whose transaction stored untyped events (inbox.store_events).
+# The payload of a notification whose transaction stored untyped events (inbox.ingest_typed_events).
 UNTYPED = "untyped"
 
 

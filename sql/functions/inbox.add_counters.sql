@@ -4,12 +4,12 @@
 --
 -- Reads:       -
 -- Writes:      inbox.metric_counters
--- Called by:   inbox.store_events (ingested, duplicates), inbox.replay_dead_letters, query
+-- Called by:   inbox.ingest_typed_events (ingested, duplicates), inbox.replay_dead_letters, query
 --              reconcile_file_repairs (ingested), inbox.count_finished, inbox.release_claim, the
 --              dead-letter trigger (inbox.count_dead_letters)
 -- Privileges:  SECURITY DEFINER: the dead-letter trigger runs as whoever filed the dead letter
 --              (inbox_worker among others); not callable by inbox_ingest (migration 012), whose counts
---              come from inbox.ingest_events and inbox.ingest_typed_events (through inbox.store_events)
+--              come from inbox.ingest_typed_events (the store of inbox.ingest_events too, since 019)
 -- -------------------------------------------------------------------------------------------------
 -- Add (metric, label, value) deltas to this backend's rows of the current minute. A counter only
 -- grows: a delta that is negative, NaN or infinite is refused (it would make /metrics and v_lag

@@ -5,26 +5,40 @@
 --               p_qty_t numeric[], p_tolerance_pct numeric[], p_incoterm_codes text[],
 --               p_metal_codes text[], p_source_updated_at timestamptz[]) RETURNS integer
 --
--- Reads:       session role's privilege on inbox.quota_events (a source other than http or kafka)
--- Writes:      through inbox.store_events: inbox.quota_events, inbox.metric_counters (duplicates),
---              public.quota_processing_errors (superseded dead letters); NOTIFY inbox_quota_events
--- Called by:   query ingest_typed_events (inbox/store.py: HTTP, `inbox consume`, the Python API)
+-- Reads:       session role's privilege on inbox.quota_events (a source other than http or kafka);
+--              inbox.quota_events (the stored row of a key)
+-- Writes:      inbox.quota_events (INSERT ... ON CONFLICT DO UPDATE); inbox.metric_counters (duplicates;
+--              ingested: new rows and finished rows replaced, through inbox.add_counters, once per
+--              call); public.quota_processing_errors (resolves the open dead letter of a row a newer
+--              change replaces); NOTIFY inbox_quota_events (payload 'untyped' when a stored row is
+--              untyped: a worker types it before it can be claimed)
+-- Called by:   query ingest_typed_events (inbox/store.py: HTTP, `inbox consume`, the Python API);
+--              inbox.ingest_events (untyped rows: every typed array NULL)
 -- Privileges:  SECURITY DEFINER: the ingest role has no right on the inbox table (007)
 -- -------------------------------------------------------------------------------------------------
 -- Store a batch of raw events with the typed columns the ingestor read from each (migration 015):
 -- where p_typed[n], the quota row a valid upsert sets (inbox/edge.py, ParsedBatch.rows); the other
 -- events (deletes, invalid events, other formats) are stored untyped and typed by the worker from
 -- their payload. p_events is a JSON array; every other array is parallel to it (sent as binary
--- parameters: no quoting, no parsing of each value as text). Returns how many rows were new or
--- replaced.
+-- parameters: no quoting, no parsing of each value as text), or NULL as a whole: no LSNs; no typed
+-- columns (inbox.ingest_events: the rows are stored untyped, p_typed NULL counting as false).
+-- Returns how many rows were new or replaced. The one store of both ingest functions since 019.
 --
--- The store itself is inbox.store_events', shared with inbox.ingest_events (014): a redelivered
--- event (same key, no higher LSN) is a no-op, counted as a duplicate; an event whose key is stored
--- but whose LSN is higher is a newer change that reuses the key: it replaces the stored row (typed
--- columns included) and is processed again, and an open dead letter of the row it replaces is
--- resolved. Within one batch the highest LSN of a key wins. The source is what the session may claim: 'http' and 'kafka' for anyone who may
--- call this function, any other source only for a session whose role may insert into the inbox
--- itself (the owner, an operator); the sink's trigger files untyped rows through inbox.ingest_events.
+-- The source is what the session may claim (migration 012): 'http' and 'kafka' for anyone who may
+-- call this function, 'sink' only from the sink's trigger (through inbox.ingest_events), and
+-- 'replay' or any other source only for a session whose role may insert into the inbox itself (the
+-- owner, an operator). A definer function cannot see its caller's current_user, so the session's
+-- role is read: the role it SET (libpq options, SET ROLE), else its login; a session can only SET a
+-- role it is a member of, so this grants nothing a session does not already hold.
+--
+-- A redelivered event (same key, no higher LSN) is a no-op, counted as a duplicate here (since
+-- migration 012: the ingest role may not write counters itself). An event whose key is already
+-- stored but whose LSN is higher is a newer change that reuses the key, not a redelivery: the next
+-- version-less delete (version 0) of a re-created quota, or Titan reusing a version after a delete
+-- (migration 014). It replaces the stored row, typed columns included (NULL and untyped when it
+-- comes untyped), and is processed again; an open dead letter of the row it replaces is resolved,
+-- naming the change that superseded it. Within one batch, the highest LSN of a key wins (ON
+-- CONFLICT DO UPDATE may touch a row once).
 CREATE OR REPLACE FUNCTION inbox.ingest_typed_events(
     p_events            jsonb,
     p_quota_ids         uuid[],
@@ -47,28 +61,112 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_n integer := cardinality(p_quota_ids);
+    v_n        integer := cardinality(p_quota_ids);
+    v_inserted integer;
+    v_ingested integer;
+    v_untyped  boolean;
 BEGIN
     IF p_source IS DISTINCT FROM 'http' AND p_source IS DISTINCT FROM 'kafka'
+       AND NOT (p_source = 'sink' AND pg_trigger_depth() > 0)
        AND NOT has_table_privilege(coalesce(nullif(current_setting('role'), 'none'), session_user),
                                    'inbox.quota_events', 'INSERT') THEN
-        RAISE EXCEPTION 'inbox.ingest_typed_events: this session may not file events as source %', p_source
+        RAISE EXCEPTION 'inbox ingest: this session may not file events as source %', p_source
             USING ERRCODE = 'insufficient_privilege',
-                  HINT = 'Ingest files events as http or kafka; replays are the owner''s.';
+                  HINT = 'Ingest files events as http or kafka; the sink''s trigger as sink; replays are the owner''s.';
     END IF;
 
+    -- a NULL array (no LSNs, no typed columns) has no cardinality and passes
     IF jsonb_array_length(p_events) <> v_n
        OR v_n <> ANY (ARRAY[cardinality(p_versions), cardinality(p_is_delete), cardinality(p_source_lsns),
                             cardinality(p_typed), cardinality(p_counterparty_ids),
                             cardinality(p_directions), cardinality(p_period_months), cardinality(p_qty_t),
                             cardinality(p_tolerance_pct), cardinality(p_incoterm_codes),
                             cardinality(p_metal_codes), cardinality(p_source_updated_at)]) THEN
-        RAISE EXCEPTION 'inbox.ingest_typed_events: % events but arrays of other lengths', v_n;
+        RAISE EXCEPTION 'inbox ingest: % events, % quota ids, and arrays of other lengths',
+            jsonb_array_length(p_events), v_n;
     END IF;
 
-    RETURN inbox.store_events(p_events, p_quota_ids, p_versions, p_is_delete, p_source, p_source_lsns,
-                              p_typed, p_counterparty_ids, p_directions, p_period_months, p_qty_t,
-                              p_tolerance_pct, p_incoterm_codes, p_metal_codes, p_source_updated_at);
+    WITH batch AS (
+        -- one row per key (ON CONFLICT DO UPDATE may touch a row once): the highest LSN wins. A NULL
+        -- array unnests as NULLs beside the others.
+        SELECT DISTINCT ON (k.quota_id, k.version, k.is_delete)
+               k.*, e.payload
+        FROM unnest(p_quota_ids, p_versions, p_is_delete, p_source_lsns, p_typed, p_counterparty_ids,
+                    p_directions, p_period_months, p_qty_t, p_tolerance_pct, p_incoterm_codes,
+                    p_metal_codes, p_source_updated_at)
+                 WITH ORDINALITY AS k(quota_id, version, is_delete, source_lsn, typed, counterparty_id,
+                                      direction, period_month, qty_t, tolerance_pct, incoterm_code,
+                                      metal_code, source_updated_at, n)
+        JOIN jsonb_array_elements(p_events) WITH ORDINALITY AS e(payload, n) USING (n)
+        ORDER BY k.quota_id, k.version, k.is_delete, k.source_lsn DESC NULLS LAST, k.n
+    ),
+    stored AS (
+        INSERT INTO inbox.quota_events AS x (
+            quota_id, version, is_delete, payload, source, source_lsn, typed, counterparty_id, direction,
+            period_month, qty_t, tolerance_pct, incoterm_code, metal_code, source_updated_at)
+        SELECT b.quota_id, b.version, b.is_delete, b.payload, p_source, b.source_lsn, coalesce(b.typed, false),
+               b.counterparty_id, b.direction, b.period_month, b.qty_t, b.tolerance_pct, b.incoterm_code,
+               b.metal_code, b.source_updated_at
+        FROM batch b
+        ON CONFLICT (quota_id, version, is_delete) DO UPDATE
+            SET payload = excluded.payload,
+                source = excluded.source,
+                source_lsn = excluded.source_lsn,
+                received_at = now(),
+                status = 'pending',
+                attempts = 0,
+                next_attempt_at = now(),
+                lease_owner = NULL,
+                lease_expires_at = NULL,
+                last_error = NULL,
+                applied_at = NULL,
+                typed = excluded.typed,
+                errors = NULL,
+                error_class = NULL,
+                versionless = false,
+                counterparty_id = excluded.counterparty_id,
+                direction = excluded.direction,
+                period_month = excluded.period_month,
+                qty_t = excluded.qty_t,
+                tolerance_pct = excluded.tolerance_pct,
+                incoterm_code = excluded.incoterm_code,
+                metal_code = excluded.metal_code,
+                source_updated_at = excluded.source_updated_at
+            WHERE excluded.source_lsn > x.source_lsn
+        -- xmax = 0: the row was inserted by this statement, not updated
+        RETURNING x.quota_id, x.version, x.is_delete, x.source_lsn, (x.xmax = 0) AS inserted, x.typed
+    ),
+    superseded AS (
+        UPDATE public.quota_processing_errors d
+        SET resolved_at = now(),
+            resolution_note = format('superseded by a newer change with the same key (source LSN %s)',
+                                     s.source_lsn)
+        FROM stored s
+        WHERE (d.quota_id, d.version, d.is_delete) = (s.quota_id, s.version, s.is_delete)
+          AND d.resolved_at IS NULL AND s.source_lsn IS NOT NULL
+        RETURNING 1
+    )
+    -- Ingested: every new row, and a replaced row that had finished (one that was still pending was
+    -- counted when it came). This statement's snapshot still sees the row as it was before the
+    -- replacement.
+    SELECT count(*), coalesce(bool_or(NOT s.typed), false),
+           count(*) FILTER (WHERE s.inserted
+                               OR EXISTS (SELECT 1 FROM inbox.quota_events o
+                                          WHERE (o.quota_id, o.version, o.is_delete)
+                                                = (s.quota_id, s.version, s.is_delete)
+                                            AND o.status <> 'pending'))
+    INTO v_inserted, v_untyped, v_ingested
+    FROM stored s;
+    -- one call per batch: no trigger counts the inbox's inserts (migration 018)
+    PERFORM inbox.add_counters(ARRAY['duplicate', 'ingested'], ARRAY['', p_source],
+                               ARRAY[v_n - v_inserted, v_ingested]::float8[]);
+
+    -- A wake-up hint for idle workers, delivered at commit: 'untyped' tells them to type rows first
+    -- (inbox/apply/waker.py), which they otherwise look for only after a poll.
+    IF v_inserted > 0 THEN
+        PERFORM pg_notify('inbox_quota_events', CASE WHEN v_untyped THEN 'untyped' ELSE '' END);
+    END IF;
+    RETURN v_inserted;
 END;
 $$;
 

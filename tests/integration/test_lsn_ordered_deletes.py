@@ -1,5 +1,5 @@
 """Version-less deletes (REPLICA IDENTITY DEFAULT) ordered by Debezium's source LSN, against a real
-PostgreSQL (issue 11; sql/functions/inbox.apply_events.sql, inbox.ingest_events.sql).
+PostgreSQL (issue 11; sql/functions/inbox.process_batch.sql, inbox.ingest_typed_events.sql).
 
 Under REPLICA IDENTITY DEFAULT a Debezium delete carries only the key: its NOT NULL columns hold type
 defaults (version 0), so it is keyed at version 0 and placed by its source.lsn alone."""

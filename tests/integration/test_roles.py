@@ -364,18 +364,23 @@ def test_every_security_definer_function_pins_its_search_path_and_is_not_public(
         assert not row["public_execute"], row["name"]
 
 
-def test_the_ingest_functions_shared_store_is_reached_only_through_them(db: DictConnection) -> None:
-    """inbox.store_events checks neither the source nor the arrays (its callers do): no role may call
-    it, so filing as `replay` past inbox.ingest_events' check is impossible (migration 015)."""
-    signature = (
-        "inbox.store_events(jsonb, uuid[], bigint[], boolean[], text, bigint[], boolean[], text[], text[],"
-        " date[], numeric[], numeric[], text[], text[], timestamptz[])"
+def test_the_jsonb_entry_is_held_to_the_typed_entrys_checks(as_role: dict[str, DictConnection]) -> None:
+    """inbox.ingest_events files through inbox.ingest_typed_events (migration 019), whose check of the
+    arrays is the one of both entries: every key array, and the LSNs when given, one per event."""
+    q, text = uuid.uuid4(), to_json(titan_event(uuid.uuid4(), 1, "INSERT"))
+    call = (
+        "SELECT inbox.ingest_events(%s::jsonb, %s::uuid[], %s::bigint[], %s::boolean[], 'http', %s::bigint[])"
     )
-    for role in ("public", *ROLES):
-        row = db.execute(
-            "SELECT has_function_privilege(%s, %s, 'EXECUTE') AS ok", [role, signature]
-        ).fetchone()
-        assert row is not None and row["ok"] is False, role
+    for keys in (
+        [[q], [1], [False], None],  # two events, one key
+        [[q, q], [1], [False, False], None],
+        [[q, q], [1, 2], [False, False], [7]],
+    ):
+        with pytest.raises(psycopg.errors.RaiseException, match=r"2 events, [12] quota ids, and arrays of"):
+            as_role["inbox_ingest"].execute(call, [f"[{text},{text}]", *keys])
+    assert as_role["inbox_ingest"].execute(call, [f"[{text}]", [q], [1], [False], None]).fetchone() == {
+        "ingest_events": 1
+    }
 
 
 # -- login roles, as a DBA sets them up ----------------------------------------------------------
@@ -465,11 +470,12 @@ def test_ingest_role_files_only_as_http_or_kafka(
     assert sources == [{"version": 1, "source": "kafka"}, {"version": 2, "source": "replay"}]
 
 
-@pytest.mark.parametrize("source", ["replay", "reconcile"])
+@pytest.mark.parametrize("source", ["replay", "sink", "reconcile"])
 def test_ingest_role_files_typed_events_only_as_http_or_kafka(
     db: DictConnection, as_role: dict[str, DictConnection], source: Source
 ) -> None:
-    """inbox.ingest_typed_events checks the source as inbox.ingest_events does (migration 015)."""
+    """inbox.ingest_typed_events checks the source for both entries (migration 019): 'sink' only from
+    the sink's trigger (test_ingest_role_files_events_from_every_feed), not from a session's call."""
     text = to_json(titan_event(uuid.uuid4(), 1, "INSERT"))
     with pytest.raises(psycopg.errors.InsufficientPrivilege, match="may not file events as source"):
         store_events(as_role["inbox_ingest"], [text], source)
