@@ -39,6 +39,7 @@ from typing import Any
 from inbox.apply.ports import WorkerDatabase
 from inbox.apply.prepare import typed_columns
 from inbox.apply.waker import Waker
+from inbox.counts import Counts
 from inbox.db.connect import Session
 from inbox.db.errors import DatabaseError, RefusedValue, is_transient, sqlstate
 from inbox.db.queries import Backoff, DeadLetterLine, DictConnection, EventKeyRow, Keys, Queries
@@ -56,7 +57,7 @@ TYPE_EVERY = 50
 
 
 @dataclass
-class BatchCounts:
+class BatchCounts(Counts):
     claimed: int = 0
     applied: int = 0
     stale: int = 0
@@ -65,10 +66,6 @@ class BatchCounts:
     not_owned: int = 0
     published: int = 0
     typed: int = 0  # untyped events typed from their payload (not claimed: claimable now)
-
-    def add(self, other: BatchCounts) -> None:
-        for name in self.__dataclass_fields__:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
 def worker_name(index: int) -> str:

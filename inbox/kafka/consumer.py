@@ -26,6 +26,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from inbox.counts import Counts
 from inbox.db.connect import Session, connect
 from inbox.db.errors import DatabaseError, Unreachable
 from inbox.db.migrate import MigrationError, pending_migrations
@@ -85,7 +86,7 @@ def _stop_serving(metrics_server: Any) -> None:
 
 
 @dataclass
-class ConsumeStats:
+class ConsumeStats(Counts):
     messages: int = 0
     accepted: int = 0
     duplicates: int = 0
@@ -94,9 +95,6 @@ class ConsumeStats:
     batches: int = 0
     store_failures: int = 0
     partitions: set[str] = field(default_factory=set)  # every partition held at some point
-
-    def as_log(self) -> dict[str, Any]:
-        return {**self.__dict__, "partitions": sorted(self.partitions)}
 
 
 class KafkaIngestor:
@@ -227,12 +225,15 @@ class KafkaIngestor:
             log.warning("could not store the batch; will retry", extra={"error": str(exc).strip()})
             self._db.close()
             return False
-        self.stats.batches += 1
-        self.stats.accepted += stored.accepted
-        self.stats.duplicates += stored.duplicates
-        self.stats.rejected += stored.rejected
-        self.stats.skipped += len(batch.skips)
-        log.debug("batch stored", extra={**stored.__dict__, "skipped": len(batch.skips)})
+        counted = ConsumeStats(
+            batches=1,
+            accepted=stored.accepted,
+            duplicates=stored.duplicates,
+            rejected=stored.rejected,
+            skipped=len(batch.skips),
+        )
+        self.stats.add(counted)
+        log.debug("batch stored", extra={**stored.__dict__, "skipped": counted.skipped})
         return True
 
     def _serve_group_paused(self, consumer: Consumer, batch: Batch, seconds: float) -> None:
