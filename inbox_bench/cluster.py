@@ -157,8 +157,10 @@ def spawn(
     return service
 
 
-def inbox_cli(*args: str) -> list[str]:
-    return ["-m", "inbox.cli", "--log-level", "WARNING", *args]
+def start_inbox(started: list[Service], workdir: Path, command: str, env: Mapping[str, str]) -> Service:
+    """`inbox COMMAND` as a service named inbox-COMMAND, logging warnings and errors only."""
+    argv = ["-m", "inbox.cli", "--log-level", "WARNING", command]
+    return spawn(started, workdir, f"inbox-{command}", argv, env)
 
 
 def wait_http(service: Service, url: str, timeout: float = 60.0) -> None:

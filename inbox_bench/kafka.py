@@ -24,11 +24,10 @@ from inbox_bench.cluster import (
     Service,
     cpu_seconds,
     cpu_used,
-    inbox_cli,
     scalar,
     service_env,
     services,
-    spawn,
+    start_inbox,
 )
 from inbox_bench.config import Config
 from inbox_bench.events import Stream
@@ -88,7 +87,7 @@ def kafka_path(cluster: Cluster, stream: Stream, cfg: Config, workdir: Path) -> 
             pids = {f"inbox work {i + 1}": w.process.pid for i, w in enumerate(workers)}
             pids.update({"postgres": cluster.postmaster_pid(), "bench client": os.getpid()})
             cpu_before = cpu_seconds(_broker_pids(broker, pids))
-            consumer = spawn(started, workdir, "inbox-consume", inbox_cli("consume"), env)
+            consumer = start_inbox(started, workdir, "consume", env)
             pids = _broker_pids(broker, {"inbox consume": consumer.process.pid, **pids})
             _wait_first_event(conn, [consumer, *workers])
             wait_drained(conn, [consumer, *workers], timeout=600, poll=0.05, expected=len(stream))

@@ -21,11 +21,10 @@ from inbox_bench.cluster import (
     cpu_seconds,
     cpu_us_per_event,
     cpu_used,
-    inbox_cli,
     scalar,
     service_env,
     services,
-    spawn,
+    start_inbox,
     wait_http,
 )
 from inbox_bench.config import Config
@@ -68,7 +67,7 @@ def start_workers(
     started: list[Service], workdir: Path, dsn: str, cfg: Config, extra: dict[str, str]
 ) -> list[Service]:
     workers = [
-        spawn(started, workdir, "inbox-work", inbox_cli("work"), worker_env(dsn, cfg, extra))
+        start_inbox(started, workdir, "work", worker_env(dsn, cfg, extra))
         for _ in range(cfg.worker_processes)
     ]
     expected = cfg.worker_processes * cfg.worker_threads
@@ -88,7 +87,7 @@ def pipeline(workdir: Path, dsn: str, cfg: Config, extra: dict[str, str] | None 
     port = free_port()
     with services(workdir) as started:
         env = service_env(dsn, {"INBOX_HTTP_PORT": str(port)})
-        server = spawn(started, workdir, "inbox-serve", inbox_cli("serve"), env)
+        server = start_inbox(started, workdir, "serve", env)
         base_url = f"http://127.0.0.1:{port}"
         wait_http(server, f"{base_url}/ready")
         yield Pipeline(base_url, server, start_workers(started, workdir, dsn, cfg, extra or {}))
