@@ -153,6 +153,23 @@ def dead_letters_for(conn: DictConnection, quota_id: uuid.UUID | str) -> list[di
     ).fetchall()
 
 
+def exhausted_reason(conn: DictConnection, quota_id: uuid.UUID | str, version: int, attempts: int) -> str:
+    """What failed last for an event its retries used up, after checking that it is dead at `attempts`
+    attempts with one dead letter of class retries_exhausted that counts them ("gave up after N
+    attempts: <what failed last>")."""
+    row = inbox_row(conn, quota_id, version)
+    assert (row["status"], row["attempts"]) == ("dead", attempts)
+    [letter] = dead_letters_for(conn, quota_id)
+    assert (letter["error_class"], letter["retry_count"], letter["version"]) == (
+        "retries_exhausted",
+        attempts,
+        version,
+    )
+    gave_up = f"gave up after {attempts} attempts: "
+    assert letter["error_message"].startswith(gave_up), letter["error_message"]
+    return str(letter["error_message"]).removeprefix(gave_up)
+
+
 def status_counts(conn: DictConnection) -> dict[str, int]:
     rows = conn.execute("SELECT status, count(*) AS n FROM inbox.quota_events GROUP BY status").fetchall()
     return {str(r["status"]): int(r["n"]) for r in rows}
