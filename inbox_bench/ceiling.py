@@ -28,7 +28,7 @@ from inbox.db.connect import DictConnection, connect
 from inbox_bench.cluster import Cluster, cpu_seconds, cpu_us_per_event, cpu_used, scalar
 from inbox_bench.config import Config
 from inbox_bench.events import Stream
-from inbox_bench.measure import Measurement, quota_version_sum, status_counts
+from inbox_bench.measure import Measurement, Stopwatch, quota_version_sum, status_counts
 from inbox_bench.quota_sql import COLUMNS, NEWER_ONLY, ON_CONFLICT, payload_values
 from inbox_bench.threads import on_threads
 
@@ -190,25 +190,19 @@ def ceiling(cluster: Cluster, stream: Stream) -> Measurement:
     with connect(dsn, autocommit=True) as conn:
         pids = {"postgres": cluster.postmaster_pid(), "postgres session": backend_pid(conn)}
         pids["bench client"] = os.getpid()
-        cpu_before = cpu_seconds(pids)
-        start = time.perf_counter()
+        clock = Stopwatch(pids, len(stream))
         with conn.cursor().copy(COPY_INBOX) as copy:
             copy.write(rows)
         copied = time.perf_counter()
         conn.execute(OLD_CEILING_APPLY)
-        end = time.perf_counter()
-        cpu = cpu_used(cpu_before, cpu_seconds(pids))
-    return Measurement(
+        clock.stop()
+    return clock.measurement(
         "ceiling",
         "3. old ceiling: COPY + one upsert, 1 session",
-        len(stream),
-        end - start,
         {
-            "copy_seconds": round(copied - start, 4),
-            "upsert_seconds": round(end - copied, 4),
+            "copy_seconds": round(copied - clock.start, 4),
+            "upsert_seconds": round(clock.end - copied, 4),
             "sessions": 1,
-            "cpu_seconds": cpu,
-            "cpu_us_per_event": cpu_us_per_event(cpu, len(stream)),
         },
     )
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from inbox.db.connect import DictConnection
-from inbox_bench.cluster import Service, scalar
+from inbox_bench.cluster import Service, cpu_seconds, cpu_us_per_event, cpu_used, scalar
 
 BUSY = """
 SELECT EXISTS (SELECT 1 FROM inbox.quota_events WHERE status = 'pending') AS busy
@@ -34,6 +34,30 @@ class Measurement:
             "events_per_second": round(self.rate, 1),
             **self.detail,
         }
+
+
+class Stopwatch:
+    """The wall clock and the CPU of the named processes (cluster.cpu_seconds) from its creation to
+    stop(), for a path over `events` events: the seconds and CPU figures of its Measurement."""
+
+    def __init__(self, pids: dict[str, int], events: int) -> None:
+        self.pids = pids
+        self.events = events
+        self._cpu_before = cpu_seconds(pids)
+        self.start = time.perf_counter()
+        self.end = self.start
+        self.cpu: dict[str, float] = {}
+
+    def stop(self, end: float | None = None) -> None:
+        """The clock stops at `end` (a time.perf_counter() the path saw; now by default); the CPU is
+        read now."""
+        self.end = time.perf_counter() if end is None else end
+        self.cpu = cpu_used(self._cpu_before, cpu_seconds(self.pids))
+
+    def measurement(self, key: str, title: str, detail: dict[str, Any]) -> Measurement:
+        """The path's detail, then CPU seconds by process over the run and as microseconds per event."""
+        cpu = {"cpu_seconds": self.cpu, "cpu_us_per_event": cpu_us_per_event(self.cpu, self.events)}
+        return Measurement(key, title, self.events, self.end - self.start, {**detail, **cpu})
 
 
 def wait_drained(

@@ -18,9 +18,6 @@ from inbox_bench.cluster import (
     Cluster,
     RssSampler,
     Service,
-    cpu_seconds,
-    cpu_us_per_event,
-    cpu_used,
     scalar,
     service_env,
     services,
@@ -30,7 +27,7 @@ from inbox_bench.cluster import (
 from inbox_bench.config import Config
 from inbox_bench.events import Stream, generate
 from inbox_bench.load import Sent, paced, post_all
-from inbox_bench.measure import Measurement, percentiles, processed, status_counts, wait_drained
+from inbox_bench.measure import Measurement, Stopwatch, percentiles, processed, status_counts, wait_drained
 from inbox_bench.processes import free_port
 from inbox_bench.threads import Background
 
@@ -98,32 +95,25 @@ def http_path(cluster: Cluster, stream: Stream, cfg: Config, workdir: Path) -> M
     batches = stream.batches(cfg.http_batch)
     bodies = [stream.ndjson(a, z) for a, z in batches]
     with pipeline(workdir, dsn, cfg) as running, connect(dsn, autocommit=True) as conn:
-        pids = running.pids(cluster)
-        cpu_before = cpu_seconds(pids)
-        start = time.perf_counter()
+        clock = Stopwatch(running.pids(cluster), len(stream))
         post_all(running.base_url, "/events", len(bodies), bodies.__getitem__, cfg.http_senders, NDJSON)
         ingested = time.perf_counter()
-        end = wait_drained(conn, running.all, timeout=600)
-        cpu = cpu_used(cpu_before, cpu_seconds(pids))
+        clock.stop(wait_drained(conn, running.all, timeout=600))
         counts = status_counts(conn)
     functions = cluster.function_times(dsn, len(stream))
-    return Measurement(
+    # the clock adds where the time goes: CPU seconds by process over the run (the machine has
+    # cpu_cores x seconds to give); postgres = every server process, ingest and apply
+    return clock.measurement(
         "http",
         "4. ours over HTTP: batch POSTs, workers, outbox",
-        len(stream),
-        end - start,
         {
-            "ingest_seconds": round(ingested - start, 4),
+            "ingest_seconds": round(ingested - clock.start, 4),
             "events_per_request": cfg.http_batch,
             "concurrent_requests": cfg.http_senders,
             "worker_processes": cfg.worker_processes,
             "worker_threads": cfg.worker_threads,
             "batch_size": cfg.batch_size,
             "statuses": counts,
-            # where the time goes: CPU seconds by process over the run (the machine has
-            # cpu_cores x seconds to give); postgres = every server process, ingest and apply
-            "cpu_seconds": cpu,
-            "cpu_us_per_event": cpu_us_per_event(cpu, len(stream)),
             # inside PostgreSQL: wall time per event in each SQL function (waits included)
             "sql_function_us_per_event": functions,
         },

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -63,3 +64,18 @@ def test_an_unknown_step_is_refused_with_the_list_of_steps() -> None:
     done = python("-m", "inbox_bench", "--only", "pgmq,nope")
     assert done.returncode == 2
     assert "unknown step 'nope'" in done.stderr and "ceiling_honest" in done.stderr
+
+
+def test_a_stopwatch_measures_the_path_then_adds_the_cpu_of_each_process() -> None:
+    from inbox_bench.measure import Stopwatch
+
+    clock = Stopwatch({"bench client": os.getpid()}, events=4)
+    sum(i * i for i in range(100_000))  # some CPU for this process
+    clock.stop(end=clock.start + 2.0)
+    measured = clock.measurement("path", "a path", {"ingest_seconds": 0.5})
+
+    assert (measured.key, measured.title, measured.events, measured.seconds) == ("path", "a path", 4, 2.0)
+    assert list(measured.detail) == ["ingest_seconds", "cpu_seconds", "cpu_us_per_event"]
+    [(name, cpu)] = measured.detail["cpu_seconds"].items()
+    assert name == "bench client" and cpu >= 0
+    assert measured.detail["cpu_us_per_event"] == {"bench client": round(cpu / 4 * 1e6, 1)}
