@@ -256,5 +256,5 @@ def cpu_used(before: dict[str, float], after: dict[str, float]) -> dict[str, flo
 
 
 def cpu_us_per_event(cpu: dict[str, float], events: int) -> dict[str, float]:
-    """CPU seconds by process (cpu_used) as microseconds per event."""
-    return {name: round(seconds / events * 1e6, 1) for name, seconds in cpu.items()}
+    """CPU seconds by process (cpu_used) as microseconds per event (none when there was no event)."""
+    return {name: round(seconds / events * 1e6, 1) for name, seconds in cpu.items()} if events else {}

@@ -23,6 +23,7 @@ from inbox_bench.cluster import (
     Cluster,
     Service,
     cpu_seconds,
+    cpu_us_per_event,
     cpu_used,
     scalar,
     service_env,
@@ -121,11 +122,11 @@ def kafka_path(cluster: Cluster, stream: Stream, cfg: Config, workdir: Path) -> 
             # where the time goes: CPU seconds by process, from the consumer's start (its imports
             # included) to the last event applied; "tansu" is the broker
             "cpu_seconds": cpu,
-            "cpu_us_per_event": _per_event(cpu, len(stream)),
+            "cpu_us_per_event": cpu_us_per_event(cpu, len(stream)),
             "fill": {
                 "seconds": round(fill_seconds, 3),
                 "events_per_second": round(len(stream) / fill_seconds, 1),
-                "cpu_us_per_event": _per_event(fill_cpu, len(stream)),
+                "cpu_us_per_event": cpu_us_per_event(fill_cpu, len(stream)),
             },
             "bare_consume": bare,
         },
@@ -172,17 +173,13 @@ def bare_consume(broker: Broker, topic: str, expected: int) -> dict[str, Any]:
         "seconds": round(seconds, 3),
         "events_per_second": round(seen / seconds, 1) if seconds > 0 else 0.0,
         "batches": batches,
-        "cpu_us_per_event": _per_event(cpu, seen),
+        "cpu_us_per_event": cpu_us_per_event(cpu, seen),
         "note": "timed from the first message to the last (the group join excluded); CPU from the subscribe",
     }
 
 
 def _broker_pids(broker: Broker, pids: dict[str, int]) -> dict[str, int]:
     return {**pids, "tansu": broker.pid} if broker.pid is not None else pids
-
-
-def _per_event(cpu: dict[str, float], events: int) -> dict[str, float]:
-    return {k: round(v / events * 1e6, 1) for k, v in cpu.items()} if events else {}
 
 
 def _wait_first_event(conn: DictConnection, running: list[Service]) -> None:
