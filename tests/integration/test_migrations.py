@@ -317,7 +317,7 @@ def test_migration_018_drops_the_insert_trigger_and_keeps_the_counts(
 
     report = migrate(empty_dsn)
 
-    assert report.applied == ["018_ingest_counts"]
+    assert report.applied == [_label(m) for m in shipped if m.version >= 18]
     with connect(empty_dsn, autocommit=True) as conn:
         kept = conn.execute("SELECT * FROM inbox.metric_counters ORDER BY metric, label").fetchall()
         assert kept == counted
@@ -361,7 +361,7 @@ def test_migration_019_drops_the_unchecked_store_and_both_entries_still_store(
 
     report = migrate(empty_dsn)
 
-    assert report.applied == ["019_one_ingest_store"]
+    assert report.applied == [_label(m) for m in shipped if m.version >= 19]
     with connect(empty_dsn, autocommit=True) as conn:
         assert conn.execute("SELECT to_regprocedure(%s) AS f", [OLD_STORE]).fetchone() == {"f": None}
         ingest(conn, [titan_event(uuid.uuid4(), 1)], "kafka")
