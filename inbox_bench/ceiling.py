@@ -15,6 +15,8 @@
    transaction. It reads the fields from the stored payload with casts: the validation the worker
    does in Python is not done here, which is what makes it a ceiling.
 
+3c, the batch log (PgQ's design, the same work per batch instead of per event), is batchlog.py.
+
 Both report CPU per event by process (cluster.cpu_seconds): PostgreSQL (every server process),
 each session's backend, and this process.
 """
@@ -28,7 +30,7 @@ from inbox.db.connect import DictConnection, connect
 from inbox_bench.cluster import Cluster, cpu_seconds, cpu_us_per_event, cpu_used, scalar
 from inbox_bench.config import Config
 from inbox_bench.events import Stream
-from inbox_bench.measure import Measurement, Stopwatch, quota_version_sum, status_counts
+from inbox_bench.measure import Measurement, Stopwatch, end_state, quota_version_sum, status_counts
 from inbox_bench.quota_sql import COLUMNS, NEWER_ONLY, ON_CONFLICT, payload_values
 from inbox_bench.threads import on_threads
 
@@ -246,6 +248,7 @@ def honest_ceiling(cluster: Cluster, stream: Stream, cfg: Config, sessions: int 
         messages = int(scalar(conn, "SELECT count(*) AS n FROM pgmq.q_quota_changes"))
         left = int(scalar(conn, "SELECT count(*) AS n FROM inbox.quota_events WHERE status = 'pending'"))
         versions = quota_version_sum(conn)
+        state = end_state(conn)
     finally:
         for conn in conns:
             conn.close()
@@ -270,6 +273,7 @@ def honest_ceiling(cluster: Cluster, stream: Stream, cfg: Config, sessions: int 
             "statuses": counts,
             "outbox_messages": messages,
             "quota_version_sum": versions,
+            "end_state": state,  # compared by ceiling_batch (batchlog.py)
             "cpu_seconds": total_cpu,
             "cpu_us_per_event": cpu_us_per_event(total_cpu, len(stream)),
             "ingest_cpu_us_per_event": cpu_us_per_event(ingest_cpu, len(stream)),

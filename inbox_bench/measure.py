@@ -90,6 +90,35 @@ def quota_version_sum(conn: DictConnection) -> int:
     return int(row["n"]) if row else 0
 
 
+# What an apply leaves, compared between the ceilings: the quota rows and the gate (their content, not
+# only counts), the outbox messages (without the times an apply stamps), the dead letters.
+END_STATE = """
+SELECT (SELECT count(*) FROM public.quota) AS quota_rows,
+       (SELECT md5(coalesce(string_agg(concat_ws('|', quota_id, source_version, counterparty_id,
+                                                 direction, period_month, qty_t, tolerance_pct,
+                                                 incoterm_code, metal_code, source_updated_at),
+                                       ',' ORDER BY quota_id), ''))
+        FROM public.quota) AS quota_digest,
+       (SELECT count(*) FROM inbox.quota_versions) AS gate_rows,
+       (SELECT coalesce(sum(version), 0) FROM inbox.quota_versions) AS gate_version_sum,
+       (SELECT md5(coalesce(string_agg(concat_ws('|', quota_id, version, is_delete, previous_version), ','
+                                       ORDER BY quota_id), ''))
+        FROM inbox.quota_versions) AS gate_digest,
+       (SELECT md5(coalesce(string_agg((message - 'applied_at' #- '{quota,updated_at}'
+                                                                #- '{quota,created_at}')::text,
+                                       ',' ORDER BY message ->> 'quota_id', (message ->> 'version')::bigint),
+                            ''))
+        FROM pgmq.q_quota_changes) AS outbox_digest,
+       (SELECT count(*) FROM public.quota_processing_errors) AS dead_letters
+"""
+
+
+def end_state(conn: DictConnection) -> dict[str, Any]:
+    row = conn.execute(END_STATE).fetchone()
+    assert row is not None
+    return {k: v if isinstance(v, str) else int(v) for k, v in row.items()}
+
+
 def processed(conn: DictConnection) -> int:
     """Events finished (applied, stale or dead), from the database's counters: cheap at any size and
     unaffected by retention deleting rows."""

@@ -10,7 +10,16 @@ from typing import Any
 
 from inbox_bench.measure import Measurement
 
-THROUGHPUT_PATHS = ("per_event", "pgmq", "ceiling", "ceiling_honest", "http", "kafka")
+THROUGHPUT_PATHS = (
+    "per_event",
+    "pgmq",
+    "ceiling",
+    "ceiling_honest",
+    "ceiling_batch",
+    "ceiling_batch_unkeyed",
+    "http",
+    "kafka",
+)
 
 
 def machine() -> dict[str, Any]:
@@ -51,6 +60,17 @@ def ratios(results: dict[str, Measurement]) -> dict[str, float]:
             out["honest_ceiling_over_pgmq"] = round(honest.rate / pgmq.rate, 3)
         if "ceiling" in results:
             out["honest_ceiling_over_old_ceiling"] = round(honest.rate / results["ceiling"].rate, 3)
+    for key in ("ceiling_batch", "ceiling_batch_unkeyed"):  # the batch log (batchlog.py), same run
+        batch = results.get(key)
+        if batch is None or batch.rate <= 0:
+            continue
+        if pgmq is not None and pgmq.rate > 0:
+            out[f"{key}_over_pgmq"] = round(batch.rate / pgmq.rate, 3)
+        if honest is not None and honest.rate > 0:
+            out[f"{key}_over_honest_ceiling"] = round(batch.rate / honest.rate, 3)
+            out[f"{key}_apply_over_honest_ceiling_apply"] = round(
+                batch.detail["apply_events_per_second"] / honest.detail["apply_events_per_second"], 3
+            )
     shipped = results.get("apply_as_shipped")
     if shipped is not None and honest is not None and honest.detail.get("apply_events_per_second"):
         # issue 13's target: the apply alone >= 75% of the honest ceiling's apply
@@ -86,7 +106,15 @@ def table(doc: dict[str, Any]) -> str:
             lines.append(f"{result['title']:<54}  TODO: {result['todo']}")
         elif "error" in result:
             lines.append(f"{result['title']:<54}  FAILED: {result['error'][:200]}")
-    for key in ("pgmq", "ceiling", "ceiling_honest", "http", "kafka"):
+    for key in (
+        "pgmq",
+        "ceiling",
+        "ceiling_honest",
+        "ceiling_batch",
+        "ceiling_batch_unkeyed",
+        "http",
+        "kafka",
+    ):
         cpu = doc["results"].get(key, {}).get("cpu_us_per_event")
         if cpu:
             shown = ", ".join(f"{name} {us:,.0f}" for name, us in cpu.items())

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from inbox_bench import apply, ceiling, edge, kafka, overhead, peers, pipeline
+from inbox_bench import apply, batchlog, ceiling, edge, kafka, overhead, peers, pipeline
 from inbox_bench.cluster import Cluster
 from inbox_bench.config import FULL, QUICK, Config
 from inbox_bench.events import generate
@@ -31,6 +31,7 @@ STEPS = (
     "pgmq",
     "ceiling",
     "ceiling_honest",
+    "ceiling_batch",
     "apply",
     "http",
     "kafka",
@@ -76,11 +77,16 @@ def measure_all(
 ) -> dict[str, Measurement]:
     stream = generate(cfg.events, cfg.events, first_version=2)  # one update per quota (events.py)
     cluster.seed(stream.ids)
+    results: dict[str, Measurement] = {}
     steps: dict[str, Callable[[], Measurement | list[Measurement]]] = {
         "per_event": lambda: peers.per_event(cluster, stream, cfg, workdir),
         "pgmq": lambda: peers.pgmq_peer(cluster, stream, cfg),
         "ceiling": lambda: ceiling.ceiling(cluster, stream),
         "ceiling_honest": lambda: ceiling.honest_ceiling(cluster, stream, cfg),
+        "ceiling_batch": lambda: [
+            batchlog.batch_ceiling(cluster, stream, cfg, results.get("ceiling_honest"), keyed=keyed)
+            for keyed in (True, False)
+        ],
         "apply": lambda: apply.apply_only(cluster, stream, cfg),
         "http": lambda: pipeline.http_path(cluster, stream, cfg, workdir),
         "kafka": lambda: _kafka(cluster, stream, cfg, workdir),
@@ -90,7 +96,6 @@ def measure_all(
         "edge": lambda: edge.edge_decode(stream, cfg),
     }
     assert tuple(steps) == STEPS
-    results: dict[str, Measurement] = {}
     for label in only:
         step = steps[label]
         started = time.perf_counter()

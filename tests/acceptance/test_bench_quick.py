@@ -15,6 +15,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 THROUGHPUT = ("per_event", "pgmq", "ceiling", "ceiling_honest", "http", "kafka", "latency", "soak")
+BATCH_LOG = ("ceiling_batch", "ceiling_batch_unkeyed")  # issue 13: PgQ's batch log, SQL only
 OVERHEAD = ("apply_as_shipped", "apply_outbox_off", "apply_triggers_off")
 EDGE = ("edge_slow", "edge_fast")  # decoding one Titan body at ingest, slow path and fast path
 APPLY = ("apply_only_shipped",)  # issue 13: the apply alone, beside the honest ceiling's apply
@@ -48,7 +49,7 @@ def test_quick_bench_measures_every_path(tmp_path: Path) -> None:
     doc = json.loads((tmp_path / "bench.json").read_text(encoding="utf-8"))
     results = doc["results"]
 
-    for key in (*THROUGHPUT, *OVERHEAD, *EDGE, *APPLY):
+    for key in (*THROUGHPUT, *BATCH_LOG, *OVERHEAD, *EDGE, *APPLY):
         assert key in results, f"{key} missing from {sorted(results)}"
         assert "todo" not in results[key], results[key]["todo"]
         assert positive(results[key]["events"]), (key, results[key])
@@ -71,6 +72,10 @@ def test_quick_bench_measures_every_path(tmp_path: Path) -> None:
         "apply_over_honest_ceiling_apply",
         "kafka_over_pgmq",
         "kafka_bare_consume_over_kafka",
+        "ceiling_batch_over_pgmq",
+        "ceiling_batch_over_honest_ceiling",
+        "ceiling_batch_unkeyed_over_pgmq",
+        "ceiling_batch_unkeyed_over_honest_ceiling",
     }
     # path 5 says where its time goes: CPU per process, the batches stored, the broker's side alone
     kafka = results["kafka"]
@@ -90,6 +95,28 @@ def test_quick_bench_measures_every_path(tmp_path: Path) -> None:
         "bench client",
     }
     assert positive(honest["cpu_us_per_event"]["postgres"])
+    # the batch log (keyed and not) reached the honest ceiling's end state from the same events: quota
+    # rows and gate by content, the outbox messages, the dead letters; every event applied, counted by
+    # its batch, and each event still stored read back in exactly one batch; one table truncated
+    for key in BATCH_LOG:
+        batch = results[key]
+        assert batch["same_end_state_as_ceiling_honest"] is True, (key, batch.get("end_state_differences"))
+        assert batch["statuses"] == {"applied": batch["events"]}, (key, batch["statuses"])
+        assert batch["outbox_messages"] == batch["events"] and batch["outcome_rows"] == 0, (key, batch)
+        assert batch["stored_statuses"] == {"applied": batch["stored_events_after_retention"]}, (key, batch)
+        assert positive(batch["truncated_events"]), (key, batch["rotations"])
+        assert batch["stored_events_after_retention"] + batch["truncated_events"] == batch["events"], batch
+        assert any(r["truncated"] for r in batch["rotations"]), (key, batch["rotations"])
+        assert positive(batch["batches"]) and positive(batch["apply_events_per_second"]), (key, batch)
+        assert set(batch["cpu_us_per_event"]) == {
+            "postgres",
+            "postgres session 1",
+            "postgres session 2",
+            "postgres ticker",
+            "bench client",
+        }, (key, batch["cpu_us_per_event"])
+        assert positive(batch["cpu_us_per_event"]["postgres"]), (key, batch)
+    assert results["ceiling_batch"]["keyed"] is True and results["ceiling_batch_unkeyed"]["keyed"] is False
     # the shipped apply and the honest ceiling's reach the same end state from the same events
     assert results["apply_only_shipped"]["same_end_state_as_ceiling"] is True, results["apply_only_shipped"]
     assert positive(doc["machine"]["cpu_cores"]) and positive(doc["machine"]["memory_gb"])
