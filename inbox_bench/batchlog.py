@@ -3,7 +3,7 @@ ceiling.py): the same events, 2 sessions, the same chunks, the same end state.
 
 Ingest: each session COPYs its share, 500 events per transaction, into the current rotated event
 table (append-only; the table's name read under the rotation lock, the ingest counted as
-inbox.store_events counts it), with the typed columns the edge reads (inbox.ingest.parse_texts,
+inbox.ingest_typed_events counts it), with the typed columns the edge reads (inbox.ingest.parse_texts,
 run before the clock starts) beside the payload. Keyed: the tables have a unique (quota_id,
 version, is_delete); a chunk that holds a stored key (a redelivery: the COPY fails) goes again
 through a temporary stage and INSERT ... ON CONFLICT DO NOTHING, its duplicates counted (checked

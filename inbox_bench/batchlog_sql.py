@@ -133,7 +133,7 @@ BEGIN
 END;
 $$;
 
--- Reads: batchlog.queue. Writes: inbox.metric_counters (the ingest's count, as inbox.store_events).
+-- Reads: batchlog.queue. Writes: inbox.metric_counters (the ingest's count, as inbox.ingest_typed_events).
 CREATE FUNCTION batchlog.ingest_table(p_events integer) RETURNS text
 LANGUAGE sql SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
