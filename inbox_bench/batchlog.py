@@ -42,6 +42,7 @@ from inbox_bench.batchlog_sql import (
     COPY_LIST,
     FUNCTIONS,
     NTABLES,
+    ROTATION_LOCK,
     SCHEMA,
     STORED_STATUS,
     TYPED,
@@ -268,6 +269,8 @@ def batch_ceiling(
         for conn in [*conns, ticker_conn]:
             conn.close()
     problems = _problems(len(stream), check, stored)
+    if duplicates != redelivered or sum(fallbacks) != (1 if redelivered else 0):
+        problems.append(f"{redelivered} events sent again, {duplicates} counted as duplicates")
     if problems:
         raise RuntimeError(f"the batch log ({name}) lost track of events: {'; '.join(problems)}")
     ingest_cpu, apply_cpu = cpu_used(cpu_0, cpu_1), cpu_used(cpu_1b, cpu_2)
@@ -332,14 +335,19 @@ def _one(conn: DictConnection, statement: str, params: list[Any]) -> Any:
 
 def _redeliver(conn: DictConnection, store: Callable[[int, str], None]) -> int:
     """Send again up to a chunk of events the current table holds, as a producer retrying after a
-    lost answer would: each must be counted as a duplicate and nothing stored. Returns how many."""
-    table = scalar(conn, "SELECT 'batchlog.events_' || cur_table AS t FROM batchlog.queue")
-    with conn.cursor().copy(
-        f"COPY (SELECT {COPY_LIST} FROM {table} ORDER BY id LIMIT 500) TO STDOUT"
-    ) as copy:
-        rows = b"".join(bytes(data) for data in copy).decode("utf-8")
-    if rows:
-        store(0, rows)
+    lost answer would: each must be counted as a duplicate and nothing stored. Returns how many
+    (none when a rotation right after the last COPY left the current table empty). The rotation
+    lock, held shared meanwhile, keeps the current table current."""
+    conn.execute("SELECT pg_advisory_lock_shared(%s)", [ROTATION_LOCK])
+    try:
+        table = scalar(conn, "SELECT 'batchlog.events_' || cur_table AS t FROM batchlog.queue")
+        query = f"COPY (SELECT {COPY_LIST} FROM {table} ORDER BY id LIMIT 500) TO STDOUT"
+        with conn.cursor().copy(query) as copy:
+            rows = b"".join(bytes(data) for data in copy).decode("utf-8")
+        if rows:
+            store(0, rows)
+    finally:
+        conn.execute("SELECT pg_advisory_unlock_shared(%s)", [ROTATION_LOCK])
     return rows.count("\n")
 
 

@@ -119,8 +119,10 @@ def test_quick_bench_measures_every_path(tmp_path: Path) -> None:
     keyed, unkeyed = results["ceiling_batch"], results["ceiling_batch_unkeyed"]
     assert keyed["keyed"] is True and unkeyed["keyed"] is False
     # keyed: events sent again (the current table's, untimed) are counted as duplicates, none stored
-    assert positive(keyed["redelivered_events"]) and keyed["duplicates"] == keyed["redelivered_events"], keyed
-    assert keyed["chunks_through_stage"] == 1 and unkeyed["duplicates"] == 0, (keyed, unkeyed)
+    # (none sent when a rotation just after the last COPY left the current table empty)
+    assert keyed["duplicates"] == keyed["redelivered_events"] <= 500, keyed
+    assert keyed["chunks_through_stage"] == (1 if keyed["redelivered_events"] else 0), keyed
+    assert unkeyed["duplicates"] == unkeyed["redelivered_events"] == unkeyed["chunks_through_stage"] == 0
     # the shipped apply and the honest ceiling's reach the same end state from the same events
     assert results["apply_only_shipped"]["same_end_state_as_ceiling"] is True, results["apply_only_shipped"]
     assert positive(doc["machine"]["cpu_cores"]) and positive(doc["machine"]["memory_gb"])
