@@ -19,6 +19,9 @@ class IngestResult:
     duplicates: int
     skipped: int = 0
     rejected: list[Rejected] = field(default_factory=list)
+    # some event went in without typed columns: a worker must type it first (the wake-up hint of a
+    # session that sends it after the commit says so: Queries.hint_workers)
+    untyped: bool = False
 
 
 def store(conn: DictConnection, batch: ParsedBatch, source: Source) -> IngestResult:
@@ -30,11 +33,11 @@ def store(conn: DictConnection, batch: ParsedBatch, source: Source) -> IngestRes
         return _result(batch, 0)
     queries = Queries(conn)
     if not batch.rejected and queries.autocommitting():
-        return _result(batch, _store_events(queries, batch, source))
+        return _result(batch, *_store_events(queries, batch, source))
     with conn.transaction():
-        inserted = 0
+        inserted, untyped = 0, False
         if len(batch):
-            inserted = _store_events(queries, batch, source)
+            inserted, untyped = _store_events(queries, batch, source)
         if batch.rejected:
             queries.insert_request_rejects(
                 source=source,
@@ -42,19 +45,19 @@ def store(conn: DictConnection, batch: ParsedBatch, source: Source) -> IngestRes
                 # PostgreSQL text cannot hold NUL
                 reasons=[f"item {r.index}: {r.reason}".replace("\x00", "\\x00") for r in batch.rejected],
             )
-    return _result(batch, inserted)
+    return _result(batch, inserted, untyped)
 
 
-def _store_events(queries: Queries, batch: ParsedBatch, source: Source) -> int:
+def _store_events(queries: Queries, batch: ParsedBatch, source: Source) -> tuple[int, bool]:
     """Store the events with their typed columns; should PostgreSQL refuse a typed value the edge's
     validation let through (a validation gap), the batch is stored untyped instead, and the workers
     type each event alone: the one whose columns are refused again ends as a dead letter
-    ('apply_error'), its neighbours are applied."""
+    ('apply_error'), its neighbours are applied. How many were new, and whether any went in untyped."""
+    typed = typed_batch(batch)
     try:
         with queries.atomic():  # a savepoint in a transaction: it goes on after a refusal
-            return queries.ingest_typed_events(
-                events=batch.array_text, batch=typed_batch(batch), source=source
-            )
+            inserted = queries.ingest_typed_events(events=batch.array_text, batch=typed, source=source)
+            return inserted, not all(typed.typed)
     except RefusedValue as exc:
         log.warning("a typed value was refused, the batch is stored untyped for the workers to type: %s", exc)
     return queries.ingest_events(
@@ -64,7 +67,7 @@ def _store_events(queries: Queries, batch: ParsedBatch, source: Source) -> int:
         is_delete=[k.is_delete for k in batch.keys],
         source_lsns=[k.source_lsn for k in batch.keys],
         source=source,
-    )
+    ), True
 
 
 def typed_batch(batch: ParsedBatch) -> TypedBatch:
@@ -101,12 +104,13 @@ def typed_batch(batch: ParsedBatch) -> TypedBatch:
     )
 
 
-def _result(batch: ParsedBatch, inserted: int) -> IngestResult:
+def _result(batch: ParsedBatch, inserted: int, untyped: bool = False) -> IngestResult:
     return IngestResult(
         accepted=inserted,
         duplicates=len(batch) - inserted,
         skipped=batch.skipped,
         rejected=batch.rejected,
+        untyped=untyped,
     )
 
 

@@ -100,11 +100,13 @@ def _join(threads: list[threading.Thread], errors: list[BaseException]) -> None:
 
 @dataclass(frozen=True)
 class Sent:
-    """One paced request: which events it carried, when it was due, and when its 202 came back."""
+    """One paced request: which events it carried, when it was due, when a sender began it (later
+    than due when every sender was busy), and when its 202 came back."""
 
     first: int
     stop: int
     due: float
+    started: float
     acked: float
 
 
@@ -126,8 +128,9 @@ def paced(
     def send(client: Client) -> None:
         while (item := work.get()) is not None:
             first, stop, body, due = item
+            started = time.time()
             client.post("/events", body, "application/x-ndjson")
-            done = Sent(first, stop, due, time.time())
+            done = Sent(first, stop, due, started, time.time())
             if on_ack is not None:
                 on_ack(done)
             with lock:

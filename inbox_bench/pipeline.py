@@ -189,10 +189,13 @@ def latency(cluster: Cluster, stream: Stream, cfg: Config, workdir: Path) -> Mea
     interval = cfg.latency_batch / cfg.latency_rate
     watcher = AppliedWatcher(dsn, stream.keys(0, total))
     with pipeline(workdir, dsn, cfg) as running, connect(dsn, autocommit=True) as conn:
+        pids = running.pids(cluster)
+        cpu_before = cpu_seconds(pids)
         with watcher:
             sent = paced(running.base_url, requests, interval, on_ack=watcher.acked)
             wait_drained(conn, running.all, timeout=120)
             time.sleep(0.05)
+        cpu = cpu_used(cpu_before, cpu_seconds(pids))
         server_ms = [
             float(r["ms"])
             for r in conn.execute(
@@ -205,6 +208,7 @@ def latency(cluster: Cluster, stream: Stream, cfg: Config, workdir: Path) -> Mea
     ]
     request_ms = [(s.acked - s.due) * 1000 for s in sent]
     seconds = max(s.acked for s in sent) - min(s.due for s in sent)
+    load = os.getloadavg()
     return Measurement(
         "latency",
         f"6. latency at {cfg.latency_rate:,} events/s offered",
@@ -216,6 +220,14 @@ def latency(cluster: Cluster, stream: Stream, cfg: Config, workdir: Path) -> Mea
             "server_ms": percentiles(server_ms),
             "client_ms": percentiles(client_ms),
             "request_ms": percentiles(request_ms),
+            # request_ms in two: waiting for a free sender (the client's queue), then the POST itself
+            "sender_wait_ms": percentiles([(s.started - s.due) * 1000 for s in sent]),
+            "post_ms": percentiles([(s.acked - s.started) * 1000 for s in sent]),
+            # of the cores_x_seconds the machine had over the run, what each process used: near the
+            # total, every process queued for a core, and the tails are that queue
+            "cpu_seconds": cpu,
+            "cores_x_seconds": round((os.cpu_count() or 1) * seconds, 1),
+            "load_average_1m_at_end": round(load[0], 2),
             "server_note": "applied_at - received_at: both transaction start times (ingest, apply)",
             "client_note": "202 received -> seen finished by a 5 ms poller (includes the poll interval)",
         },

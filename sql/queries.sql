@@ -179,6 +179,18 @@ WHERE (e.quota_id, e.version, e.is_delete) = (t.quota_id, t.version, t.is_delete
 -- name: listen_for_events
 LISTEN inbox_quota_events;
 
+-- name: notify_after_commit
+-- This session's ingest transactions do not notify the workers: the session sends the hint itself,
+-- after each commit (hint_workers). For the HTTP ingestor's pool (inbox.store_events says why).
+SELECT set_config('inbox.notify_after_commit', 'on', false);
+
+-- name: hint_workers
+-- The workers' wake-up hint (payload 'untyped' or ''), sent after the events' own commit, as a
+-- transaction of its own (autocommit only: in an open transaction, set_config would make that
+-- transaction's commit asynchronous) that does not wait for the disk: the NOTIFY lock is held only
+-- while the commit record is written, and a hint lost in a crash costs a poll.
+SELECT set_config('synchronous_commit', 'off', true), pg_notify('inbox_quota_events', %(payload)s);
+
 -- name: set_worker_session
 SELECT set_config('statement_timeout', %(statement_timeout)s, false),
        set_config('idle_in_transaction_session_timeout', %(idle_timeout)s, false),

@@ -14,12 +14,13 @@ import threading
 
 from inbox.db.connect import connect
 from inbox.db.errors import DatabaseError
-from inbox.db.queries import Queries
+from inbox.db.queries import UNTYPED_HINT, Queries
 
 log = logging.getLogger(__name__)
 
-# The payload of a notification whose transaction stored untyped events (inbox.ingest_typed_events).
-UNTYPED = "untyped"
+# The payload of a notification whose transaction stored untyped events (inbox.ingest_typed_events),
+# or sent after such a transaction (Queries.hint_workers).
+UNTYPED = UNTYPED_HINT
 
 
 class Waker:

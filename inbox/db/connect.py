@@ -128,9 +128,16 @@ class Session:
             self._conn = None
 
 
+def _configure_ingest(conn: DictConnection) -> None:
+    configure(conn)
+    Queries(conn).notify_after_commit()
+
+
 def open_pool(dsn: str, *, application_name: str, max_size: int = 8, timeout: float = 5.0) -> DictPool:
     """A pool of autocommit sessions (not yet opened: call .open()). It never gives up reconnecting:
-    the database may be away for a while."""
+    the database may be away for a while. Its sessions' ingest does not notify the workers inside
+    its transaction: whoever stores through it sends the hint after the commit (Queries.hint_workers;
+    inbox.store_events says why)."""
     return ConnectionPool(
         dsn,
         min_size=1,
@@ -138,7 +145,7 @@ def open_pool(dsn: str, *, application_name: str, max_size: int = 8, timeout: fl
         open=False,
         timeout=timeout,
         kwargs={"autocommit": True, "row_factory": dict_row, "application_name": application_name},
-        configure=configure,
+        configure=_configure_ingest,
         check=ConnectionPool.check_connection,
         reconnect_timeout=0,
     )

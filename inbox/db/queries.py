@@ -26,6 +26,10 @@ from inbox.db.sqlfiles import query
 DictConnection = psycopg.Connection[dict[str, Any]]
 
 
+# The payload of the workers' wake-up hint when some stored event is untyped (inbox/apply/waker.py).
+UNTYPED_HINT = "untyped"
+
+
 class NoRow(Exception):
     """A query that always returns one row returned none."""
 
@@ -319,6 +323,19 @@ class Queries:
 
     def listen_for_events(self) -> None:
         self._run("listen_for_events")
+
+    def notify_after_commit(self) -> None:
+        """From now on this session's ingest does not notify the workers inside its transaction: the
+        caller sends the hint after each commit (hint_workers)."""
+        self._run("notify_after_commit")
+
+    def hint_workers(self, *, untyped: bool) -> None:
+        """The workers' wake-up hint, in a transaction of its own that does not wait for the disk;
+        untyped: some stored event has no typed columns. Autocommit sessions outside a transaction
+        only (anywhere else it would make that transaction's commit asynchronous)."""
+        if not self.autocommitting():
+            raise RuntimeError("hint_workers runs on an autocommit session outside a transaction")
+        self._run("hint_workers", {"payload": UNTYPED_HINT if untyped else ""})
 
     def database_now(self) -> datetime:
         now: datetime = self._one("database_now")["now"]

@@ -145,8 +145,17 @@ def _refusal(exc: DatabaseError | PoolTimeout) -> JSONResponse:
 
 
 def _store(pool: DictPool, batch: ParsedBatch) -> IngestResult:
+    """Store the batch, then wake the workers (the pool's sessions do not notify inside the ingest's
+    transaction: inbox/db/connect.py open_pool). The events are stored once store() returns: a hint
+    that fails costs the workers a poll, never the request."""
     with pool.connection() as conn:
-        return store(conn, batch, "http")
+        result = store(conn, batch, "http")
+        if result.accepted:
+            try:
+                Queries(conn).hint_workers(untyped=result.untyped)
+            except DatabaseError as exc:
+                log.warning("stored the events but could not wake the workers (they poll): %s", exc)
+        return result
 
 
 @router.post("/events", status_code=202)

@@ -11,7 +11,8 @@
 --              ingested: new rows and finished rows replaced, through inbox.add_counters, once per
 --              call); public.quota_processing_errors (resolves the open dead letter of a row a newer
 --              change replaces); NOTIFY inbox_quota_events (payload 'untyped' when a stored row is
---              untyped: a worker types it before it can be claimed)
+--              untyped: a worker types it before it can be claimed), unless the session set
+--              inbox.notify_after_commit = 'on'
 -- Called by:   query ingest_typed_events (inbox/store.py: HTTP, `inbox consume`, the Python API);
 --              inbox.ingest_events (untyped rows: every typed array NULL)
 -- Privileges:  SECURITY DEFINER: the ingest role has no right on the inbox table (007)
@@ -162,8 +163,12 @@ BEGIN
                                ARRAY[v_n - v_inserted, v_ingested]::float8[]);
 
     -- A wake-up hint for idle workers, delivered at commit: 'untyped' tells them to type rows first
-    -- (inbox/apply/waker.py), which they otherwise look for only after a poll.
-    IF v_inserted > 0 THEN
+    -- (inbox/apply/waker.py), which they otherwise look for only after a poll. A session that sets
+    -- inbox.notify_after_commit = 'on' (the HTTP ingestor's pool) sends it itself after the commit
+    -- (query hint_workers): a transaction that notifies holds PostgreSQL's one NOTIFY lock (on
+    -- "database 0") from before its commit until after its WAL flush, so concurrent ingest
+    -- transactions that notify commit one flush at a time, never in a group.
+    IF v_inserted > 0 AND current_setting('inbox.notify_after_commit', true) IS DISTINCT FROM 'on' THEN
         PERFORM pg_notify('inbox_quota_events', CASE WHEN v_untyped THEN 'untyped' ELSE '' END);
     END IF;
     RETURN v_inserted;
