@@ -14,8 +14,8 @@ import pytest
 from pydantic import SecretStr
 
 from inbox.commands.status import print_status, read_status
-from inbox.db.connect import DictConnection
-from inbox.db.queries import Queries
+from inbox.db.connect import DictConnection, connect
+from inbox.db.queries import UNTYPED_HINT, Queries
 from tests.acceptance.conftest import UNREACHABLE_DSN, LiveServer, StartServer
 from tests.helpers import dead_letters, drain, event_status, inbox_rows, quota, titan_event, to_json
 
@@ -531,3 +531,21 @@ def test_exact_decimals_survive_the_http_path(live: LiveServer, db: DictConnecti
     row_a = quota(db, a)
     assert row_a is not None
     assert row_a["qty_t"] == Decimal("1250.500")
+
+
+def test_a_post_wakes_the_workers_after_its_commit(live: LiveServer) -> None:
+    """The HTTP pool's ingest does not notify inside its transaction (inbox.store_events): the route
+    sends the hint itself once the events are stored, 'untyped' when a worker must type one first,
+    none when nothing was new."""
+    delete = to_json(titan_event(uuid.uuid4(), 2, "DELETE"))
+    with connect(live.dsn, autocommit=True) as listener:
+        listener.execute("LISTEN inbox_quota_events")
+        typed = _post(live, to_json(titan_event(uuid.uuid4(), 1, "INSERT")))
+        typed_hints = [n.payload for n in listener.notifies(timeout=5.0, stop_after=1)]
+        untyped = _post(live, delete)
+        untyped_hints = [n.payload for n in listener.notifies(timeout=5.0, stop_after=1)]
+        again = _post(live, delete)
+        duplicate_hints = [n.payload for n in listener.notifies(timeout=0.5, stop_after=1)]
+    assert [typed.status_code, untyped.status_code, again.status_code] == [202, 202, 202]
+    assert again.json()["duplicates"] == 1
+    assert (typed_hints, untyped_hints, duplicate_hints) == ([""], [UNTYPED_HINT], [])

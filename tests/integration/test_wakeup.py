@@ -6,12 +6,16 @@ import time
 import uuid
 from collections.abc import Callable
 
+import pytest
 from psycopg.types.json import Jsonb
 
 from inbox.apply.pool import WorkerPool
 from inbox.apply.waker import UNTYPED
-from inbox.db.connect import DictConnection, connect
+from inbox.db.connect import DictConnection, connect, open_pool
+from inbox.db.queries import Queries
+from inbox.ingest import parse_texts
 from inbox.settings import Settings
+from inbox.store import store
 from tests.helpers import event_status, inbox_row, ingest, quota, titan_event, to_json
 
 
@@ -116,9 +120,9 @@ def test_workers_apply_events_stored_before_the_pool_started(dsn: str, db: DictC
     assert str(row["qty_t"]) == "3.5"
 
 
-def _hints(listener: DictConnection) -> list[str]:
+def _hints(listener: DictConnection, timeout: float = 2.0) -> list[str]:
     """The payloads of the notifications the listener has received (delivered at each commit)."""
-    return [n.payload for n in listener.notifies(timeout=2.0, stop_after=1)]
+    return [n.payload for n in listener.notifies(timeout=timeout, stop_after=1)]
 
 
 def test_a_hint_says_when_untyped_events_were_stored(dsn: str, db: DictConnection) -> None:
@@ -150,3 +154,31 @@ def test_an_untyped_event_is_typed_and_applied_on_its_hint_long_before_the_poll(
         deleted = _wait_for(lambda: inbox_row(db, quota_id, 2, is_delete=True)["status"] == "applied", 5.0)
     assert deleted, f"the delete was not applied within 5 s: {inbox_row(db, quota_id, 2, is_delete=True)}"
     assert quota(db, quota_id) is None
+
+
+def test_the_http_pool_hints_after_its_commit_not_inside_it(dsn: str) -> None:
+    """A transaction that NOTIFYs holds PostgreSQL's one NOTIFY lock from before its commit until after
+    its WAL flush, so concurrent POSTs that notified committed one flush at a time. The HTTP pool's
+    sessions store without notifying and send the hint themselves, after the commit, in a statement
+    whose own commit does not wait for the disk (and leaves the session's synchronous_commit alone)."""
+    pool = open_pool(dsn, application_name="quota-inbox http")
+    pool.open(wait=True)
+    try:
+        with connect(dsn, autocommit=True) as listener, pool.connection() as conn:
+            listener.execute("LISTEN inbox_quota_events")
+            typed = store(conn, parse_texts([to_json(titan_event(uuid.uuid4(), 1, "INSERT"))]), "http")
+            inside = _hints(listener, timeout=0.5)
+            Queries(conn).hint_workers(untyped=typed.untyped)
+            after_typed = _hints(listener)
+            untyped = store(conn, parse_texts([to_json(titan_event(uuid.uuid4(), 2, "DELETE"))]), "http")
+            Queries(conn).hint_workers(untyped=untyped.untyped)
+            after_untyped = _hints(listener)
+            session = conn.execute("SHOW synchronous_commit").fetchone()
+            with conn.transaction(), pytest.raises(RuntimeError, match="autocommit"):
+                Queries(conn).hint_workers(untyped=False)
+    finally:
+        pool.close()
+    assert (typed.accepted, untyped.accepted) == (1, 1)
+    assert inside == [], "the ingest notified inside its own transaction"
+    assert (after_typed, after_untyped) == ([""], [UNTYPED])
+    assert session is not None and session["synchronous_commit"] == "on"
