@@ -189,13 +189,12 @@ def latency(cluster: Cluster, stream: Stream, cfg: Config, workdir: Path) -> Mea
     interval = cfg.latency_batch / cfg.latency_rate
     watcher = AppliedWatcher(dsn, stream.keys(0, total))
     with pipeline(workdir, dsn, cfg) as running, connect(dsn, autocommit=True) as conn:
-        pids = running.pids(cluster)
-        cpu_before = cpu_seconds(pids)
+        clock = Stopwatch(running.pids(cluster), total)
         with watcher:
             sent = paced(running.base_url, requests, interval, on_ack=watcher.acked)
             wait_drained(conn, running.all, timeout=120)
             time.sleep(0.05)
-        cpu = cpu_used(cpu_before, cpu_seconds(pids))
+        clock.stop()
         server_ms = [
             float(r["ms"])
             for r in conn.execute(
@@ -225,7 +224,7 @@ def latency(cluster: Cluster, stream: Stream, cfg: Config, workdir: Path) -> Mea
             "post_ms": percentiles([(s.acked - s.started) * 1000 for s in sent]),
             # of the cores_x_seconds the machine had over the run, what each process used: near the
             # total, every process queued for a core, and the tails are that queue
-            "cpu_seconds": cpu,
+            "cpu_seconds": clock.cpu,
             "cores_x_seconds": round((os.cpu_count() or 1) * seconds, 1),
             "load_average_1m_at_end": round(load[0], 2),
             "server_note": "applied_at - received_at: both transaction start times (ingest, apply)",

@@ -181,7 +181,7 @@ LISTEN inbox_quota_events;
 
 -- name: notify_after_commit
 -- This session's ingest transactions do not notify the workers: the session sends the hint itself,
--- after each commit (hint_workers). For the HTTP ingestor's pool (inbox.store_events says why).
+-- after each commit (hint_workers). For the HTTP ingestor's pool (inbox.ingest_typed_events says why).
 SELECT set_config('inbox.notify_after_commit', 'on', false);
 
 -- name: hint_workers

@@ -137,7 +137,7 @@ def open_pool(dsn: str, *, application_name: str, max_size: int = 8, timeout: fl
     """A pool of autocommit sessions (not yet opened: call .open()). It never gives up reconnecting:
     the database may be away for a while. Its sessions' ingest does not notify the workers inside
     its transaction: whoever stores through it sends the hint after the commit (Queries.hint_workers;
-    inbox.store_events says why)."""
+    inbox.ingest_typed_events says why)."""
     return ConnectionPool(
         dsn,
         min_size=1,

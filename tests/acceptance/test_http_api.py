@@ -534,7 +534,7 @@ def test_exact_decimals_survive_the_http_path(live: LiveServer, db: DictConnecti
 
 
 def test_a_post_wakes_the_workers_after_its_commit(live: LiveServer) -> None:
-    """The HTTP pool's ingest does not notify inside its transaction (inbox.store_events): the route
+    """The HTTP pool's ingest does not notify inside its transaction (inbox.ingest_typed_events): the route
     sends the hint itself once the events are stored, 'untyped' when a worker must type one first,
     none when nothing was new."""
     delete = to_json(titan_event(uuid.uuid4(), 2, "DELETE"))
