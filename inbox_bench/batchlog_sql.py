@@ -18,7 +18,8 @@ pgq.batch_event_sql.sql, pgq.finish_batch.sql, pgq.maint_rotate_tables.sql):
 
 from __future__ import annotations
 
-from inbox_bench.quota_sql import COLUMN_NAMES, ON_CONFLICT
+from inbox_bench.apply_sql import BLOCKED, GATE, PUBLISHED, blocked, upserted_deleted
+from inbox_bench.quota_sql import COLUMN_NAMES
 
 NTABLES = 3
 # Ingest's transactions take this advisory lock shared, the rotation exclusively: a switch of the
@@ -113,6 +114,17 @@ def partition(tbl: int, keyed: bool) -> str:
         f"{unique}"
         f"INSERT INTO batchlog.event_table (tbl) VALUES ({tbl});\n"
     )
+
+
+def batch_events(prev_snap: str, cur_snap: str) -> str:
+    """The events of a batch, read by transaction id (PgQ's rule): those of the transactions
+    visible in the snapshot of its tick, `cur_snap`, and not in that of the tick before, `prev_snap`."""
+    return f"""
+    SELECT e.*
+    FROM batchlog.events e
+    WHERE e.txid >= pg_snapshot_xmin({prev_snap}) AND e.txid < pg_snapshot_xmax({cur_snap})
+      AND pg_visible_in_snapshot(e.txid, {cur_snap}) AND NOT pg_visible_in_snapshot(e.txid, {prev_snap})
+"""
 
 
 FUNCTIONS = f"""
@@ -252,12 +264,7 @@ SELECT e.id, e.quota_id, e.version, e.is_delete, b.batch_id,
 FROM batchlog.batch b
 JOIN batchlog.tick t ON t.tick_id = b.batch_id
 JOIN batchlog.tick p ON p.tick_id = b.prev_tick
-CROSS JOIN LATERAL (
-    SELECT e.*
-    FROM batchlog.events e
-    WHERE e.txid >= pg_snapshot_xmin(p.snap) AND e.txid < pg_snapshot_xmax(t.snap)
-      AND pg_visible_in_snapshot(e.txid, t.snap) AND NOT pg_visible_in_snapshot(e.txid, p.snap)
-) e
+CROSS JOIN LATERAL ({batch_events("p.snap", "t.snap")}) e
 LEFT JOIN batchlog.outcome o ON o.event_id = e.id
 UNION ALL
 SELECT e.id, e.quota_id, e.version, e.is_delete, NULL, 'received', NULL
@@ -266,8 +273,8 @@ WHERE NOT pg_visible_in_snapshot(e.txid,
                                  (SELECT t.snap FROM batchlog.tick t ORDER BY t.tick_id DESC LIMIT 1));
 """
 
-BLOCKED = "cannot delete quota: call-offs reference it"
-NONE_TYPED = ", ".join(f"b.{c}" for c in TYPED)
+# the SELECT list of quota_sql.COLUMNS from what passed the gate (alias p): the typed columns as stored
+TYPED_VALUES = ", ".join(["p.quota_id", "p.version", *(f"p.{c}" for c in TYPED)])
 
 # One batch, claimed, applied and finished in one statement (one transaction): the honest ceiling's
 # gate, quota upsert/delete, dead letters, counters and outbox messages (inbox_bench/ceiling.py,
@@ -290,14 +297,9 @@ span AS (
 checked AS (
     SELECT e.*,
            e.errors IS NOT NULL AS invalid,
-           e.is_delete AND EXISTS (SELECT 1 FROM public.call_off x WHERE x.quota_id = e.quota_id) AS blocked
+           {blocked("e")}
     FROM span s
-    CROSS JOIN LATERAL (
-        SELECT e.*
-        FROM batchlog.events e
-        WHERE e.txid >= pg_snapshot_xmin(s.prev_snap) AND e.txid < pg_snapshot_xmax(s.cur_snap)
-          AND pg_visible_in_snapshot(e.txid, s.cur_snap) AND NOT pg_visible_in_snapshot(e.txid, s.prev_snap)
-    ) e
+    CROSS JOIN LATERAL ({batch_events("s.prev_snap", "s.cur_snap")}) e
 ),
 best AS (  -- per quota, the highest (version, is_delete) of the batch that may apply
     SELECT DISTINCT ON (c.quota_id) c.*
@@ -305,36 +307,12 @@ best AS (  -- per quota, the highest (version, is_delete) of the batch that may 
     WHERE NOT c.blocked AND NOT c.invalid
     ORDER BY c.quota_id, c.version DESC, c.is_delete DESC, c.id
 ),
-gate AS (
-    INSERT INTO inbox.quota_versions AS v (quota_id, version, is_delete, applied_at)
-    SELECT b.quota_id, b.version, b.is_delete, now()
-    FROM best b
-    ORDER BY b.quota_id  -- one lock order for both sessions
-    ON CONFLICT (quota_id) DO UPDATE
-        SET version = excluded.version, is_delete = excluded.is_delete,
-            previous_version = v.version, applied_at = excluded.applied_at
-        WHERE (excluded.version, excluded.is_delete) > (v.version, v.is_delete)
-    RETURNING v.quota_id, v.version, v.is_delete, v.previous_version, v.applied_at
-),
+{GATE},
 passed AS (
     SELECT g.previous_version, g.applied_at, b.*
     FROM gate g JOIN best b USING (quota_id)
 ),
-upserted AS (
-    INSERT INTO public.quota AS q ({", ".join(COLUMN_NAMES)})
-    SELECT b.quota_id, b.version, {NONE_TYPED}
-    FROM passed b
-    WHERE NOT b.is_delete
-    ORDER BY b.quota_id
-    {ON_CONFLICT}
-    RETURNING q.*
-),
-deleted AS (
-    DELETE FROM public.quota q
-    USING passed p
-    WHERE p.is_delete AND q.quota_id = p.quota_id
-    RETURNING q.quota_id
-),
+{upserted_deleted(TYPED_VALUES)},
 outcomes AS (  -- every event of the batch: applied (the one that passed the gate), stale or dead
     SELECT c.id, c.quota_id, c.version, c.is_delete, c.payload, c.received_at,
            CASE WHEN c.invalid OR c.blocked THEN 'dead'
@@ -375,25 +353,7 @@ counted AS (  -- the batch's counts, once, as the pipeline writes them (migratio
     FROM tally t
     WHERE EXISTS (SELECT 1 FROM claimed)
 ),
-messages AS (  -- a delete of a quota that is not there changes nothing and publishes nothing
-    SELECT array_agg(jsonb_build_object(
-               'quota_id', p.quota_id,
-               'version', p.version,
-               'previous_version', p.previous_version,
-               'op', CASE WHEN p.is_delete THEN 'delete' ELSE 'upsert' END,
-               'quota', CASE WHEN p.is_delete THEN NULL ELSE to_jsonb(u) END,
-               'applied_at', p.applied_at)
-           ORDER BY p.quota_id) AS batch
-    FROM passed p
-    LEFT JOIN upserted u USING (quota_id)
-    LEFT JOIN deleted d USING (quota_id)
-    WHERE NOT p.is_delete OR d.quota_id IS NOT NULL
-),
-published AS (
-    SELECT count(*) AS n
-    FROM messages m, LATERAL pgmq.send_batch('quota_changes', m.batch) AS sent
-    WHERE m.batch IS NOT NULL
-),
+{PUBLISHED},
 finished AS (  -- the batch's one update
     UPDATE batchlog.batch b
     SET finished_at = now(), events = t.events, applied = t.applied, stale = t.stale, dead = t.dead

@@ -27,6 +27,7 @@ import os
 import time
 
 from inbox.db.connect import DictConnection, connect
+from inbox_bench.apply_sql import BLOCKED, GATE, PUBLISHED, blocked, upserted_deleted
 from inbox_bench.cluster import Cluster, cpu_seconds, cpu_us_per_event, cpu_used, scalar
 from inbox_bench.config import Config
 from inbox_bench.events import Stream
@@ -66,8 +67,6 @@ SET status = 'applied', applied_at = now()
 WHERE e.status = 'pending'
 """
 
-BLOCKED = "cannot delete quota: call-offs reference it"
-
 # One batch, claimed and finished in one statement (one transaction): the same outcomes, tables and
 # messages as claim_events + apply_events, without the lease and without Python between them.
 HONEST_APPLY = f"""
@@ -81,7 +80,7 @@ WITH claimed AS (
 ),
 checked AS (
     SELECT c.*,
-           c.is_delete AND EXISTS (SELECT 1 FROM public.call_off x WHERE x.quota_id = c.quota_id) AS blocked
+           {blocked("c")}
     FROM claimed c
 ),
 best AS (  -- per quota, the highest (version, is_delete) of the batch that may apply
@@ -90,35 +89,11 @@ best AS (  -- per quota, the highest (version, is_delete) of the batch that may 
     WHERE NOT c.blocked
     ORDER BY c.quota_id, c.version DESC, c.is_delete DESC
 ),
-gate AS (
-    INSERT INTO inbox.quota_versions AS v (quota_id, version, is_delete, applied_at)
-    SELECT b.quota_id, b.version, b.is_delete, now()
-    FROM best b
-    ORDER BY b.quota_id  -- one lock order for both sessions
-    ON CONFLICT (quota_id) DO UPDATE
-        SET version = excluded.version, is_delete = excluded.is_delete,
-            previous_version = v.version, applied_at = excluded.applied_at
-        WHERE (excluded.version, excluded.is_delete) > (v.version, v.is_delete)
-    RETURNING v.quota_id, v.version, v.is_delete, v.previous_version, v.applied_at
-),
+{GATE},
 passed AS (
     SELECT g.*, b.d FROM gate g JOIN best b USING (quota_id)
 ),
-upserted AS (
-    INSERT INTO public.quota AS q ({COLUMNS})
-    SELECT {payload_values("p")}
-    FROM passed p
-    WHERE NOT p.is_delete
-    ORDER BY p.quota_id
-    {ON_CONFLICT}
-    RETURNING q.*
-),
-deleted AS (
-    DELETE FROM public.quota q
-    USING passed p
-    WHERE p.is_delete AND q.quota_id = p.quota_id
-    RETURNING q.quota_id
-),
+{upserted_deleted(payload_values("p"))},
 marked AS (
     UPDATE inbox.quota_events e
     SET status = CASE WHEN c.blocked THEN 'dead' WHEN g.quota_id IS NOT NULL THEN 'applied' ELSE 'stale' END,
@@ -146,25 +121,7 @@ buried AS (
     WHERE c.blocked
     RETURNING 1
 ),
-messages AS (  -- a delete of a quota that is not there changes nothing and publishes nothing
-    SELECT array_agg(jsonb_build_object(
-               'quota_id', p.quota_id,
-               'version', p.version,
-               'previous_version', p.previous_version,
-               'op', CASE WHEN p.is_delete THEN 'delete' ELSE 'upsert' END,
-               'quota', CASE WHEN p.is_delete THEN NULL ELSE to_jsonb(u) END,
-               'applied_at', p.applied_at)
-           ORDER BY p.quota_id) AS batch
-    FROM passed p
-    LEFT JOIN upserted u USING (quota_id)
-    LEFT JOIN deleted d USING (quota_id)
-    WHERE NOT p.is_delete OR d.quota_id IS NOT NULL
-),
-published AS (
-    SELECT count(*) AS n
-    FROM messages m, LATERAL pgmq.send_batch('quota_changes', m.batch) AS sent
-    WHERE m.batch IS NOT NULL
-)
+{PUBLISHED}
 SELECT (SELECT count(*) FROM marked, counted) AS finished,
        (SELECT n FROM published) AS published,
        (SELECT count(*) FROM buried) AS dead
