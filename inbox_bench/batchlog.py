@@ -49,10 +49,10 @@ from inbox_bench.batchlog_sql import (
     partition,
 )
 from inbox_bench.ceiling import SESSION, backend_pid
-from inbox_bench.cluster import Cluster, cpu_seconds, cpu_us_per_event, cpu_used, scalar
+from inbox_bench.cluster import Cluster, scalar
 from inbox_bench.config import Config
 from inbox_bench.events import Stream
-from inbox_bench.measure import Measurement, end_state
+from inbox_bench.measure import Measurement, Phases, end_state
 from inbox_bench.threads import on_threads
 
 TICK_POLL_SECONDS = 0.005  # while ingest runs: a tick per 500 events at up to 100,000 events/s
@@ -236,15 +236,14 @@ def batch_ceiling(
                         return calls
                     time.sleep(0.001)
 
-        cpu_0 = cpu_seconds(pids)
-        ticker.start()
-        ingest_s, copies = on_threads(sessions, ingest, "batchlog-ingest")
-        cpu_1 = cpu_seconds(pids)
+        phases = Phases(pids, len(stream))
+        with phases.phase("ingest"):
+            ticker.start()
+            _, copies = on_threads(sessions, ingest, "batchlog-ingest")
         redelivered = _redeliver(conns[0], store) if keyed else 0  # untimed
         ticker.ingest_done.set()
-        cpu_1b = cpu_seconds(pids)
-        apply_s, calls = on_threads(sessions, apply, "batchlog-apply")
-        cpu_2 = cpu_seconds(pids)
+        with phases.phase("apply"):
+            _, calls = on_threads(sessions, apply, "batchlog-apply")
         ticker.apply_done.set()
         ticker.join(30)
         if ticker.error is not None:
@@ -273,17 +272,11 @@ def batch_ceiling(
         problems.append(f"{redelivered} events sent again, {duplicates} counted as duplicates")
     if problems:
         raise RuntimeError(f"the batch log ({name}) lost track of events: {'; '.join(problems)}")
-    ingest_cpu, apply_cpu = cpu_used(cpu_0, cpu_1), cpu_used(cpu_1b, cpu_2)
-    total_cpu = {k: round(ingest_cpu[k] + apply_cpu.get(k, 0.0), 2) for k in ingest_cpu}
     statuses = {s: check[s] for s in ("applied", "stale", "dead") if check[s]}
     detail: dict[str, Any] = {
         "sessions": sessions,
         "keyed": keyed,
         "batch_size": cfg.batch_size,
-        "ingest_seconds": round(ingest_s, 4),
-        "ingest_events_per_second": round(len(stream) / ingest_s, 1),
-        "apply_seconds": round(apply_s, 4),
-        "apply_events_per_second": round(len(stream) / apply_s, 1),
         "copy_calls": copies,
         "apply_calls": calls,
         "batches": check["batches"],
@@ -300,10 +293,6 @@ def batch_ceiling(
         "truncated_events": check["truncated_events"],
         "outbox_messages": messages,
         "end_state": state,
-        "cpu_seconds": total_cpu,
-        "cpu_us_per_event": cpu_us_per_event(total_cpu, len(stream)),
-        "ingest_cpu_us_per_event": cpu_us_per_event(ingest_cpu, len(stream)),
-        "apply_cpu_us_per_event": cpu_us_per_event(apply_cpu, len(stream)),
         "cpu_note": "postgres = every server process; each session = its backend; ticker = the ticker's"
         " backend (ticks during ingest, rotation during apply); bench client = this process",
     }
@@ -318,11 +307,9 @@ def batch_ceiling(
         detail["end_state_differences"] = differ
     else:
         detail["same_end_state_as_ceiling_honest"] = None  # ceiling_honest not in this run
-    return Measurement(
+    return phases.measurement(
         "ceiling_batch" if keyed else "ceiling_batch_unkeyed",
         f"3c. batch log ({name}): SQL only, 2 sessions",
-        len(stream),
-        ingest_s + apply_s,
         detail,
     )
 

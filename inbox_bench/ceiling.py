@@ -28,10 +28,10 @@ import time
 
 from inbox.db.connect import DictConnection, connect
 from inbox_bench.apply_sql import BLOCKED, GATE, PUBLISHED, blocked, upserted_deleted
-from inbox_bench.cluster import Cluster, cpu_seconds, cpu_us_per_event, cpu_used, scalar
+from inbox_bench.cluster import Cluster, scalar
 from inbox_bench.config import Config
 from inbox_bench.events import Stream
-from inbox_bench.measure import Measurement, Stopwatch, end_state, quota_version_sum, status_counts
+from inbox_bench.measure import Measurement, Phases, Stopwatch, end_state, quota_version_sum, status_counts
 from inbox_bench.quota_sql import COLUMNS, NEWER_ONLY, ON_CONFLICT, payload_values
 from inbox_bench.threads import on_threads
 
@@ -195,11 +195,11 @@ def honest_ceiling(cluster: Cluster, stream: Stream, cfg: Config, sessions: int 
                 if row is None or not row["finished"]:
                     return calls
 
-        cpu_0 = cpu_seconds(pids)
-        ingest_s, copies = on_threads(sessions, ingest, "ceiling-ingest")
-        cpu_1 = cpu_seconds(pids)
-        apply_s, calls = on_threads(sessions, apply, "ceiling-apply")
-        cpu_2 = cpu_seconds(pids)
+        phases = Phases(pids, len(stream))
+        with phases.phase("ingest"):
+            _, copies = on_threads(sessions, ingest, "ceiling-ingest")
+        with phases.phase("apply"):
+            _, calls = on_threads(sessions, apply, "ceiling-apply")
         conn = conns[0]
         counts = status_counts(conn)
         messages = int(scalar(conn, "SELECT count(*) AS n FROM pgmq.q_quota_changes"))
@@ -211,30 +211,18 @@ def honest_ceiling(cluster: Cluster, stream: Stream, cfg: Config, sessions: int 
             conn.close()
     if left:
         raise RuntimeError(f"the honest ceiling left {left} events pending")
-    ingest_cpu, apply_cpu = cpu_used(cpu_0, cpu_1), cpu_used(cpu_1, cpu_2)
-    total_cpu = cpu_used(cpu_0, cpu_2)
-    return Measurement(
+    return phases.measurement(
         "ceiling_honest",
         "3b. honest ceiling: SQL only, 2 sessions",
-        len(stream),
-        ingest_s + apply_s,
         {
             "sessions": sessions,
             "batch_size": cfg.batch_size,
-            "ingest_seconds": round(ingest_s, 4),
-            "ingest_events_per_second": round(len(stream) / ingest_s, 1),
-            "apply_seconds": round(apply_s, 4),
-            "apply_events_per_second": round(len(stream) / apply_s, 1),
             "copy_calls": copies,
             "apply_calls": calls,
             "statuses": counts,
             "outbox_messages": messages,
             "quota_version_sum": versions,
             "end_state": state,  # compared by ceiling_batch (batchlog.py)
-            "cpu_seconds": total_cpu,
-            "cpu_us_per_event": cpu_us_per_event(total_cpu, len(stream)),
-            "ingest_cpu_us_per_event": cpu_us_per_event(ingest_cpu, len(stream)),
-            "apply_cpu_us_per_event": cpu_us_per_event(apply_cpu, len(stream)),
             "cpu_note": "postgres = every server process; each session = its backend; bench client = this"
             " process, which only sends prepared statements and COPY text made before the clock started",
         },

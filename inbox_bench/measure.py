@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +60,41 @@ class Stopwatch:
         """The path's detail, then CPU seconds by process over the run and as microseconds per event."""
         cpu = {"cpu_seconds": self.cpu, "cpu_us_per_event": cpu_us_per_event(self.cpu, self.events)}
         return Measurement(key, title, self.events, self.end - self.start, {**detail, **cpu})
+
+
+class Phases:
+    """A path timed in phases (ingest, then apply), each by a Stopwatch of its own (what runs between
+    two phases, an untimed check, counts in neither). Its Measurement: the path's detail, then each
+    phase's seconds and events per second, then CPU seconds by process summed over the phases, as
+    microseconds per event in all and per phase."""
+
+    def __init__(self, pids: dict[str, int], events: int) -> None:
+        self.pids = pids
+        self.events = events
+        self.clocks: dict[str, Stopwatch] = {}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        clock = Stopwatch(self.pids, self.events)
+        yield
+        clock.stop()
+        self.clocks[name] = clock
+
+    def measurement(self, key: str, title: str, detail: dict[str, Any]) -> Measurement:
+        events, figures = self.events, dict(detail)
+        seconds = {name: clock.end - clock.start for name, clock in self.clocks.items()}
+        for name, s in seconds.items():
+            figures[f"{name}_seconds"] = round(s, 4)
+            figures[f"{name}_events_per_second"] = round(events / s, 1) if s > 0 else 0.0
+        cpu: dict[str, float] = {}
+        for clock in self.clocks.values():
+            for process, used in clock.cpu.items():
+                cpu[process] = round(cpu.get(process, 0.0) + used, 2)
+        figures["cpu_seconds"] = cpu
+        figures["cpu_us_per_event"] = cpu_us_per_event(cpu, events)
+        for name, clock in self.clocks.items():
+            figures[f"{name}_cpu_us_per_event"] = cpu_us_per_event(clock.cpu, events)
+        return Measurement(key, title, events, sum(seconds.values()), figures)
 
 
 def wait_drained(

@@ -106,15 +106,7 @@ def table(doc: dict[str, Any]) -> str:
             lines.append(f"{result['title']:<54}  TODO: {result['todo']}")
         elif "error" in result:
             lines.append(f"{result['title']:<54}  FAILED: {result['error'][:200]}")
-    for key in (
-        "pgmq",
-        "ceiling",
-        "ceiling_honest",
-        "ceiling_batch",
-        "ceiling_batch_unkeyed",
-        "http",
-        "kafka",
-    ):
+    for key in THROUGHPUT_PATHS:  # each that measured its CPU (per_event does not)
         cpu = doc["results"].get(key, {}).get("cpu_us_per_event")
         if cpu:
             shown = ", ".join(f"{name} {us:,.0f}" for name, us in cpu.items())

@@ -79,3 +79,37 @@ def test_a_stopwatch_measures_the_path_then_adds_the_cpu_of_each_process() -> No
     [(name, cpu)] = measured.detail["cpu_seconds"].items()
     assert name == "bench client" and cpu >= 0
     assert measured.detail["cpu_us_per_event"] == {"bench client": round(cpu / 4 * 1e6, 1)}
+
+
+def test_phases_time_each_phase_apart_and_add_up_their_cpu() -> None:
+    from inbox_bench.measure import Phases
+
+    phases = Phases({"bench client": os.getpid()}, events=4)
+    with phases.phase("ingest"):
+        sum(i * i for i in range(100_000))
+    sum(i * i for i in range(100_000))  # between the phases: in neither
+    with phases.phase("apply"):
+        sum(i * i for i in range(100_000))
+    measured = phases.measurement("path", "a path", {"sessions": 2})
+
+    ingest, apply = phases.clocks["ingest"], phases.clocks["apply"]
+    assert ingest.end <= apply.start
+    assert measured.seconds == (ingest.end - ingest.start) + (apply.end - apply.start)
+    assert list(measured.detail) == [
+        "sessions",
+        "ingest_seconds",
+        "ingest_events_per_second",
+        "apply_seconds",
+        "apply_events_per_second",
+        "cpu_seconds",
+        "cpu_us_per_event",
+        "ingest_cpu_us_per_event",
+        "apply_cpu_us_per_event",
+    ]
+    assert measured.detail["apply_seconds"] == round(apply.end - apply.start, 4)
+    total = round(ingest.cpu["bench client"] + apply.cpu["bench client"], 2)
+    assert measured.detail["cpu_seconds"] == {"bench client": total}
+    assert measured.detail["cpu_us_per_event"] == {"bench client": round(total / 4 * 1e6, 1)}
+    assert measured.detail["ingest_cpu_us_per_event"] == {
+        "bench client": round(ingest.cpu["bench client"] / 4 * 1e6, 1)
+    }
