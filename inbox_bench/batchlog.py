@@ -38,15 +38,16 @@ from inbox.ingest import parse_texts
 from inbox_bench.batchlog_sql import (
     APPLY,
     CHECK,
-    COPY_COLUMNS,
     COPY_LIST,
     FUNCTIONS,
     NTABLES,
     ROTATION_LOCK,
-    SCHEMA,
     STORED_STATUS,
     TYPED,
+    TYPED_COLUMN_NAMES,
+    TYPED_COLUMNS,
     partition,
+    schema,
 )
 from inbox_bench.ceiling import SESSION, backend_pid
 from inbox_bench.cluster import Cluster, scalar
@@ -57,7 +58,10 @@ from inbox_bench.threads import on_threads
 
 TICK_POLL_SECONDS = 0.005  # while ingest runs: a tick per 500 events at up to 100,000 events/s
 ROTATE_POLL_SECONDS = 0.02  # afterwards, the rotation's check
-STAGE = "CREATE TEMP TABLE stage ({}) ON COMMIT DELETE ROWS"
+# the columns ingest COPYs, typed as the event tables' (none of their defaults or constraints)
+STAGE = (
+    f"CREATE TEMP TABLE stage ON COMMIT DELETE ROWS AS SELECT {COPY_LIST} FROM batchlog.events WITH NO DATA"
+)
 INGEST_TABLE = "SELECT batchlog.ingest_table(%s) AS tbl"
 INGEST_STAGED = "SELECT batchlog.ingest_staged() AS stored"
 COPY = f"COPY {{}} ({COPY_LIST}) FROM STDIN"
@@ -181,7 +185,8 @@ def batch_ceiling(
     # made before the clock starts, as ceiling_honest's: the step times the database
     shares = [[typed_copy_rows(stream, a, z) for a, z in batches[i::sessions]] for i in range(sessions)]
     with connect(dsn, autocommit=True) as conn:
-        conn.execute(SCHEMA)
+        typed = _one(conn, TYPED_COLUMNS, {"names": TYPED_COLUMN_NAMES})
+        conn.execute(schema(typed))
         for tbl in range(NTABLES):
             conn.execute(partition(tbl, keyed))
         conn.execute(FUNCTIONS)
@@ -193,7 +198,7 @@ def batch_ceiling(
         for conn in conns:
             conn.execute(SESSION)
             if keyed:
-                conn.execute(STAGE.format(", ".join(f"{c} {t}" for c, t in _stage_types())))
+                conn.execute(STAGE)
         pids = {"postgres": cluster.postmaster_pid()}
         pids.update({f"postgres session {i + 1}": backend_pid(c) for i, c in enumerate(conns)})
         pids["postgres ticker"] = backend_pid(ticker_conn)
@@ -314,7 +319,7 @@ def batch_ceiling(
     )
 
 
-def _one(conn: DictConnection, statement: str, params: list[Any]) -> Any:
+def _one(conn: DictConnection, statement: str, params: list[Any] | dict[str, Any]) -> Any:
     row = conn.execute(statement, params, prepare=True).fetchone()
     assert row is not None
     return next(iter(row.values()))
@@ -336,19 +341,6 @@ def _redeliver(conn: DictConnection, store: Callable[[int, str], None]) -> int:
     finally:
         conn.execute("SELECT pg_advisory_unlock_shared(%s)", [ROTATION_LOCK])
     return rows.count("\n")
-
-
-def _stage_types() -> list[tuple[str, str]]:
-    types = {
-        "quota_id": "uuid",
-        "version": "bigint",
-        "is_delete": "boolean",
-        "source": "text",
-        "errors": "text[]",
-    }
-    types |= {"period_month": "date", "qty_t": "numeric", "tolerance_pct": "numeric"}
-    types |= {"source_updated_at": "timestamptz", "payload": "jsonb"}
-    return [(c, types.get(c, "text")) for c in COPY_COLUMNS]
 
 
 def _problems(events: int, check: dict[str, int], stored: dict[str, tuple[int, int]]) -> list[str]:

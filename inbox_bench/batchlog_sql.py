@@ -32,7 +32,21 @@ TYPED = COLUMN_NAMES[2:]
 COPY_COLUMNS = ("quota_id", "version", "is_delete", "source", "errors", *TYPED, "payload")
 COPY_LIST = ", ".join(COPY_COLUMNS)
 
-SCHEMA = """
+# errors and the typed columns of inbox.quota_events (migration 015), each `name type NULL`, from the
+# catalog: the batch log stores an event's columns as the product's inbox does
+TYPED_COLUMNS = """
+SELECT string_agg(format('%%I %%s NULL', a.attname, format_type(a.atttypid, a.atttypmod)), ', '
+                  ORDER BY array_position(%(names)s::text[], a.attname::text)) AS columns
+FROM pg_attribute a
+WHERE a.attrelid = 'inbox.quota_events'::regclass AND a.attname = ANY(%(names)s::text[])
+  AND NOT a.attisdropped
+"""
+TYPED_COLUMN_NAMES = ["errors", *TYPED]
+
+
+def schema(typed_columns: str) -> str:
+    """The batch log's tables, `typed_columns` as TYPED_COLUMNS reads them."""
+    return f"""
 CREATE SCHEMA batchlog;
 CREATE SEQUENCE batchlog.event_id_seq;
 
@@ -45,15 +59,8 @@ CREATE TABLE batchlog.events (
     is_delete         boolean     NOT NULL,
     source            text        NOT NULL,
     received_at       timestamptz NOT NULL DEFAULT now(),
-    errors            text[]      NULL,  -- every reason the edge found the event invalid
-    counterparty_id   text        NULL,
-    direction         text        NULL,
-    period_month      date        NULL,
-    qty_t             numeric     NULL,
-    tolerance_pct     numeric     NULL,
-    incoterm_code     text        NULL,
-    metal_code        text        NULL,
-    source_updated_at timestamptz NULL,
+    -- errors (every reason the edge found the event invalid) and the typed columns, as inbox.quota_events
+    {typed_columns},
     payload           jsonb       NOT NULL
 ) PARTITION BY LIST (tbl);
 -- a batch's events are found by transaction id (few distinct values: btree deduplication keeps it small)
