@@ -325,6 +325,33 @@ def test_a_dead_workers_batch_is_applied_by_another_and_its_claim_still_costs_an
         survivor.close()
 
 
+def test_a_dead_claim_that_cannot_be_released_at_once_is_left_to_the_reaper_and_stops_no_claim(
+    db: DictConnection, dsn: str
+) -> None:
+    """The next claim releases the dead claims it shares a quota with (inbox.record_claim), waiting at
+    most its lock_timeout for one that another session holds; one it cannot release is left to the
+    reaper, and the claim goes on: one dead claim never stops the workers."""
+    q = uuid.uuid4()
+    ingest(db, [titan_event(q, 1, "INSERT", qty_t=Decimal("10"))])
+    conf = worker_settings(backoff_base_seconds=0.05, backoff_cap_seconds=0.1)
+    claim_and_die(dsn, conf=conf)
+    survivor = Worker(dsn, conf, "w-survivor")
+    try:
+        with connect(dsn) as holder:  # holds the dead claim's ledger row, as a slow reaper would
+            assert holder.execute("SELECT id FROM inbox.claim_ledger FOR UPDATE").fetchall() != []
+            assert survivor.process_once().applied == 1
+            assert (inbox_row(db, q, 1)["status"], inbox_row(db, q, 1)["attempts"]) == ("applied", 1)
+            holder.rollback()
+        assert ledger_rows(db) == 1  # the dead one, left to the reaper
+
+        assert reap(db, conf, BatchCounts(retried=1)) == BatchCounts(retried=1)
+
+        assert (inbox_row(db, q, 1)["status"], inbox_row(db, q, 1)["attempts"]) == ("applied", 2)
+        assert ledger_rows(db) == 0
+    finally:
+        survivor.close()
+
+
 def test_the_reaper_first_gives_a_dead_workers_batch_back_with_an_attempt_spent(
     db: DictConnection, dsn: str
 ) -> None:
