@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
 from itertools import compress
-from operator import attrgetter, not_
+from operator import attrgetter
 from typing import Any, Literal
 
 import msgspec
@@ -156,7 +156,7 @@ ROW_COLUMNS = (
 @dataclass(frozen=True, slots=True)
 class EdgeColumns:
     """A body's events column by column, as inbox.ingest_typed_events takes them: every event a
-    typed upsert (typed True) or a delete (typed False, its row columns None). No object per event:
+    typed upsert or a typed delete (its row columns None), typed True. No object per event:
     keys() and rows() build EventKeys and QuotaRows only for a caller that asks."""
 
     quota_ids: list[str]  # canonical UUID text, cast by PostgreSQL (a UUID object costs 1 us)
@@ -211,7 +211,10 @@ def decode_columns(texts: Sequence[str]) -> EdgeColumns | None:
     row_columns = _row_columns(datas, optional, deletes)
     if row_columns is None:
         return None
-    typed = list(map(not_, is_delete))
+    # A delete _typed took is typed too: a Titan DELETE needs only its key (events.validate_titan_event),
+    # so what a worker would store for it from its payload is known here (no row, no errors, not
+    # version-less, no LSN). Stored untyped, every batch holding a delete cost a typing round first.
+    typed = [True] * count
     rows: list[QuotaRow | None] = list(map(QuotaRow, *row_columns.values()))
     for at in deletes:
         rows[at] = None

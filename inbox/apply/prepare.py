@@ -1,10 +1,10 @@
 """Events stored without typed columns -> the columns the ingestor would have stored (migration 015).
 
 Rows stored before migration 015, by the sink trigger, by a dead-letter replay, by a reconcile
-repair or by SQL by hand, and the events the edge does not type (deletes, other formats, invalid
-events) carry only their payload; the worker types them with the ingestor's own validation
-(typed_event below: inbox.formats.interpret), after checking that the key they were filed under is
-their payload's own.
+repair or by SQL by hand, and the events the edge does not type (other formats, invalid events,
+deletes outside its column path) carry only their payload; the worker types them with the
+ingestor's own validation (typed_event below: inbox.formats.interpret), after checking that the key
+they were filed under is their payload's own.
 """
 
 from __future__ import annotations

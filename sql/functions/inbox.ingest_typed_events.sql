@@ -18,9 +18,10 @@
 -- Privileges:  SECURITY DEFINER: the ingest role has no right on the inbox table (007)
 -- -------------------------------------------------------------------------------------------------
 -- Store a batch of raw events with the typed columns the ingestor read from each (migration 015):
--- where p_typed[n], the quota row a valid upsert sets (inbox/edge.py, ParsedBatch.rows); the other
--- events (deletes, invalid events, other formats) are stored untyped and typed by the worker from
--- their payload. p_events is a JSON array; every other array is parallel to it (sent as binary
+-- where p_typed[n], the quota row a valid upsert sets (inbox/edge.py, ParsedBatch.rows), or none for
+-- a Titan delete the edge read (it needs only its key); the other events (invalid events, other
+-- formats, deletes the edge's column path did not read) are stored untyped and typed by the worker
+-- from their payload. p_events is a JSON array; every other array is parallel to it (sent as binary
 -- parameters: no quoting, no parsing of each value as text), or NULL as a whole: no LSNs; no typed
 -- columns (inbox.ingest_events: the rows are stored untyped, p_typed NULL counting as false).
 -- Returns how many rows were new or replaced. The one store of both ingest functions since 019.

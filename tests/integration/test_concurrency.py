@@ -327,7 +327,6 @@ def test_two_workers_applying_consecutive_versions_of_one_quota_at_once_end_at_t
     worker_a, worker_b = Worker(dsn, conf, "w-A"), Worker(dsn, conf, "w-B")
     ingest(db, [titan_event(qid, first[0], first[1], qty_t=Decimal("1.5"))])
     ingest(db, [titan_event(qid, second[0], second[1], qty_t=Decimal("2.5"))])
-    worker_a.type_untyped()  # deletes are typed by a worker (the edge types upserts)
     # each worker's batch: one version (finish() claims each event in its own transaction)
     batch_a = Keys([qid], [first[0]], [first[1] == "DELETE"])
     batch_b = Keys([qid], [second[0]], [second[1] == "DELETE"])

@@ -16,6 +16,7 @@ from inbox.db.queries import Queries
 from inbox.ingest import parse_texts
 from inbox.settings import Settings
 from inbox.store import store
+from tests.cdc_events import debezium_event
 from tests.helpers import event_status, inbox_row, ingest, quota, titan_event, to_json
 
 
@@ -127,22 +128,27 @@ def _hints(listener: DictConnection, timeout: float = 2.0) -> list[str]:
 
 def test_a_hint_says_when_untyped_events_were_stored(dsn: str, db: DictConnection) -> None:
     """Workers type untyped events only when told (or after a poll): an ingest that stored one says
-    so in its NOTIFY payload; one that stored typed events only does not."""
+    so in its NOTIFY payload; one that stored typed events only does not. A Titan delete is typed at
+    the edge (it needs only its key): before, every batch holding one sent workers to type it."""
     quota_id = uuid.uuid4()
     with connect(dsn, autocommit=True) as listener:
         listener.execute("LISTEN inbox_quota_events")
         ingest(db, [titan_event(quota_id, 1, "INSERT")])  # typed at the edge
         typed = _hints(listener)
-        ingest(db, [titan_event(quota_id, 2, "DELETE")])  # deletes are typed by a worker
+        ingest(db, [titan_event(quota_id, 2, "DELETE")])  # typed at the edge too
+        typed_delete = _hints(listener)
+        ingest(db, [debezium_event(quota_id, 3)])  # another format: typed by a worker
         untyped = _hints(listener)
-    assert (typed, untyped) == ([""], [UNTYPED])
+    assert (typed, typed_delete, untyped) == ([""], [""], [UNTYPED])
+    assert inbox_row(db, quota_id, 2, is_delete=True)["typed"] is True
 
 
 def test_an_untyped_event_is_typed_and_applied_on_its_hint_long_before_the_poll(
     dsn: str, db: DictConnection
 ) -> None:
     """Idle workers no longer look for untyped events before every claim: the hint of the ingest
-    that stored one must bring it through typing and apply."""
+    that stored one (here a Debezium change: only Titan events are typed at the edge) must bring it
+    through typing and apply."""
     settings = Settings(poll_seconds=30, workers=2, reap_interval_seconds=60)
     quota_id = uuid.uuid4()
     with WorkerPool(dsn, settings) as pool:
@@ -150,10 +156,12 @@ def test_an_untyped_event_is_typed_and_applied_on_its_hint_long_before_the_poll(
         ingest(db, [titan_event(quota_id, 1, "INSERT")])
         assert _wait_for(_applied(db, quota_id), 5.0)
         time.sleep(0.3)  # idle again
-        ingest(db, [titan_event(quota_id, 2, "DELETE")])
-        deleted = _wait_for(lambda: inbox_row(db, quota_id, 2, is_delete=True)["status"] == "applied", 5.0)
-    assert deleted, f"the delete was not applied within 5 s: {inbox_row(db, quota_id, 2, is_delete=True)}"
-    assert quota(db, quota_id) is None
+        ingest(db, [debezium_event(quota_id, 2)])
+        applied = _wait_for(lambda: inbox_row(db, quota_id, 2)["status"] == "applied", 5.0)
+    assert applied, f"the change was not applied within 5 s: {inbox_row(db, quota_id, 2)}"
+    row = quota(db, quota_id)
+    assert row is not None and row["source_version"] == 2
+
 
 
 def test_the_http_pool_hints_after_its_commit_not_inside_it(dsn: str) -> None:
@@ -170,7 +178,7 @@ def test_the_http_pool_hints_after_its_commit_not_inside_it(dsn: str) -> None:
             inside = _hints(listener, timeout=0.5)
             Queries(conn).hint_workers(untyped=typed.untyped)
             after_typed = _hints(listener)
-            untyped = store(conn, parse_texts([to_json(titan_event(uuid.uuid4(), 2, "DELETE"))]), "http")
+            untyped = store(conn, parse_texts([to_json(debezium_event(uuid.uuid4(), 2))]), "http")
             Queries(conn).hint_workers(untyped=untyped.untyped)
             after_untyped = _hints(listener)
             session = conn.execute("SHOW synchronous_commit").fetchone()
