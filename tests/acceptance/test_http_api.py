@@ -17,6 +17,7 @@ from inbox.commands.status import print_status, read_status
 from inbox.db.connect import DictConnection, connect
 from inbox.db.queries import UNTYPED_HINT, Queries
 from tests.acceptance.conftest import UNREACHABLE_DSN, LiveServer, StartServer
+from tests.cdc_events import debezium_event
 from tests.helpers import dead_letters, drain, event_status, inbox_rows, quota, titan_event, to_json
 
 
@@ -537,7 +538,8 @@ def test_a_post_wakes_the_workers_after_its_commit(live: LiveServer) -> None:
     """The HTTP pool's ingest does not notify inside its transaction (inbox.ingest_typed_events): the route
     sends the hint itself once the events are stored, 'untyped' when a worker must type one first,
     none when nothing was new."""
-    delete = to_json(titan_event(uuid.uuid4(), 2, "DELETE"))
+    # a Debezium change: a worker types it (a Titan event, a delete included, is typed at the edge)
+    delete = to_json(debezium_event(uuid.uuid4(), 2))
     with connect(live.dsn, autocommit=True) as listener:
         listener.execute("LISTEN inbox_quota_events")
         typed = _post(live, to_json(titan_event(uuid.uuid4(), 1, "INSERT")))

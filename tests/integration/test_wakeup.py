@@ -163,7 +163,6 @@ def test_an_untyped_event_is_typed_and_applied_on_its_hint_long_before_the_poll(
     assert row is not None and row["source_version"] == 2
 
 
-
 def test_the_http_pool_hints_after_its_commit_not_inside_it(dsn: str) -> None:
     """A transaction that NOTIFYs holds PostgreSQL's one NOTIFY lock from before its commit until after
     its WAL flush, so concurrent POSTs that notified committed one flush at a time. The HTTP pool's
