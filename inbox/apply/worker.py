@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from inbox.apply.ports import WorkerDatabase
 from inbox.apply.prepare import typed_columns
 from inbox.apply.waker import Waker
 from inbox.counts import Counts
@@ -78,10 +77,7 @@ class Worker:
         dsn: str,
         settings: Settings,
         name: str,
-        database: Callable[[], WorkerDatabase] | None = None,
     ) -> None:
-        """database: the port the worker calls after a claim (default: the named queries on its apply
-        session, reconnected after a failure); tests of the retry logic pass a fake."""
         self.dsn = dsn
         self.settings = settings
         self.name = name
@@ -92,7 +88,8 @@ class Worker:
         )
         # the apply connection that holds the advisory lock on its token, its backend pid and token
         self._alive: tuple[DictConnection, int, int] | None = None
-        self._db: Callable[[], WorkerDatabase] = database or self._session.queries
+        # the named queries on the apply session (reconnected after a failure)
+        self._db: Callable[[], Queries] = self._session.queries
         self._batches = 0
         self._short = True  # the last claim came back short: look for untyped events first
 

@@ -64,6 +64,10 @@ _NOT_MIGRATED: tuple[type[Exception], ...] = (
 
 def classify(exc: BaseException) -> Failure | None:
     """What a database error means; None when exc is no database error (a bug: let it raise)."""
+    # before TRANSIENT: psycopg makes ProgramLimitExceeded (54000, a value beyond a size limit) an
+    # OperationalError, and retrying the batch that holds it would cost every neighbour its attempts
+    if isinstance(exc, psycopg.DataError | pg_errors.ProgramLimitExceeded):
+        return Failure.POISON
     if isinstance(exc, _TRANSIENT):
         return Failure.TRANSIENT
     if not isinstance(exc, psycopg.Error):
@@ -72,8 +76,6 @@ def classify(exc: BaseException) -> Failure | None:
         return Failure.NOT_MIGRATED
     if isinstance(exc, pg_errors.InsufficientPrivilege):
         return Failure.REFUSED
-    if isinstance(exc, psycopg.DataError | pg_errors.ProgramLimitExceeded):
-        return Failure.POISON
     return Failure.OTHER
 
 

@@ -108,6 +108,48 @@ def test_a_statement_timeout_gives_the_batch_back_then_dead_letters_it_when_atte
     assert quota(db, bystander) is None
 
 
+@pytest.mark.parametrize(
+    ("sqlstate", "error_class"),
+    [
+        ("40P01", "DeadlockDetected"),
+        ("40001", "SerializationFailure"),
+        ("55P03", "LockNotAvailable"),
+        ("57014", "QueryCanceled"),
+        ("57P01", "AdminShutdown"),
+    ],
+)
+def test_a_transient_error_gives_the_whole_batch_back_without_bisecting(
+    db: DictConnection, dsn: str, sqlstate: str, error_class: str
+) -> None:
+    """PostgreSQL itself raises each transient SQLSTATE inside the apply (a trigger on public.quota):
+    the worker gives the batch back with one attempt spent, bisects nothing, dead-letters nothing."""
+    db.execute(
+        "CREATE FUNCTION public.refuse_quota() RETURNS trigger LANGUAGE plpgsql"
+        " SET search_path = pg_catalog, pg_temp AS $$"
+        f" BEGIN RAISE EXCEPTION 'transient trouble' USING ERRCODE = '{sqlstate}'; END $$"
+    )
+    db.execute(
+        "CREATE TRIGGER refuse_quota BEFORE INSERT ON public.quota"
+        " FOR EACH ROW EXECUTE FUNCTION public.refuse_quota()"
+    )
+    quotas = [uuid.uuid4() for _ in range(4)]
+    ingest(db, [titan_event(q, 1, "INSERT") for q in quotas])
+    worker = Worker(dsn, worker_settings(), "w-transient")
+    try:
+        counts = worker.process_once()
+    finally:
+        worker.close()
+
+    assert (counts.claimed, counts.retried, counts.applied, counts.dead) == (4, 4, 0, 0)
+    for q in quotas:
+        row = inbox_row(db, q, 1)
+        assert (row["status"], row["attempts"]) == ("pending", 1)
+        assert row["last_error"].startswith(f"{error_class}: ")
+        assert "transient trouble" in row["last_error"]
+    assert dead_letters(db) == []
+    assert db.execute("SELECT count(*) AS n FROM public.quota").fetchone() == {"n": 0}
+
+
 def test_backoff_grows_exponentially_with_equal_jitter_and_a_cap(db: DictConnection, dsn: str) -> None:
     # equal jitter: base * 2^(n-1) * [0.5, 1.0], the exponential part capped
     base, cap = 10.0, 60.0
