@@ -72,7 +72,7 @@ def encode_row(row: dict[str, Any], decimal_mode: DecimalMode) -> dict[str, Any]
 
 def schema_field(
     name: str, type_: str, *, optional: bool = False, logical: str | None = None, **extra: Any
-) -> Any:
+) -> dict[str, Any]:
     """One field of a Connect struct schema, as JsonConverter writes it."""
     schema: dict[str, Any] = {"type": type_, "optional": optional, "field": name, **extra}
     if logical:

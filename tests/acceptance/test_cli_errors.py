@@ -26,7 +26,7 @@ CONSUMER = REPO / "examples" / "outbox_consumer.py"
 def run(
     *args: str, database_url: str | None = None, stdin: str | None = None, **env: str
 ) -> subprocess.CompletedProcess[str]:
-    return run_inbox(*args, database_url=database_url, stdin=stdin, **env)
+    return run_inbox(*args, database_url=database_url, stdin=stdin, timeout=120, **env)
 
 
 @pytest.fixture

@@ -8,8 +8,9 @@ from decimal import Decimal
 from pathlib import Path
 
 from inbox.db.connect import DictConnection
-from tests.acceptance.test_cli_ops import ok, one_line_error, run_inbox
+from tests.acceptance.test_cli_ops import ok
 from tests.helpers import drain, ingest, titan_event, to_json
+from tests.processes import one_line_error, run_inbox
 
 
 def ndjson(path: Path, events: list[dict[str, object]]) -> str:

@@ -13,8 +13,9 @@ import pytest
 from inbox.apply.pool import WorkerPool
 from inbox.db.connect import DictConnection, connect
 from inbox.settings import Settings
-from tests.acceptance.test_cli_ops import dead, ok, one_line_error, run_inbox
+from tests.acceptance.test_cli_ops import dead, ok
 from tests.helpers import dead_letters, drain, event_status, ingest, titan_event
+from tests.processes import one_line_error, run_inbox
 
 __all__ = ["dead"]  # the fixture, shared with test_cli_ops
 
@@ -76,7 +77,8 @@ def test_status_gives_no_drain_estimate_without_a_worker(dsn: str, dead: dict[st
 
 
 def _event(quota_id: uuid.UUID, version: int = 1, **data: Any) -> dict[str, Any]:
-    return json.loads(json.dumps(titan_event(quota_id, version, **data), default=str))
+    event: dict[str, Any] = json.loads(json.dumps(titan_event(quota_id, version, **data), default=str))
+    return event
 
 
 # -- dead letters -------------------------------------------------------------------------------

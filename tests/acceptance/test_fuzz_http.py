@@ -73,6 +73,7 @@ def test_hostile_bodies_get_clear_answers_and_the_valid_events_are_applied(
     assert set(status_counts(db)) <= {"applied", "stale", "dead"}  # nothing stuck, nothing half-done
     assert {letter["error_class"] for letter in dead_letters(db)} <= {"invalid"}  # never a crash
     for item in stored_intact:
+        assert item.quota_id is not None
         row = quota(db, item.quota_id)
         assert row is not None and row["source_version"] == item.version, item
 

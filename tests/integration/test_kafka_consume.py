@@ -31,10 +31,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from inbox.db.connect import DictConnection, connect
 from inbox.kafka.consumer import ConsumeStats, KafkaIngestor
 from inbox.settings import Settings
+from inbox_bench.tansu import GROUP_TIMEOUTS
 from tests.acceptance.conftest import UNREACHABLE_DSN
 from tests.cdc_events import QuotaStream, expected_rows, quota_rows, quota_stream
 from tests.helpers import drain, inbox_rows, titan_event, to_json
-from tests.kafka_broker import GROUP_TIMEOUTS, KafkaBroker, kafka_broker
+from tests.kafka_broker import KafkaBroker, kafka_broker
 from tests.processes import free_port
 from tests.processes import wait_for as wait_until
 from tests.restartable_pg import RestartablePostgres
@@ -86,7 +87,7 @@ class Feed:
         seed: int = 1,
         pace: float = 0.0,
         partitions: int = PARTITIONS,
-        headers: dict[bytes, list[tuple[str, bytes]]] | None = None,
+        headers: dict[bytes, list[tuple[str, str | bytes | None]]] | None = None,
     ) -> None:
         """Each message to a random partition (so one quota's versions race across partitions);
         headers by message key."""
@@ -361,7 +362,7 @@ def test_a_poison_number_between_two_good_events_is_rejected_and_both_are_stored
     inbox_count = counter(dsn)
     first, poison_id, last = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     poison = to_json(titan_event(poison_id, 1, qty_t=Decimal(7))).replace('"qty_t": 7', f'"qty_t": {number}')
-    messages = [
+    messages: list[tuple[bytes, bytes | None]] = [
         (b"good", to_json(titan_event(first, 1)).encode()),
         (b"poison", poison.encode()),
         (b"good", to_json(titan_event(last, 1)).encode()),

@@ -63,7 +63,8 @@ def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
 def plan_of(logged: list[dict[str, Any]], text: str) -> dict[str, Any]:
     found = [entry["Plan"] for entry in logged if text in entry.get("Query Text", "")]
     assert found, f"no plan logged for a statement containing {text!r}"
-    return found[0]
+    plan: dict[str, Any] = found[0]
+    return plan
 
 
 def backlog(db: DictConnection, events: int) -> None:

@@ -197,7 +197,7 @@ def test_unwrapped_numbers_and_iso_dates_pass_through_undecoded() -> None:
     event["after"]["period_month"] = "2026-04-30"
     row = interpret(event)
     assert row is not None
-    assert (row.qty_t, row.tolerance_pct, row.period_month) == (42, 0, date(2026, 4, 1))
+    assert (row.qty_t, row.tolerance_pct, row.period_month) == (Decimal(42), Decimal(0), date(2026, 4, 1))
 
 
 # -- flattened records: delete markers that disagree ----------------------------------------------

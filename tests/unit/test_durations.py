@@ -29,19 +29,19 @@ from inbox.settings import Settings, format_duration, parse_duration
 )
 def test_durations_read_the_forms_people_type(text: str, expected: timedelta) -> None:
     assert parse_duration(text) == expected
-    assert Settings(retention=text).retention == expected  # type: ignore[arg-type]
+    assert Settings(retention=text).retention == expected
 
 
 @pytest.mark.parametrize("text", ["-1h", "-P1D", "-90"])
 def test_negative_durations_are_refused(text: str) -> None:
     with pytest.raises(ValidationError, match="must not be negative"):
-        Settings(retention=text)  # type: ignore[arg-type]
+        Settings(retention=text)
 
 
 @pytest.mark.parametrize("text", ["1 hour", "h", "7 days, 0:00:00x", "P"])
 def test_a_non_duration_names_the_forms_it_takes(text: str) -> None:
     with pytest.raises(ValidationError, match=r"not a duration: use .*90s.*P7D"):
-        Settings(retention=text)  # type: ignore[arg-type]
+        Settings(retention=text)
 
 
 @pytest.mark.parametrize(

@@ -43,7 +43,10 @@ FUZZ = settings(
 
 def fuzz(test: Callable[..., None]) -> Callable[..., None]:
     """Hypothesis settings for these tests, and the soak mark: INBOX_SOAK=1 runs many more examples."""
-    return pytest.mark.timeout(1800 if EXAMPLES > 150 else 300)(pytest.mark.soak(FUZZ(test)))
+    marked: Callable[..., None] = pytest.mark.timeout(1800 if EXAMPLES > 150 else 300)(
+        pytest.mark.soak(FUZZ(test))
+    )
+    return marked
 
 
 def _python(value: Any) -> Any:

@@ -18,7 +18,9 @@ from typing import Any
 
 import pytest
 
-from inbox.commands import CliError, build_parser, load_settings
+from inbox.commands import build_parser
+from inbox.commands.config import load_settings
+from inbox.commands.errors import CliError
 from inbox.events import InvalidEvent, quota_row
 from inbox.formats import interpret
 from inbox.ingest import BadBatch, loads, parse_body

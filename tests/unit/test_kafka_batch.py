@@ -16,7 +16,12 @@ QUOTA_ID = uuid.UUID("0b7c3c1e-1f5e-4f65-8a4e-2f1f0f6d9a10")
 TOPIC = "titan.quota"
 
 
-def message(partition: int, offset: int, value: bytes | None, headers: object = None) -> Message:
+def message(
+    partition: int,
+    offset: int,
+    value: bytes | None,
+    headers: list[tuple[str, str | bytes | None]] | None = None,
+) -> Message:
     return Message(topic=TOPIC, partition=partition, offset=offset, key=b"k", value=value, headers=headers)
 
 

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from pydantic import SecretStr, ValidationError
 
-import inbox.http.signing as signing
 from inbox.commands.errors import CliError
 from inbox.commands.service import is_loopback, require_webhook_auth
 from inbox.http.signing import sign, signature_problem
@@ -79,7 +78,7 @@ def test_digests_and_tokens_are_compared_in_constant_time(monkeypatch: pytest.Mo
         compared.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(signing.hmac, "compare_digest", recording)
+    monkeypatch.setattr(hmac, "compare_digest", recording)
     _problem(sign(SECRET, "1790000000", b"{}"), "1790000000")
     request = Request({"type": "http", "headers": [(b"authorization", b"Bearer abc")]})
     assert http_app._authorized(request, "abc")
@@ -118,7 +117,7 @@ def test_a_public_address_needs_a_token_or_a_secret() -> None:
 @pytest.mark.parametrize("value", ["", "   "])
 def test_an_empty_credential_is_refused_not_treated_as_set(field: str, value: str) -> None:
     with pytest.raises(ValidationError, match="must not be empty"):
-        Settings(**{field: SecretStr(value)})
+        Settings.model_validate({field: SecretStr(value)})
 
 
 def test_settings_that_hold_secrets_never_show_them() -> None:
@@ -208,7 +207,7 @@ def test_the_query_manager_runs_every_named_query_by_its_literal_name() -> None:
         if helper:
             assert isinstance(node.args[0], ast.Constant), ast.unparse(node)
         if (helper or direct) and isinstance(node.args[0], ast.Constant):
-            names.append(node.args[0].value)
+            names.append(str(node.args[0].value))
     assert set(names) == set(queries())
     callers = [
         str(path.relative_to(PACKAGE.parent))
