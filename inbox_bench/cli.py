@@ -34,6 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="STEP[,STEP...]",
         help=f"run these steps only, in the run's order (default: all of {', '.join(STEPS)})",
     )
+    parser.add_argument(
+        "--soak-events",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the soak's size (default 2,000,000; --quick 10,000): a smaller soak to iterate on",
+    )
     parser.add_argument("--log-level", default="WARNING", help="the benchmark's own log (default WARNING)")
     parser.add_argument(
         "--out", type=Path, default=Path("bench-results"), help="where bench.json and bench.png go"
@@ -70,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_USAGE
     try:
-        run(args.quick, args.out, args.only)
+        run(args.quick, args.out, args.only, soak_events=args.soak_events)
     except BenchFailed as exc:
         print(f"inbox-bench: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE

@@ -18,6 +18,7 @@ from inbox_bench.cluster import (
     Cluster,
     RssSampler,
     Service,
+    cpu_seconds,
     scalar,
     service_env,
     services,
@@ -235,11 +236,18 @@ def latency(cluster: Cluster, stream: Stream, cfg: Config, workdir: Path) -> Mea
 
 @dataclass
 class Progress(Background):
-    """(time, events processed) every `interval` seconds, from the database's counters."""
+    """(time, events processed) every `interval` seconds, from the database's counters. With
+    `events` and `pids`, also where each tenth of them went: at each tenth's end a snapshot of the
+    server's counters and the processes' CPU (tenth_snapshot), and between, what the sessions of
+    the database were doing (pg_stat_activity's wait events, sampled each interval)."""
 
     dsn: str
     interval: float = 0.5
     samples: list[tuple[float, int]] = field(default_factory=list)
+    events: int = 0
+    pids: dict[str, int] = field(default_factory=dict)
+    snapshots: list[dict[str, Any]] = field(default_factory=list)
+    waits: list[dict[str, int]] = field(default_factory=lambda: [{}])
 
     THREAD = "progress"
 
@@ -248,14 +256,27 @@ class Progress(Background):
 
     def _run(self) -> None:
         with connect(self.dsn, autocommit=True) as conn:
+            if self.events:
+                self.snapshots.append(tenth_snapshot(conn, self.pids))
             while True:
-                self.samples.append((time.perf_counter(), processed(conn)))
+                self._sample(conn)
                 if len(self.samples) % self.size_every == 1:
                     for name, size in file_sizes(conn).items():
                         self.peak_bytes[name] = max(self.peak_bytes.get(name, 0), size)
                 if self._stop.wait(self.interval):
-                    self.samples.append((time.perf_counter(), processed(conn)))
+                    self._sample(conn)
                     return
+
+    def _sample(self, conn: DictConnection) -> None:
+        self.samples.append((time.perf_counter(), processed(conn)))
+        if not self.events:
+            return
+        bucket = self.waits[-1]
+        for row in conn.execute(WAITS).fetchall():
+            bucket[str(row["what"])] = bucket.get(str(row["what"]), 0) + 1
+        if self.latest >= self.events * len(self.snapshots) / 10 and len(self.snapshots) <= 10:
+            self.snapshots.append(tenth_snapshot(conn, self.pids))
+            self.waits.append({})
 
     @property
     def latest(self) -> int:
@@ -290,6 +311,78 @@ def file_sizes(conn: DictConnection) -> dict[str, int]:
     return {str(r["name"]): int(r["bytes"]) for r in conn.execute(FILES).fetchall()}
 
 
+# what each session of the soak's database (and the server's own processes) is doing now: one
+# sample; summed over a tenth, the share of time spent running (CPU), on locks, on I/O, on WAL
+WAITS = """
+SELECT coalesce(nullif(backend_type, 'client backend'), split_part(application_name, ':', 1)) || ' '
+       || CASE WHEN state = 'idle' THEN 'idle' ELSE coalesce(wait_event_type || ':' || wait_event, 'running')
+          END AS what
+FROM pg_stat_activity
+WHERE pid <> pg_backend_pid() AND (datname = current_database() OR datname IS NULL)
+  AND backend_type NOT IN ('logical replication launcher', 'archiver', 'io worker')
+"""
+
+SERVER_COUNTERS = """
+SELECT (SELECT num_timed + num_requested FROM pg_stat_checkpointer) AS checkpoints,
+       (SELECT buffers_written FROM pg_stat_checkpointer) AS checkpoint_buffers,
+       (SELECT wal_bytes FROM pg_stat_wal) AS wal_bytes,
+       (SELECT wal_fpi FROM pg_stat_wal) AS wal_fpi,
+       (SELECT jsonb_object_agg(relname, jsonb_build_object('vacuums', autovacuum_count,
+                                'analyzes', autoanalyze_count, 'dead', n_dead_tup, 'live', n_live_tup))
+        FROM pg_stat_user_tables
+        WHERE schemaname || '.' || relname IN ('inbox.quota_events', 'inbox.claim_ledger', 'public.quota',
+              'inbox.quota_versions', 'pgmq.q_quota_changes', 'inbox.metric_counters')) AS tables
+"""
+
+
+def tenth_snapshot(conn: DictConnection, pids: dict[str, int]) -> dict[str, Any]:
+    """The server's cumulative counters, the files' sizes and the processes' CPU now; a tenth's
+    figures are the differences of two snapshots. "postgres reaped" is the CPU of the server's
+    processes that ended (autovacuum workers), which the live count misses."""
+    import psutil
+
+    row = conn.execute(SERVER_COUNTERS).fetchone() or {}
+    cpu = cpu_seconds(pids)
+    if "postgres" in pids:
+        times = psutil.Process(pids["postgres"]).cpu_times()
+        cpu["postgres reaped"] = float(times.children_user + times.children_system)
+    return {
+        "at": time.perf_counter(),
+        "events": processed(conn),
+        "cpu": cpu,
+        "sizes": file_sizes(conn),
+        **{k: v for k, v in row.items()},
+    }
+
+
+def tenth_figures(snapshots: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per tenth (two snapshots apart): events, seconds, CPU microseconds per event by process, WAL
+    bytes and full-page images per event, checkpoints, autovacuum runs by table, and the largest
+    files' MB at its end."""
+    figures = []
+    for a, b in itertools.pairwise(snapshots):
+        n = max(1, int(b["events"]) - int(a["events"]))
+        cpu = {k: round((b["cpu"][k] - a["cpu"].get(k, 0.0)) / n * 1e6, 1) for k in b["cpu"]}
+        figures.append(
+            {
+                "events": n,
+                "seconds": round(b["at"] - a["at"], 2),
+                "cpu_us_per_event": cpu,
+                "wal_bytes_per_event": round((int(b["wal_bytes"]) - int(a["wal_bytes"])) / n),
+                "wal_fpi_per_1000_events": round((int(b["wal_fpi"]) - int(a["wal_fpi"])) * 1000 / n, 1),
+                "checkpoints": int(b["checkpoints"]) - int(a["checkpoints"]),
+                "checkpoint_buffers": int(b["checkpoint_buffers"]) - int(a["checkpoint_buffers"]),
+                "autovacuums": {
+                    t: v["vacuums"] - a["tables"].get(t, {}).get("vacuums", 0)
+                    for t, v in (b["tables"] or {}).items()
+                    if v["vacuums"] != a["tables"].get(t, {}).get("vacuums", 0)
+                },
+                "mb_at_end": {k: _mb(v) for k, v in b["sizes"].items() if v >= 8 * 2**20},
+            }
+        )
+    return figures
+
+
 SIZES = """
 SELECT pg_total_relation_size('inbox.quota_events') AS inbox_bytes,
        (SELECT count(*) FROM inbox.quota_events) AS inbox_rows,
@@ -314,7 +407,7 @@ def soak(cluster: Cluster, cfg: Config, workdir: Path) -> Measurement:
         "INBOX_RETENTION": f"PT{cfg.soak_retention_seconds}S",
         "INBOX_RETENTION_INTERVAL_SECONDS": str(max(1, cfg.soak_retention_seconds // 2)),
     }
-    progress = Progress(dsn)
+    progress = Progress(dsn, events=len(stream))
     held_back: list[float] = []  # each time the producer waited for the backlog, how long
 
     def body(k: int) -> bytes:
@@ -327,6 +420,7 @@ def soak(cluster: Cluster, cfg: Config, workdir: Path) -> Measurement:
         return stream.ndjson(start, stop)
 
     with pipeline(workdir, dsn, cfg, retention) as running, connect(dsn, autocommit=True) as conn:
+        progress.pids = running.pids(cluster)
         with RssSampler(running.pids(cluster)) as rss, progress:
             start = time.perf_counter()
             post_all(running.base_url, "/events", len(batches), body, cfg.http_senders, NDJSON)
@@ -343,6 +437,12 @@ def soak(cluster: Cluster, cfg: Config, workdir: Path) -> Measurement:
         end - start,
         {
             **_tenths(progress, start, len(stream)),
+            # where each tenth went (Progress): CPU per event by process, WAL, checkpoints,
+            # autovacuums, and what the sessions were waiting on (samples of pg_stat_activity)
+            "tenths": [
+                {**figures, "waits": dict(sorted(waits.items(), key=lambda kv: -kv[1])[:12])}
+                for figures, waits in zip(tenth_figures(progress.snapshots), progress.waits, strict=False)
+            ],
             "after_retention": {**(sizes or {}), "purged_at_end": purged},
             # MB on disk per file: the largest seen while events flowed (sampled every few seconds),
             # when the last event was applied, and after the final purge

@@ -4,6 +4,7 @@ fresh database copied from one migrated (and, for the throughput paths, seeded) 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import sys
@@ -42,8 +43,16 @@ STEPS = (
 )
 
 
-def run(quick: bool, out: Path, only: Sequence[str] = STEPS, progress: TextIO = sys.stderr) -> dict[str, Any]:
+def run(
+    quick: bool,
+    out: Path,
+    only: Sequence[str] = STEPS,
+    progress: TextIO = sys.stderr,
+    soak_events: int | None = None,
+) -> dict[str, Any]:
     cfg = QUICK if quick else FULL
+    if soak_events is not None:
+        cfg = dataclasses.replace(cfg, soak_events=soak_events)
     out.mkdir(parents=True, exist_ok=True)
     meta: dict[str, Any] = {
         "quick": quick,
