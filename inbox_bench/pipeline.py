@@ -430,6 +430,7 @@ def soak(cluster: Cluster, cfg: Config, workdir: Path) -> Measurement:
         purged = _purge(conn, cfg.soak_retention_seconds)
         sizes = conn.execute(SIZES).fetchone()
         after = file_sizes(conn)
+    functions = cluster.function_times(dsn, len(stream))
     return Measurement(
         "soak",
         f"7. soak: {len(stream):,} events over HTTP, retention on",
@@ -455,6 +456,9 @@ def soak(cluster: Cluster, cfg: Config, workdir: Path) -> Measurement:
                 for name, size in after.items()
             },
             "peak_rss_mb": {name: round(b / 2**20, 1) for name, b in rss.peaks.items()},
+            # inside PostgreSQL: wall time per event in each SQL function (waits included), the
+            # final purge's included
+            "sql_function_us_per_event": functions,
             "retention_seconds": cfg.soak_retention_seconds,
             "max_backlog": cfg.soak_backlog,
             # how often and how long the producer waited for the workers: a stall would show here
