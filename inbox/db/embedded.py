@@ -42,6 +42,13 @@ SOCKET_NAME = ".s.PGSQL.5432"
 HANDLES = ".inbox-handles"
 _SUN_PATH_MAX = 107  # sockaddr_un.sun_path holds 108 bytes with the closing NUL
 _START_TIMEOUT_SECONDS = 120
+# Written into a new cluster's postgresql.conf (ALTER SYSTEM still overrides them; a cluster made by
+# an older release keeps what it has). max_wal_size: PostgreSQL's 1GB made a checkpoint every 20 s
+# at 5,000 events/s, each followed by a full-page image of every page the next writes touch again:
+# in the soak of issue 13 half the WAL and a fifth of the server's CPU per event, the main reason
+# the soak's steady state ran slower than its start (README, Performance). At 4GB checkpoints come
+# from checkpoint_timeout (5 min); the WAL folder can hold about that much more.
+SERVER_SETTINGS = {"max_wal_size": "4GB"}
 
 
 class EmbeddedError(Exception):
@@ -215,6 +222,7 @@ def _init_cluster(data_dir: Path, run_as: pwd.struct_passwd | None) -> None:
         "-U",
         SUPERUSER,
         "--no-instructions",
+        *(f"--set={name}={value}" for name, value in SERVER_SETTINGS.items()),
         failure=f"initdb failed in {data_dir}",
     )
 

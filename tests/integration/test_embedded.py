@@ -143,6 +143,27 @@ def test_a_short_data_dir_keeps_its_socket_inside_itself(base: Path) -> None:
     assert not embedded_running(data_dir)
 
 
+def test_a_new_cluster_spaces_its_checkpoints_for_a_queue_and_alter_system_still_overrides(
+    base: Path,
+) -> None:
+    # PostgreSQL's max_wal_size (1GB) made a checkpoint every 20 s in the soak, and a full-page
+    # image of each page touched after it: half the WAL (README, Performance, the soak)
+    data_dir = base / "data"
+    try:
+        dsn = start_embedded(data_dir)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            assert conn.execute("SHOW max_wal_size").fetchone() == ("4GB",)
+            assert conn.execute(
+                "SELECT sourcefile LIKE '%/postgresql.conf' FROM pg_settings WHERE name = 'max_wal_size'"
+            ).fetchone() == (True,)
+            conn.execute("ALTER SYSTEM SET max_wal_size = '2GB'")
+            conn.execute("SELECT pg_reload_conf()")
+        with psycopg.connect(dsn) as conn:
+            assert conn.execute("SHOW max_wal_size").fetchone() == ("2GB",)
+    finally:
+        release_embedded(data_dir)
+
+
 def test_after_a_sigkill_the_next_run_adopts_the_server_and_its_clean_stop_stops_it(
     base: Path, tmp_path: Path
 ) -> None:
