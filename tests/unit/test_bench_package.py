@@ -66,6 +66,56 @@ def test_an_unknown_step_is_refused_with_the_list_of_steps() -> None:
     assert "unknown step 'nope'" in done.stderr and "ceiling_honest" in done.stderr
 
 
+def test_a_bad_soak_size_or_server_setting_is_refused_naming_the_form() -> None:
+    from inbox_bench.cli import build_parser
+
+    args = build_parser().parse_args(["--soak-events", "500000", "--pg-setting", "max_wal_size=4GB"])
+    assert (args.soak_events, args.pg_setting) == (500_000, [("max_wal_size", "4GB")])
+    done = python("-m", "inbox_bench", "--soak-events", "many")
+    assert done.returncode == 2 and "'many': give a whole number of events, at least 10" in done.stderr
+    done = python("-m", "inbox_bench", "--pg-setting", "max_wal_size")
+    assert done.returncode == 2 and "give NAME=VALUE, e.g. max_wal_size=4GB" in done.stderr
+
+
+def test_each_soak_tenth_gets_its_cpu_per_event_wal_checkpoints_and_vacuums() -> None:
+    from inbox_bench.pipeline import tenth_figures
+
+    def snapshot(at: float, events: int, pg: float, wal: int, fpi: int, ckpt: int, vacuums: int) -> dict:
+        return {
+            "at": at,
+            "events": events,
+            "cpu": {"postgres": pg},
+            "sizes": {"inbox.quota_events": 64 * 2**20, "small": 2**20},
+            "wal_bytes": wal,
+            "wal_fpi": fpi,
+            "checkpoints": ckpt,
+            "checkpoint_buffers": 10 * ckpt,
+            "tables": {"quota_events": {"vacuums": vacuums}, "quota": {"vacuums": 1}},
+        }
+
+    first, second = tenth_figures(
+        [
+            snapshot(0.0, 0, 1.0, 0, 0, 0, 0),
+            snapshot(2.0, 1000, 1.2, 3_000_000, 100, 0, 0),
+            snapshot(5.0, 2000, 1.5, 8_000_000, 700, 2, 1),
+        ]
+    )
+    assert first["seconds"] == 2.0 and first["cpu_us_per_event"] == {"postgres": 200.0}
+    assert (first["wal_bytes_per_event"], first["wal_fpi_per_1000_events"], first["autovacuums"]) == (
+        3000,
+        100,
+        {},
+    )
+    assert second["cpu_us_per_event"] == {"postgres": 300.0}
+    assert (second["wal_bytes_per_event"], second["wal_fpi_per_1000_events"]) == (5000, 600)
+    assert (second["checkpoints"], second["checkpoint_buffers"], second["autovacuums"]) == (
+        2,
+        20,
+        {"quota_events": 1},
+    )
+    assert second["mb_at_end"] == {"inbox.quota_events": 64.0}
+
+
 def test_a_stopwatch_measures_the_path_then_adds_the_cpu_of_each_process() -> None:
     from inbox_bench.measure import Stopwatch
 
