@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 # inbox_bench and what only the `bench` extra brings
@@ -80,7 +81,9 @@ def test_a_bad_soak_size_or_server_setting_is_refused_naming_the_form() -> None:
 def test_each_soak_tenth_gets_its_cpu_per_event_wal_checkpoints_and_vacuums() -> None:
     from inbox_bench.pipeline import tenth_figures
 
-    def snapshot(at: float, events: int, pg: float, wal: int, fpi: int, ckpt: int, vacuums: int) -> dict:
+    def snapshot(
+        at: float, events: int, pg: float, wal: int, fpi: int, ckpt: int, vacuums: int
+    ) -> dict[str, Any]:
         return {
             "at": at,
             "events": events,
