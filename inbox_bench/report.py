@@ -136,6 +136,15 @@ def table(doc: dict[str, Any]) -> str:
                 "soak per tenth, events/s: "
                 + ", ".join(f"{v:,.0f}" for v in soak["tenths_events_per_second"])
             )
+        for k, tenth in enumerate(soak.get("tenths", []), 1):
+            cpu, rate = tenth["cpu_us_per_event"], tenth["events"] / max(tenth["seconds"], 1e-9)
+            lines.append(
+                f"soak tenth {k}: {rate:,.0f}/s, CPU us/event postgres "
+                f"{cpu.get('postgres', 0):,.0f} + ended sessions {cpu.get('postgres reaped', 0):,.0f}, "
+                f"WAL {tenth['wal_bytes_per_event']:,} B/event, full-page images "
+                f"{tenth['wal_fpi_per_1000_events']:,.0f}/1000 events, checkpoints {tenth['checkpoints']}, "
+                f"autovacuums {sum(tenth['autovacuums'].values())}"
+            )
         lines.append("soak peak RSS MB: " + ", ".join(f"{k} {v}" for k, v in soak["peak_rss_mb"].items()))
         for name, mb in soak.get("files_mb", {}).items():
             lines.append(
