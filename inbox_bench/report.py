@@ -130,6 +130,11 @@ def table(doc: dict[str, Any]) -> str:
         lines.append(
             f"soak: first tenth {soak['first_tenth_events_per_second']:,.0f}/s, last tenth "
             f"{soak['last_tenth_events_per_second']:,.0f}/s ({soak['last_over_first']:.0%})"
+            + (
+                f"; last over the median of tenths 2-9 {soak['last_over_median_of_tenths_2_to_9']:.0%}"
+                if "last_over_median_of_tenths_2_to_9" in soak
+                else ""
+            )
         )
         if "tenths_events_per_second" in soak:
             lines.append(
