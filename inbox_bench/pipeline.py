@@ -339,7 +339,8 @@ SELECT (SELECT num_timed + num_requested FROM pg_stat_checkpointer) AS checkpoin
 def tenth_snapshot(conn: DictConnection, pids: dict[str, int]) -> dict[str, Any]:
     """The server's cumulative counters, the files' sizes and the processes' CPU now; a tenth's
     figures are the differences of two snapshots. "postgres reaped" is the CPU of the server's
-    processes that ended (autovacuum workers), which the live count misses."""
+    processes that ended, which the live count misses: autovacuum workers and the sessions that
+    closed (retention connects once per run, so its work lands here)."""
     import psutil
 
     row = conn.execute(SERVER_COUNTERS).fetchone() or {}
@@ -352,7 +353,7 @@ def tenth_snapshot(conn: DictConnection, pids: dict[str, int]) -> dict[str, Any]
         "events": processed(conn),
         "cpu": cpu,
         "sizes": file_sizes(conn),
-        **{k: v for k, v in row.items()},
+        **row,
     }
 
 
@@ -363,6 +364,7 @@ def tenth_figures(snapshots: list[dict[str, Any]]) -> list[dict[str, Any]]:
     figures = []
     for a, b in itertools.pairwise(snapshots):
         n = max(1, int(b["events"]) - int(a["events"]))
+        vacuums_before = {t: v["vacuums"] for t, v in (a["tables"] or {}).items()}
         cpu = {k: round((b["cpu"][k] - a["cpu"].get(k, 0.0)) / n * 1e6, 1) for k in b["cpu"]}
         figures.append(
             {
@@ -374,9 +376,9 @@ def tenth_figures(snapshots: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "checkpoints": int(b["checkpoints"]) - int(a["checkpoints"]),
                 "checkpoint_buffers": int(b["checkpoint_buffers"]) - int(a["checkpoint_buffers"]),
                 "autovacuums": {
-                    t: v["vacuums"] - a["tables"].get(t, {}).get("vacuums", 0)
+                    t: v["vacuums"] - vacuums_before.get(t, 0)
                     for t, v in (b["tables"] or {}).items()
-                    if v["vacuums"] != a["tables"].get(t, {}).get("vacuums", 0)
+                    if v["vacuums"] != vacuums_before.get(t, 0)
                 },
                 "mb_at_end": {k: _mb(v) for k, v in b["sizes"].items() if v >= 8 * 2**20},
             }
