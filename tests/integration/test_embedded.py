@@ -147,7 +147,7 @@ def test_a_new_cluster_spaces_its_checkpoints_for_a_queue_and_alter_system_still
     base: Path,
 ) -> None:
     # PostgreSQL's max_wal_size (1GB) made a checkpoint every 20 s in the soak, and a full-page
-    # image of each page touched after it: half the WAL (README, Performance, the soak)
+    # image of each page touched after it: a third of the WAL (README, Performance, the soak)
     data_dir = base / "data"
     try:
         dsn = start_embedded(data_dir)
