@@ -463,14 +463,21 @@ WHERE d.quota_id = %(quota_id)s::uuid
 ORDER BY d.version DESC, d.created_at DESC
 LIMIT %(limit)s;
 
+-- name: quota_show_queue_bound
+-- The newest message of the outbox queue that the story does not search (NULL: it searches the whole
+-- queue): the queue has no index by quota (migration 020), so the story reads its newest %(scan)s
+-- messages by msg_id, its primary key.
+SELECT (SELECT q.msg_id FROM pgmq.q_quota_changes q ORDER BY q.msg_id DESC OFFSET %(scan)s LIMIT 1) AS unsearched;
+
 -- name: quota_show_outbox
--- By the expression indexes of migration 013 on the queue and its archive.
+-- The queue's messages after %(unsearched)s (quota_show_queue_bound), by its primary key; the
+-- archive by the expression index of migration 013.
 SELECT m.place, m.msg_id, m.enqueued_at, m.archived_at, m.read_ct, m.message
 FROM (
     SELECT 'queue'::text AS place, q.msg_id, q.enqueued_at, NULL::timestamptz AS archived_at, q.read_ct,
            q.message
     FROM pgmq.q_quota_changes q
-    WHERE q.message ->> 'quota_id' = %(quota_id)s::text
+    WHERE q.msg_id > coalesce(%(unsearched)s::bigint, -1) AND q.message ->> 'quota_id' = %(quota_id)s::text
     UNION ALL
     SELECT 'archive', a.msg_id, a.enqueued_at, a.archived_at, a.read_ct, a.message
     FROM pgmq.a_quota_changes a

@@ -685,8 +685,12 @@ class Queries:
     def quota_show_dead_letters(self, quota_id: uuid.UUID, limit: int) -> list[dict[str, Any]]:
         return self._all("quota_show_dead_letters", {"quota_id": quota_id, "limit": limit})
 
-    def quota_show_outbox(self, quota_id: uuid.UUID, limit: int) -> list[dict[str, Any]]:
-        return self._all("quota_show_outbox", {"quota_id": quota_id, "limit": limit})
+    def quota_show_queue_bound(self, scan: int) -> int | None:
+        """The newest msg_id of the outbox queue beyond its `scan` newest messages (None: there is none)."""
+        return cast(int | None, self._one("quota_show_queue_bound", {"scan": scan})["unsearched"])
+
+    def quota_show_outbox(self, quota_id: uuid.UUID, unsearched: int | None, limit: int) -> list[dict[str, Any]]:
+        return self._all("quota_show_outbox", {"quota_id": quota_id, "unsearched": unsearched, "limit": limit})
 
     def quota_show_repairs(self, quota_id: uuid.UUID, limit: int) -> list[dict[str, Any]]:
         return self._all("quota_show_repairs", {"quota_id": quota_id, "limit": limit})

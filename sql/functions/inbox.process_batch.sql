@@ -8,7 +8,8 @@
 -- Writes:      inbox.quota_versions, public.quota, inbox.quota_events, public.quota_processing_errors,
 --              inbox.claim_ledger (deletes p_ledger), inbox.claim_debts (pays them, through
 --              inbox.pay_claim_debts), inbox.metric_counters (the batch's counts, through
---              inbox.count_finished), pgmq queue quota_changes (pgmq.send_batch)
+--              inbox.count_finished), pgmq queue quota_changes (its table pgmq.q_quota_changes, as
+--              pgmq.send_batch would)
 -- Called by:   query process_batch (inbox/apply/worker.py), in the transaction of inbox.claim_batch
 -- -------------------------------------------------------------------------------------------------
 -- Finish the events with these keys that are still pending, in the caller's transaction, from their
@@ -72,6 +73,7 @@ DECLARE
     v_quota_ids uuid[];
     v_is_delete boolean[];
     v_latencies double precision[];  -- received-to-applied seconds of each applied event
+    v_vt        timestamptz;         -- the outbox messages' visibility time: when they were sent
 BEGIN
     WITH locked AS (
         SELECT e.*
@@ -327,6 +329,12 @@ BEGIN
     -- the batch's counts, once (migration 016: no counter trigger on the mark)
     PERFORM inbox.count_finished(applied, stale, v_latencies);
 
+    -- The outbox (issue 13): one INSERT into the queue's table writes the rows that
+    -- pgmq.send_batch('quota_changes', batch) wrote (msg_id from the table's identity, in this
+    -- order; read_ct 0 and enqueued_at now() by default; vt one clock_timestamp() for the batch;
+    -- headers NULL), without its four nested calls and the statement it built with format() and
+    -- planned again on every call. pgmq's tables and triggers are the contract consumers read.
+    v_vt := clock_timestamp();
     WITH deleted AS (
         -- = ANY(array): an index lookup per delete, whatever the planner guesses of unnest's size
         DELETE FROM public.quota q
@@ -334,17 +342,15 @@ BEGIN
                                       FROM unnest(v_quota_ids, v_is_delete) AS c(quota_id, is_delete)
                                       WHERE c.is_delete))
         RETURNING q.quota_id
-    ),
-    messages AS (
-        SELECT array_agg(c.message ORDER BY c.n) AS batch
-        FROM unnest(v_messages, v_quota_ids, v_is_delete) WITH ORDINALITY AS c(message, quota_id, is_delete, n)
-        LEFT JOIN deleted d USING (quota_id)
-        -- a delete of a quota that is not there changes nothing and publishes nothing
-        WHERE NOT c.is_delete OR d.quota_id IS NOT NULL
     )
-    SELECT count(*) INTO published
-    FROM messages m, LATERAL pgmq.send_batch('quota_changes', m.batch) AS sent
-    WHERE m.batch IS NOT NULL;
+    INSERT INTO pgmq.q_quota_changes (vt, message)
+    SELECT v_vt, c.message
+    FROM unnest(v_messages, v_quota_ids, v_is_delete) WITH ORDINALITY AS c(message, quota_id, is_delete, n)
+    LEFT JOIN deleted d USING (quota_id)
+    -- a delete of a quota that is not there changes nothing and publishes nothing
+    WHERE NOT c.is_delete OR d.quota_id IS NOT NULL
+    ORDER BY c.n;
+    GET DIAGNOSTICS published = ROW_COUNT;
 
     RETURN NEXT;
 END;

@@ -162,10 +162,53 @@ def test_every_read_is_by_key_on_a_large_inbox(
     db.execute("SET auto_explain.log_analyze = on")
     plans.clear()
 
-    story = quota_story.read_story(Queries(db), quota_id)
+    # the queue (1,500 others' messages, then this quota's) has no index by quota (migration 020):
+    # its newest `queue_scan` messages are read by msg_id, and the story says it searched no further
+    story = quota_story.read_story(Queries(db), quota_id, queue_scan=1000)
 
     assert len(story.events) == 6 and len(story.outbox) == 2
+    assert story.truncated == ["outbox_queue"]
     read = [entry for entry in plans if "quota_id" in entry.get("Query Text", "")]
     assert len(read) == 6, [entry.get("Query Text") for entry in plans]
-    too_wide = wide_reads(read, STORY_TABLES, most=10)
+    too_wide = wide_reads(read, STORY_TABLES - {"q_quota_changes"}, most=10)
     assert too_wide == [], too_wide
+    queue = [(node, rows) for node, table, rows in wide_reads(plans, {"q_quota_changes"}, most=0)]
+    assert queue and all(node != "Seq Scan" and rows <= 1001 for node, rows in queue), queue
+
+
+def test_the_queue_is_searched_only_as_far_as_told_and_the_story_says_so(db: DictConnection, dsn: str) -> None:
+    """A consumer far behind: this quota's unconsumed message is older than the queue's newest
+    `queue_scan` messages. The archive is searched whole (by its index); the queue's older part is
+    not, and both the JSON (`truncated`) and the text say that it was not."""
+    quota_id = a_story(db, dsn)
+    drain(dsn)  # v6: the queue holds its v3 and v6 messages
+    ingest(db, [titan_event(uuid.uuid4(), 1, "INSERT") for _ in range(5)])
+    drain(dsn)  # and after them 5 messages of other quotas
+
+    whole = quota_story.read_story(Queries(db), quota_id, queue_scan=7)
+    assert [(m["place"], m["message"]["version"]) for m in whole.outbox] == [
+        ("archive", 1),
+        ("queue", 3),
+        ("queue", 6),
+    ]
+    assert whole.truncated == []
+
+    bounded = quota_story.read_story(Queries(db), quota_id, queue_scan=6)
+    assert [(m["place"], m["message"]["version"]) for m in bounded.outbox] == [("archive", 1), ("queue", 6)]
+    assert bounded.truncated == ["outbox_queue"]
+    out = io.StringIO()
+    quota_story.render(bounded, out)
+    assert "only the queue's newest unconsumed messages were searched" in out.getvalue()
+
+
+def test_publishing_maintains_no_index_by_quota_on_the_queue(db: DictConnection) -> None:
+    """Every message the apply publishes is one row in the queue's table: its primary key and pgmq's
+    vt index only (migration 020 dropped the expression index of 013); the archive keeps its own."""
+    indexes = {
+        row["indexname"]
+        for row in db.execute(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = 'pgmq' AND tablename LIKE '%%quota_changes'"
+        ).fetchall()
+    }
+    assert "q_quota_changes_quota_id_idx" not in indexes
+    assert {"q_quota_changes_pkey", "q_quota_changes_vt_idx", "a_quota_changes_quota_id_idx"} <= indexes
