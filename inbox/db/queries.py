@@ -689,8 +689,11 @@ class Queries:
         """The newest msg_id of the outbox queue beyond its `scan` newest messages (None: there is none)."""
         return cast(int | None, self._one("quota_show_queue_bound", {"scan": scan})["unsearched"])
 
-    def quota_show_outbox(self, quota_id: uuid.UUID, unsearched: int | None, limit: int) -> list[dict[str, Any]]:
-        return self._all("quota_show_outbox", {"quota_id": quota_id, "unsearched": unsearched, "limit": limit})
+    def quota_show_outbox(
+        self, quota_id: uuid.UUID, unsearched: int | None, limit: int
+    ) -> list[dict[str, Any]]:
+        params = {"quota_id": quota_id, "unsearched": unsearched, "limit": limit}
+        return self._all("quota_show_outbox", params)
 
     def quota_show_repairs(self, quota_id: uuid.UUID, limit: int) -> list[dict[str, Any]]:
         return self._all("quota_show_repairs", {"quota_id": quota_id, "limit": limit})

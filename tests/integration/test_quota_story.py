@@ -176,7 +176,7 @@ def test_every_read_is_by_key_on_a_large_inbox(
     assert queue and all(node != "Seq Scan" and rows <= 1001 for node, rows in queue), queue
 
 
-def test_the_queue_is_searched_only_as_far_as_told_and_the_story_says_so(db: DictConnection, dsn: str) -> None:
+def test_the_queue_is_searched_only_as_far_as_told_and_says_so(db: DictConnection, dsn: str) -> None:
     """A consumer far behind: this quota's unconsumed message is older than the queue's newest
     `queue_scan` messages. The archive is searched whole (by its index); the queue's older part is
     not, and both the JSON (`truncated`) and the text say that it was not."""
