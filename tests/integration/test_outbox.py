@@ -316,3 +316,33 @@ def test_quota_balance_view(
     assert row["qty_t"] == Decimal("100")
     got = (row["called_off_qty_t"], row["remaining_qty_t"], row["min_qty_t"], row["max_qty_t"])
     assert tuple(Decimal(x) for x in expected) == got
+
+
+def test_a_batchs_messages_are_the_rows_pgmq_send_batch_writes(db: DictConnection, dsn: str) -> None:
+    """process_batch inserts its messages into pgmq's queue table itself (issue 13): each row must be
+    the one pgmq.send_batch writes for the same message, so that pgmq's clients read it as before."""
+    ids = [uuid.uuid4() for _ in range(3)]
+    ingest(db, [titan_event(q, 1, "INSERT") for q in ids])
+    drain(dsn)
+    columns = "read_ct, last_read_at, headers, message, vt >= enqueued_at AS vt_after_enqueued"
+    ours = db.execute(
+        f"SELECT msg_id, enqueued_at, {columns} FROM pgmq.q_quota_changes ORDER BY msg_id"
+    ).fetchall()
+    db.execute(
+        "SELECT pgmq.send_batch('quota_changes', array_agg(message ORDER BY msg_id))"
+        " FROM pgmq.q_quota_changes"
+    )
+    theirs = db.execute(
+        f"SELECT {columns} FROM pgmq.q_quota_changes WHERE msg_id > %s ORDER BY msg_id", [ours[-1]["msg_id"]]
+    ).fetchall()
+
+    assert [{k: v for k, v in row.items() if k not in ("msg_id", "enqueued_at")} for row in ours] == theirs
+    assert [row["message"]["quota_id"] for row in ours] == sorted(
+        str(q) for q in ids
+    )  # msg_ids in quota order
+    # enqueued in the apply's transaction, visible at once: a consumer reads all three
+    assert all(row["enqueued_at"].isoformat() == row["message"]["applied_at"] for row in ours)
+    read = db.execute(
+        "SELECT msg_id FROM pgmq.read('quota_changes', 30, 10) WHERE msg_id <= %s", [ours[-1]["msg_id"]]
+    )
+    assert sorted(r["msg_id"] for r in read.fetchall()) == [row["msg_id"] for row in ours]
