@@ -54,23 +54,28 @@ deleted AS (
 )"""
 
 
-# One outbox message per change, the message apply_events builds; `published` counts the batch sent.
+# One outbox message per change, the message apply_events builds, inserted into the queue's table as
+# inbox.process_batch does (the rows pgmq.send_batch writes, without its dynamic SQL: issue 13);
+# `published` counts the messages sent.
 PUBLISHED = """messages AS (  -- a delete of a quota that is not there changes nothing and publishes nothing
-    SELECT array_agg(jsonb_build_object(
+    SELECT p.quota_id,
+           jsonb_build_object(
                'quota_id', p.quota_id,
                'version', p.version,
                'previous_version', p.previous_version,
                'op', CASE WHEN p.is_delete THEN 'delete' ELSE 'upsert' END,
                'quota', CASE WHEN p.is_delete THEN NULL ELSE to_jsonb(u) END,
-               'applied_at', p.applied_at)
-           ORDER BY p.quota_id) AS batch
+               'applied_at', p.applied_at) AS message
     FROM passed p
     LEFT JOIN upserted u USING (quota_id)
     LEFT JOIN deleted d USING (quota_id)
     WHERE NOT p.is_delete OR d.quota_id IS NOT NULL
 ),
+sent AS (
+    INSERT INTO pgmq.q_quota_changes (vt, message)
+    SELECT clock_timestamp(), m.message FROM messages m ORDER BY m.quota_id
+    RETURNING msg_id
+),
 published AS (
-    SELECT count(*) AS n
-    FROM messages m, LATERAL pgmq.send_batch('quota_changes', m.batch) AS sent
-    WHERE m.batch IS NOT NULL
+    SELECT count(*) AS n FROM sent
 )"""

@@ -10,8 +10,8 @@
    per batch of 500, that claims pending events (FOR UPDATE SKIP LOCKED, no lease write), passes
    the highest of each quota through the version gate (inbox.quota_versions), upserts or deletes
    the quota row, marks every event's status, dead-letters a delete that call-offs block, and
-   publishes one outbox message per change (pgmq.send_batch into quota_changes, the message
-   apply_events builds) and writes the batch's counters (inbox.count_finished), in one
+   publishes one outbox message per change (into quota_changes' table, as process_batch does, the
+   message apply_events builds) and writes the batch's counters (inbox.count_finished), in one
    transaction. It reads the fields from the stored payload with casts: the validation the worker
    does in Python is not done here, which is what makes it a ceiling.
 
