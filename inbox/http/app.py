@@ -26,6 +26,7 @@ def create_app(settings: Settings, dsn: str) -> FastAPI:
         try:
             yield
         finally:
+            state.threads.shutdown(wait=True)
             state.pool.close()
 
     app = FastAPI(
