@@ -268,6 +268,13 @@ class RepairBatch:
     not_repaired: int
 
 
+def _decimal_texts(values: list[Decimal | None]) -> list[str | None]:
+    """Each Decimal as its text (None stays None), for a text[] that PostgreSQL casts to numeric[]."""
+    if None not in values:
+        return list(map(str, values))
+    return [None if value is None else str(value) for value in values]
+
+
 def _keys(keys: Iterable[EventKeyRow]) -> Jsonb:
     return Jsonb(list(keys))
 
@@ -419,13 +426,17 @@ class Queries:
 
     def ingest_typed_events(self, *, events: str, batch: TypedBatch, source: str) -> int:
         """Store events (one JSON array text) with their keys and typed columns; how many were new."""
+        columns = batch.columns
         params = {
             "events": events,
             **batch.keys.params(),
             "source": source,
             "source_lsns": batch.source_lsns,
             "typed": batch.typed,
-            **batch.columns,
+            **columns,
+            # as decimal text (query ingest_typed_events says why): str() of a Decimal keeps its digits
+            "qty_t": _decimal_texts(columns["qty_t"]),
+            "tolerance_pct": _decimal_texts(columns["tolerance_pct"]),
         }
         return int(self._one("ingest_typed_events", params)["inserted"])
 
