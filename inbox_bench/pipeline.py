@@ -4,9 +4,10 @@ PostgreSQL, fed over HTTP by this process. Validation and the outbox are on, as 
 from __future__ import annotations
 
 import itertools
+import multiprocessing
 import os
+import queue
 import statistics
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -122,66 +123,95 @@ def http_path(cluster: Cluster, stream: Stream, cfg: Config, workdir: Path) -> M
     )
 
 
-@dataclass
-class AppliedWatcher(Background):
-    """Client-side latency: polls the inbox, by primary key, for the acknowledged events it has not
-    yet seen finished, every `poll` seconds. Its resolution is the poll interval plus one query.
+class AppliedWatcher:
+    """Client-side latency: a consumer in a process of its own polls the inbox, by primary key, for
+    the acknowledged events it has not yet seen finished, every `poll` seconds. Its resolution is the
+    poll interval plus one query.
 
-    The poller shares the two cores with what it measures: at 2 ms, re-planning its query each
-    time, it used a third of a core and inflated the latency it reported. A prepared statement
-    every 5 ms costs a few percent. It looks only for events whose 202 has come back: a client
-    cannot look for an event it does not know was taken, and events registered when they were
-    handed to a sender (before their POST) made each poll cost what the senders had queued, which
-    grew as the server fell behind, taking CPU from the server it measured."""
+    Its own process: in the client's, it shared one GIL with the 4 paced senders, so a finished event
+    waited for the senders' threads before the poller could look, and the client-side tail was
+    partly the benchmark's. The poller uses a prepared statement (re-planned every 2 ms it took a
+    third of a core) and looks only for events whose 202 has come back: a client cannot look for an
+    event it does not know was taken, and one that looked for every event handed to a sender made
+    each poll cost what the senders had queued, which grew as the server fell behind."""
 
-    dsn: str
-    keys: list[tuple[str, int, bool]]
-    poll: float = 0.005
-    seen: dict[int, float] = field(default_factory=dict)
-    acknowledged: int = 0
-    # the acknowledged events not yet seen: kept as it goes, so a poll costs what is in flight, not
-    # what was ever sent (the client shares its GIL with the paced senders)
-    _unseen: set[int] = field(default_factory=set)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    def __init__(self, dsn: str, keys: list[tuple[str, int, bool]], poll: float = 0.005) -> None:
+        context = multiprocessing.get_context("spawn")  # not fork: this process has threads and sessions
+        self._acked: multiprocessing.Queue[tuple[int, int] | None] = context.Queue()
+        self._seen: multiprocessing.Queue[dict[int, float]] = context.Queue()
+        self.process = context.Process(
+            target=watch_applied,
+            args=(dsn, keys, poll, self._acked, self._seen),
+            name="applied-watcher",
+            daemon=True,
+        )
+        self.process.start()
+        self.seen: dict[int, float] = {}
 
-    THREAD = "applied-watcher"
+    @property
+    def pid(self) -> int:
+        assert self.process.pid is not None
+        return self.process.pid
 
     def acked(self, sent: Sent) -> None:
-        with self._lock:
-            self._unseen.update(range(sent.first, sent.stop))
-            self.acknowledged += sent.stop - sent.first
+        self._acked.put((sent.first, sent.stop))
 
-    QUERY = """
-        SELECT k.i
-        FROM unnest(%s::uuid[], %s::bigint[], %s::boolean[], %s::int[]) AS k(quota_id, version, is_delete, i)
-        JOIN inbox.quota_events e USING (quota_id, version, is_delete)
-        WHERE e.status IN ('applied', 'stale', 'dead')
-    """
+    def __enter__(self) -> AppliedWatcher:
+        return self
 
-    def _run(self) -> None:
-        with connect(self.dsn, autocommit=True) as conn:
-            while not self._stop.is_set() or len(self.seen) < self.acknowledged:
-                self._look(conn)
-                if self._stop.is_set() and len(self.seen) >= self.acknowledged:
-                    return
-                time.sleep(self.poll)
+    def __exit__(self, *exc: object) -> None:
+        """Every acknowledged event seen (or 120 s), then the times it was seen."""
+        self._acked.put(None)
+        self.seen = self._seen.get(timeout=130)
+        self.process.join(10)
 
-    def _look(self, conn: DictConnection) -> None:
-        with self._lock:
-            waiting = sorted(self._unseen)
-        if not waiting:
-            return
-        keys = [self.keys[i] for i in waiting]
-        rows = conn.execute(
-            self.QUERY,
-            [[k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], waiting],
-            prepare=True,
-        ).fetchall()
-        now = time.time()
-        with self._lock:
-            for row in rows:
-                self.seen[int(row["i"])] = now
-                self._unseen.discard(int(row["i"]))
+
+WATCH_QUERY = """
+    SELECT k.i
+    FROM unnest(%s::uuid[], %s::bigint[], %s::boolean[], %s::int[]) AS k(quota_id, version, is_delete, i)
+    JOIN inbox.quota_events e USING (quota_id, version, is_delete)
+    WHERE e.status IN ('applied', 'stale', 'dead')
+"""
+
+
+def watch_applied(
+    dsn: str,
+    keys: list[tuple[str, int, bool]],
+    poll: float,
+    acked: multiprocessing.Queue[tuple[int, int] | None],
+    result: multiprocessing.Queue[dict[int, float]],
+) -> None:
+    """AppliedWatcher's process: the wall-clock time (time.time(), the senders' clock) at which each
+    acknowledged event was first seen finished; sent back once told to stop and all were seen."""
+    seen: dict[int, float] = {}
+    unseen: set[int] = set()
+    stopping = False
+    deadline = float("inf")
+    with connect(dsn, autocommit=True) as conn:
+        while not stopping or (unseen and time.monotonic() < deadline):
+            while True:
+                try:
+                    item = acked.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping, deadline = True, time.monotonic() + 120
+                else:
+                    unseen.update(range(*item))
+            if unseen:
+                waiting = sorted(unseen)
+                chosen = [keys[i] for i in waiting]
+                rows = conn.execute(
+                    WATCH_QUERY,
+                    [[k[0] for k in chosen], [k[1] for k in chosen], [k[2] for k in chosen], waiting],
+                    prepare=True,
+                ).fetchall()
+                now = time.time()
+                for row in rows:
+                    seen[int(row["i"])] = now
+                    unseen.discard(int(row["i"]))
+            time.sleep(poll)
+    result.put(seen)
 
 
 def latency(cluster: Cluster, stream: Stream, cfg: Config, workdir: Path) -> Measurement:
@@ -191,7 +221,7 @@ def latency(cluster: Cluster, stream: Stream, cfg: Config, workdir: Path) -> Mea
     interval = cfg.latency_batch / cfg.latency_rate
     watcher = AppliedWatcher(dsn, stream.keys(0, total))
     with pipeline(workdir, dsn, cfg) as running, connect(dsn, autocommit=True) as conn:
-        clock = Stopwatch(running.pids(cluster), total)
+        clock = Stopwatch({**running.pids(cluster), "bench watcher": watcher.pid}, total)
         with watcher:
             sent = paced(running.base_url, requests, interval, on_ack=watcher.acked)
             wait_drained(conn, running.all, timeout=120)
@@ -204,6 +234,8 @@ def latency(cluster: Cluster, stream: Stream, cfg: Config, workdir: Path) -> Mea
                 " FROM inbox.quota_events WHERE status = 'applied'"
             ).fetchall()
         ]
+    with connect(dsn, autocommit=True) as conn:  # the services' sessions have ended: their stats are in
+        calls = function_calls(conn, ("claim_batch", "record_claim", "process_batch"))
     client_ms = [
         (watcher.seen[i] - s.acked) * 1000 for s in sent for i in range(s.first, s.stop) if i in watcher.seen
     ]
@@ -229,10 +261,30 @@ def latency(cluster: Cluster, stream: Stream, cfg: Config, workdir: Path) -> Mea
             "cpu_seconds": clock.cpu,
             "cores_x_seconds": round((os.cpu_count() or 1) * seconds, 1),
             "load_average_1m_at_end": round(load[0], 2),
+            # calls and ms per call (wall time in the function, waits included; track_functions):
+            # claim_batch calls beyond record_claim's found nothing
+            "functions": calls,
             "server_note": "applied_at - received_at: both transaction start times (ingest, apply)",
-            "client_note": "202 received -> seen finished by a 5 ms poller (includes the poll interval)",
+            "client_note": "202 received -> seen finished by a 5 ms poller, own process (+ the poll)",
         },
     )
+
+
+def function_calls(conn: DictConnection, names: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """Calls and mean ms per call of these inbox functions in this database (track_functions)."""
+    rows = conn.execute(
+        "SELECT funcname, sum(calls)::bigint AS calls, sum(total_time) AS total, sum(self_time) AS self"
+        " FROM pg_stat_user_functions WHERE schemaname = 'inbox' AND funcname = ANY(%s) GROUP BY funcname",
+        [list(names)],
+    ).fetchall()
+    return {
+        r["funcname"]: {
+            "calls": r["calls"],
+            "ms_per_call": round(r["total"] / max(r["calls"], 1), 3),
+            "self_ms_per_call": round(r["self"] / max(r["calls"], 1), 3),
+        }
+        for r in rows
+    }
 
 
 @dataclass
