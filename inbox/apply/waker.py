@@ -24,19 +24,25 @@ UNTYPED = UNTYPED_HINT
 
 
 class Waker:
-    """A generation counter: a worker that saw generation g sleeps until it moves or the timeout ends.
+    """Hints to the worker threads of one process: a hint wakes one sleeping worker, and is answered
+    by the first claim that starts after it (claiming()): that claim sees every event committed
+    before the hint was sent.
 
-    A hint wakes one sleeping worker, not all of them: a small batch is one worker's work, and
-    threads that all wake to race for it spend CPU on empty claims and contend for the GIL (a
-    waiting thread can lose up to the 5 ms switch interval per hand-over). A worker that finds a
-    full batch hands the hint on (Worker.run), so a backlog still brings every worker in. A worker
-    busy when the hint came sees the generation moved and looks.
+    One worker, not all of them: a small batch is one worker's work, and threads that all wake to race
+    for it spend CPU on empty claims and contend for the GIL (a waiting thread can lose up to the 5 ms
+    switch interval per hand-over). A worker that finds a full batch hands a hint on (Worker.run), so
+    a backlog still brings every worker in. A worker busy when the hint came looks once its batch is
+    done, unless another worker's claim has answered the hint meanwhile; a sleeper woken for a hint a
+    busy worker's claim answered first goes back to sleep. Either way one claim answers one hint, where
+    both claimed before and one found nothing.
     """
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._generation = 0
+        self._generation = 0  # hints so far
+        self._answered = 0  # hints the latest claim to start answers
         self._untyped = False
+        self._stopping = False
 
     @property
     def generation(self) -> int:
@@ -50,6 +56,11 @@ class Waker:
             self._untyped = self._untyped or untyped
             self._cond.notify()
 
+    def claiming(self) -> None:
+        """The caller's claim starts now: it answers every hint so far."""
+        with self._cond:
+            self._answered = self._generation
+
     def take_untyped(self) -> bool:
         """Whether a hint since the last call said untyped events may be due; the first caller
         types them, the others need not look."""
@@ -61,12 +72,16 @@ class Waker:
         """Every sleeping worker: to stop."""
         with self._cond:
             self._generation += 1
+            self._stopping = True
             self._cond.notify_all()
 
-    def wait(self, seen: int, timeout: float) -> bool:
-        """True if woken (something may be due), False on timeout."""
+    def wait(self, timeout: float) -> bool:
+        """Until a hint no claim has answered yet comes (or came while the caller was busy): True;
+        False on timeout."""
         with self._cond:
-            return self._cond.wait_for(lambda: self._generation != seen, timeout=timeout)
+            return self._cond.wait_for(
+                lambda: self._stopping or self._generation != self._answered, timeout=timeout
+            )
 
 
 class NotifyListener(threading.Thread):

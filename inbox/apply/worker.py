@@ -293,11 +293,15 @@ class Worker:
         """Claim and apply until stopped. Between batches, a worker goes on at once while a batch
         came back full or a hint came meanwhile; otherwise it sleeps until a hint or the poll: a
         short batch means nothing more was due when it was claimed, and what was stored since came
-        with a hint (inbox/apply/waker.py), so another claim at once would only find nothing."""
+        with a hint (inbox/apply/waker.py), so another claim at once would only find nothing. A
+        hint that another worker's claim answered while this one was busy does not count."""
         delay = 0.1
         look = True  # at start, and after a poll or a failure: untyped events may wait without a hint
+        handed_on = False  # the last batch was full and its hint went to another worker
         while not stop.is_set():
-            seen = waker.generation
+            if not handed_on:
+                waker.claiming()  # this claim answers the hints so far
+            handed_on = False
             try:
                 counts = self.process_once(look=waker.take_untyped() or look)
                 delay = 0.1
@@ -313,8 +317,9 @@ class Worker:
             look = False
             if counts.claimed >= self.settings.batch_size:
                 waker.wake()  # a full batch: more may be due, bring in another worker
+                handed_on = True  # and go on at once, leaving that hint to the other worker
             elif counts.typed == 0:  # (typed events are claimable now: claim them at once)
-                look = not waker.wait(seen, timeout=self.settings.poll_seconds)
+                look = not waker.wait(timeout=self.settings.poll_seconds)
         self.close()
 
 

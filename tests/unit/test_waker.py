@@ -14,9 +14,8 @@ def _sleepers(waker: Waker, count: int) -> tuple[list[threading.Thread], list[bo
     ready = threading.Barrier(count + 1)
 
     def sleep() -> None:
-        seen = waker.generation
         ready.wait()
-        if waker.wait(seen, timeout=5.0):
+        if waker.wait(timeout=5.0):
             with lock:
                 woken.append(True)
 
@@ -42,11 +41,34 @@ def test_a_hint_wakes_one_sleeping_worker_not_all() -> None:
 
 def test_a_worker_busy_when_the_hint_came_looks_at_once() -> None:
     waker = Waker()
-    seen = waker.generation
-    waker.wake()  # nobody was asleep: the hint is not lost, the generation moved
+    waker.wake()  # nobody was asleep: the hint is not lost, no claim has answered it
     started = time.monotonic()
-    assert waker.wait(seen, timeout=5.0)
+    assert waker.wait(timeout=5.0)
     assert time.monotonic() - started < 1.0
+
+
+def test_a_hint_a_claim_answered_wakes_no_second_claim() -> None:
+    """A worker busy when the hint came used to claim again when done, beside the sleeper the hint
+    woke: one of the two found nothing. A claim that started after the hint answers it."""
+    waker = Waker()
+    waker.wake()
+    waker.claiming()  # another worker's claim started after the hint: it sees its events
+    assert not waker.wait(timeout=0.3)
+    waker.wake()  # a later hint is not answered by that claim
+    assert waker.wait(timeout=5.0)
+
+
+def test_a_sleeper_woken_for_an_answered_hint_sleeps_on() -> None:
+    waker = Waker()
+    threads, woken = _sleepers(waker, 1)
+    with waker._cond:  # the hint and a claim answering it, before the sleeper runs again
+        waker.wake()
+        waker.claiming()
+    time.sleep(0.3)
+    assert woken == []
+    waker.wake()
+    threads[0].join(5)
+    assert woken == [True]
 
 
 def test_an_untyped_hint_is_taken_once() -> None:
