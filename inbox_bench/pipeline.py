@@ -138,7 +138,7 @@ class AppliedWatcher:
     def __init__(self, dsn: str, keys: list[tuple[str, int, bool]], poll: float = 0.005) -> None:
         context = multiprocessing.get_context("spawn")  # not fork: this process has threads and sessions
         self._acked: multiprocessing.Queue[tuple[int, int] | None] = context.Queue()
-        self._seen: multiprocessing.Queue[dict[int, float]] = context.Queue()
+        self._seen: multiprocessing.Queue[tuple[dict[int, float], dict[str, float]]] = context.Queue()
         self.process = context.Process(
             target=watch_applied,
             args=(dsn, keys, poll, self._acked, self._seen),
@@ -147,11 +147,7 @@ class AppliedWatcher:
         )
         self.process.start()
         self.seen: dict[int, float] = {}
-
-    @property
-    def pid(self) -> int:
-        assert self.process.pid is not None
-        return self.process.pid
+        self.own: dict[str, float] = {}  # its CPU seconds and what one look took (ms)
 
     def acked(self, sent: Sent) -> None:
         self._acked.put((sent.first, sent.stop))
@@ -162,7 +158,7 @@ class AppliedWatcher:
     def __exit__(self, *exc: object) -> None:
         """Every acknowledged event seen (or 120 s), then the times it was seen."""
         self._acked.put(None)
-        self.seen = self._seen.get(timeout=130)
+        self.seen, self.own = self._seen.get(timeout=130)
         self.process.join(10)
 
 
@@ -179,10 +175,12 @@ def watch_applied(
     keys: list[tuple[str, int, bool]],
     poll: float,
     acked: multiprocessing.Queue[tuple[int, int] | None],
-    result: multiprocessing.Queue[dict[int, float]],
+    result: multiprocessing.Queue[tuple[dict[int, float], dict[str, float]]],
 ) -> None:
     """AppliedWatcher's process: the wall-clock time (time.time(), the senders' clock) at which each
-    acknowledged event was first seen finished; sent back once told to stop and all were seen."""
+    acknowledged event was first seen finished, with its CPU seconds and the ms one look took (p50,
+    max); sent back once told to stop and all were seen."""
+    looks: list[float] = []
     seen: dict[int, float] = {}
     unseen: set[int] = set()
     stopping = False
@@ -199,6 +197,7 @@ def watch_applied(
                 else:
                     unseen.update(range(*item))
             if unseen:
+                began = time.perf_counter()
                 waiting = sorted(unseen)
                 chosen = [keys[i] for i in waiting]
                 rows = conn.execute(
@@ -210,8 +209,13 @@ def watch_applied(
                 for row in rows:
                     seen[int(row["i"])] = now
                     unseen.discard(int(row["i"]))
+                looks.append((time.perf_counter() - began) * 1000)
             time.sleep(poll)
-    result.put(seen)
+    own = {"cpu_seconds": round(time.process_time(), 2)}
+    if looks:
+        looks.sort()
+        own |= {"look_ms_p50": round(looks[len(looks) // 2], 2), "look_ms_max": round(looks[-1], 2)}
+    result.put((seen, own))
 
 
 def latency(cluster: Cluster, stream: Stream, cfg: Config, workdir: Path) -> Measurement:
@@ -221,7 +225,7 @@ def latency(cluster: Cluster, stream: Stream, cfg: Config, workdir: Path) -> Mea
     interval = cfg.latency_batch / cfg.latency_rate
     watcher = AppliedWatcher(dsn, stream.keys(0, total))
     with pipeline(workdir, dsn, cfg) as running, connect(dsn, autocommit=True) as conn:
-        clock = Stopwatch({**running.pids(cluster), "bench watcher": watcher.pid}, total)
+        clock = Stopwatch(running.pids(cluster), total)
         with watcher:
             sent = paced(running.base_url, requests, interval, on_ack=watcher.acked)
             wait_drained(conn, running.all, timeout=120)
@@ -264,6 +268,7 @@ def latency(cluster: Cluster, stream: Stream, cfg: Config, workdir: Path) -> Mea
             # calls and ms per call (wall time in the function, waits included; track_functions):
             # claim_batch calls beyond record_claim's found nothing
             "functions": calls,
+            "watcher": watcher.own,  # the client-side poller's process (it ends before the clock)
             "server_note": "applied_at - received_at: both transaction start times (ingest, apply)",
             "client_note": "202 received -> seen finished by a 5 ms poller, own process (+ the poll)",
         },
