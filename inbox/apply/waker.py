@@ -1,10 +1,10 @@
 """LISTEN/NOTIFY wakes idle workers; they still poll, so a lost hint costs one poll interval.
 
-A notification's payload says what was stored: UNTYPED when some event came without typed columns
-(a delete, another format, an invalid event, the sink's rows, a replay), which a worker must type
-from its payload before it can claim it; empty otherwise. A worker looks for untyped events only
-when told so (or after a poll, when hints may have been lost): the look is one more transaction,
-which every batch paid before.
+A notification's payload says what was stored: UNTYPED_HINT (inbox/db/queries.py) when some event
+came without typed columns (a delete, another format, an invalid event, the sink's rows, a replay),
+which a worker must type from its payload before it can claim it; empty otherwise. A worker looks
+for untyped events only when told so (or after a poll, when hints may have been lost): the look is
+one more transaction, which every batch paid before.
 """
 
 from __future__ import annotations
@@ -17,11 +17,6 @@ from inbox.db.errors import DatabaseError
 from inbox.db.queries import UNTYPED_HINT, Queries
 
 log = logging.getLogger(__name__)
-
-# The payload of a notification whose transaction stored untyped events (inbox.ingest_typed_events),
-# or sent after such a transaction (Queries.hint_workers).
-UNTYPED = UNTYPED_HINT
-
 
 class Waker:
     """Hints to the worker threads of one process: a hint wakes one sleeping worker, and is answered
@@ -114,4 +109,4 @@ class NotifyListener(threading.Thread):
             self._waker.wake(untyped=True)
             while not self._stop_event.is_set():
                 for notify in conn.notifies(timeout=0.5, stop_after=1):
-                    self._waker.wake(untyped=notify.payload == UNTYPED)
+                    self._waker.wake(untyped=notify.payload == UNTYPED_HINT)

@@ -10,9 +10,8 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from inbox.apply.pool import WorkerPool
-from inbox.apply.waker import UNTYPED
 from inbox.db.connect import DictConnection, connect, open_pool
-from inbox.db.queries import Queries
+from inbox.db.queries import UNTYPED_HINT, Queries
 from inbox.ingest import parse_texts
 from inbox.settings import Settings
 from inbox.store import store
@@ -139,7 +138,7 @@ def test_a_hint_says_when_untyped_events_were_stored(dsn: str, db: DictConnectio
         typed_delete = _hints(listener)
         ingest(db, [debezium_event(quota_id, 3)])  # another format: typed by a worker
         untyped = _hints(listener)
-    assert (typed, typed_delete, untyped) == ([""], [""], [UNTYPED])
+    assert (typed, typed_delete, untyped) == ([""], [""], [UNTYPED_HINT])
     assert inbox_row(db, quota_id, 2, is_delete=True)["typed"] is True
 
 
@@ -187,5 +186,5 @@ def test_the_http_pool_hints_after_its_commit_not_inside_it(dsn: str) -> None:
         pool.close()
     assert (typed.accepted, untyped.accepted) == (1, 1)
     assert inside == [], "the ingest notified inside its own transaction"
-    assert (after_typed, after_untyped) == ([""], [UNTYPED])
+    assert (after_typed, after_untyped) == ([""], [UNTYPED_HINT])
     assert session is not None and session["synchronous_commit"] == "on"
