@@ -18,6 +18,7 @@ from inbox.db.queries import UNTYPED_HINT, Queries
 
 log = logging.getLogger(__name__)
 
+
 class Waker:
     """Hints to the worker threads of one process: a hint wakes one sleeping worker, and is answered
     by the first claim that starts after it (claiming()): that claim sees every event committed
