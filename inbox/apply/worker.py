@@ -31,7 +31,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -88,8 +88,6 @@ class Worker:
         )
         # the apply connection that holds the advisory lock on its token, its backend pid and token
         self._alive: tuple[DictConnection, int, int] | None = None
-        # the named queries on the apply session (reconnected after a failure)
-        self._db: Callable[[], Queries] = self._session.queries
         self._batches = 0
         self._short = True  # the last claim came back short: look for untyped events first
 
@@ -173,7 +171,7 @@ class Worker:
         if not isinstance(exc, DatabaseError):
             raise exc  # a bug: the session closes, and the reaper spends the batch's attempt
         counts = self._bisect(keys, exc)
-        self._db().drop_claim(ledger)
+        self._session.queries().drop_claim(ledger)
         return counts
 
     def finish(self, keys: Keys) -> BatchCounts:
@@ -181,7 +179,9 @@ class Worker:
         failure retry or bisect, never lose them."""
         try:
             return self._counts(
-                self._db().process_batch(ledger=None, keys=keys, max_attempts=self.settings.max_attempts),
+                self._session.queries().process_batch(
+                    ledger=None, keys=keys, max_attempts=self.settings.max_attempts
+                ),
                 keys,
             )
         except Exception as exc:
@@ -207,7 +207,7 @@ class Worker:
         pay for it."""
         error = shorten(f"[{sqlstate(exc)}] {str(exc).strip()}")
         try:
-            row = self._db().process_batch(
+            row = self._session.queries().process_batch(
                 ledger=None, keys=keys, max_attempts=self.settings.max_attempts, refused=error
             )
         except DatabaseError as again:
@@ -229,7 +229,7 @@ class Worker:
         )
 
     def _release(self, ledger: int | None, keys: Keys, error: str) -> BatchCounts:
-        row = self._db().release_claim(
+        row = self._session.queries().release_claim(
             ledger=ledger, keys=keys, error=error[:2000], backoff=backoff(self.settings)
         )
         if row.dead:
@@ -239,7 +239,7 @@ class Worker:
     def _log_dead_letters(self, keys: Keys) -> None:
         # After the commit: a failure here loses log lines, never events, so it must not bubble up.
         try:
-            log_dead_letters(self._db().dead_letters_for_keys(keys.rows()))
+            log_dead_letters(self._session.queries().dead_letters_for_keys(keys.rows()))
         except DatabaseError as exc:
             log.warning("could not read back the new dead letters to log them: %s", exc)
 
