@@ -98,6 +98,12 @@ class Settings(BaseSettings):
     max_events_per_request: int = Field(
         10_000, ge=1, description="A request with more events gets 413 (split it); nothing of it is stored."
     )
+    http_apply_at_ingest: bool = Field(
+        True,
+        description="`inbox serve` applies the typed events of a POST in its transaction, before the "
+        "202 (their first attempt); what it cannot apply (untyped events, a failed apply) is left to the "
+        "workers. Off: every event waits for `inbox work`.",
+    )
     http_header_timeout_seconds: float = Field(
         10.0,
         gt=0,

@@ -22,22 +22,28 @@ class IngestResult:
     # some event went in without typed columns: a worker must type it first (the wake-up hint of a
     # session that sends it after the commit says so: Queries.hint_workers)
     untyped: bool = False
+    # of the accepted, how many were finished (applied, stale, dead) at ingest (store's apply_attempts)
+    finished: int = 0
 
 
-def store(conn: DictConnection, batch: ParsedBatch, source: Source) -> IngestResult:
+def store(
+    conn: DictConnection, batch: ParsedBatch, source: Source, *, apply_attempts: int | None = None
+) -> IngestResult:
     """Store the batch in one transaction: its events (a redelivered event counts as a duplicate and
     changes nothing) and its rejected items, verbatim with their reasons, in inbox.rejects. Events
     alone, on an autocommit session outside a transaction (HTTP's pool), are one statement: its own
-    transaction, one round trip."""
+    transaction, one round trip. With apply_attempts (the workers' max_attempts), the typed events
+    are applied in that transaction too, as their first attempt; what the apply leaves (untyped
+    events, an apply that failed) waits for the workers (inbox.ingest_typed_events)."""
     if not len(batch) and not batch.rejected:
         return _result(batch, 0)
     queries = Queries(conn)
     if not batch.rejected and queries.autocommitting():
-        return _result(batch, *_store_events(queries, batch, source))
+        return _result(batch, *_store_events(queries, batch, source, apply_attempts))
     with conn.transaction():
-        inserted, untyped = 0, False
+        inserted, untyped, finished = 0, False, 0
         if len(batch):
-            inserted, untyped = _store_events(queries, batch, source)
+            inserted, untyped, finished = _store_events(queries, batch, source, apply_attempts)
         if batch.rejected:
             queries.insert_request_rejects(
                 source=source,
@@ -45,29 +51,38 @@ def store(conn: DictConnection, batch: ParsedBatch, source: Source) -> IngestRes
                 # PostgreSQL text cannot hold NUL
                 reasons=[f"item {r.index}: {r.reason}".replace("\x00", "\\x00") for r in batch.rejected],
             )
-    return _result(batch, inserted, untyped)
+    return _result(batch, inserted, untyped, finished)
 
 
-def _store_events(queries: Queries, batch: ParsedBatch, source: Source) -> tuple[int, bool]:
+def _store_events(
+    queries: Queries, batch: ParsedBatch, source: Source, apply_attempts: int | None
+) -> tuple[int, bool, int]:
     """Store the events with their typed columns; should PostgreSQL refuse a typed value the edge's
     validation let through (a validation gap), the batch is stored untyped instead, and the workers
     type each event alone: the one whose columns are refused again ends as a dead letter
-    ('apply_error'), its neighbours are applied. How many were new, and whether any went in untyped."""
+    ('apply_error'), its neighbours are applied. How many were new, whether any went in untyped, and
+    how many were finished at ingest."""
     typed = typed_batch(batch)
     try:
         with queries.atomic():  # a savepoint in a transaction: it goes on after a refusal
-            inserted = queries.ingest_typed_events(events=batch.array_text, batch=typed, source=source)
-            return inserted, not all(typed.typed)
+            counts = queries.ingest_typed_events(
+                events=batch.array_text, batch=typed, source=source, apply_attempts=apply_attempts
+            )
+            return counts.inserted, not all(typed.typed), counts.finished
     except RefusedValue as exc:
         log.warning("a typed value was refused, the batch is stored untyped for the workers to type: %s", exc)
-    return queries.ingest_events(
-        events=batch.array_text,
-        quota_ids=[k.quota_id for k in batch.keys],
-        versions=[k.version for k in batch.keys],
-        is_delete=[k.is_delete for k in batch.keys],
-        source_lsns=[k.source_lsn for k in batch.keys],
-        source=source,
-    ), True
+    return (
+        queries.ingest_events(
+            events=batch.array_text,
+            quota_ids=[k.quota_id for k in batch.keys],
+            versions=[k.version for k in batch.keys],
+            is_delete=[k.is_delete for k in batch.keys],
+            source_lsns=[k.source_lsn for k in batch.keys],
+            source=source,
+        ),
+        True,
+        0,
+    )
 
 
 def typed_batch(batch: ParsedBatch) -> TypedBatch:
@@ -104,13 +119,14 @@ def typed_batch(batch: ParsedBatch) -> TypedBatch:
     )
 
 
-def _result(batch: ParsedBatch, inserted: int, untyped: bool = False) -> IngestResult:
+def _result(batch: ParsedBatch, inserted: int, untyped: bool = False, finished: int = 0) -> IngestResult:
     return IngestResult(
         accepted=inserted,
         duplicates=len(batch) - inserted,
         skipped=batch.skipped,
         rejected=batch.rejected,
         untyped=untyped,
+        finished=finished,
     )
 
 

@@ -90,13 +90,15 @@ SELECT inbox.ingest_events(%(events)s::jsonb, %(quota_ids)s::uuid[], %(versions)
 -- two numeric columns go as arrays of decimal text (Queries.ingest_typed_events), cast here: psycopg
 -- dumps a Decimal as binary numeric at about 1.3 us, its text at a fifth of that, and PostgreSQL
 -- reads the digits exactly either way.
--- What was not new is counted for inbox_events_duplicate_total by the function itself.
-SELECT inbox.ingest_typed_events(
-           %(events)s::jsonb, %(quota_ids)b::uuid[], %(versions)b::bigint[], %(is_delete)b::boolean[],
-           %(source)s::text, %(source_lsns)b::bigint[], %(typed)b::boolean[],
-           %(counterparty_ids)b::text[], %(directions)b::text[], %(period_months)b::date[],
-           %(qty_t)b::text[]::numeric[], %(tolerance_pct)b::text[]::numeric[], %(incoterm_codes)b::text[],
-           %(metal_codes)b::text[], %(source_updated_at)b::timestamptz[]) AS inserted;
+-- What was not new is counted for inbox_events_duplicate_total by the function itself. With
+-- apply_attempts, the typed rows it stored are applied in the same transaction (the function says how).
+SELECT inserted, finished
+FROM inbox.ingest_typed_events(
+         %(events)s::jsonb, %(quota_ids)b::uuid[], %(versions)b::bigint[], %(is_delete)b::boolean[],
+         %(source)s::text, %(source_lsns)b::bigint[], %(typed)b::boolean[],
+         %(counterparty_ids)b::text[], %(directions)b::text[], %(period_months)b::date[],
+         %(qty_t)b::text[]::numeric[], %(tolerance_pct)b::text[]::numeric[], %(incoterm_codes)b::text[],
+         %(metal_codes)b::text[], %(source_updated_at)b::timestamptz[], %(apply_attempts)s::integer);
 
 -- name: apply_session
 -- The apply session's identity, as the claim ledger and the reaper know it: held for the session's

@@ -171,6 +171,15 @@ class ApplyCounts:
 
 
 @dataclass(frozen=True, slots=True)
+class IngestCounts:
+    """What one ingest call stored: rows new (or replaced by a newer change), and how many of them it
+    applied at once (finished: applied, stale or dead; the rest wait for the workers)."""
+
+    inserted: int
+    finished: int
+
+
+@dataclass(frozen=True, slots=True)
 class RetryCounts:
     """release_claim and reap_abandoned_claims: attempts spent (retried), and dead-lettered."""
 
@@ -424,8 +433,12 @@ class Queries:
         }
         return int(self._one("ingest_events", params)["inserted"])
 
-    def ingest_typed_events(self, *, events: str, batch: TypedBatch, source: str) -> int:
-        """Store events (one JSON array text) with their keys and typed columns; how many were new."""
+    def ingest_typed_events(
+        self, *, events: str, batch: TypedBatch, source: str, apply_attempts: int | None = None
+    ) -> IngestCounts:
+        """Store events (one JSON array text) with their keys and typed columns: how many were new;
+        with apply_attempts, the typed ones are applied in the same transaction, and how many of them
+        were finished (applied, stale or dead) is said too (inbox.ingest_typed_events)."""
         columns = batch.columns
         params = {
             "events": events,
@@ -437,8 +450,10 @@ class Queries:
             # as decimal text (query ingest_typed_events says why): str() of a Decimal keeps its digits
             "qty_t": _decimal_texts(columns["qty_t"]),
             "tolerance_pct": _decimal_texts(columns["tolerance_pct"]),
+            "apply_attempts": apply_attempts,
         }
-        return int(self._one("ingest_typed_events", params)["inserted"])
+        row = self._one("ingest_typed_events", params)
+        return IngestCounts(int(row["inserted"]), int(row["finished"]))
 
     def insert_request_rejects(self, *, source: str, raws: list[bytes], reasons: list[str]) -> None:
         """Items of a request that could not be keyed, verbatim (the request stored the rest)."""

@@ -162,13 +162,15 @@ def _refusal(exc: DatabaseError | PoolTimeout) -> JSONResponse:
     return _error(503, "database error; nothing was stored, retry later")
 
 
-def _store(pool: DictPool, batch: ParsedBatch) -> IngestResult:
-    """Store the batch, then wake the workers (the pool's sessions do not notify inside the ingest's
-    transaction: inbox/db/connect.py open_pool). The events are stored once store() returns: a hint
-    that fails costs the workers a poll, never the request."""
+def _store(pool: DictPool, batch: ParsedBatch, settings: Settings) -> IngestResult:
+    """Store the batch (and apply it, INBOX_HTTP_APPLY_AT_INGEST), then wake the workers for what is
+    left (the pool's sessions do not notify inside the ingest's transaction: inbox/db/connect.py
+    open_pool). The events are stored once store() returns: a hint that fails costs the workers a
+    poll, never the request."""
+    apply_attempts = settings.max_attempts if settings.http_apply_at_ingest else None
     with pool.connection() as conn:
-        result = store(conn, batch, "http")
-        if result.accepted:
+        result = store(conn, batch, "http", apply_attempts=apply_attempts)
+        if result.accepted > result.finished:
             try:
                 Queries(conn).hint_workers(untyped=result.untyped)
             except DatabaseError as exc:
@@ -210,10 +212,14 @@ async def post_events(request: Request) -> JSONResponse:
             f"({settings.max_events_per_request}); nothing was stored: send them in smaller requests",
         )
     try:
-        result = await in_thread(state, _store, state.pool, batch)
+        result = await in_thread(state, _store, state.pool, batch, settings)
     except (DatabaseError, PoolTimeout) as exc:
         return _refusal(exc)
     answer: dict[str, Any] = {"accepted": result.accepted, "duplicates": result.duplicates}
+    if settings.http_apply_at_ingest:
+        # of the accepted, finished before this answer (applied, stale or dead letters); the workers
+        # apply the rest
+        answer["finished"] = result.finished
     if result.skipped:
         answer["skipped"] = result.skipped  # tombstones and truncates
     if result.rejected:  # kept in inbox.rejects

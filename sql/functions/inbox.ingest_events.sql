@@ -36,9 +36,13 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    v_inserted integer;
 BEGIN
-    RETURN inbox.ingest_typed_events(p_events, p_quota_ids, p_versions, p_is_delete, p_source, p_source_lsns,
-                                     NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);
+    SELECT s.inserted INTO v_inserted
+    FROM inbox.ingest_typed_events(p_events, p_quota_ids, p_versions, p_is_delete, p_source, p_source_lsns,
+                                   NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL) s;
+    RETURN v_inserted;
 END;
 $$;
 

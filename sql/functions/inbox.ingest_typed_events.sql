@@ -3,7 +3,8 @@
 --               p_is_delete boolean[], p_source text, p_source_lsns bigint[], p_typed boolean[],
 --               p_counterparty_ids text[], p_directions text[], p_period_months date[],
 --               p_qty_t numeric[], p_tolerance_pct numeric[], p_incoterm_codes text[],
---               p_metal_codes text[], p_source_updated_at timestamptz[]) RETURNS integer
+--               p_metal_codes text[], p_source_updated_at timestamptz[], p_apply_attempts integer,
+--               OUT inserted integer, OUT finished integer)
 --
 -- Reads:       session role's privilege on inbox.quota_events (a source other than http or kafka);
 --              inbox.quota_events (the stored row of a key)
@@ -13,6 +14,8 @@
 --              change replaces); NOTIFY inbox_quota_events (payload 'untyped' when a stored row is
 --              untyped: a worker types it before it can be claimed), unless the session set
 --              inbox.notify_after_commit = 'on'
+--              with p_apply_attempts: what inbox.process_batch reads and writes (the quota, the gate,
+--              the outbox, dead letters, counters), for the rows this call stored
 -- Called by:   query ingest_typed_events (inbox/store.py: HTTP, `inbox consume`, the Python API);
 --              inbox.ingest_events (untyped rows: every typed array NULL)
 -- Privileges:  SECURITY DEFINER: the ingest role has no right on the inbox table (007)
@@ -24,7 +27,18 @@
 -- from their payload. p_events is a JSON array; every other array is parallel to it (sent as binary
 -- parameters: no quoting, no parsing of each value as text), or NULL as a whole: no LSNs; no typed
 -- columns (inbox.ingest_events: the rows are stored untyped, p_typed NULL counting as false).
--- Returns how many rows were new or replaced. The one store of both ingest functions since 019.
+-- Returns how many rows were new or replaced (inserted), and how many of them it finished (below).
+-- The one store of both ingest functions since 019.
+--
+-- Apply at ingest (issue 13, migration 021). With p_apply_attempts (the HTTP edge's, unless
+-- INBOX_HTTP_APPLY_AT_INGEST is off), the typed rows this call stored are applied in the same
+-- transaction by inbox.process_batch, as their first attempt (p_apply_attempts is its
+-- p_max_attempts), inside a subtransaction: should the apply fail for any reason (a value the quota
+-- table refuses, a deadlock, a lock it waited for past lock_timeout), it is rolled back alone, the
+-- rows stay stored and pending, and the workers apply them, bisecting to the culprit as always. No
+-- worker sees the rows before this commits, so nothing is claimed twice; a query cancel or
+-- statement timeout is not caught (PL/pgSQL never traps them) and the whole call fails, nothing
+-- stored. The workers are woken only for what is left: untyped rows, or rows the apply left.
 --
 -- The source is what the session may claim (migration 012): 'http' and 'kafka' for anyone who may
 -- call this function, 'sink' only from the sink's trigger (through inbox.ingest_events), and
@@ -56,18 +70,25 @@ CREATE OR REPLACE FUNCTION inbox.ingest_typed_events(
     p_tolerance_pct     numeric[],
     p_incoterm_codes    text[],
     p_metal_codes       text[],
-    p_source_updated_at timestamptz[]
-) RETURNS integer
+    p_source_updated_at timestamptz[],
+    p_apply_attempts    integer DEFAULT NULL,
+    OUT inserted        integer,
+    OUT finished        integer
+)
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_n        integer := cardinality(p_quota_ids);
-    v_inserted integer;
     v_ingested integer;
     v_untyped  boolean;
+    -- the keys of the typed rows this call stored: what it may apply
+    v_quota_ids uuid[];
+    v_versions  bigint[];
+    v_is_delete boolean[];
 BEGIN
+    finished := 0;
     IF p_source IS DISTINCT FROM 'http' AND p_source IS DISTINCT FROM 'kafka'
        AND NOT (p_source = 'sink' AND pg_trigger_depth() > 0)
        AND NOT has_table_privilege(coalesce(nullif(current_setting('role'), 'none'), session_user),
@@ -86,6 +107,10 @@ BEGIN
                             cardinality(p_metal_codes), cardinality(p_source_updated_at)]) THEN
         RAISE EXCEPTION 'inbox ingest: % events, % quota ids, and arrays of other lengths',
             jsonb_array_length(p_events), v_n;
+    END IF;
+    IF p_apply_attempts < 1 THEN
+        RAISE EXCEPTION 'inbox ingest: an apply at ingest needs at least one attempt, not %', p_apply_attempts
+            USING ERRCODE = 'invalid_parameter_value';
     END IF;
 
     WITH batch AS (
@@ -151,17 +176,31 @@ BEGIN
     -- Ingested: every new row, and a replaced row that had finished (one that was still pending was
     -- counted when it came). This statement's snapshot still sees the row as it was before the
     -- replacement.
-    SELECT count(*), coalesce(bool_or(NOT s.typed), false),
+    SELECT array_agg(s.quota_id) FILTER (WHERE s.typed), array_agg(s.version) FILTER (WHERE s.typed),
+           array_agg(s.is_delete) FILTER (WHERE s.typed),
+           count(*), coalesce(bool_or(NOT s.typed), false),
            count(*) FILTER (WHERE s.inserted
                                OR EXISTS (SELECT 1 FROM inbox.quota_events o
                                           WHERE (o.quota_id, o.version, o.is_delete)
                                                 = (s.quota_id, s.version, s.is_delete)
                                             AND o.status <> 'pending'))
-    INTO v_inserted, v_untyped, v_ingested
+    INTO v_quota_ids, v_versions, v_is_delete, inserted, v_untyped, v_ingested
     FROM stored s;
     -- one call per batch: no trigger counts the inbox's inserts (migration 018)
     PERFORM inbox.add_counters(ARRAY['duplicate', 'ingested'], ARRAY['', p_source],
-                               ARRAY[v_n - v_inserted, v_ingested]::float8[]);
+                               ARRAY[v_n - inserted, v_ingested]::float8[]);
+
+    IF p_apply_attempts IS NOT NULL AND v_quota_ids IS NOT NULL THEN
+        BEGIN
+            SELECT p.applied + p.stale + p.dead INTO finished
+            FROM inbox.process_batch(NULL, v_quota_ids, v_versions, v_is_delete, NULL, NULL, p_apply_attempts) p;
+        EXCEPTION WHEN OTHERS THEN
+            -- rolled back alone: the rows stay pending, for the workers (say why in the server's log)
+            RAISE WARNING 'inbox ingest: stored % events, left them to the workers: the apply at ingest failed: % (%)',
+                inserted, SQLERRM, SQLSTATE;
+            finished := 0;
+        END;
+    END IF;
 
     -- A wake-up hint for idle workers, delivered at commit: 'untyped' tells them to type rows first
     -- (inbox/apply/waker.py), which they otherwise look for only after a poll. A session that sets
@@ -169,14 +208,13 @@ BEGIN
     -- (query hint_workers): a transaction that notifies holds PostgreSQL's one NOTIFY lock (on
     -- "database 0") from before its commit until after its WAL flush, so concurrent ingest
     -- transactions that notify commit one flush at a time, never in a group.
-    IF v_inserted > 0 AND current_setting('inbox.notify_after_commit', true) IS DISTINCT FROM 'on' THEN
+    IF inserted > finished AND current_setting('inbox.notify_after_commit', true) IS DISTINCT FROM 'on' THEN
         PERFORM pg_notify('inbox_quota_events', CASE WHEN v_untyped THEN 'untyped' ELSE '' END);
     END IF;
-    RETURN v_inserted;
 END;
 $$;
 
 REVOKE EXECUTE ON FUNCTION inbox.ingest_typed_events(jsonb, uuid[], bigint[], boolean[], text, bigint[],
-    boolean[], text[], text[], date[], numeric[], numeric[], text[], text[], timestamptz[]) FROM PUBLIC;
+    boolean[], text[], text[], date[], numeric[], numeric[], text[], text[], timestamptz[], integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION inbox.ingest_typed_events(jsonb, uuid[], bigint[], boolean[], text, bigint[],
-    boolean[], text[], text[], date[], numeric[], numeric[], text[], text[], timestamptz[]) TO inbox_ingest;
+    boolean[], text[], text[], date[], numeric[], numeric[], text[], text[], timestamptz[], integer) TO inbox_ingest;
