@@ -109,8 +109,10 @@ BEGIN
             jsonb_array_length(p_events), v_n;
     END IF;
     IF p_apply_attempts < 1 THEN
+        -- not a data exception (class 22): the store would take that for a refused value and store
+        -- the batch untyped (inbox/store.py)
         RAISE EXCEPTION 'inbox ingest: an apply at ingest needs at least one attempt, not %', p_apply_attempts
-            USING ERRCODE = 'invalid_parameter_value';
+            USING HINT = 'Pass NULL to leave the events to the workers.';
     END IF;
 
     WITH batch AS (

@@ -48,10 +48,11 @@ def test_one_object_is_accepted_and_stored(live: LiveServer, db: DictConnection)
     response = _post(live, to_json(event))
 
     assert response.status_code == 202
-    assert response.json() == {"accepted": 1, "duplicates": 0}
+    assert response.json() == {"accepted": 1, "duplicates": 0, "finished": 1}
     row = db.execute("SELECT version, source, status, payload FROM inbox.quota_events").fetchone()
     assert row is not None
-    assert (row["version"], row["source"], row["status"]) == (7, "http", "pending")
+    # applied before the answer (INBOX_HTTP_APPLY_AT_INGEST, on by default): no worker runs here
+    assert (row["version"], row["source"], row["status"]) == (7, "http", "applied")
     assert row["payload"]["data"]["quota_id"] == event["data"]["quota_id"]
 
 
@@ -61,7 +62,7 @@ def test_json_array_is_accepted(live: LiveServer, db: DictConnection) -> None:
     response = _post(live, "[" + ",".join(to_json(e) for e in events) + "]")
 
     assert response.status_code == 202
-    assert response.json() == {"accepted": 3, "duplicates": 0}
+    assert response.json() == {"accepted": 3, "duplicates": 0, "finished": 3}
     assert inbox_rows(db) == 3
 
 
@@ -75,7 +76,7 @@ def test_ndjson_is_accepted_with_or_without_its_content_type(
     response = _post(live, body, content_type)
 
     assert response.status_code == 202, response.text
-    assert response.json() == {"accepted": 4, "duplicates": 0}
+    assert response.json() == {"accepted": 4, "duplicates": 0, "finished": 4}
     stored = {str(r["quota_id"]) for r in db.execute("SELECT quota_id FROM inbox.quota_events")}
     assert stored == {e["data"]["quota_id"] for e in events}
 
@@ -87,7 +88,7 @@ def test_ndjson_with_blank_lines_and_crlf(live: LiveServer, db: DictConnection) 
     response = _post(live, body, "application/x-ndjson")
 
     assert response.status_code == 202, response.text
-    assert response.json() == {"accepted": 2, "duplicates": 0}
+    assert response.json() == {"accepted": 2, "duplicates": 0, "finished": 2}
     assert inbox_rows(db) == 2
 
 
@@ -96,21 +97,25 @@ def test_pretty_printed_object_spanning_lines_is_one_event(live: LiveServer, db:
     response = _post(live, json.dumps(event, indent=2))
 
     assert response.status_code == 202, response.text
-    assert response.json() == {"accepted": 1, "duplicates": 0}
+    assert response.json() == {"accepted": 1, "duplicates": 0, "finished": 1}
     assert inbox_rows(db) == 1
 
 
 def test_redelivery_counts_duplicates(live: LiveServer, db: DictConnection) -> None:
     old = _events(2)
     new = _events(1)
-    assert _post(live, "\n".join(to_json(e) for e in old)).json() == {"accepted": 2, "duplicates": 0}
+    assert _post(live, "\n".join(to_json(e) for e in old)).json() == {
+        "accepted": 2,
+        "duplicates": 0,
+        "finished": 2,
+    }
 
     again = _post(live, "[" + ",".join(to_json(e) for e in [*old, *new]) + "]")
 
     assert again.status_code == 202
-    assert again.json() == {"accepted": 1, "duplicates": 2}
+    assert again.json() == {"accepted": 1, "duplicates": 2, "finished": 1}
     single = _post(live, to_json(new[0]))
-    assert single.json() == {"accepted": 0, "duplicates": 1}
+    assert single.json() == {"accepted": 0, "duplicates": 1, "finished": 0}
     assert inbox_rows(db) == 3
 
 
@@ -120,7 +125,7 @@ def test_duplicate_inside_one_request_is_counted_once(live: LiveServer, db: Dict
     response = _post(live, "[" + to_json(event) + "," + to_json(event) + "]")
 
     assert response.status_code == 202
-    assert response.json() == {"accepted": 1, "duplicates": 1}
+    assert response.json() == {"accepted": 1, "duplicates": 1, "finished": 1}
     assert inbox_rows(db) == 1
 
 
@@ -131,7 +136,7 @@ def test_delete_and_upsert_at_the_same_version_are_both_kept(live: LiveServer, d
 
     response = _post(live, to_json(upsert) + "\n" + to_json(delete))
 
-    assert response.json() == {"accepted": 2, "duplicates": 0}
+    assert response.json() == {"accepted": 2, "duplicates": 0, "finished": 2}
     rows = db.execute("SELECT is_delete FROM inbox.quota_events ORDER BY is_delete").fetchall()
     assert [r["is_delete"] for r in rows] == [False, True]
 
@@ -286,11 +291,13 @@ def test_business_rule_violations_are_accepted_then_dead_lettered(
 
     response = _post(live, to_json(good) + "\n" + to_json(bad))
     assert response.status_code == 202
-    assert response.json() == {"accepted": 2, "duplicates": 0}
+    # the good one applied before the answer; the invalid one is typed (every reason) by a worker
+    assert response.json() == {"accepted": 2, "duplicates": 0, "finished": 1}
+    assert event_status(db, good_id, 1) == "applied"
 
     counts = drain(dsn)
 
-    assert (counts.applied, counts.dead) == (1, 1)
+    assert (counts.applied, counts.dead) == (0, 1)
     assert quota(db, good_id) is not None
     assert quota(db, bad_id) is None
     assert event_status(db, bad_id, 1) == "dead"
@@ -336,7 +343,7 @@ def test_right_token_is_accepted(guarded: LiveServer, db: DictConnection) -> Non
     )
 
     assert response.status_code == 202
-    assert response.json() == {"accepted": 1, "duplicates": 0}
+    assert response.json() == {"accepted": 1, "duplicates": 0, "finished": 1}
     assert inbox_rows(db) == 1
 
 
@@ -408,7 +415,7 @@ def test_chunked_body_within_the_limit_is_accepted(small: LiveServer, db: DictCo
         response = client.post("/events", content=chunks())
 
     assert response.status_code == 202
-    assert response.json() == {"accepted": 3, "duplicates": 0}
+    assert response.json() == {"accepted": 3, "duplicates": 0, "finished": 3}
     assert inbox_rows(db) == 3
 
 
@@ -515,7 +522,7 @@ def test_exact_decimals_survive_the_http_path(live: LiveServer, db: DictConnecti
     assert stored is not None
     assert stored["qty"] == "1250.500"
 
-    assert drain(dsn).applied == 3
+    assert response.json()["finished"] == 3  # applied before the answer
 
     rows = {
         r["quota_id"]: r
@@ -534,10 +541,14 @@ def test_exact_decimals_survive_the_http_path(live: LiveServer, db: DictConnecti
     assert row_a["qty_t"] == Decimal("1250.500")
 
 
-def test_a_post_wakes_the_workers_after_its_commit(live: LiveServer) -> None:
+@pytest.mark.parametrize("apply_at_ingest", [False, True])
+def test_a_post_wakes_the_workers_after_its_commit(
+    start_server: StartServer, dsn: str, apply_at_ingest: bool
+) -> None:
     """The HTTP pool's ingest does not notify inside its transaction (inbox.ingest_typed_events): the route
     sends the hint itself once the events are stored, 'untyped' when a worker must type one first,
-    none when nothing was new."""
+    none when nothing was new, nor when the POST applied all it stored (INBOX_HTTP_APPLY_AT_INGEST)."""
+    live = start_server(dsn, http_apply_at_ingest=apply_at_ingest)
     # a Debezium change: a worker types it (a Titan event, a delete included, is typed at the edge)
     delete = to_json(debezium_event(uuid.uuid4(), 2))
     with connect(live.dsn, autocommit=True) as listener:
@@ -550,4 +561,9 @@ def test_a_post_wakes_the_workers_after_its_commit(live: LiveServer) -> None:
         duplicate_hints = [n.payload for n in listener.notifies(timeout=0.5, stop_after=1)]
     assert [typed.status_code, untyped.status_code, again.status_code] == [202, 202, 202]
     assert again.json()["duplicates"] == 1
-    assert (typed_hints, untyped_hints, duplicate_hints) == ([""], [UNTYPED_HINT], [])
+    assert typed.json()["accepted"] == 1
+    assert (typed_hints, untyped_hints, duplicate_hints) == (
+        [] if apply_at_ingest else [""],
+        [UNTYPED_HINT],
+        [],
+    )
