@@ -277,7 +277,8 @@ def latency(cluster: Cluster, stream: Stream, cfg: Config, workdir: Path) -> Mea
             # claim_batch calls beyond record_claim's found nothing
             "functions": calls,
             "watcher": watcher.own,  # the client-side poller's process (it ends before the clock)
-            "server_note": "applied_at - received_at: both transaction start times (ingest, apply)",
+            "server_note": "applied_at - received_at: the ingest transaction's start to the apply's mark of "
+            "the event (clock_timestamp; in the POST's own transaction when applied at ingest)",
             "client_note": "202 received -> seen finished by a 5 ms poller, own process (+ the poll)",
         },
     )

@@ -275,7 +275,9 @@ BEGIN
         SET status = o.status,
             attempts = o.attempts + CASE WHEN o.exhausted THEN 0 ELSE 1 END,  -- this attempt, if made
             last_error = o.error,
-            applied_at = CASE WHEN o.status = 'applied' THEN now() END
+            -- when it was applied, not when the transaction began: the apply at ingest runs in the
+            -- transaction that stored the event (received_at, its start), and its latency is this
+            applied_at = CASE WHEN o.status = 'applied' THEN clock_timestamp() END
         FROM outcomes o
         WHERE (e.quota_id, e.version, e.is_delete) = (o.quota_id, o.version, o.is_delete)
         RETURNING e.status,

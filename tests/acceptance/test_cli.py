@@ -146,7 +146,7 @@ def test_run_demo_prints_quota_rows_and_a_dead_letter(empty_dsn: str) -> None:
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert '"level"' not in result.stdout + result.stderr  # no log lines inside the demo's tables
-    assert "-> 202 {'accepted': 4, 'duplicates': 1}" in result.stdout
+    assert "-> 202 {'accepted': 4, 'duplicates': 1, 'finished': 4}" in result.stdout
     quotas = _section(result.stdout, "public.quota:")
     letters = _section(result.stdout, "public.quota_processing_errors")
     assert DEMO_KEPT in quotas

@@ -53,7 +53,9 @@ def wait_for_scrape(
 
 
 def test_http_metrics_follow_the_events(start_server: StartServer, dsn: str) -> None:
-    live = start_server(dsn, metrics_refresh_seconds=0.05)
+    # the workers apply here, so that the queue's gauges have something to show (the apply at ingest:
+    # tests/acceptance/test_apply_at_ingest.py)
+    live = start_server(dsn, metrics_refresh_seconds=0.05, http_apply_at_ingest=False)
     url = f"{live.base_url}/metrics"
     before = scrape(url)
     assert value(before, "inbox_events_ingested_total", source="http") == 0
@@ -82,6 +84,29 @@ def test_http_metrics_follow_the_events(start_server: StartServer, dsn: str) -> 
     assert value(done, "inbox_apply_latency_seconds_count") == 1
     assert value(done, "inbox_apply_latency_seconds_bucket", le="+Inf") == 1
     assert value(done, "inbox_apply_latency_seconds_sum") > 0
+
+
+def test_events_applied_at_ingest_are_counted_as_the_workers_count_them(
+    start_server: StartServer, dsn: str
+) -> None:
+    """A POST applied in its own transaction (INBOX_HTTP_APPLY_AT_INGEST) moves the same counters and
+    the latency histogram as a worker's apply; no event is left queued."""
+    live = start_server(dsn, metrics_refresh_seconds=0.05)
+    url = f"{live.base_url}/metrics"
+    a, b = uuid.uuid4(), uuid.uuid4()
+    body = "\n".join(to_json(e) for e in [titan_event(a, 1), titan_event(a, 2), titan_event(b, 1)])
+
+    response = httpx.post(
+        f"{live.base_url}/events", content=body, headers={"content-type": "application/x-ndjson"}, timeout=10
+    )
+
+    assert response.json() == {"accepted": 3, "duplicates": 0, "finished": 3}
+    done = wait_for_scrape(url, lambda s: value(s, "inbox_events_applied_total") == 2, "the applied count")
+    assert value(done, "inbox_events_ingested_total", source="http") == 3
+    assert value(done, "inbox_events_stale_total") == 1
+    assert value(done, "inbox_queue_depth") == 0
+    assert value(done, "inbox_apply_latency_seconds_count") == 2
+    assert value(done, "inbox_apply_latency_seconds_sum") > 0  # received at the ingest's start, applied after
 
 
 @pytest.fixture
