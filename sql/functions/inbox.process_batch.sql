@@ -10,7 +10,8 @@
 --              inbox.pay_claim_debts), inbox.metric_counters (the batch's counts, through
 --              inbox.count_finished), pgmq queue quota_changes (its table pgmq.q_quota_changes, as
 --              pgmq.send_batch would)
--- Called by:   query process_batch (inbox/apply/worker.py), in the transaction of inbox.claim_batch
+-- Called by:   query process_batch (inbox/apply/worker.py), in the transaction of inbox.claim_batch;
+--              inbox.ingest_typed_events (the apply at ingest: the rows that call stored, no ledger)
 -- -------------------------------------------------------------------------------------------------
 -- Finish the events with these keys that are still pending, in the caller's transaction, from their
 -- typed columns (migration 015: no payload travels to the worker and back), in two statements:
