@@ -6,8 +6,9 @@
 -- quota_versions_deleted_idx (012) keyed applied_at under the predicate is_delete: every gate update
 -- sets applied_at, so not one gate update was HOT. Its only reader is inbox.purge_history's gate
 -- retention (off by default, INBOX_GATE_RETENTION), which now reads the gate by a seq scan: one
--- pass over the table per retention run (about 6 ms per 100k gate rows, measured on embedded
--- PostgreSQL 18), against an index entry written and vacuumed per apply. The gate keeps its
+-- pass over the table per retention run, against an index entry written and vacuumed per apply.
+-- Measured on embedded PostgreSQL 18, 100k gate rows (10k deleted and old), machine at load 7.6 on
+-- 2 cores: the gate selection 75 ms, a whole purge_history call deleting 1,000 gates 100-140 ms. The gate keeps its
 -- fillfactor 80 (010).
 DROP INDEX IF EXISTS inbox.quota_versions_deleted_idx;
 
