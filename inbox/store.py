@@ -39,11 +39,9 @@ def store(
         return _result(batch, 0)
     queries = Queries(conn)
     if not batch.rejected and queries.autocommitting():
-        return _result(batch, *_store_events(queries, batch, source, apply_attempts))
+        return _store_events(queries, batch, source, apply_attempts)
     with conn.transaction():
-        inserted, untyped, finished = 0, False, 0
-        if len(batch):
-            inserted, untyped, finished = _store_events(queries, batch, source, apply_attempts)
+        result = _store_events(queries, batch, source, apply_attempts) if len(batch) else _result(batch, 0)
         if batch.rejected:
             queries.insert_request_rejects(
                 source=source,
@@ -51,38 +49,34 @@ def store(
                 # PostgreSQL text cannot hold NUL
                 reasons=[f"item {r.index}: {r.reason}".replace("\x00", "\\x00") for r in batch.rejected],
             )
-    return _result(batch, inserted, untyped, finished)
+    return result
 
 
 def _store_events(
     queries: Queries, batch: ParsedBatch, source: Source, apply_attempts: int | None
-) -> tuple[int, bool, int]:
+) -> IngestResult:
     """Store the events with their typed columns; should PostgreSQL refuse a typed value the edge's
     validation let through (a validation gap), the batch is stored untyped instead, and the workers
     type each event alone: the one whose columns are refused again ends as a dead letter
-    ('apply_error'), its neighbours are applied. How many were new, whether any went in untyped, and
-    how many were finished at ingest."""
+    ('apply_error'), its neighbours are applied."""
     typed = typed_batch(batch)
     try:
         with queries.atomic():  # a savepoint in a transaction: it goes on after a refusal
             counts = queries.ingest_typed_events(
                 events=batch.array_text, batch=typed, source=source, apply_attempts=apply_attempts
             )
-            return counts.inserted, not all(typed.typed), counts.finished
+            return _result(batch, counts.inserted, not all(typed.typed), counts.finished)
     except RefusedValue as exc:
         log.warning("a typed value was refused, the batch is stored untyped for the workers to type: %s", exc)
-    return (
-        queries.ingest_events(
-            events=batch.array_text,
-            quota_ids=[k.quota_id for k in batch.keys],
-            versions=[k.version for k in batch.keys],
-            is_delete=[k.is_delete for k in batch.keys],
-            source_lsns=[k.source_lsn for k in batch.keys],
-            source=source,
-        ),
-        True,
-        0,
+    inserted = queries.ingest_events(
+        events=batch.array_text,
+        quota_ids=[k.quota_id for k in batch.keys],
+        versions=[k.version for k in batch.keys],
+        is_delete=[k.is_delete for k in batch.keys],
+        source_lsns=[k.source_lsn for k in batch.keys],
+        source=source,
     )
+    return _result(batch, inserted, untyped=True)
 
 
 def typed_batch(batch: ParsedBatch) -> TypedBatch:

@@ -34,11 +34,12 @@
 -- INBOX_HTTP_APPLY_AT_INGEST is off), the typed rows this call stored are applied in the same
 -- transaction by inbox.process_batch, as their first attempt (p_apply_attempts is its
 -- p_max_attempts), inside a subtransaction: should the apply fail for any reason (a value the quota
--- table refuses, a deadlock, a lock it waited for past lock_timeout), it is rolled back alone, the
--- rows stay stored and pending, and the workers apply them, bisecting to the culprit as always. No
--- worker sees the rows before this commits, so nothing is claimed twice; a query cancel or
--- statement timeout is not caught (PL/pgSQL never traps them) and the whole call fails, nothing
--- stored. The workers are woken only for what is left: untyped rows, or rows the apply left.
+-- table refuses, a deadlock, a lock wait past the session's lock_timeout if it sets one), it is
+-- rolled back alone, the rows stay stored and pending, and the workers apply them, bisecting to
+-- the culprit as always. No worker sees the rows before this commits, so nothing is claimed twice;
+-- a query cancel or statement timeout is not caught (PL/pgSQL never traps them) and the whole call
+-- fails, nothing stored. The workers are woken only for what is left: untyped rows, or rows the
+-- apply left.
 --
 -- The source is what the session may claim (migration 012): 'http' and 'kafka' for anyone who may
 -- call this function, 'sink' only from the sink's trigger (through inbox.ingest_events), and
