@@ -76,6 +76,11 @@ DECLARE
     v_latencies double precision[];  -- received-to-applied seconds of each applied event
     v_vt        timestamptz;         -- the outbox messages' visibility time: when they were sent
 BEGIN
+    -- By primary key alone: the lookup must not name status = 'pending' (the predicate of
+    -- quota_events_due_idx), or a generic plan made when the statistics saw few pending rows reads
+    -- that whole partial index, dead entries and all, once per event (test_query_plans). The LIMIT
+    -- (one row per key at most) keeps the planner from pushing the filter below into the lookup. A
+    -- row locked that is no longer pending is left out; the lock ends with the transaction.
     WITH locked AS (
         SELECT e.*
         FROM unnest(p_quota_ids, p_versions, p_is_delete) AS k(quota_id, version, is_delete)
@@ -83,12 +88,13 @@ BEGIN
             SELECT x.quota_id, x.version, x.is_delete, x.attempts, x.source, x.errors,
                    x.error_class AS stored_error_class, x.source_lsn, x.versionless,
                    x.counterparty_id, x.direction, x.period_month, x.qty_t, x.tolerance_pct,
-                   x.incoterm_code, x.metal_code, x.source_updated_at
+                   x.incoterm_code, x.metal_code, x.source_updated_at, x.status, x.typed
             FROM inbox.quota_events x
             WHERE (x.quota_id, x.version, x.is_delete) = (k.quota_id, k.version, k.is_delete)
-              AND x.status = 'pending' AND x.typed
+            LIMIT 1
             FOR UPDATE SKIP LOCKED
         ) e
+        WHERE e.status = 'pending' AND e.typed
     ),
     -- attempts that dead claims owe (inbox.release_claim): paid now
     paid AS (
