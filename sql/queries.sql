@@ -155,20 +155,25 @@ FOR UPDATE SKIP LOCKED;
 -- streaming the result (inbox/apply/worker.py: read_payloads) receives every row before one that
 -- cannot be printed (the 1 GB string limit, statement_timeout) and knows which one failed. A
 -- payload stored larger than max_bytes is not printed at all (payload NULL; stored_bytes says why).
--- Each row by primary key (LIMIT 1 keeps the planner from making it a join over a scan).
+-- Each row by primary key alone (LIMIT 1 keeps the planner from making it a join over a scan, and
+-- from pushing the filter on status and typed into the lookup: with it, a generic plan made when
+-- the statistics saw few untyped rows read the whole of quota_events_untyped_idx per key).
 SELECT k.quota_id, k.version, k.is_delete, e.stored_bytes,
        CASE WHEN e.stored_bytes <= %(max_bytes)s::integer THEN e.payload::text END AS payload
 FROM pg_catalog.jsonb_to_recordset(%(keys)s::jsonb) AS k(quota_id uuid, version bigint, is_delete boolean)
 CROSS JOIN LATERAL (
-    SELECT x.payload, pg_catalog.pg_column_size(x.payload) AS stored_bytes
+    SELECT x.payload, pg_catalog.pg_column_size(x.payload) AS stored_bytes, x.status, x.typed
     FROM inbox.quota_events x
     WHERE (x.quota_id, x.version, x.is_delete) = (k.quota_id, k.version, k.is_delete)
-      AND x.status = 'pending' AND NOT x.typed
     LIMIT 1
-) e;
+) e
+WHERE e.status = 'pending' AND NOT e.typed;
 
 -- name: type_events
 -- The typed columns of untyped events, as the ingestor would have stored them (inbox/apply/prepare.py).
+-- The rows are the caller's, locked by untyped_keys in its transaction: still pending and untyped.
+-- By primary key alone: a filter on status and typed here would let a generic plan read all of
+-- quota_events_untyped_idx per row (the predicate of that index; test_query_plans).
 UPDATE inbox.quota_events e
 SET typed = true, errors = t.errors, error_class = t.error_class, versionless = coalesce(t.versionless, false),
     source_lsn = coalesce(e.source_lsn, t.source_lsn), counterparty_id = t.counterparty_id,
@@ -178,8 +183,7 @@ FROM pg_catalog.jsonb_to_recordset(%(rows)s::jsonb) AS t(
     quota_id uuid, version bigint, is_delete boolean, errors text[], error_class text, versionless boolean,
     source_lsn bigint, counterparty_id text, direction text, period_month date, qty_t numeric,
     tolerance_pct numeric, incoterm_code text, metal_code text, source_updated_at timestamptz)
-WHERE (e.quota_id, e.version, e.is_delete) = (t.quota_id, t.version, t.is_delete)
-  AND e.status = 'pending' AND NOT e.typed;
+WHERE (e.quota_id, e.version, e.is_delete) = (t.quota_id, t.version, t.is_delete);
 
 -- name: listen_for_events
 LISTEN inbox_quota_events;

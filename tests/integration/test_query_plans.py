@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from inbox.apply.prepare import typed_columns
 from inbox.db.connect import DictConnection
 from inbox.db.queries import ApplyCounts, Queries
 from inbox.db.sqlfiles import query
@@ -217,3 +218,44 @@ def test_the_apply_looks_its_events_up_by_primary_key_however_few_are_pending(
     assert lookups, "no read of quota_events in the apply's plans"
     found = [(n["Node Type"], n.get("Index Name"), n.get("Index Cond")) for n in lookups]
     assert all(name == "quota_events_pkey" and "quota_id" in (cond or "") for _, name, cond in found), found
+
+
+def test_the_typing_of_untyped_events_reads_them_by_primary_key(
+    db: DictConnection, plans: list[dict[str, Any]]
+) -> None:
+    """The worker types events stored without typed columns (sink, replay, upgrade): it reads their
+    payloads and stores their columns by key. The same trap as the apply's lookup, with
+    quota_events_untyped_idx: a filter on status and typed beside the key let a generic plan made
+    when few rows were untyped read that whole index per key."""
+    ingest(db, [titan_event(uuid.uuid4(), 1, "INSERT") for _ in range(3000)])
+    db.execute("UPDATE inbox.quota_events SET status = 'applied', applied_at = now()")
+    db.execute("ANALYZE inbox.quota_events")  # the statistics: nothing untyped, nothing pending
+    fresh = [uuid.uuid4() for _ in range(10)]
+    ingest(db, [titan_event(quota_id, 1, "INSERT") for quota_id in fresh])
+    db.execute("UPDATE inbox.quota_events SET typed = false WHERE quota_id = ANY(%s)", [fresh])
+    db.execute("SET plan_cache_mode = force_generic_plan")
+    plans.clear()
+    with db.transaction():
+        queries = Queries(db)
+        keys = queries.untyped_keys(BATCH)
+        assert len(keys) == 10
+        rows = [dict(row) for row in queries.untyped_payloads(keys=keys, max_bytes=1 << 20)]
+        assert len(rows) == 10 and all(row["payload"] for row in rows)
+        queries.type_events([typed_columns(row) for row in rows])
+    assert db.execute("SELECT count(*) AS n FROM inbox.quota_events WHERE NOT typed").fetchone() == {"n": 0}
+
+    lookups = [
+        (node["Node Type"], node.get("Index Name"), node.get("Index Cond"))
+        for entry in plans
+        if "jsonb_to_recordset" in entry.get("Query Text", "")
+        for node in nodes(entry["Plan"])
+        if node.get("Relation Name") == "quota_events" and node["Node Type"] != "ModifyTable"
+    ]
+    assert len(lookups) >= 2, lookups  # the payloads' read and the typing's update
+    # An index is read by the key, never walked whole with the key as a filter (a seq scan of a
+    # table this small is the planner's fair choice: it knows the table's size, not a stale share).
+    walks = [
+        (kind, name) for kind, name, cond in lookups if name is not None and "quota_id" not in (cond or "")
+    ]
+    assert walks == [], lookups
+    assert ("Index Scan", "quota_events_pkey") in [(kind, name) for kind, name, _ in lookups], lookups
