@@ -33,13 +33,17 @@
 -- Apply at ingest (issue 13, migration 021). With p_apply_attempts (the HTTP edge's, unless
 -- INBOX_HTTP_APPLY_AT_INGEST is off), the typed rows this call stored are applied in the same
 -- transaction by inbox.process_batch, as their first attempt (p_apply_attempts is its
--- p_max_attempts), inside a subtransaction: should the apply fail for any reason (a value the quota
--- table refuses, a deadlock, a lock wait past the session's lock_timeout if it sets one), it is
--- rolled back alone, the rows stay stored and pending, and the workers apply them, bisecting to
--- the culprit as always. No worker sees the rows before this commits, so nothing is claimed twice;
--- a query cancel or statement timeout is not caught (PL/pgSQL never traps them) and the whole call
--- fails, nothing stored. The workers are woken only for what is left: untyped rows, or rows the
--- apply left.
+-- p_max_attempts). The typed rows are stored already as applied (attempts 1, applied_at: the outcome
+-- of most), and process_batch (p_fresh) marks only the rows whose outcome differs (stale, dead):
+-- an applied event costs one tuple, not an insert, a row lock and a second tuple (migration 023).
+-- The store and the apply run inside one subtransaction: should the apply fail for any reason (a
+-- value the quota table refuses, a deadlock, a lock wait past the session's lock_timeout if it
+-- sets one), both are rolled back, the rows are stored again, pending, as without an apply, and the
+-- workers apply them, bisecting to the culprit as always. A store that fails fails the call as it
+-- would without an apply (the same error: a refused typed value is class 22, which inbox/store.py
+-- takes to store the batch untyped). No worker sees the rows before this commits, so nothing is claimed twice; a query
+-- cancel or statement timeout is not caught (PL/pgSQL never traps them) and the whole call fails,
+-- nothing stored. The workers are woken only for what is left: untyped rows, or rows the apply left.
 --
 -- The source is what the session may claim (migration 012): 'http' and 'kafka' for anyone who may
 -- call this function, 'sink' only from the sink's trigger (through inbox.ingest_events), and
@@ -88,6 +92,9 @@ DECLARE
     v_quota_ids uuid[];
     v_versions  bigint[];
     v_is_delete boolean[];
+    v_applying  boolean := p_apply_attempts IS NOT NULL;  -- store the typed rows applied, then apply
+    v_stage     text;                                     -- what the subtransaction was doing
+    v_not_owned bigint;
 BEGIN
     finished := 0;
     IF p_source IS DISTINCT FROM 'http' AND p_source IS DISTINCT FROM 'kafka'
@@ -116,94 +123,116 @@ BEGIN
             USING HINT = 'Pass NULL to leave the events to the workers.';
     END IF;
 
-    WITH batch AS (
-        -- one row per key (ON CONFLICT DO UPDATE may touch a row once): the highest LSN wins. A NULL
-        -- array unnests as NULLs beside the others.
-        SELECT DISTINCT ON (k.quota_id, k.version, k.is_delete)
-               k.*, e.payload
-        FROM unnest(p_quota_ids, p_versions, p_is_delete, p_source_lsns, p_typed, p_counterparty_ids,
-                    p_directions, p_period_months, p_qty_t, p_tolerance_pct, p_incoterm_codes,
-                    p_metal_codes, p_source_updated_at)
-                 WITH ORDINALITY AS k(quota_id, version, is_delete, source_lsn, typed, counterparty_id,
-                                      direction, period_month, qty_t, tolerance_pct, incoterm_code,
-                                      metal_code, source_updated_at, n)
-        JOIN jsonb_array_elements(p_events) WITH ORDINALITY AS e(payload, n) USING (n)
-        ORDER BY k.quota_id, k.version, k.is_delete, k.source_lsn DESC NULLS LAST, k.n
-    ),
-    stored AS (
-        INSERT INTO inbox.quota_events AS x (
-            quota_id, version, is_delete, payload, source, source_lsn, typed, counterparty_id, direction,
-            period_month, qty_t, tolerance_pct, incoterm_code, metal_code, source_updated_at)
-        SELECT b.quota_id, b.version, b.is_delete, b.payload, p_source, b.source_lsn, coalesce(b.typed, false),
-               b.counterparty_id, b.direction, b.period_month, b.qty_t, b.tolerance_pct, b.incoterm_code,
-               b.metal_code, b.source_updated_at
-        FROM batch b
-        ON CONFLICT (quota_id, version, is_delete) DO UPDATE
-            SET payload = excluded.payload,
-                source = excluded.source,
-                source_lsn = excluded.source_lsn,
-                received_at = now(),
-                status = 'pending',
-                attempts = 0,
-                next_attempt_at = now(),
-                lease_owner = NULL,
-                lease_expires_at = NULL,
-                last_error = NULL,
-                applied_at = NULL,
-                typed = excluded.typed,
-                errors = NULL,
-                error_class = NULL,
-                versionless = false,
-                counterparty_id = excluded.counterparty_id,
-                direction = excluded.direction,
-                period_month = excluded.period_month,
-                qty_t = excluded.qty_t,
-                tolerance_pct = excluded.tolerance_pct,
-                incoterm_code = excluded.incoterm_code,
-                metal_code = excluded.metal_code,
-                source_updated_at = excluded.source_updated_at
-            WHERE excluded.source_lsn > x.source_lsn
-        -- xmax = 0: the row was inserted by this statement, not updated
-        RETURNING x.quota_id, x.version, x.is_delete, x.source_lsn, (x.xmax = 0) AS inserted, x.typed
-    ),
-    superseded AS (
-        UPDATE public.quota_processing_errors d
-        SET resolved_at = now(),
-            resolution_note = format('superseded by a newer change with the same key (source LSN %s)',
-                                     s.source_lsn)
-        FROM stored s
-        WHERE (d.quota_id, d.version, d.is_delete) = (s.quota_id, s.version, s.is_delete)
-          AND d.resolved_at IS NULL AND s.source_lsn IS NOT NULL
-        RETURNING 1
-    )
-    -- Ingested: every new row, and a replaced row that had finished (one that was still pending was
-    -- counted when it came). This statement's snapshot still sees the row as it was before the
-    -- replacement.
-    SELECT array_agg(s.quota_id) FILTER (WHERE s.typed), array_agg(s.version) FILTER (WHERE s.typed),
-           array_agg(s.is_delete) FILTER (WHERE s.typed),
-           count(*), coalesce(bool_or(NOT s.typed), false),
-           count(*) FILTER (WHERE s.inserted
-                               OR EXISTS (SELECT 1 FROM inbox.quota_events o
-                                          WHERE (o.quota_id, o.version, o.is_delete)
-                                                = (s.quota_id, s.version, s.is_delete)
-                                            AND o.status <> 'pending'))
-    INTO v_quota_ids, v_versions, v_is_delete, inserted, v_untyped, v_ingested
-    FROM stored s;
-    -- one call per batch: no trigger counts the inbox's inserts (migration 018)
-    PERFORM inbox.add_counters(ARRAY['duplicate', 'ingested'], ARRAY['', p_source],
-                               ARRAY[v_n - inserted, v_ingested]::float8[]);
-
-    IF p_apply_attempts IS NOT NULL AND v_quota_ids IS NOT NULL THEN
+    -- Once, or (an apply that failed) twice: the second time stores the rows pending, without an apply.
+    LOOP
         BEGIN
-            SELECT p.applied + p.stale + p.dead INTO finished
-            FROM inbox.process_batch(NULL, v_quota_ids, v_versions, v_is_delete, NULL, NULL, p_apply_attempts) p;
+            v_stage := 'store';
+            WITH batch AS (
+                -- one row per key (ON CONFLICT DO UPDATE may touch a row once): the highest LSN wins. A NULL
+                -- array unnests as NULLs beside the others.
+                SELECT DISTINCT ON (k.quota_id, k.version, k.is_delete)
+                       k.*, e.payload
+                FROM unnest(p_quota_ids, p_versions, p_is_delete, p_source_lsns, p_typed, p_counterparty_ids,
+                            p_directions, p_period_months, p_qty_t, p_tolerance_pct, p_incoterm_codes,
+                            p_metal_codes, p_source_updated_at)
+                         WITH ORDINALITY AS k(quota_id, version, is_delete, source_lsn, typed, counterparty_id,
+                                              direction, period_month, qty_t, tolerance_pct, incoterm_code,
+                                              metal_code, source_updated_at, n)
+                JOIN jsonb_array_elements(p_events) WITH ORDINALITY AS e(payload, n) USING (n)
+                ORDER BY k.quota_id, k.version, k.is_delete, k.source_lsn DESC NULLS LAST, k.n
+            ),
+            stored AS (
+                INSERT INTO inbox.quota_events AS x (
+                    quota_id, version, is_delete, payload, source, source_lsn, typed, status, attempts, applied_at,
+                    counterparty_id, direction, period_month, qty_t, tolerance_pct, incoterm_code, metal_code,
+                    source_updated_at)
+                SELECT b.quota_id, b.version, b.is_delete, b.payload, p_source, b.source_lsn, coalesce(b.typed, false),
+                       -- applied at ingest: stored with the outcome of most; the apply marks the others
+                       CASE WHEN v_applying AND b.typed THEN 'applied' ELSE 'pending' END,
+                       CASE WHEN v_applying AND b.typed THEN 1 ELSE 0 END,
+                       CASE WHEN v_applying AND b.typed THEN clock_timestamp() END,
+                       b.counterparty_id, b.direction, b.period_month, b.qty_t, b.tolerance_pct, b.incoterm_code,
+                       b.metal_code, b.source_updated_at
+                FROM batch b
+                ON CONFLICT (quota_id, version, is_delete) DO UPDATE
+                    SET payload = excluded.payload,
+                        source = excluded.source,
+                        source_lsn = excluded.source_lsn,
+                        received_at = now(),
+                        status = excluded.status,
+                        attempts = excluded.attempts,
+                        next_attempt_at = now(),
+                        lease_owner = NULL,
+                        lease_expires_at = NULL,
+                        last_error = NULL,
+                        applied_at = excluded.applied_at,
+                        typed = excluded.typed,
+                        errors = NULL,
+                        error_class = NULL,
+                        versionless = false,
+                        counterparty_id = excluded.counterparty_id,
+                        direction = excluded.direction,
+                        period_month = excluded.period_month,
+                        qty_t = excluded.qty_t,
+                        tolerance_pct = excluded.tolerance_pct,
+                        incoterm_code = excluded.incoterm_code,
+                        metal_code = excluded.metal_code,
+                        source_updated_at = excluded.source_updated_at
+                    WHERE excluded.source_lsn > x.source_lsn
+                -- xmax = 0: the row was inserted by this statement, not updated
+                RETURNING x.quota_id, x.version, x.is_delete, x.source_lsn, (x.xmax = 0) AS inserted, x.typed
+            ),
+            superseded AS (
+                UPDATE public.quota_processing_errors d
+                SET resolved_at = now(),
+                    resolution_note = format('superseded by a newer change with the same key (source LSN %s)',
+                                             s.source_lsn)
+                FROM stored s
+                WHERE (d.quota_id, d.version, d.is_delete) = (s.quota_id, s.version, s.is_delete)
+                  AND d.resolved_at IS NULL AND s.source_lsn IS NOT NULL
+                RETURNING 1
+            )
+            -- Ingested: every new row, and a replaced row that had finished (one that was still pending was
+            -- counted when it came). This statement's snapshot still sees the row as it was before the
+            -- replacement.
+            SELECT array_agg(s.quota_id) FILTER (WHERE s.typed), array_agg(s.version) FILTER (WHERE s.typed),
+                   array_agg(s.is_delete) FILTER (WHERE s.typed),
+                   count(*), coalesce(bool_or(NOT s.typed), false),
+                   count(*) FILTER (WHERE s.inserted
+                                       OR EXISTS (SELECT 1 FROM inbox.quota_events o
+                                                  WHERE (o.quota_id, o.version, o.is_delete)
+                                                        = (s.quota_id, s.version, s.is_delete)
+                                                    AND o.status <> 'pending'))
+            INTO v_quota_ids, v_versions, v_is_delete, inserted, v_untyped, v_ingested
+            FROM stored s;
+            -- one call per batch: no trigger counts the inbox's inserts (migration 018)
+            PERFORM inbox.add_counters(ARRAY['duplicate', 'ingested'], ARRAY['', p_source],
+                                       ARRAY[v_n - inserted, v_ingested]::float8[]);
+
+            IF v_applying AND v_quota_ids IS NOT NULL THEN
+                v_stage := 'apply';
+                SELECT p.applied + p.stale + p.dead, p.not_owned INTO finished, v_not_owned
+                FROM inbox.process_batch(NULL, v_quota_ids, v_versions, v_is_delete, NULL, NULL,
+                                         p_apply_attempts, p_fresh => true) p;
+                -- never: every row is this transaction's; one it did not finish must not stay applied
+                IF v_not_owned <> 0 THEN
+                    RAISE EXCEPTION 'the apply finished % of the % typed rows stored',
+                        finished, cardinality(v_quota_ids);
+                END IF;
+            END IF;
+            EXIT;
         EXCEPTION WHEN OTHERS THEN
-            -- rolled back alone: the rows stay pending, for the workers (say why in the server's log)
+            IF v_stage = 'store' THEN
+                RAISE;  -- as without an apply: the caller sees the store's own error
+            END IF;
+            -- rolled back with the store: store the rows again, pending, for the workers (say why in
+            -- the server's log)
             RAISE WARNING 'inbox ingest: stored % events, left them to the workers: the apply at ingest failed: % (%)',
                 inserted, SQLERRM, SQLSTATE;
+            v_applying := false;
             finished := 0;
         END;
-    END IF;
+    END LOOP;
 
     -- A wake-up hint for idle workers, delivered at commit: 'untyped' tells them to type rows first
     -- (inbox/apply/waker.py), which they otherwise look for only after a poll. A session that sets

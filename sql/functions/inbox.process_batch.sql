@@ -1,7 +1,7 @@
 -- -------------------------------------------------------------------------------------------------
 -- Function: inbox.process_batch(p_ledger bigint, p_quota_ids uuid[], p_versions bigint[],
 --                               p_is_delete boolean[], p_error_class text, p_error text,
---                               p_max_attempts integer)
+--                               p_max_attempts integer, p_fresh boolean DEFAULT false)
 --     RETURNS TABLE (applied, stale, dead, not_owned, published)
 --
 -- Reads:       inbox.quota_events (typed columns), inbox.quota_versions, public.call_off
@@ -11,7 +11,8 @@
 --              inbox.count_finished), pgmq queue quota_changes (its table pgmq.q_quota_changes, as
 --              pgmq.send_batch would)
 -- Called by:   query process_batch (inbox/apply/worker.py), in the transaction of inbox.claim_batch;
---              inbox.ingest_typed_events (the apply at ingest: the rows that call stored, no ledger)
+--              inbox.ingest_typed_events (the apply at ingest: the rows that call stored, no ledger,
+--              p_fresh)
 -- -------------------------------------------------------------------------------------------------
 -- Finish the events with these keys that are still pending, in the caller's transaction, from their
 -- typed columns (migration 015: no payload travels to the worker and back), in two statements:
@@ -46,6 +47,12 @@
 -- the quota built by jsonb_build_object from the row's known columns.
 -- Deletes run in a second statement: its fresh snapshot sees a quota row that another worker
 -- inserted and committed while this one waited for the gate lock (the first snapshot predates it).
+-- p_fresh (the apply at ingest, migration 023): the rows are the caller's transaction's own, stored
+-- a moment ago already as applied (attempts 1, applied_at): the outcome the apply gives most of them.
+-- They are read as the pending rows they stand for (status applied, one attempt fewer), and only the
+-- rows whose outcome differs are marked (stale, dead, or an attempt count that debts raised); an
+-- applied row is left as stored: no second tuple, no index entries, no dead tuple for vacuum.
+-- Should the apply fail, the caller rolls the stored rows back with it and stores them pending.
 -- Linear in the batch size, whatever the planner's estimates: each event's inbox row is locked by
 -- its primary key (LATERAL), and the CTEs are joined on booleans, never filtered on a computed
 -- value (the history of inbox.apply_events, migrations 003 and 008). Payloads are read only for the
@@ -57,7 +64,8 @@ CREATE OR REPLACE FUNCTION inbox.process_batch(
     p_is_delete   boolean[],
     p_error_class  text,
     p_error        text,
-    p_max_attempts integer
+    p_max_attempts integer,
+    p_fresh        boolean DEFAULT false
 ) RETURNS TABLE (applied bigint, stale bigint, dead bigint, not_owned bigint, published bigint)
 LANGUAGE plpgsql
 -- Every table here is reached by key from the batch. The planner takes the batch (a function
@@ -85,16 +93,20 @@ BEGIN
         SELECT e.*
         FROM unnest(p_quota_ids, p_versions, p_is_delete) AS k(quota_id, version, is_delete)
         CROSS JOIN LATERAL (
-            SELECT x.quota_id, x.version, x.is_delete, x.attempts, x.source, x.errors,
+            SELECT x.quota_id, x.version, x.is_delete, x.source, x.errors,
                    x.error_class AS stored_error_class, x.source_lsn, x.versionless,
                    x.counterparty_id, x.direction, x.period_month, x.qty_t, x.tolerance_pct,
-                   x.incoterm_code, x.metal_code, x.source_updated_at, x.status, x.typed
+                   x.incoterm_code, x.metal_code, x.source_updated_at, x.status, x.typed, x.received_at,
+                   -- a fresh row was stored with this attempt's outcome: one attempt fewer before it
+                   x.attempts - CASE WHEN p_fresh THEN 1 ELSE 0 END                         AS attempts,
+                   x.applied_at                                                            AS stored_applied_at
             FROM inbox.quota_events x
             WHERE (x.quota_id, x.version, x.is_delete) = (k.quota_id, k.version, k.is_delete)
             LIMIT 1
             FOR UPDATE SKIP LOCKED
         ) e
-        WHERE e.status = 'pending' AND e.typed
+        -- p_fresh: the caller's own rows, stored as applied (above)
+        WHERE e.status = CASE WHEN p_fresh THEN 'applied' ELSE 'pending' END AND e.typed
     ),
     -- attempts that dead claims owe (inbox.release_claim): paid now
     paid AS (
@@ -107,7 +119,7 @@ BEGIN
     owned AS (
         SELECT e.quota_id, e.version, e.is_delete, e.source, e.errors, e.stored_error_class, e.source_lsn,
                e.versionless, e.counterparty_id, e.direction, e.period_month, e.qty_t, e.tolerance_pct,
-               e.incoterm_code, e.metal_code, e.source_updated_at,
+               e.incoterm_code, e.metal_code, e.source_updated_at, e.received_at, e.stored_applied_at,
                e.attempts + coalesce(p.claims, 0)                                         AS attempts,
                e.attempts + coalesce(p.claims, 0) >= p_max_attempts                       AS exhausted,
                CASE WHEN e.attempts + coalesce(p.claims, 0) >= p_max_attempts THEN 'retries_exhausted'
@@ -231,7 +243,7 @@ BEGIN
         RETURNING q.*
     ),
     outcomes AS (
-        SELECT o.quota_id, o.version, o.is_delete, o.attempts, o.exhausted,
+        SELECT o.quota_id, o.version, o.is_delete, o.attempts, o.exhausted, o.received_at, o.stored_applied_at,
                CASE
                    WHEN o.error IS NOT NULL OR o.unplaceable THEN 'dead'
                    WHEN o.candidate AND g.quota_id IS NOT NULL THEN 'applied'
@@ -287,8 +299,9 @@ BEGIN
             applied_at = CASE WHEN o.status = 'applied' THEN clock_timestamp() END
         FROM outcomes o
         WHERE (e.quota_id, e.version, e.is_delete) = (o.quota_id, o.version, o.is_delete)
-        RETURNING e.status,
-                  CASE WHEN e.status = 'applied'
+          -- a fresh row stored as applied at its first attempt already says so
+          AND NOT (p_fresh AND o.status = 'applied' AND o.attempts = 0)
+        RETURNING CASE WHEN e.status = 'applied'
                        THEN extract(epoch FROM e.applied_at - e.received_at)::float8 END AS latency
     ),
     buried AS (
@@ -304,9 +317,10 @@ BEGIN
     unclaimed AS (
         DELETE FROM inbox.claim_ledger l WHERE l.id = p_ledger RETURNING 1
     )
-    SELECT count(*) FILTER (WHERE m.status = 'applied'),
-           count(*) FILTER (WHERE m.status = 'stale'),
-           count(*) FILTER (WHERE m.status = 'dead'),
+    -- every owned event has its outcome here, marked or (fresh and applied) left as stored
+    SELECT count(*) FILTER (WHERE o.status = 'applied'),
+           count(*) FILTER (WHERE o.status = 'stale'),
+           count(*) FILTER (WHERE o.status = 'dead'),
            cardinality(p_quota_ids) - count(*),
            (SELECT array_agg(jsonb_build_object(
                         'quota_id', g.quota_id,
@@ -332,9 +346,11 @@ BEGIN
             FROM gate g LEFT JOIN upserted u USING (quota_id)),
            (SELECT array_agg(g.quota_id ORDER BY g.quota_id) FROM gate g),
            (SELECT array_agg(g.is_delete ORDER BY g.quota_id) FROM gate g),
-           array_agg(m.latency) FILTER (WHERE m.latency IS NOT NULL)
+           array_agg(extract(epoch FROM o.stored_applied_at - o.received_at)::float8)
+               FILTER (WHERE p_fresh AND o.status = 'applied' AND o.attempts = 0)
+               || (SELECT array_agg(m.latency) FROM marked m WHERE m.latency IS NOT NULL)
     INTO applied, stale, dead, not_owned, v_messages, v_quota_ids, v_is_delete, v_latencies
-    FROM marked m;  -- buried and unclaimed run too: a data-modifying CTE always does
+    FROM outcomes o;  -- marked, buried and unclaimed run too: a data-modifying CTE always does
     -- the batch's counts, once (migration 016: no counter trigger on the mark)
     PERFORM inbox.count_finished(applied, stale, v_latencies);
 
