@@ -244,7 +244,8 @@ def test_worker_role_runs_the_whole_data_path_and_its_jobs(
         "DROP TABLE public.quota",
         "DROP TABLE inbox.quota_events",
         "DROP VIEW inbox.v_lag",
-        "DROP FUNCTION inbox.process_batch(bigint, uuid[], bigint[], boolean[], text, text, integer, boolean)",
+        "DROP FUNCTION inbox.process_batch(bigint, uuid[], bigint[], boolean[], text, text, integer,"
+        " boolean)",
         "DROP SCHEMA inbox CASCADE",
         "ALTER TABLE public.quota ADD COLUMN sneaky text",
         "ALTER TABLE inbox.quota_events DISABLE TRIGGER ALL",
