@@ -278,7 +278,8 @@ def latency(cluster: Cluster, stream: Stream, cfg: Config, workdir: Path) -> Mea
             "functions": calls,
             "watcher": watcher.own,  # the client-side poller's process (it ends before the clock)
             "server_note": "applied_at - received_at: the ingest transaction's start to the apply's mark of "
-            "the event (clock_timestamp; in the POST's own transaction when applied at ingest)",
+            "the event (clock_timestamp); applied at ingest, to its store as applied (migration 023: the "
+            "apply follows in the POST's own transaction, before its commit)",
             "client_note": "202 received -> seen finished by a 5 ms poller, own process (+ the poll)",
         },
     )
