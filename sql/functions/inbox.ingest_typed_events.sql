@@ -41,9 +41,10 @@
 -- sets one), both are rolled back, the rows are stored again, pending, as without an apply, and the
 -- workers apply them, bisecting to the culprit as always. A store that fails fails the call as it
 -- would without an apply (the same error: a refused typed value is class 22, which inbox/store.py
--- takes to store the batch untyped). No worker sees the rows before this commits, so nothing is claimed twice; a query
--- cancel or statement timeout is not caught (PL/pgSQL never traps them) and the whole call fails,
--- nothing stored. The workers are woken only for what is left: untyped rows, or rows the apply left.
+-- takes to store the batch untyped). No worker sees the rows before this commits, so nothing is
+-- claimed twice; a query cancel or statement timeout is not caught (PL/pgSQL never traps them) and
+-- the whole call fails, nothing stored. The workers are woken only for what is left: untyped rows,
+-- or rows the apply left.
 --
 -- The source is what the session may claim (migration 012): 'http' and 'kafka' for anyone who may
 -- call this function, 'sink' only from the sink's trigger (through inbox.ingest_events), and
