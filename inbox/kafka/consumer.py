@@ -3,6 +3,10 @@
 The delivery contract, at-least-once made effectively-once by the inbox key:
 * one transaction per batch (events and rejects); offsets are stored in librdkafka and committed,
   synchronously, only after that transaction commits. Auto-commit is off.
+* overlap: batch N is stored by one background thread while this thread fetches and sorts batch N+1;
+  N's offsets are committed (here, in order) once its transaction has committed, and only then is N+1
+  handed to the store thread. At most one batch is in the database at a time, so offsets never pass an
+  unstored batch. Librdkafka is only ever called from this thread.
 * a crash loses nothing: what was not committed is read again, and a redelivered event is a no-op.
 * database down: the batch in hand is kept, the partitions are paused (the group still gets its
   heartbeats and rebalances), storing is retried with a growing delay, fetching resumes after.
@@ -21,6 +25,7 @@ import re
 import socket
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,12 +145,24 @@ class KafkaIngestor:
             on_lost=self._on_lost,
         )
         log.info("consuming", extra={"topic": self.settings.kafka_topic, "group": self.settings.kafka_group})
+        store_thread = ThreadPoolExecutor(1, thread_name_prefix="inbox-store")
+        in_flight: tuple[Batch, Future[ConsumeStats | None]] | None = None
         try:
             while not self.stop.is_set():
+                # a revocation during this fetch drops its partitions from the batch in flight
+                self._in_hand = in_flight[0] if in_flight else None
                 batch = self._next_batch(consumer)
-                if batch and self._store(consumer, batch):
-                    self._commit(consumer, batch)
+                self._in_hand = None
+                if in_flight is not None:
+                    self._finish(consumer, *in_flight)
+                    in_flight = None
+                if batch:
+                    in_flight = (batch, store_thread.submit(self._try_store, batch))
+            if in_flight is not None:
+                self._finish(consumer, *in_flight)  # SIGTERM: the batch in the database is finished
+                in_flight = None
         finally:
+            store_thread.shutdown(wait=True)
             consumer.close()  # revokes the partitions (committing what is stored) and leaves the group
             self._db.close()
             _stop_serving(metrics_server)
@@ -194,6 +211,17 @@ class KafkaIngestor:
 
     # -- storing, and waiting out the database ----------------------------------------------------
 
+    def _finish(self, consumer: Consumer, batch: Batch, stored: Future[ConsumeStats | None]) -> None:
+        """Wait for the batch's transaction; commit its offsets once stored. A failed attempt falls back
+        to the serial wait for the database (partitions paused), here on this thread."""
+        counted = stored.result()
+        if counted is not None:
+            self.stats.add(counted)
+        elif not self._store(consumer, batch):
+            return
+        if batch:
+            self._commit(consumer, batch)
+
     def _store(self, consumer: Consumer, batch: Batch) -> bool:
         """Store the batch, however long the database is away. False: given up (stopping, or every
         partition of the batch revoked meanwhile); nothing of it is committed then."""
@@ -201,12 +229,13 @@ class KafkaIngestor:
         delay = RETRY_FIRST_SECONDS
         paused = False
         try:
-            while not self._try_store(batch):
+            while (counted := self._try_store(batch)) is None:
                 paused = True
                 self._serve_group_paused(consumer, batch, delay)
                 if self.stop.is_set() or not batch:
                     return False
                 delay = min(delay * 2, RETRY_MAX_SECONDS)
+            self.stats.add(counted)
             if paused:
                 log.info("database back: the batch in hand is stored, fetching resumes")
             return True
@@ -215,16 +244,18 @@ class KafkaIngestor:
             if paused and consumer.assignment():
                 consumer.resume(consumer.assignment())
 
-    def _try_store(self, batch: Batch) -> bool:
+    def _try_store(self, batch: Batch) -> ConsumeStats | None:
+        """One attempt (on the store thread, or this one when waiting out the database): the batch's
+        counts, or None when the database did not take it. Touches neither librdkafka nor self.stats."""
         try:
             stored = store_batch(self._db.connection(), batch)
         except DatabaseError as exc:
             # Connection lost, server restarting, deadlock, timeout, even a dropped table: the
             # batch stays in hand and is stored once the database takes it again.
-            self.stats.store_failures += 1
+            self.stats.store_failures += 1  # the main thread adds to stats only after result()
             log.warning("could not store the batch; will retry", extra={"error": str(exc).strip()})
             self._db.close()
-            return False
+            return None
         counted = ConsumeStats(
             batches=1,
             accepted=stored.accepted,
@@ -232,9 +263,8 @@ class KafkaIngestor:
             rejected=stored.rejected,
             skipped=len(batch.skips),
         )
-        self.stats.add(counted)
         log.debug("batch stored", extra={**stored.__dict__, "skipped": counted.skipped})
-        return True
+        return counted
 
     def _serve_group_paused(self, consumer: Consumer, batch: Batch, seconds: float) -> None:
         """Wait with every assigned partition paused, while the group may rebalance (its callbacks
