@@ -6,7 +6,8 @@ The delivery contract, at-least-once made effectively-once by the inbox key:
 * overlap: batch N is stored by one background thread while this thread fetches and sorts batch N+1;
   N's offsets are committed (here, in order) once its transaction has committed, and only then is N+1
   handed to the store thread. At most one batch is in the database at a time, so offsets never pass an
-  unstored batch. Librdkafka is only ever called from this thread.
+  unstored batch. Librdkafka is only ever called from this thread. A failed first attempt is waited out
+  here exactly as without the overlap (below); what is fetched meanwhile joins N+1, never N.
 * a crash loses nothing: what was not committed is read again, and a redelivered event is a no-op.
 * database down: the batch in hand is kept, the partitions are paused (the group still gets its
   heartbeats and rebalances), storing is retried with a growing delay, fetching resumes after.
@@ -119,7 +120,8 @@ class KafkaIngestor:
             application_name="quota-inbox consume",
             statement_timeout_ms=settings.effective_statement_timeout_ms(),
         )
-        self._in_hand: Batch | None = None  # the batch being stored, for the rebalance callbacks
+        # the batches fetched and not yet finished, oldest first, for the rebalance callbacks
+        self._held: list[Batch] = []
         self._last_logged: dict[int, float] = {}  # kafka error code -> when it was last logged
         self._last_beat = 0.0
 
@@ -150,18 +152,20 @@ class KafkaIngestor:
         try:
             while not self.stop.is_set():
                 # a revocation during this fetch drops its partitions from the batch in flight
-                self._in_hand = in_flight[0] if in_flight else None
+                self._held = [in_flight[0]] if in_flight else []
                 batch = self._next_batch(consumer)
-                self._in_hand = None
                 if in_flight is not None:
-                    self._finish(consumer, *in_flight)
+                    self._finish(consumer, *in_flight, batch)
                     in_flight = None
+                self._held = []
                 if batch:
                     in_flight = (batch, store_thread.submit(self._try_store, batch))
             if in_flight is not None:
-                self._finish(consumer, *in_flight)  # SIGTERM: the batch in the database is finished
+                # SIGTERM: the batch in the database is finished (and committed if stored)
+                self._finish(consumer, *in_flight, Batch())
                 in_flight = None
         finally:
+            self._held = []
             store_thread.shutdown(wait=True)
             consumer.close()  # revokes the partitions (committing what is stored) and leaves the group
             self._db.close()
@@ -188,6 +192,8 @@ class KafkaIngestor:
         batch = Batch()
         messages = consumer.consume(self.settings.kafka_batch_size, self.settings.kafka_batch_wait_seconds)
         self._add(batch, messages)
+        if messages:
+            log.debug("batch fetched", extra={"messages": len(messages)})
         return batch
 
     def _add(self, batch: Batch, messages: list[Message]) -> None:
@@ -211,48 +217,53 @@ class KafkaIngestor:
 
     # -- storing, and waiting out the database ----------------------------------------------------
 
-    def _finish(self, consumer: Consumer, batch: Batch, stored: Future[ConsumeStats | None]) -> None:
-        """Wait for the batch's transaction; commit its offsets once stored. A failed attempt falls back
-        to the serial wait for the database (partitions paused), here on this thread."""
+    def _finish(
+        self, consumer: Consumer, batch: Batch, stored: Future[ConsumeStats | None], later: Batch
+    ) -> None:
+        """Wait for the batch's transaction; commit its offsets once it is stored. A failed attempt is
+        waited out here, with the partitions paused (later: the batch fetched meanwhile, which takes
+        what is fetched during the wait)."""
         counted = stored.result()
-        if counted is not None:
-            self.stats.add(counted)
-        elif not self._store(consumer, batch):
-            return
+        if counted is None:
+            self.stats.store_failures += 1
+            self._held = [batch, later]
+            counted = self._wait_for_database(consumer, batch, later)
+            if counted is None:
+                return
+        self.stats.add(counted)
         if batch:
             self._commit(consumer, batch)
 
-    def _store(self, consumer: Consumer, batch: Batch) -> bool:
-        """Store the batch, however long the database is away. False: given up (stopping, or every
-        partition of the batch revoked meanwhile); nothing of it is committed then."""
-        self._in_hand = batch
+    def _wait_for_database(self, consumer: Consumer, batch: Batch, later: Batch) -> ConsumeStats | None:
+        """The batch's first attempt failed: retry it, however long the database is away, with a
+        growing delay. None: given up (stopping, or every partition of the batch revoked meanwhile);
+        nothing of it is committed then. Messages fetched while paused join `later`: were they added
+        to `batch`, its offsets would pass the unstored `later`."""
         delay = RETRY_FIRST_SECONDS
-        paused = False
         try:
-            while (counted := self._try_store(batch)) is None:
-                paused = True
-                self._serve_group_paused(consumer, batch, delay)
+            while True:
+                self._serve_group_paused(consumer, later, delay)
                 if self.stop.is_set() or not batch:
-                    return False
+                    return None
+                counted = self._try_store(batch)
+                if counted is not None:
+                    log.info("database back: the batch in hand is stored, fetching resumes")
+                    return counted
+                self.stats.store_failures += 1
                 delay = min(delay * 2, RETRY_MAX_SECONDS)
-            self.stats.add(counted)
-            if paused:
-                log.info("database back: the batch in hand is stored, fetching resumes")
-            return True
         finally:
-            self._in_hand = None
-            if paused and consumer.assignment():
+            if consumer.assignment():
                 consumer.resume(consumer.assignment())
 
     def _try_store(self, batch: Batch) -> ConsumeStats | None:
         """One attempt (on the store thread, or this one when waiting out the database): the batch's
-        counts, or None when the database did not take it. Touches neither librdkafka nor self.stats."""
+        counts, or None when the database did not take it (the caller counts the failure). Touches
+        neither librdkafka nor self.stats."""
         try:
             stored = store_batch(self._db.connection(), batch)
         except DatabaseError as exc:
             # Connection lost, server restarting, deadlock, timeout, even a dropped table: the
             # batch stays in hand and is stored once the database takes it again.
-            self.stats.store_failures += 1  # the main thread adds to stats only after result()
             log.warning("could not store the batch; will retry", extra={"error": str(exc).strip()})
             self._db.close()
             return None
@@ -331,8 +342,9 @@ class KafkaIngestor:
         log.warning("partitions lost", extra={"partitions": _names(partitions)})
 
     def _forget(self, partitions: list[TopicPartition]) -> None:
-        if self._in_hand is not None:
-            self._in_hand.drop({(p.topic, p.partition) for p in partitions})
+        gone = {(p.topic, p.partition) for p in partitions}
+        for batch in self._held:
+            batch.drop(gone)
 
 
 def _names(partitions: list[TopicPartition]) -> list[str]:

@@ -199,13 +199,16 @@ def assert_exact_end_state(dsn: str, stream: QuotaStream) -> None:
 
 @contextmanager
 def consuming_in_process(dsn: str, settings: Settings) -> Iterator[dict[str, Any]]:
-    """KafkaIngestor.run in a thread; on exit it is stopped and its stats are in the yielded dict."""
+    """KafkaIngestor.run in a thread; on exit it is stopped and its stats are in the yielded dict
+    (the ingestor itself under "ingestor", for a look at its stats while it runs)."""
     stop = threading.Event()
     outcome: dict[str, Any] = {}
 
+    outcome["ingestor"] = ingestor = KafkaIngestor(dsn, settings, stop)
+
     def run() -> None:
         try:
-            outcome["stats"] = KafkaIngestor(dsn, settings, stop).run()
+            outcome["stats"] = ingestor.run()
         except BaseException as exc:  # surfaced in the test below
             outcome["error"] = exc
 
@@ -223,11 +226,11 @@ def consuming_in_process(dsn: str, settings: Settings) -> Iterator[dict[str, Any
 class ConsumerProcess:
     """`inbox consume` as a real process; its JSON log lines are read from a file."""
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    def __init__(self, env: dict[str, str], log: Path, log_level: str = "INFO") -> None:
         self.log = log
         with log.open("wb") as stderr:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "inbox.cli", "--log-level", "INFO", "consume"],
+                [sys.executable, "-m", "inbox.cli", "--log-level", log_level, "consume"],
                 env=env,
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
@@ -264,15 +267,15 @@ class ConsumerProcess:
             self.process.wait(30)
 
 
-Processes = Callable[[dict[str, str]], ConsumerProcess]  # the fixture: a consumer started with this env
+Processes = Callable[..., ConsumerProcess]  # the fixture: a consumer started with this env (and log level)
 
 
 @pytest.fixture
 def processes(tmp_path: Path) -> Iterator[Processes]:
     started: list[ConsumerProcess] = []
 
-    def start(env: dict[str, str]) -> ConsumerProcess:
-        started.append(ConsumerProcess(env, tmp_path / f"consumer-{len(started)}.log"))
+    def start(env: dict[str, str], log_level: str = "INFO") -> ConsumerProcess:
+        started.append(ConsumerProcess(env, tmp_path / f"consumer-{len(started)}.log", log_level))
         return started[-1]
 
     yield start
@@ -437,6 +440,135 @@ def test_two_consumer_processes_share_the_partitions(
     assert all(s.accepted > 0 for s in stats), stats
     assert sum(s.accepted for s in stats) == len(stream.keys)
     assert_exact_end_state(dsn, stream)
+
+
+# -- two batches in flight: batch N in the database while N+1 is fetched --------------------------
+
+IN_FLIGHT_BATCH = 10
+
+
+def distinct_events(count: int) -> list[tuple[bytes, bytes | None]]:
+    return [(b"k", to_json(titan_event(uuid.uuid4(), 1)).encode()) for _ in range(count)]
+
+
+def store_waits_on_a_lock(dsn: str) -> bool:
+    """The consumer's store is waiting for a lock (the one the test holds)."""
+    with connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) AS n FROM pg_stat_activity"
+            " WHERE application_name = 'quota-inbox consume' AND wait_event_type = 'Lock'"
+        ).fetchone()
+    return bool(row and row["n"])
+
+
+@contextmanager
+def inserts_blocked(dsn: str) -> Iterator[DictConnection]:
+    """A session of the test's own that holds inbox.quota_events in SHARE mode: every store waits for
+    it until the block ends (or the yielded connection rolls back)."""
+    with connect(dsn) as blocker:
+        blocker.execute("LOCK TABLE inbox.quota_events IN SHARE MODE")
+        try:
+            yield blocker
+        finally:
+            blocker.rollback()
+
+
+def test_offsets_never_pass_a_batch_whose_transaction_has_not_committed(
+    feed: Feed, dsn: str, counter: Counters
+) -> None:
+    """Batch N's store waits on a lock the test holds while N+1 is fetched: the group's committed
+    offset stays at N's start until the test lets N commit; then N and N+1 commit, in order."""
+    inbox_count = counter(dsn)
+    events = distinct_events(3 * IN_FLIGHT_BATCH)
+    # a batch is IN_FLIGHT_BATCH messages exactly: consume() returns once it has that many
+    settings = feed.settings(kafka_batch_size=IN_FLIGHT_BATCH, kafka_batch_wait_seconds=2.0)
+    seen: list[int] = []  # every committed offset of partition 0 the test read, in order
+
+    def committed() -> int:
+        seen.append(feed.broker.committed(feed.topic, feed.group, 1)[0])
+        return seen[-1]
+
+    with consuming_in_process(dsn, settings) as outcome:
+        ingestor: KafkaIngestor = outcome["ingestor"]
+        feed.produce(events[:IN_FLIGHT_BATCH], partitions=1)
+        wait_for(lambda: committed() == IN_FLIGHT_BATCH, "the first batch committed")
+        with inserts_blocked(dsn) as blocker:
+            feed.produce(events[IN_FLIGHT_BATCH:], partitions=1)
+            wait_for(lambda: store_waits_on_a_lock(dsn), "batch N's store to wait on the test's lock")
+            wait_for(lambda: ingestor.stats.messages == len(events), "batch N+1 fetched")
+            for _ in range(10):  # held while N's transaction is open and N+1 is in hand
+                assert committed() == IN_FLIGHT_BATCH, "an offset passed a batch not yet stored"
+                time.sleep(0.2)
+            assert inbox_count() == IN_FLIGHT_BATCH
+            blocker.rollback()  # N may commit now
+            wait_for(lambda: committed() == len(events), "N and N+1 committed")
+    assert inbox_count() == len(events)
+    assert seen == sorted(seen)  # in order: never backwards
+    stats = outcome["stats"]
+    assert (stats.batches, stats.accepted, stats.duplicates, stats.store_failures) == (3, 30, 0, 0)
+
+
+@contextmanager
+def commits_blocked(dsn: str) -> Iterator[DictConnection]:
+    """A deferred constraint trigger (in this test's database only) makes the COMMIT of every store
+    that inserts an event wait for an advisory lock the test's own session holds until the block ends
+    (or it runs `SELECT pg_advisory_unlock_all()`)."""
+    with connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE FUNCTION public.test_wait_at_commit() RETURNS trigger LANGUAGE plpgsql"
+            " SET search_path = pg_catalog, pg_temp"
+            " AS $$ BEGIN PERFORM pg_advisory_xact_lock(4242); RETURN NULL; END $$"
+        )
+        conn.execute(
+            "CREATE CONSTRAINT TRIGGER test_wait_at_commit AFTER INSERT ON inbox.quota_events"
+            " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.test_wait_at_commit()"
+        )
+        conn.execute("SELECT pg_advisory_lock(4242)")
+        try:
+            yield conn
+        finally:
+            conn.execute("SELECT pg_advisory_unlock_all()")
+
+
+def test_killed_with_two_batches_in_flight_redelivers_and_loses_nothing(
+    feed: Feed, dsn: str, processes: Processes, counter: Counters
+) -> None:
+    """SIGKILL of `inbox consume` while batch N's COMMIT waits (on a lock the test holds) and N+1 is
+    in hand. The COMMIT then lands without its consumer: N is stored, its offsets are not. The next
+    consumer reads N and N+1 again; N counts as duplicates, nothing is lost or stored twice."""
+    inbox_count = counter(dsn)
+    events = distinct_events(3 * IN_FLIGHT_BATCH)
+    env = feed.env(dsn, INBOX_KAFKA_BATCH_SIZE=str(IN_FLIGHT_BATCH), INBOX_KAFKA_BATCH_WAIT_SECONDS="2")
+    first = processes(env, log_level="DEBUG")  # DEBUG: "batch fetched"
+    wait_for(first.holds_partitions, "the consumer to join")
+    feed.produce(events[:IN_FLIGHT_BATCH], partitions=1)
+    wait_for(
+        lambda: feed.broker.committed(feed.topic, feed.group, 1)[0] == IN_FLIGHT_BATCH,
+        "the first batch committed",
+    )
+
+    with commits_blocked(dsn) as blocker:
+        feed.produce(events[IN_FLIGHT_BATCH:], partitions=1)
+        wait_for(lambda: store_waits_on_a_lock(dsn), "batch N's COMMIT to wait on the test's lock")
+        wait_for(lambda: len(first.logged("batch fetched")) == 3, "batch N+1 fetched")
+        first.kill()
+        blocker.execute("SELECT pg_advisory_unlock_all()")  # N's COMMIT, sent before the kill, lands
+        wait_for(lambda: consume_sessions(dsn) == 0, "the killed consumer's sessions to end")
+    assert inbox_count() == 2 * IN_FLIGHT_BATCH  # N stored; N+1 was in hand, never sent
+    assert feed.broker.committed(feed.topic, feed.group, 1)[0] == IN_FLIGHT_BATCH  # N's offsets not
+
+    second = processes(env)
+    wait_for(lambda: inbox_count() == len(events), "every event after the restart")
+    wait_for(
+        lambda: feed.broker.committed(feed.topic, feed.group, 1)[0] == len(events), "every offset committed"
+    )
+    stats = second.terminate()
+    assert (stats.messages, stats.duplicates, stats.accepted) == (20, IN_FLIGHT_BATCH, IN_FLIGHT_BATCH)
+    with connect(dsn, autocommit=True) as db:
+        stored = [r["quota_id"] for r in db.execute("SELECT quota_id FROM inbox.quota_events")]
+    assert sorted(stored) == sorted(
+        uuid.UUID(json.loads(value or b"")["data"]["quota_id"]) for _, value in events
+    )
 
 
 # -- the database stopped and started mid-stream ----------------------------------------------
