@@ -7,6 +7,7 @@ every offset, and the workers turn the inbox into exactly the quota state the st
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import signal
@@ -506,6 +507,45 @@ def test_offsets_never_pass_a_batch_whose_transaction_has_not_committed(
     assert seen == sorted(seen)  # in order: never backwards
     stats = outcome["stats"]
     assert (stats.batches, stats.accepted, stats.duplicates, stats.store_failures) == (3, 30, 0, 0)
+
+
+def test_connection_lost_under_the_store_thread_is_waited_out_as_before(
+    feed: Feed, dsn: str, counter: Counters, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Batch N's session is terminated while its insert waits (N+1 in hand): one failure logged and
+    counted, the partitions paused, N retried after the first delay ("database back"), nothing of N or
+    N+1 committed before N is stored; then both are stored and committed, as without the overlap."""
+    inbox_count = counter(dsn)
+    events = distinct_events(3 * IN_FLIGHT_BATCH)
+    settings = feed.settings(kafka_batch_size=IN_FLIGHT_BATCH, kafka_batch_wait_seconds=2.0)
+
+    def committed() -> int:
+        return feed.broker.committed(feed.topic, feed.group, 1)[0]
+
+    with (
+        caplog.at_level(logging.INFO, logger="inbox.kafka.consumer"),
+        consuming_in_process(dsn, settings) as outcome,
+    ):
+        ingestor: KafkaIngestor = outcome["ingestor"]
+        feed.produce(events[:IN_FLIGHT_BATCH], partitions=1)
+        wait_for(lambda: committed() == IN_FLIGHT_BATCH, "the first batch committed")
+        with inserts_blocked(dsn) as blocker:
+            feed.produce(events[IN_FLIGHT_BATCH:], partitions=1)
+            wait_for(lambda: store_waits_on_a_lock(dsn), "batch N's store to wait on the test's lock")
+            wait_for(lambda: ingestor.stats.messages == len(events), "batch N+1 fetched")
+            blocker.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = 'quota-inbox consume' AND wait_event_type = 'Lock'"
+            )
+            wait_for(lambda: ingestor.stats.store_failures == 1, "the failed store counted")
+            assert committed() == IN_FLIGHT_BATCH
+        wait_for(lambda: committed() == len(events), "N and N+1 committed")
+    messages = [r.getMessage() for r in caplog.records if r.name == "inbox.kafka.consumer"]
+    assert messages.count("could not store the batch; will retry") == 1
+    assert messages.count("database back: the batch in hand is stored, fetching resumes") == 1
+    stats = outcome["stats"]
+    assert (stats.batches, stats.accepted, stats.duplicates, stats.store_failures) == (3, 30, 0, 1)
+    assert inbox_count() == len(events)
 
 
 @contextmanager
