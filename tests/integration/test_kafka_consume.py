@@ -548,6 +548,41 @@ def test_connection_lost_under_the_store_thread_is_waited_out_as_before(
     assert inbox_count() == len(events)
 
 
+def test_a_bug_under_the_store_thread_ends_the_consumer_as_before(
+    feed: Feed, dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception that is no DatabaseError (a bug) raised on the store thread leaves run() on this
+    thread as it did without the overlap: the same exception (`inbox consume` exits 1 with its
+    traceback), nothing committed, the group left."""
+
+    def bug(conn: Any, batch: Any) -> Any:
+        raise ZeroDivisionError("a bug in storing")
+
+    monkeypatch.setattr("inbox.kafka.consumer.store_batch", bug)
+    feed.produce(distinct_events(IN_FLIGHT_BATCH), partitions=1)
+    stop = threading.Event()
+    ingestor = KafkaIngestor(dsn, feed.settings(kafka_batch_size=IN_FLIGHT_BATCH), stop)
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            ingestor.run()
+        except BaseException as exc:
+            raised.append(exc)
+
+    consumer = threading.Thread(target=run, name="consumer", daemon=True)
+    consumer.start()
+    try:
+        wait_for(lambda: not consumer.is_alive(), "the consumer to end on the bug")
+    finally:
+        stop.set()
+        consumer.join(60)
+    assert [type(e) for e in raised] == [ZeroDivisionError]
+    assert str(raised[0]) == "a bug in storing"
+    assert feed.broker.committed(feed.topic, feed.group, 1)[0] < 0
+    assert ingestor.stats.batches == 0
+
+
 @contextmanager
 def commits_blocked(dsn: str) -> Iterator[DictConnection]:
     """A deferred constraint trigger (in this test's database only) makes the COMMIT of every store
