@@ -155,8 +155,10 @@ class KafkaIngestor:
                 self._held = [in_flight[0]] if in_flight else []
                 batch = self._next_batch(consumer)
                 if in_flight is not None:
-                    self._finish(consumer, *in_flight, batch)
+                    finished = self._finish(consumer, *in_flight, batch)
                     in_flight = None
+                    if not finished and self.stop.is_set():
+                        break  # stopping with the database away: N+1 is left uncommitted as well
                 self._held = []
                 if batch:
                     in_flight = (batch, store_thread.submit(self._try_store, batch))
@@ -219,20 +221,21 @@ class KafkaIngestor:
 
     def _finish(
         self, consumer: Consumer, batch: Batch, stored: Future[ConsumeStats | None], later: Batch
-    ) -> None:
+    ) -> bool:
         """Wait for the batch's transaction; commit its offsets once it is stored. A failed attempt is
         waited out here, with the partitions paused (later: the batch fetched meanwhile, which takes
-        what is fetched during the wait)."""
+        what is fetched during the wait). False: given up (stopping, or its partitions revoked)."""
         counted = stored.result()
         if counted is None:
             self.stats.store_failures += 1
             self._held = [batch, later]
             counted = self._wait_for_database(consumer, batch, later)
             if counted is None:
-                return
+                return False
         self.stats.add(counted)
         if batch:
             self._commit(consumer, batch)
+        return True
 
     def _wait_for_database(self, consumer: Consumer, batch: Batch, later: Batch) -> ConsumeStats | None:
         """The batch's first attempt failed: retry it, however long the database is away, with a
