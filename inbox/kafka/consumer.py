@@ -7,7 +7,8 @@ The delivery contract, at-least-once made effectively-once by the inbox key:
   N's offsets are committed (here, in order) once its transaction has committed, and only then is N+1
   handed to the store thread. At most one batch is in the database at a time, so offsets never pass an
   unstored batch. Librdkafka is only ever called from this thread. A failed first attempt is waited out
-  here exactly as without the overlap (below); what is fetched meanwhile joins N+1, never N.
+  here exactly as without the overlap (below); what is fetched meanwhile joins N+1, never N. A
+  revocation during N+1's fetch waits for N's transaction and commits N's offsets of those partitions.
 * a crash loses nothing: what was not committed is read again, and a redelivered event is a no-op.
 * database down: the batch in hand is kept, the partitions are paused (the group still gets its
   heartbeats and rebalances), storing is retried with a growing delay, fetching resumes after.
@@ -122,6 +123,8 @@ class KafkaIngestor:
         )
         # the batches fetched and not yet finished, oldest first, for the rebalance callbacks
         self._held: list[Batch] = []
+        # the batch in the database while this thread fetches the next (for _on_revoke)
+        self._in_flight: tuple[Batch, Future[ConsumeStats | None]] | None = None
         self._last_logged: dict[int, float] = {}  # kafka error code -> when it was last logged
         self._last_beat = 0.0
 
@@ -151,9 +154,11 @@ class KafkaIngestor:
         in_flight: tuple[Batch, Future[ConsumeStats | None]] | None = None
         try:
             while not self.stop.is_set():
-                # a revocation during this fetch drops its partitions from the batch in flight
+                # a revocation during this fetch waits for the batch in flight (_on_revoke)
                 self._held = [in_flight[0]] if in_flight else []
+                self._in_flight = in_flight
                 batch = self._next_batch(consumer)
+                self._in_flight = None
                 if in_flight is not None:
                     finished = self._finish(consumer, *in_flight, batch)
                     in_flight = None
@@ -167,7 +172,7 @@ class KafkaIngestor:
                 self._finish(consumer, *in_flight, Batch())
                 in_flight = None
         finally:
-            self._held = []
+            self._held, self._in_flight = [], None
             store_thread.shutdown(wait=True)
             consumer.close()  # revokes the partitions (committing what is stored) and leaves the group
             self._db.close()
@@ -335,9 +340,31 @@ class KafkaIngestor:
         log.info("partitions assigned", extra={"partitions": names})
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._store_in_flight_offsets(consumer, partitions)
         self._commit_stored(consumer)
         self._forget(partitions)
         log.info("partitions revoked", extra={"partitions": _names(partitions)})
+
+    def _store_in_flight_offsets(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """A revocation while batch N is in the database (this thread fetching N+1): wait for N's
+        transaction and, once it has committed, store N's offsets of the revoked partitions, so that
+        they are committed with the rest and their next owner does not read N again. A failed store
+        (or a bug, raised by _finish) leaves them to be dropped, as before the overlap."""
+        if self._in_flight is None:
+            return
+        batch, stored = self._in_flight
+        try:
+            counted = stored.result()
+        except Exception:
+            return
+        gone = {(p.topic, p.partition) for p in partitions}
+        offsets = [TopicPartition(t, p, o) for (t, p), o in batch.next_offsets.items() if (t, p) in gone]
+        if counted is None or not offsets:
+            return
+        try:
+            consumer.store_offsets(offsets=offsets)
+        except KafkaException as exc:
+            log.warning("offsets not committed on revocation", extra={"error": str(exc)})
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Already someone else's: committing would fail, and their messages will be read again.

@@ -548,6 +548,34 @@ def test_connection_lost_under_the_store_thread_is_waited_out_as_before(
     assert inbox_count() == len(events)
 
 
+def test_a_rebalance_while_a_batch_is_stored_commits_it_for_the_next_owner(
+    feed: Feed, dsn: str, counter: Counters
+) -> None:
+    """A second consumer joins while batch N's insert waits on the test's lock and the first consumer
+    fetches N+1: the revocation waits for N's transaction and commits N's offsets, so whoever owns a
+    partition next does not read N again: no duplicates at all."""
+    inbox_count = counter(dsn)
+    events = distinct_events(2 * IN_FLIGHT_BATCH)
+    # a long wait: the first consumer is in its fetch of N+1 (where rebalances run) while N is stored
+    settings = feed.settings(kafka_batch_size=IN_FLIGHT_BATCH, kafka_batch_wait_seconds=20.0)
+    with consuming_in_process(dsn, settings) as first:
+        ingestor: KafkaIngestor = first["ingestor"]
+        wait_for(lambda: len(ingestor.stats.partitions) == PARTITIONS, "the first consumer to join")
+        feed.produce(events[:IN_FLIGHT_BATCH])
+        wait_for(lambda: inbox_count() == IN_FLIGHT_BATCH, "the first batch stored")
+        wait_for(feed.all_committed, "the first batch committed")
+        with inserts_blocked(dsn) as blocker:
+            feed.produce(events[IN_FLIGHT_BATCH:])  # batch N
+            wait_for(lambda: store_waits_on_a_lock(dsn), "batch N's store to wait on the test's lock")
+            with consuming_in_process(dsn, settings) as second:
+                time.sleep(3)  # the second joins; the first's revocation waits for N
+                blocker.rollback()
+                wait_for(lambda: inbox_count() == len(events), "batch N stored")
+                wait_for(feed.all_committed, "every offset committed")
+    assert first["stats"].duplicates + second["stats"].duplicates == 0
+    assert first["stats"].accepted + second["stats"].accepted == len(events)
+
+
 def test_a_bug_under_the_store_thread_ends_the_consumer_as_before(
     feed: Feed, dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
