@@ -1,6 +1,7 @@
 """The whole run: one embedded PostgreSQL in a temp folder, every path on the same events, then
 the table, the JSON and the chart. Each path runs alone (nothing else of the run is busy), in a
-fresh database copied from one migrated (and, for the throughput paths, seeded) template."""
+fresh database copied from one migrated (and, for the throughput paths, seeded) template, dropped
+when its step ends."""
 
 from __future__ import annotations
 
@@ -120,6 +121,7 @@ def measure_all(
             )
         for measurement in outcome if isinstance(outcome, list) else [outcome]:
             results[measurement.key] = measurement
+        cluster.drop_measured()  # each path runs alone: no earlier step's garbage for autovacuum
         print(f"bench: {label} done in {time.perf_counter() - started:.1f} s", file=progress, flush=True)
     return results
 
