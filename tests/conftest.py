@@ -11,6 +11,7 @@ import itertools
 import os
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -98,12 +99,19 @@ def empty_dsn(pg_admin_dsn: str) -> Iterator[str]:
     drop_database(pg_admin_dsn, name)
 
 
+@contextmanager
+def migrated_database(pg_admin_dsn: str, template_db: str, kind: str = "test") -> Iterator[str]:
+    """A freshly migrated database (a copy of the template), dropped afterwards."""
+    name = f"inbox_{kind}_{os.getpid()}_{next(_counter)}"
+    yield create_database(pg_admin_dsn, name, template=template_db)
+    drop_database(pg_admin_dsn, name)
+
+
 @pytest.fixture
 def dsn(pg_admin_dsn: str, template_db: str) -> Iterator[str]:
     """A freshly migrated database of its own for this test."""
-    name = f"inbox_test_{os.getpid()}_{next(_counter)}"
-    yield create_database(pg_admin_dsn, name, template=template_db)
-    drop_database(pg_admin_dsn, name)
+    with migrated_database(pg_admin_dsn, template_db) as made:
+        yield made
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ is stored all the same and waits for the workers (sql/functions/inbox.ingest_typ
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -18,7 +17,7 @@ from inbox.db.connect import DictConnection, connect
 from inbox.ingest import parse_texts
 from inbox.store import store
 from tests.acceptance.conftest import LiveServer, StartServer
-from tests.conftest import create_database, drop_database
+from tests.conftest import migrated_database
 from tests.helpers import (
     count_of,
     dead_letters,
@@ -136,9 +135,8 @@ def test_an_apply_at_ingest_needs_at_least_one_attempt(db: DictConnection) -> No
 @pytest.fixture
 def other_dsn(pg_admin_dsn: str, template_db: str) -> Iterator[str]:
     """A second freshly migrated database, for the same events with the apply at ingest off."""
-    name = f"inbox_other_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    yield create_database(pg_admin_dsn, name, template=template_db)
-    drop_database(pg_admin_dsn, name)
+    with migrated_database(pg_admin_dsn, template_db, "other") as made:
+        yield made
 
 
 def _end_state(dsn: str) -> dict[str, Any]:

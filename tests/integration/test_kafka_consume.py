@@ -452,13 +452,14 @@ def distinct_events(count: int) -> list[tuple[bytes, bytes | None]]:
     return [(b"k", to_json(titan_event(uuid.uuid4(), 1)).encode()) for _ in range(count)]
 
 
+# the sessions of `inbox consume` whose store waits for a lock (the one the test holds)
+STORE_WAITING = "application_name = 'quota-inbox consume' AND wait_event_type = 'Lock'"
+
+
 def store_waits_on_a_lock(dsn: str) -> bool:
     """The consumer's store is waiting for a lock (the one the test holds)."""
     with connect(dsn, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) AS n FROM pg_stat_activity"
-            " WHERE application_name = 'quota-inbox consume' AND wait_event_type = 'Lock'"
-        ).fetchone()
+        row = conn.execute(f"SELECT count(*) AS n FROM pg_stat_activity WHERE {STORE_WAITING}").fetchone()
     return bool(row and row["n"])
 
 
@@ -472,6 +473,25 @@ def inserts_blocked(dsn: str) -> Iterator[DictConnection]:
             yield blocker
         finally:
             blocker.rollback()
+
+
+@contextmanager
+def batch_n_held(
+    feed: Feed,
+    dsn: str,
+    ingestor: KafkaIngestor,
+    events: list[tuple[bytes, bytes | None]],
+    committed: Callable[[], int],
+) -> Iterator[DictConnection]:
+    """The first IN_FLIGHT_BATCH events stored and committed; then batch N's insert waiting on the
+    test's lock (the yielded session) while N+1, the rest of the events, is fetched."""
+    feed.produce(events[:IN_FLIGHT_BATCH], partitions=1)
+    wait_for(lambda: committed() == IN_FLIGHT_BATCH, "the first batch committed")
+    with inserts_blocked(dsn) as blocker:
+        feed.produce(events[IN_FLIGHT_BATCH:], partitions=1)
+        wait_for(lambda: store_waits_on_a_lock(dsn), "batch N's store to wait on the test's lock")
+        wait_for(lambda: ingestor.stats.messages == len(events), "batch N+1 fetched")
+        yield blocker
 
 
 def test_offsets_never_pass_a_batch_whose_transaction_has_not_committed(
@@ -489,20 +509,16 @@ def test_offsets_never_pass_a_batch_whose_transaction_has_not_committed(
         seen.append(feed.broker.committed(feed.topic, feed.group, 1)[0])
         return seen[-1]
 
-    with consuming_in_process(dsn, settings) as outcome:
-        ingestor: KafkaIngestor = outcome["ingestor"]
-        feed.produce(events[:IN_FLIGHT_BATCH], partitions=1)
-        wait_for(lambda: committed() == IN_FLIGHT_BATCH, "the first batch committed")
-        with inserts_blocked(dsn) as blocker:
-            feed.produce(events[IN_FLIGHT_BATCH:], partitions=1)
-            wait_for(lambda: store_waits_on_a_lock(dsn), "batch N's store to wait on the test's lock")
-            wait_for(lambda: ingestor.stats.messages == len(events), "batch N+1 fetched")
-            for _ in range(10):  # held while N's transaction is open and N+1 is in hand
-                assert committed() == IN_FLIGHT_BATCH, "an offset passed a batch not yet stored"
-                time.sleep(0.2)
-            assert inbox_count() == IN_FLIGHT_BATCH
-            blocker.rollback()  # N may commit now
-            wait_for(lambda: committed() == len(events), "N and N+1 committed")
+    with (
+        consuming_in_process(dsn, settings) as outcome,
+        batch_n_held(feed, dsn, outcome["ingestor"], events, committed) as blocker,
+    ):
+        for _ in range(10):  # held while N's transaction is open and N+1 is in hand
+            assert committed() == IN_FLIGHT_BATCH, "an offset passed a batch not yet stored"
+            time.sleep(0.2)
+        assert inbox_count() == IN_FLIGHT_BATCH
+        blocker.rollback()  # N may commit now
+        wait_for(lambda: committed() == len(events), "N and N+1 committed")
     assert inbox_count() == len(events)
     assert seen == sorted(seen)  # in order: never backwards
     stats = outcome["stats"]
@@ -527,16 +543,8 @@ def test_connection_lost_under_the_store_thread_is_waited_out_as_before(
         consuming_in_process(dsn, settings) as outcome,
     ):
         ingestor: KafkaIngestor = outcome["ingestor"]
-        feed.produce(events[:IN_FLIGHT_BATCH], partitions=1)
-        wait_for(lambda: committed() == IN_FLIGHT_BATCH, "the first batch committed")
-        with inserts_blocked(dsn) as blocker:
-            feed.produce(events[IN_FLIGHT_BATCH:], partitions=1)
-            wait_for(lambda: store_waits_on_a_lock(dsn), "batch N's store to wait on the test's lock")
-            wait_for(lambda: ingestor.stats.messages == len(events), "batch N+1 fetched")
-            blocker.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE application_name = 'quota-inbox consume' AND wait_event_type = 'Lock'"
-            )
+        with batch_n_held(feed, dsn, ingestor, events, committed) as blocker:
+            blocker.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE {STORE_WAITING}")
             wait_for(lambda: ingestor.stats.store_failures == 1, "the failed store counted")
             assert committed() == IN_FLIGHT_BATCH
         wait_for(lambda: committed() == len(events), "N and N+1 committed")
