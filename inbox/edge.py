@@ -36,7 +36,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 from itertools import compress
@@ -67,13 +67,20 @@ _TITAN_KEYS = frozenset({"eventType", "data", "metadata"})
 _SCALARS = (str, int, Decimal, bool, type(None))
 _SPACED_COLON = re.compile(rb"[ \t\r\n]:")
 _NUL_ESCAPE = b"\\u0000"
+# The same two checks on the texts of a body (decode_columns): what a JSON text can hold before a colon
+# that a regular expression would look for at every character, found by str searches instead.
+_TEXT_NUL_ESCAPE = "\\u0000"
+_SPACED_COLONS = tuple(f"{space}:" for space in JSON_WHITESPACE)
 # Below this, an integer has at most 18 digits: no need to count them.
 _SMALL_INT = 10**18
 _ARRAY_RAWS = msgspec.json.Decoder(list[msgspec.Raw])
 _OBJECT = msgspec.json.Decoder(dict[str, Any], float_hook=json_decimal)
 
 
-class _Data(msgspec.Struct, forbid_unknown_fields=True):
+# gc=False: a decoded event holds scalars only (and, in an Any member, containers made by the decoder,
+# which cannot refer back to it), so it can be in no reference cycle; not tracked, a body's 500 events
+# add nothing to the collector's work.
+class _Data(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     quota_id: str
     counterparty_id: str
     direction: Literal["BUY", "SELL"]
@@ -85,13 +92,13 @@ class _Data(msgspec.Struct, forbid_unknown_fields=True):
     updated_at: str | UnsetType | None = UNSET
 
 
-class _Metadata(msgspec.Struct, forbid_unknown_fields=True):
+class _Metadata(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     version: int
     timestamp: str | UnsetType | None = UNSET
     source: str | UnsetType | None = UNSET
 
 
-class _Titan(msgspec.Struct, forbid_unknown_fields=True):
+class _Titan(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     eventType: Literal["INSERT", "UPDATE", "DELETE"]
     data: _Data
     metadata: _Metadata
@@ -157,14 +164,14 @@ ROW_COLUMNS = (
 class EdgeColumns:
     """A body's events column by column, as inbox.ingest_typed_events takes them: every event a
     typed upsert or a typed delete (its row columns None), typed True. No object per event:
-    keys() and rows() build EventKeys and QuotaRows only for a caller that asks."""
+    keys() and rows build EventKeys and QuotaRows only for a caller that asks (storing never does)."""
 
     quota_ids: list[str]  # canonical UUID text, cast by PostgreSQL (a UUID object costs 1 us)
     versions: list[int]
     is_delete: list[bool]
     typed: list[bool]
     row_columns: dict[str, list[Any]]  # ROW_COLUMNS, in QuotaRow's order
-    rows: list[QuotaRow | None]  # the same, a row per event (None: a delete)
+    _rows: list[QuotaRow | None] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.quota_ids)
@@ -172,32 +179,50 @@ class EdgeColumns:
     def keys(self) -> list[EventKey]:
         return list(map(EventKey, map(uuid.UUID, self.quota_ids), self.versions, self.is_delete))
 
+    @property
+    def rows(self) -> list[QuotaRow | None]:
+        """Each event's QuotaRow (None: a delete), built at the first read; the same list after it."""
+        if self._rows is None:
+            rows: list[QuotaRow | None] = list(map(QuotaRow, *self.row_columns.values()))
+            for at in compress(range(len(rows)), self.is_delete):
+                rows[at] = None
+            object.__setattr__(self, "_rows", rows)
+        assert self._rows is not None
+        return self._rows
+
 
 def decode_columns(texts: Sequence[str]) -> EdgeColumns | None:
     """The whole body at once, when every event is one _typed takes as a typed upsert or a delete:
     the same keys and rows, checked column by column (builtins over lists, not Python per event).
-    None when any event is not such an event: decode_texts decides then, event by event."""
+    None when any event is not such an event: decode_texts decides then, event by event.
+
+    msgspec reads the texts themselves (a str is its UTF-8 to msgspec; one holding a lone surrogate
+    has none, and is declined), and the checks of the raw JSON run on the texts: '"', ':' and the
+    JSON whitespace are ASCII, which no byte of a longer UTF-8 sequence is, so counting them in the
+    text counts them in its UTF-8."""
     try:
         if len(texts) == 1 and is_array(texts[0]):
-            data = texts[0].encode("utf-8")
+            data = texts[0]
             events = _TYPED_LIST.decode(data)
         else:  # each text one event (NDJSON lines): a text holding anything else is refused
-            raws = list(map(str.encode, texts))
-            events = list(map(_TYPED.decode, raws))
-            data = b"\n".join(raws)
+            events = list(map(_TYPED.decode, texts))
+            # each text ends with '}' or whitespace and the next starts with '{' or whitespace, so no
+            # check below can match across texts joined as they are (a newline between them would
+            # only make _spaced_colon look for "\n:")
+            data = "".join(texts)
     except (UnicodeEncodeError, msgspec.MsgspecError, ValueError, RecursionError):
         return None
     count = len(events)
     if not count:
-        return EdgeColumns([], [], [], [], {name: [] for name in ROW_COLUMNS}, [])
-    if _NUL_ESCAPE in data or _SPACED_COLON.search(data) is not None:
+        return EdgeColumns([], [], [], [], {name: [] for name in ROW_COLUMNS})
+    if _TEXT_NUL_ESCAPE in data or _spaced_colon(data):
         return None
     datas, metas = list(map(_GET_DATA, events)), list(map(_GET_METADATA, events))
     optional = [list(map(get, datas)) for get in _GET_OPTIONAL_DATA]
     optional += [list(map(get, metas)) for get in _GET_OPTIONAL_METADATA]
     members = count * _REQUIRED_MEMBERS + sum(count - column.count(UNSET) for column in optional)
     # Each event shows at least one '":' per member: the equality of the sums is that of each event's.
-    if data.count(b'":') != members:
+    if data.count('":') != members:
         return None
     ids = "\n".join(map(_GET_QUOTA_ID, datas))
     # 36 characters each and the canonical form between the newlines: each id is one UUID
@@ -214,11 +239,14 @@ def decode_columns(texts: Sequence[str]) -> EdgeColumns | None:
     # A delete _typed took is typed too: a Titan DELETE needs only its key (events.validate_titan_event),
     # so what a worker would store for it from its payload is known here (no row, no errors, not
     # version-less, no LSN). Stored untyped, every batch holding a delete cost a typing round first.
-    typed = [True] * count
-    rows: list[QuotaRow | None] = list(map(QuotaRow, *row_columns.values()))
-    for at in deletes:
-        rows[at] = None
-    return EdgeColumns(ids.split("\n"), versions, is_delete, typed, row_columns, rows)
+    return EdgeColumns(ids.split("\n"), versions, is_delete, [True] * count, row_columns)
+
+
+def _spaced_colon(data: str) -> bool:
+    """Whether JSON whitespace stands before a colon anywhere in data (_SPACED_COLON's match): a
+    whitespace character absent from the text (a compact body has no space, tab or CR) is ruled out
+    by one fast scan for it alone."""
+    return any(pair[0] in data and pair in data for pair in _SPACED_COLONS)
 
 
 def _row_columns(

@@ -193,7 +193,7 @@ def parse_texts(
     if fast and key is key_event:
         columns = decode_columns(texts)
         if columns is not None:
-            return ParsedBatch.of_columns(columns, _array_text([_part(text) for text in texts]))
+            return ParsedBatch.of_columns(columns, _columns_array_text(texts))
         events = decode_texts(texts)
         if events is not None:
             return ParsedBatch(
@@ -258,6 +258,14 @@ def _part(text: str) -> str:
     or the text of one event."""
     stripped = text.strip()
     return stripped[1:-1] if stripped.startswith("[") else text
+
+
+def _columns_array_text(texts: Sequence[str]) -> str:
+    """_array_text of the texts decode_columns read: one array, or each text one event (no blank
+    text, no array among them), which it takes as they are."""
+    if len(texts) == 1:
+        return _array_text([_part(texts[0])])
+    return "[" + ",".join(texts) + "]"
 
 
 def _array_text(parts: list[str]) -> str:

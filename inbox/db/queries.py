@@ -21,6 +21,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from inbox.db import binary
 from inbox.db.sqlfiles import query
 
 DictConnection = psycopg.Connection[dict[str, Any]]
@@ -277,13 +278,6 @@ class RepairBatch:
     not_repaired: int
 
 
-def _decimal_texts(values: list[Decimal | None]) -> list[str | None]:
-    """Each Decimal as its text (None stays None), for a text[] that PostgreSQL casts to numeric[]."""
-    if None not in values:
-        return list(map(str, values))
-    return [None if value is None else str(value) for value in values]
-
-
 def _keys(keys: Iterable[EventKeyRow]) -> Jsonb:
     return Jsonb(list(keys))
 
@@ -439,17 +433,24 @@ class Queries:
         """Store events (one JSON array text) with their keys and typed columns: how many were new;
         with apply_attempts, the typed ones are applied in the same transaction, and how many of them
         were finished (applied, stale or dead) is said too (inbox.ingest_typed_events)."""
-        columns = batch.columns
+        columns, keys = batch.columns, batch.keys
         params = {
             "events": events,
-            **batch.keys.params(),
+            "quota_ids": binary.uuid_array(keys.quota_ids),
+            "versions": binary.int8_array(keys.versions),
+            "is_delete": binary.bool_array(keys.is_delete),
             "source": source,
-            "source_lsns": batch.source_lsns,
-            "typed": batch.typed,
-            **columns,
+            "source_lsns": binary.int8_array(batch.source_lsns),
+            "typed": binary.bool_array(batch.typed),
+            "counterparty_ids": binary.text_array(columns["counterparty_ids"]),
+            "directions": binary.text_array(columns["directions"]),
+            "period_months": binary.date_array(columns["period_months"]),
             # as decimal text (query ingest_typed_events says why): str() of a Decimal keeps its digits
-            "qty_t": _decimal_texts(columns["qty_t"]),
-            "tolerance_pct": _decimal_texts(columns["tolerance_pct"]),
+            "qty_t": binary.decimal_text_array(columns["qty_t"]),
+            "tolerance_pct": binary.decimal_text_array(columns["tolerance_pct"]),
+            "incoterm_codes": binary.text_array(columns["incoterm_codes"]),
+            "metal_codes": binary.text_array(columns["metal_codes"]),
+            "source_updated_at": binary.timestamptz_array(columns["source_updated_at"]),
             "apply_attempts": apply_attempts,
         }
         row = self._one("ingest_typed_events", params)

@@ -555,7 +555,7 @@ def test_an_array_after_json_whitespace_is_read_as_an_array() -> None:
 
 
 def test_an_empty_body_is_read_by_columns_as_no_event() -> None:
-    empty = EdgeColumns([], [], [], [], {name: [] for name in ROW_COLUMNS}, [])
+    empty = EdgeColumns([], [], [], [], {name: [] for name in ROW_COLUMNS})
 
     assert decode_columns([]) == empty
     assert decode_columns(["[]"]) == empty
