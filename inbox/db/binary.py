@@ -93,11 +93,11 @@ for _packed in (TextArray, Int8Array, BoolArray, DateArray, TimestamptzArray, Uu
     _register(_packed)
 
 
-def _array(packed: type[P], items: Sequence[bytes], nulls: bool) -> P:
-    """The array of its elements' items (each its length and its bytes, or _NULL)."""
-    if not items:
+def _array(packed: type[P], count: int, items: Iterable[bytes], nulls: bool) -> P:
+    """The array of count elements, items their bytes (each its length and its data, or _NULL)."""
+    if not count:
         return packed(_EMPTY(0, 0, packed.element_oid))
-    return packed(_HEADER(1, nulls, packed.element_oid, len(items), 1) + b"".join(items))
+    return packed(_HEADER(1, nulls, packed.element_oid, count, 1) + b"".join(items))
 
 
 def _types(values: Iterable[Any]) -> set[type]:
@@ -140,7 +140,7 @@ def text_array(values: Sequence[str | None]) -> TextArray | Sequence[str | None]
         return values
     try:
         if len(distinct) * 2 <= len(values):
-            return _array(TextArray, _distinct(values, distinct, _text_item), None in distinct)
+            return _array(TextArray, len(values), _distinct(values, distinct, _text_item), None in distinct)
         if None not in distinct and len(set(map(len, cast(Sequence[str], values)))) == 1:
             return _same_width(cast(Sequence[str], values))
         return _texts(values, _nulls(values) if None in distinct else [])
@@ -179,14 +179,16 @@ def _texts(values: Sequence[str | None], nulls: list[int]) -> TextArray:
     lengths = list(map(_LENGTH, map(len, encoded)))
     for at in nulls:
         lengths[at] = _NULL  # and its encoded b"" adds nothing
-    return _array(TextArray, list(chain.from_iterable(zip(lengths, encoded, strict=True))), bool(nulls))
+    return _array(
+        TextArray, len(values), chain.from_iterable(zip(lengths, encoded, strict=True)), bool(nulls)
+    )
 
 
 def int8_array(values: Sequence[int | None]) -> Int8Array | Sequence[int | None]:
     """A bigint[] of int values (None: NULL)."""
     types = _types(values)
     if types == {_NONE}:  # no Debezium LSN in the batch
-        return _array(Int8Array, [_NULL] * len(values), True)
+        return _array(Int8Array, len(values), [_NULL] * len(values), True)
     if not types <= {int, _NONE}:
         return values
     nulls = _nulls(values) if _NONE in types else []
@@ -196,7 +198,7 @@ def int8_array(values: Sequence[int | None]) -> Int8Array | Sequence[int | None]
         return values
     for at in nulls:
         items[at] = _NULL
-    return _array(Int8Array, items, bool(nulls))
+    return _array(Int8Array, len(values), items, bool(nulls))
 
 
 def bool_array(values: Sequence[bool | None]) -> BoolArray | Sequence[bool | None]:
@@ -204,7 +206,7 @@ def bool_array(values: Sequence[bool | None]) -> BoolArray | Sequence[bool | Non
     types = _types(values)
     if not types <= {bool, _NONE}:
         return values
-    return _array(BoolArray, list(map(_BOOLS.__getitem__, values)), _NONE in types)
+    return _array(BoolArray, len(values), map(_BOOLS.__getitem__, values), _NONE in types)
 
 
 def date_array(values: Sequence[date | None]) -> DateArray | Sequence[date | None]:
@@ -213,7 +215,7 @@ def date_array(values: Sequence[date | None]) -> DateArray | Sequence[date | Non
     if distinct is None:
         return values
     items = _distinct(values, distinct, lambda day: _DATE(4, day.toordinal() - _DATE_EPOCH))
-    return _array(DateArray, items, None in distinct)
+    return _array(DateArray, len(values), items, None in distinct)
 
 
 def _instant(value: datetime) -> bytes:
@@ -228,7 +230,7 @@ def timestamptz_array(values: Sequence[datetime | None]) -> TimestamptzArray | S
         value.tzinfo is None or value.utcoffset() is None for value in distinct if value is not None
     ):
         return values  # a naive datetime is psycopg's timestamp, read in the session's time zone
-    return _array(TimestamptzArray, _distinct(values, distinct, _instant), None in distinct)
+    return _array(TimestamptzArray, len(values), _distinct(values, distinct, _instant), None in distinct)
 
 
 def uuid_array(values: Sequence[uuid.UUID] | Sequence[str]) -> Packed | Sequence[Any]:
@@ -239,4 +241,4 @@ def uuid_array(values: Sequence[uuid.UUID] | Sequence[str]) -> Packed | Sequence
     if not _types(values) <= {uuid.UUID}:
         return values
     items = chain.from_iterable(zip(repeat(_LENGTH(16)), map(_UUID_BYTES, values)))
-    return _array(UuidArray, list(items), False)
+    return _array(UuidArray, len(values), items, False)
