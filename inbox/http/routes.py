@@ -41,12 +41,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 RETRY_AFTER_SECONDS = 5
-# The threads that store events and parse large bodies: as many as anyio's default (40), so that a
-# request waits for a session in the pool (and is refused after its timeout), not for a thread.
+# The threads that parse and store the bodies: as many as anyio's default (40), so that a request
+# waits for a session in the pool (and is refused after its timeout), not for a thread.
 THREADS = 40
-# A body up to this size is parsed on the event loop (well under a millisecond: the hop to a thread
-# would cost more); a larger one in a thread, so that a 10 MiB body never stalls /health.
-PARSE_ON_LOOP_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -162,6 +159,27 @@ def _refusal(exc: DatabaseError | PoolTimeout) -> JSONResponse:
     return _error(503, "database error; nothing was stored, retry later")
 
 
+def _parse_and_store(
+    pool: DictPool, body: bytes, ndjson: bool, settings: Settings
+) -> IngestResult | JSONResponse:
+    """The body parsed, then stored (_store), in one of the app's threads: one hop from the event
+    loop per request, and a 10 MiB body never stalls /health. A body refused, or too many events,
+    is answered here without a session (nothing stored); a database's refusal raises."""
+    try:
+        batch = parse_body(body, ndjson=ndjson, partial=True)
+    except BadBatch as exc:
+        problems = [{"index": index, "reason": reason} for index, reason in exc.problems]
+        status = 400 if exc.unparseable else 422
+        return _error(status, "nothing was stored", problems=problems)
+    if len(batch) > settings.max_events_per_request:
+        return _error(
+            413,
+            f"{len(batch)} events in one request, more than INBOX_MAX_EVENTS_PER_REQUEST "
+            f"({settings.max_events_per_request}); nothing was stored: send them in smaller requests",
+        )
+    return _store(pool, batch, settings)
+
+
 def _store(pool: DictPool, batch: ParsedBatch, settings: Settings) -> IngestResult:
     """Store the batch (and apply it, INBOX_HTTP_APPLY_AT_INGEST), then wake the workers for what is
     left (the pool's sessions do not notify inside the ingest's transaction: inbox/db/connect.py
@@ -197,24 +215,11 @@ async def post_events(request: Request) -> JSONResponse:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     ndjson = content_type in NDJSON_TYPES
     try:
-        if len(body) <= PARSE_ON_LOOP_BYTES:
-            batch = parse_body(body, ndjson=ndjson, partial=True)
-        else:  # off the event loop: /health and the other requests are answered meanwhile
-            batch = await in_thread(state, parse_body, body, ndjson=ndjson, partial=True)
-    except BadBatch as exc:
-        problems = [{"index": index, "reason": reason} for index, reason in exc.problems]
-        status = 400 if exc.unparseable else 422
-        return _error(status, "nothing was stored", problems=problems)
-    if len(batch) > settings.max_events_per_request:
-        return _error(
-            413,
-            f"{len(batch)} events in one request, more than INBOX_MAX_EVENTS_PER_REQUEST "
-            f"({settings.max_events_per_request}); nothing was stored: send them in smaller requests",
-        )
-    try:
-        result = await in_thread(state, _store, state.pool, batch, settings)
+        result = await in_thread(state, _parse_and_store, state.pool, body, ndjson, settings)
     except (DatabaseError, PoolTimeout) as exc:
         return _refusal(exc)
+    if isinstance(result, JSONResponse):  # refused before any session was taken
+        return result
     answer: dict[str, Any] = {"accepted": result.accepted, "duplicates": result.duplicates}
     if settings.http_apply_at_ingest:
         # of the accepted, finished before this answer (applied, stale or dead letters); the workers
