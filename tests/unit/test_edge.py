@@ -491,6 +491,13 @@ DECLINED = {
         '"qty_t": 100.000', f'"qty_t" : {TOO_LONG}, "qty_t": 5'
     ),
     "a tab before a colon": GOOD.replace('"qty_t": 100.000', '"qty_t"\t: 100.000'),
+    "a duplicate key hidden by a carriage return before its colon": GOOD.replace(
+        '"qty_t": 100.000', f'"qty_t"\r: {TOO_LONG}, "qty_t": 5'
+    ),
+    "a duplicate key hidden by a newline before its colon": GOOD.replace(
+        '"qty_t": 100.000', f'"qty_t"\n: {TOO_LONG}, "qty_t": 5'
+    ),
+    "an escaped NUL in a member no rule reads": GOOD.replace('"titan"', '"ti\\u0000tan"'),
     "a string holding an escaped quote and a colon": GOOD.replace('"CP-1"', '"CP\\":1"'),
     "an escaped NUL": GOOD.replace('"CP-1"', '"CP\\u0000"'),
     "a lone surrogate escape": GOOD.replace('"CP-1"', '"CP\\ud800"'),
