@@ -39,8 +39,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
-from itertools import compress
-from operator import attrgetter
+from itertools import compress, repeat
+from operator import attrgetter, is_
+from types import NoneType
 from typing import Any, Literal
 
 import msgspec
@@ -268,11 +269,12 @@ def _row_columns(
     if not set(map(type, upserts(quantities))) <= {Decimal}:
         quantities = list(map(_number, quantities))
     taken = upserts(quantities)
-    if None in taken or (taken and min(taken) <= 0):
+    # by identity: `None in taken` would compare each Decimal with None
+    if _holds(taken, None) or (taken and min(taken) <= 0):
         return None
-    tolerances = list(map(_tolerance, optional[0]))
+    tolerances = _tolerances(optional[0])
     taken = [t for t in upserts(tolerances) if t is not None]
-    if _UNREAD in taken or (taken and not (min(taken) >= 0 and max(taken) <= 100)):
+    if _holds(taken, _UNREAD) or (taken and not (min(taken) >= 0 and max(taken) <= 100)):
         return None
     incoterms = [None if code is UNSET else code for code in optional[1]]
     if not all(code.isprintable() for code in upserts(incoterms) if code is not None):
@@ -297,6 +299,19 @@ def _row_columns(
         for at in deletes:
             column[at] = None
     return columns
+
+
+def _holds(values: list[Any], thing: object) -> bool:
+    return any(map(is_, values, repeat(thing)))
+
+
+def _tolerances(values: list[Any]) -> list[Decimal | object | None]:
+    """_tolerance of each value. A column of integers (and absent ones) reads each distinct integer
+    once: with no Decimal among the values, no two that are equal can differ in their digits."""
+    if set(map(type, values)) <= {int, NoneType, UnsetType}:
+        read = {value: _tolerance(value) for value in set(values)}
+        return list(map(read.__getitem__, values))
+    return list(map(_tolerance, values))
 
 
 def _tolerance(value: Any) -> Decimal | object | None:

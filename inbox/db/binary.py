@@ -39,12 +39,16 @@ _NONE = type(None)
 _UUID_BYTES = attrgetter("bytes")
 
 
-class Packed(bytes):
-    """A whole array parameter, packed: psycopg sends its bytes as they are, typed as an array of
+class Packed:
+    """A whole array parameter, packed: psycopg sends data as it is, typed as an array of
     element_type."""
 
+    __slots__ = ("data",)
     element_type: ClassVar[str]
     element_oid: ClassVar[int]
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
 
 
 P = TypeVar("P", bound=Packed)
@@ -84,7 +88,8 @@ def _register(packed: type[Packed]) -> None:
         oid = info.array_oid
 
         def dump(self, obj: Any) -> Buffer:
-            return cast(Packed, obj)
+            data: bytes = obj.data
+            return data
 
     adapters.register_dumper(packed, PackedDumper)
 
@@ -97,7 +102,7 @@ def _array(packed: type[P], count: int, items: Iterable[bytes], nulls: bool) -> 
     """The array of count elements, items their bytes (each its length and its data, or _NULL)."""
     if not count:
         return packed(_EMPTY(0, 0, packed.element_oid))
-    return packed(_HEADER(1, nulls, packed.element_oid, count, 1) + b"".join(items))
+    return packed(b"".join(chain((_HEADER(1, nulls, packed.element_oid, count, 1),), items)))
 
 
 def _types(values: Iterable[Any]) -> set[type]:
@@ -170,7 +175,7 @@ def _same_width(values: Sequence[str]) -> TextArray:
         return _texts(values, [])
     length = _LENGTH(len(values[0]))
     header = _HEADER(1, 0, TextArray.element_oid, len(values), 1)
-    return TextArray(header + length + data.replace(b"\n", length))
+    return TextArray(b"".join((header, length, data.replace(b"\n", length))))
 
 
 def _texts(values: Sequence[str | None], nulls: list[int]) -> TextArray:

@@ -276,6 +276,31 @@ def test_columns_decline_what_a_whole_column_could_hide() -> None:
     assert decode_columns([first, delete]) is not None
 
 
+def test_integer_tolerances_are_read_once_each_and_exactly() -> None:
+    """A column of integer tolerances is read once per distinct integer, each event still given its
+    own; a column with decimals among them is read value by value (0 and 0.0 are equal, not alike)."""
+
+    def tolerance(value: str | None) -> str:
+        if value is None:
+            return GOOD.replace('"tolerance_pct": 5, ', "")
+        return GOOD.replace('"tolerance_pct": 5', f'"tolerance_pct": {value}')
+
+    integers = [tolerance("0"), tolerance("5"), tolerance(None), tolerance("0"), tolerance("100")]
+    mixed = [tolerance("0.0"), tolerance("0"), tolerance("5.00"), tolerance("5"), tolerance(None)]
+    for texts in (integers, mixed):
+        check_columns(texts)
+    read = decode_columns(integers)
+    assert read is not None
+    assert read.row_columns["tolerance_pct"] == [Decimal(0), Decimal(5), None, Decimal(0), Decimal(100)]
+    read = decode_columns(mixed)
+    assert read is not None
+    assert list(map(str, read.row_columns["tolerance_pct"])) == ["0.0", "0", "5.00", "5", "None"]
+    # an integer _number does not take, and an integer beyond 100, decline the body
+    for beyond in (str(10**18), "101", "-1"):
+        check_columns([tolerance("0"), tolerance(beyond)])
+        assert decode_columns([tolerance("0"), tolerance(beyond)]) is None
+
+
 # -- the fast path is taken -------------------------------------------------------------------------
 
 
