@@ -68,8 +68,8 @@ _TITAN_KEYS = frozenset({"eventType", "data", "metadata"})
 _SCALARS = (str, int, Decimal, bool, type(None))
 _SPACED_COLON = re.compile(rb"[ \t\r\n]:")
 _NUL_ESCAPE = b"\\u0000"
-# The same two checks on the texts of a body (decode_columns): what a JSON text can hold before a colon
-# that a regular expression would look for at every character, found by str searches instead.
+# decode_columns' checks of the raw JSON, on str texts: the NUL escape, and each pair of JSON
+# whitespace and colon (str searches: the regular expression above tried every character)
 _TEXT_NUL_ESCAPE = "\\u0000"
 _SPACED_COLONS = tuple(f"{space}:" for space in JSON_WHITESPACE)
 # Below this, an integer has at most 18 digits: no need to count them.
