@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import base64
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 from confluent_kafka import Message
 
-from inbox.edge import decode_event
+from inbox.edge import EdgeColumns, decode_columns, decode_event, is_array
 from inbox.events import EventKey, QuotaRow, UnkeyableEvent, json_type
 from inbox.formats import key_event, skip_reason, titan_row
 from inbox.ingest import ParsedBatch, loads
@@ -58,46 +59,144 @@ class Reject:
     reason: str
 
 
-@dataclass
 class Batch:
-    """Messages consumed but not yet stored, and the offsets they complete per partition."""
+    """Messages consumed but not yet stored, and the offsets they complete per partition.
 
-    events: list[Event] = field(default_factory=list)
-    rejects: list[Reject] = field(default_factory=list)
-    skips: list[tuple[Partition, str]] = field(default_factory=list)  # (where, "tombstone"/"truncate")
-    # the next offset to consume per partition: what to commit once this batch is stored
-    next_offsets: dict[Partition, int] = field(default_factory=dict)
+    add() only takes a message; the batch is sorted into events, rejects and skips when one of them
+    is first read, all its messages at once: when every message is a tombstone or a Titan event that
+    edge.decode_columns takes, the events stay columns (TitanRun), with no object per message; any
+    other message sends the batch through classify(), message by message, with the same result."""
+
+    def __init__(self) -> None:
+        self._unsorted: list[Message] = []
+        self._events: Sequence[Event] = []
+        self._rejects: list[Reject] = []
+        self._skips: list[tuple[Partition, str]] = []  # (where, "tombstone"/"truncate")
+        # the next offset to consume per partition: what to commit once this batch is stored
+        self.next_offsets: dict[Partition, int] = {}
 
     def add(self, message: Message) -> None:
-        origin = Origin(
-            message.topic() or "",
-            message.partition() or 0,
-            message.offset() or 0,
-            message.key(),
-            header_list(message.headers()),
-        )
-        item = classify(origin, message.value())
-        if isinstance(item, Event):
-            self.events.append(item)
-        elif isinstance(item, Reject):
-            self.rejects.append(item)
-        else:
-            self.skips.append((origin.where, item))
-        self.next_offsets[origin.where] = max(self.next_offsets.get(origin.where, 0), origin.offset + 1)
+        self._unsorted.append(message)
+        where, offset = (message.topic() or "", message.partition() or 0), (message.offset() or 0) + 1
+        if offset > self.next_offsets.get(where, 0):
+            self.next_offsets[where] = offset
+
+    @property
+    def events(self) -> Sequence[Event]:
+        self._sort()
+        return self._events
+
+    @property
+    def rejects(self) -> list[Reject]:
+        self._sort()
+        return self._rejects
+
+    @property
+    def skips(self) -> list[tuple[Partition, str]]:
+        self._sort()
+        return self._skips
 
     def drop(self, partitions: set[Partition]) -> None:
         """Forget what came from partitions this consumer no longer owns: their next owner reads it again."""
-        self.events = [e for e in self.events if e.origin.where not in partitions]
-        self.rejects = [r for r in self.rejects if r.origin.where not in partitions]
-        self.skips = [s for s in self.skips if s[0] not in partitions]
+        self._sort()
+        self._events = [e for e in self._events if e.origin.where not in partitions]
+        self._rejects = [r for r in self._rejects if r.origin.where not in partitions]
+        self._skips = [s for s in self._skips if s[0] not in partitions]
         self.next_offsets = {p: o for p, o in self.next_offsets.items() if p not in partitions}
 
     def __bool__(self) -> bool:
         return bool(self.next_offsets)
 
+    def _sort(self) -> None:
+        if not self._unsorted:
+            return
+        messages, self._unsorted = self._unsorted, []
+        values = [message.value() for message in messages]
+        run = None if self._events else TitanRun.of(messages, values)
+        if run is not None:
+            self._events = run
+            tombstones = [m for m, v in zip(messages, values, strict=True) if v is None]
+            self._skips += [(_where(m), "tombstone") for m in tombstones]
+            return
+        events = list(self._events)  # more messages after a sort (rare): the run becomes events
+        for message, value in zip(messages, values, strict=True):
+            origin = _origin(message)
+            item = classify(origin, value)
+            if isinstance(item, Event):
+                events.append(item)
+            elif isinstance(item, Reject):
+                self._rejects.append(item)
+            else:
+                self._skips.append((origin.where, item))
+        self._events = events
 
-def parsed(events: list[Event]) -> ParsedBatch:
+
+class TitanRun(Sequence[Event]):
+    """A batch's events when every message is a Titan event edge.decode_columns takes (tombstones
+    aside): their columns as the store sends them (parsed()), and each message's Event, the one
+    classify() gives, built only when asked for (a refused event's bisect, tests)."""
+
+    def __init__(self, messages: list[Message], texts: list[str], columns: EdgeColumns) -> None:
+        self._messages, self._texts, self._columns = messages, texts, columns
+        self._keys: list[EventKey] | None = None
+
+    @classmethod
+    def of(cls, messages: list[Message], values: list[bytes | None]) -> TitanRun | None:
+        if None in values:
+            messages = [m for m, v in zip(messages, values, strict=True) if v is not None]
+        present = [v for v in values if v is not None]
+        if not present:
+            return None
+        try:
+            texts = [value.decode("utf-8") for value in present]
+        except UnicodeDecodeError:
+            return None
+        if len(texts) == 1 and is_array(texts[0]):  # decode_columns would take its elements
+            return None
+        columns = decode_columns(texts)
+        if columns is None or len(columns) != len(texts):
+            return None
+        return cls(messages, texts, columns)
+
+    def parsed(self) -> ParsedBatch:
+        return ParsedBatch.of_columns(self._columns, "[" + ",".join(self._texts) + "]")
+
+    def __len__(self) -> int:
+        return len(self._texts)
+
+    @overload
+    def __getitem__(self, index: int) -> Event: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Event]: ...
+
+    def __getitem__(self, index: int | slice) -> Event | list[Event]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if self._keys is None:
+            self._keys = self._columns.keys()
+        origin, row = _origin(self._messages[index]), self._columns.rows[index]
+        return Event(origin, self._texts[index], self._keys[index], row)
+
+
+def _where(message: Message) -> Partition:
+    return (message.topic() or "", message.partition() or 0)
+
+
+def _origin(message: Message) -> Origin:
+    return Origin(
+        message.topic() or "",
+        message.partition() or 0,
+        message.offset() or 0,
+        message.key(),
+        header_list(message.headers()),
+    )
+
+
+def parsed(events: Sequence[Event]) -> ParsedBatch:
     """The events as inbox.store.store takes them: keys, and the raw texts as one JSON array."""
+    if isinstance(events, TitanRun):
+        return events.parsed()
     return ParsedBatch(
         keys=[e.key for e in events],
         array_text="[" + ",".join(e.text for e in events) + "]",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from inbox.db.errors import DatabaseError, Failure, classify
@@ -31,7 +32,7 @@ def store_batch(conn: DictConnection, batch: Batch) -> Stored:
     return Stored(accepted, duplicates, len(rejects))
 
 
-def _store_events(conn: DictConnection, events: list[Event]) -> tuple[int, int, list[Reject]]:
+def _store_events(conn: DictConnection, events: Sequence[Event]) -> tuple[int, int, list[Reject]]:
     """(accepted, duplicates, events PostgreSQL refused). store() runs in a savepoint here, so when
     PostgreSQL refuses a value Python accepted, the batch is halved until the culprit is alone; it
     becomes a reject and the rest is stored."""
