@@ -67,13 +67,18 @@ class Batch:
     edge.decode_columns takes, the events stay columns (TitanRun), with no object per message; any
     other message sends the batch through classify(), message by message, with the same result."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        events: Sequence[Event] = (),
+        rejects: Sequence[Reject] = (),
+        skips: Sequence[tuple[Partition, str]] = (),  # (where, "tombstone"/"truncate")
+        next_offsets: dict[Partition, int] | None = None,
+    ) -> None:
         self._unsorted: list[Message] = []
-        self._events: Sequence[Event] = []
-        self._rejects: list[Reject] = []
-        self._skips: list[tuple[Partition, str]] = []  # (where, "tombstone"/"truncate")
+        self._events: Sequence[Event] = list(events)
+        self._rejects, self._skips = list(rejects), list(skips)
         # the next offset to consume per partition: what to commit once this batch is stored
-        self.next_offsets: dict[Partition, int] = {}
+        self.next_offsets: dict[Partition, int] = dict(next_offsets or {})
 
     def add(self, message: Message) -> None:
         self._unsorted.append(message)
