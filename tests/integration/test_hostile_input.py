@@ -29,7 +29,7 @@ from inbox.db.connect import DictConnection
 from inbox.events import InvalidEvent, quota_row
 from inbox.formats import key_event
 from inbox.ingest import BadBatch, ParsedBatch, parse_texts
-from inbox.kafka.batch import Batch, Event, Origin
+from inbox.kafka.batch import Batch, Event, Origin, TitanRun
 from inbox.kafka.store import store_batch
 from inbox.settings import Settings
 from inbox.store import store_events
@@ -106,6 +106,50 @@ def test_an_event_postgresql_refuses_is_halved_out_as_a_reject(db: DictConnectio
     assert (stored.accepted, stored.rejected) == (5, 1)
     (reject,) = db.execute('SELECT reason, "offset" FROM inbox.rejects WHERE "partition" = 1').fetchall()
     assert reject["offset"] == 2 and reject["reason"].startswith("PostgreSQL refused the event")
+
+
+def test_a_refused_event_of_a_batch_read_as_columns_is_halved_out_with_its_key_and_headers(
+    db: DictConnection,
+) -> None:
+    """A Titan batch the consumer reads column by column (kafka.batch.TitanRun): should PostgreSQL
+    refuse one of its events (here a trigger of this test refuses one quota), the bisect builds that
+    message's Event and it becomes a reject with its Kafka key, headers and bytes; the rest is stored."""
+    refused = uuid.uuid4()
+    db.execute(
+        "CREATE FUNCTION inbox.test_refuse() RETURNS trigger LANGUAGE plpgsql"
+        " SET search_path = pg_catalog, pg_temp AS $$ BEGIN"
+        f" IF NEW.quota_id = '{refused}' THEN RAISE invalid_parameter_value USING MESSAGE = 'refused here';"
+        " END IF; RETURN NEW; END $$"
+    )
+    db.execute(
+        "CREATE TRIGGER test_refuse BEFORE INSERT ON inbox.quota_events"
+        " FOR EACH ROW EXECUTE FUNCTION inbox.test_refuse()"
+    )
+    ids = [uuid.uuid4() for _ in range(4)]
+    values = [to_json(titan_event(quota_id, 1)).encode() for quota_id in [*ids[:3], refused, ids[3]]]
+    batch = Batch()
+    for offset, value in enumerate(values):
+        batch.add(
+            Message(
+                topic=TOPIC,
+                partition=3,
+                offset=offset,
+                key=b"key-%d" % offset,
+                value=value,
+                headers=[("trace", b"t%d" % offset)],
+            )
+        )
+    assert isinstance(batch.events, TitanRun)
+
+    stored = store_batch(db, batch)
+
+    assert (stored.accepted, stored.rejected) == (4, 1)
+    (reject,) = db.execute('SELECT * FROM inbox.rejects WHERE "partition" = 3').fetchall()
+    assert (reject["offset"], reject["key"], bytes(reject["raw"])) == (3, b"key-3", values[3])
+    assert reject["headers"] == [{"key": "trace", "value": "t3"}]
+    assert reject["reason"].startswith("PostgreSQL refused the event") and "refused here" in reject["reason"]
+    stored_ids = db.execute("SELECT quota_id FROM inbox.quota_events").fetchall()
+    assert sorted(row["quota_id"] for row in stored_ids) == sorted(ids)
 
 
 # -- H2: the growth of an accepted body when PostgreSQL prints it ---------------------------------
