@@ -5,6 +5,7 @@ thing it cannot prove makes it decline, so the slow path's messages and rejects 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import uuid
 from decimal import Decimal
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 
 import inbox.ingest
 from inbox.edge import (
+    _TYPED,
     ROW_COLUMNS,
     EdgeColumns,
     EdgeEvent,
@@ -663,3 +665,11 @@ def test_a_kafka_message_gets_its_row_on_either_path() -> None:
 def test_a_kafka_message_holding_an_array_is_left_to_the_slow_path() -> None:
     assert decode_event("[" + GOOD + "]") is None
     assert decode_event(GOOD) is not None
+
+
+def test_a_decoded_event_is_not_tracked_by_the_garbage_collector() -> None:
+    """Three tracked objects per event made collections a tenth of a consumer's CPU; a decoded event
+    is a tree of JSON values, so no reference cycle can keep it alive (msgspec's gc=False)."""
+    event = _TYPED.decode(GOOD.encode())
+
+    assert not any(map(gc.is_tracked, (event, event.data, event.metadata)))
