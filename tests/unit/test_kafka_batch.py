@@ -177,7 +177,6 @@ def check_sorted_at_once(values: list[bytes | None]) -> Batch:
     assert batch.rejects == rejects
     assert batch.skips == skips
     columns = isinstance(batch.events, TitanRun)
-    event("sorted at once" if columns else "message by message")
     assert stored_form(batch.events) == stored_form(events, deletes_typed=columns)
     # halves, as the store's bisect takes them
     middle = len(batch.events) // 2
@@ -246,7 +245,8 @@ def test_messages_added_after_the_batch_was_read_join_it_in_order() -> None:
     )
 )
 def test_any_batch_sorted_at_once_as_message_by_message(values: list[bytes | None]) -> None:
-    check_sorted_at_once(values)
+    batch = check_sorted_at_once(values)
+    event("sorted at once" if isinstance(batch.events, TitanRun) else "message by message")
 
 
 # Titan events the columns take, of many quotas, versions, quantities and tolerances, deletes too
@@ -272,4 +272,5 @@ def test_titan_batches_sorted_at_once_as_message_by_message(texts: list[str], to
     for at, tombstone in enumerate(tombstones):
         if tombstone:
             values.insert(at, None)
-    check_sorted_at_once(values)
+    batch = check_sorted_at_once(values)
+    event("sorted at once" if isinstance(batch.events, TitanRun) else "message by message")
