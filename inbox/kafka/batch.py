@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
@@ -75,6 +76,8 @@ class Batch:
         next_offsets: dict[Partition, int] | None = None,
     ) -> None:
         self._unsorted: list[Message] = []
+        # sorting runs on the store thread, while a rebalance callback on the consumer's thread may drop
+        self._lock = threading.Lock()
         self._events: Sequence[Event] = list(events)
         self._rejects, self._skips = list(rejects), list(skips)
         # the next offset to consume per partition: what to commit once this batch is stored
@@ -88,36 +91,41 @@ class Batch:
 
     @property
     def events(self) -> Sequence[Event]:
-        self._sort()
-        return self._events
+        with self._lock:
+            self._sort()
+            return self._events
 
     @property
     def rejects(self) -> list[Reject]:
-        self._sort()
-        return self._rejects
+        with self._lock:
+            self._sort()
+            return self._rejects
 
     @property
     def skips(self) -> list[tuple[Partition, str]]:
-        self._sort()
-        return self._skips
+        with self._lock:
+            self._sort()
+            return self._skips
 
     def drop(self, partitions: set[Partition]) -> None:
         """Forget what came from partitions this consumer no longer owns: their next owner reads it again."""
-        self._sort()
-        self._events = [e for e in self._events if e.origin.where not in partitions]
-        self._rejects = [r for r in self._rejects if r.origin.where not in partitions]
-        self._skips = [s for s in self._skips if s[0] not in partitions]
-        self.next_offsets = {p: o for p, o in self.next_offsets.items() if p not in partitions}
+        with self._lock:
+            self._sort()
+            self._events = [e for e in self._events if e.origin.where not in partitions]
+            self._rejects = [r for r in self._rejects if r.origin.where not in partitions]
+            self._skips = [s for s in self._skips if s[0] not in partitions]
+            self.next_offsets = {p: o for p, o in self.next_offsets.items() if p not in partitions}
 
     def __bool__(self) -> bool:
         return bool(self.next_offsets)
 
     def _sort(self) -> None:
+        """Sort what was added since the last sort (under the lock)."""
         if not self._unsorted:
             return
         messages, self._unsorted = self._unsorted, []
         values = [message.value() for message in messages]
-        run = None if self._events else TitanRun.of(messages, values)
+        run = None if self._events else _titan_run(messages, values)
         if run is not None:
             self._events = run
             tombstones = [m for m, v in zip(messages, values, strict=True) if v is None]
@@ -182,6 +190,16 @@ class TitanRun(Sequence[Event]):
             self._keys = self._columns.keys()
         origin, row = _origin(self._messages[index]), self._columns.rows[index]
         return Event(origin, self._texts[index], self._keys[index], row)
+
+
+def _titan_run(messages: list[Message], values: list[bytes | None]) -> TitanRun | None:
+    """TitanRun.of, which never raises: what nothing foresaw sends the batch message by message
+    (classify() then decides each message), and is an error in the log, since it means a bug here."""
+    try:
+        return TitanRun.of(messages, values)
+    except Exception:
+        log.exception("could not read a batch column by column; its messages are read one by one")
+        return None
 
 
 def _where(message: Message) -> Partition:

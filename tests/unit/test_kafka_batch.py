@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections.abc import Sequence
 from decimal import Decimal
@@ -13,6 +14,8 @@ from confluent_kafka import Message
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+import inbox.kafka.batch
+from inbox.edge import decode_columns
 from inbox.events import EventKey
 from inbox.kafka.batch import Batch, Event, Origin, Partition, Reject, TitanRun, classify, header_list, parsed
 from inbox.store import typed_batch
@@ -274,3 +277,48 @@ def test_titan_batches_sorted_at_once_as_message_by_message(texts: list[str], to
             values.insert(at, None)
     batch = check_sorted_at_once(values)
     event("sorted at once" if isinstance(batch.events, TitanRun) else "message by message")
+
+
+def test_a_drop_while_the_store_thread_sorts_the_batch_waits_for_the_sort(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A lost partition is dropped on the consumer's thread while the store thread may be sorting the
+    very batch: the drop waits for the sort, so it removes what the sort found, and nothing is sorted
+    twice."""
+    sorting, release = threading.Event(), threading.Event()
+
+    def slow_decode(texts: Sequence[str]) -> Any:
+        sorting.set()
+        release.wait()
+        return decode_columns(texts)
+
+    monkeypatch.setattr(inbox.kafka.batch, "decode_columns", slow_decode)
+    batch = Batch()
+    for n in range(4):
+        batch.add(message(n % 2, n, titan(n + 1)))
+    store_thread = threading.Thread(target=lambda: batch.events)
+    store_thread.start()
+    sorting.wait()
+    consumer_thread = threading.Thread(target=batch.drop, args=({(TOPIC, 1)},))
+    consumer_thread.start()
+    consumer_thread.join(0.2)  # with the drop waiting for the sort, it is still running here
+    release.set()
+    store_thread.join()
+    consumer_thread.join()
+
+    assert [(e.origin.partition, e.key.version) for e in batch.events] == [(0, 1), (0, 3)]
+    assert batch.next_offsets == {(TOPIC, 0): 3}
+
+
+def test_a_bug_in_reading_columns_sorts_the_batch_message_by_message(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(texts: Sequence[str]) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(inbox.kafka.batch, "decode_columns", broken)
+
+    batch = check_sorted_at_once([titan(1), None, titan(2)])
+
+    assert not isinstance(batch.events, TitanRun) and len(batch.events) == 2
+    assert "could not read a batch column by column" in caplog.text
