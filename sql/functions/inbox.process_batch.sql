@@ -4,7 +4,8 @@
 --                               p_max_attempts integer, p_fresh boolean DEFAULT false)
 --     RETURNS TABLE (applied, stale, dead, not_owned, published)
 --
--- Reads:       inbox.quota_events (typed columns), inbox.quota_versions, public.call_off
+-- Reads:       inbox.quota_events (typed columns), inbox.quota_versions, public.call_off; the message types
+--              inbox.outbox_message and inbox.outbox_quota
 -- Writes:      inbox.quota_versions, public.quota, inbox.quota_events, public.quota_processing_errors,
 --              inbox.claim_ledger (deletes p_ledger), inbox.claim_debts (pays them, through
 --              inbox.pay_claim_debts), inbox.metric_counters (the batch's counts, through
@@ -44,7 +45,8 @@
 -- has no LSN or the gate row has none (applied from a feed without LSNs, or before migration 014).
 -- Every effective change is published to the pgmq queue quota_changes in the same transaction:
 --   {quota_id, version, previous_version, op: upsert|delete, quota: row after | null, applied_at},
--- the quota built by jsonb_build_object from the row's known columns.
+-- the message built by to_jsonb of a row of inbox.outbox_message (migration 024) from the gate's and
+-- the quota row's known columns.
 -- Deletes run in a second statement: its fresh snapshot sees a quota row that another worker
 -- inserted and committed while this one waited for the gate lock (the first snapshot predates it).
 -- p_fresh (the apply at ingest, migration 023): the rows are the caller's transaction's own, stored
@@ -322,26 +324,15 @@ BEGIN
            count(*) FILTER (WHERE o.status = 'stale'),
            count(*) FILTER (WHERE o.status = 'dead'),
            cardinality(p_quota_ids) - count(*),
-           (SELECT array_agg(jsonb_build_object(
-                        'quota_id', g.quota_id,
-                        'version', g.version,
-                        'previous_version', g.previous_version,
-                        'op', CASE WHEN g.is_delete THEN 'delete' ELSE 'upsert' END,
-                        -- the row's known columns (to_jsonb of the row costs more: issue 13)
-                        'quota', CASE WHEN g.is_delete THEN NULL ELSE jsonb_build_object(
-                            'quota_id', u.quota_id,
-                            'counterparty_id', u.counterparty_id,
-                            'direction', u.direction,
-                            'period_month', u.period_month,
-                            'qty_t', u.qty_t,
-                            'tolerance_pct', u.tolerance_pct,
-                            'incoterm_code', u.incoterm_code,
-                            'metal_code', u.metal_code,
-                            'created_at', u.created_at,
-                            'updated_at', u.updated_at,
-                            'source_version', u.source_version,
-                            'source_updated_at', u.source_updated_at) END,
-                        'applied_at', g.applied_at)
+           -- to_jsonb of the message's own types (migration 024): the same jsonb as jsonb_build_object of
+           -- these keys and values at about a third of its CPU (their attributes are in jsonb's key order)
+           (SELECT array_agg(to_jsonb(ROW(
+                        CASE WHEN g.is_delete THEN 'delete' ELSE 'upsert' END,
+                        CASE WHEN g.is_delete THEN NULL ELSE ROW(
+                            u.qty_t, u.quota_id, u.direction, u.created_at, u.metal_code, u.updated_at,
+                            u.period_month, u.incoterm_code, u.tolerance_pct, u.source_version,
+                            u.counterparty_id, u.source_updated_at)::inbox.outbox_quota END,
+                        g.version, g.quota_id, g.applied_at, g.previous_version)::inbox.outbox_message)
                     ORDER BY g.quota_id)
             FROM gate g LEFT JOIN upserted u USING (quota_id)),
            (SELECT array_agg(g.quota_id ORDER BY g.quota_id) FROM gate g),
