@@ -104,6 +104,12 @@ class Settings(BaseSettings):
         "202 (their first attempt); what it cannot apply (untyped events, a failed apply) is left to the "
         "workers. Off: every event waits for `inbox work`.",
     )
+    kafka_apply_at_ingest: bool = Field(
+        True,
+        description="`inbox consume` applies the typed events of a batch in the batch's transaction, "
+        "before its offsets are committed (their first attempt); what it cannot apply is left to the "
+        "workers. Off: every event waits for `inbox work`.",
+    )
     http_header_timeout_seconds: float = Field(
         10.0,
         gt=0,

@@ -114,6 +114,8 @@ class KafkaIngestor:
         self.metrics_dsn = metrics_dsn or dsn  # the DSN /metrics reads the database's figures with
         self.lag = ConsumerLag()
         self.settings = settings
+        # the typed events of a batch are applied in its transaction (kafka_apply_at_ingest)
+        self._apply_attempts = settings.max_attempts if settings.kafka_apply_at_ingest else None
         self.stop = stop
         self.stats = ConsumeStats()
         self._db = Session(
@@ -268,7 +270,7 @@ class KafkaIngestor:
         counts, or None when the database did not take it (the caller counts the failure). Touches
         neither librdkafka nor self.stats."""
         try:
-            stored = store_batch(self._db.connection(), batch)
+            stored = store_batch(self._db.connection(), batch, self._apply_attempts)
         except DatabaseError as exc:
             # Connection lost, server restarting, deadlock, timeout, even a dropped table: the
             # batch stays in hand and is stored once the database takes it again.

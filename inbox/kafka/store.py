@@ -22,24 +22,27 @@ class Stored:
     rejected: int
 
 
-def store_batch(conn: DictConnection, batch: Batch) -> Stored:
-    """One transaction: the events (a redelivery is a no-op) and the rejects, or nothing at all."""
+def store_batch(conn: DictConnection, batch: Batch, apply_attempts: int | None = None) -> Stored:
+    """One transaction: the events (a redelivery is a no-op) and the rejects, or nothing at all. With
+    apply_attempts, the typed events are applied in it too (inbox.store.store)."""
     with conn.transaction():
-        accepted, duplicates, refused = _store_events(conn, batch.events)
+        accepted, duplicates, refused = _store_events(conn, batch.events, apply_attempts)
         rejects = [*batch.rejects, *refused]
         if rejects:
             _insert_rejects(conn, rejects)
     return Stored(accepted, duplicates, len(rejects))
 
 
-def _store_events(conn: DictConnection, events: Sequence[Event]) -> tuple[int, int, list[Reject]]:
+def _store_events(
+    conn: DictConnection, events: Sequence[Event], apply_attempts: int | None
+) -> tuple[int, int, list[Reject]]:
     """(accepted, duplicates, events PostgreSQL refused). store() runs in a savepoint here, so when
     PostgreSQL refuses a value Python accepted, the batch is halved until the culprit is alone; it
     becomes a reject and the rest is stored."""
     if not events:
         return 0, 0, []
     try:
-        result = store(conn, parsed(events), "kafka")
+        result = store(conn, parsed(events), "kafka", apply_attempts=apply_attempts)
     except DatabaseError as exc:
         # Failure.POISON: what one event can make PostgreSQL refuse (a value it does not take; a batch
         # beyond its 1 GB limits): halving finds it. Anything else (connection, timeout, privileges)
@@ -54,7 +57,8 @@ def _store_events(conn: DictConnection, events: Sequence[Event]) -> tuple[int, i
             )
             return 0, 0, [_refused(event, exc)]
         middle = len(events) // 2
-        first, second = _store_events(conn, events[:middle]), _store_events(conn, events[middle:])
+        first = _store_events(conn, events[:middle], apply_attempts)
+        second = _store_events(conn, events[middle:], apply_attempts)
         return first[0] + second[0], first[1] + second[1], first[2] + second[2]
     return result.accepted, result.duplicates, []
 

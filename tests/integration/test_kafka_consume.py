@@ -355,6 +355,33 @@ def test_garbage_goes_to_rejects_verbatim_and_the_consumer_moves_on(
     assert_exact_end_state(dsn, stream)
 
 
+@pytest.mark.parametrize("apply_at_ingest", [True, False], ids=["applied-at-ingest", "left-to-workers"])
+def test_consumed_events_are_applied_in_their_batch_transaction(
+    feed: Feed, dsn: str, db: DictConnection, counter: Counters, apply_at_ingest: bool
+) -> None:
+    """kafka_apply_at_ingest (on by default): the typed events of a batch are applied in the batch's
+    own transaction, before its offsets are committed, with no worker running; versions racing
+    across partitions end stale at the gate. Off: every event waits for the workers."""
+    inbox_count = counter(dsn)
+    stream = quota_stream(random.Random(11), 300)
+    feed.produce(list(stream.messages))
+
+    settings = feed.settings(kafka_batch_size=64, kafka_apply_at_ingest=apply_at_ingest)
+    with consuming_in_process(dsn, settings):
+        wait_for(lambda: inbox_count() == len(stream.keys), "every distinct event")
+        wait_for(feed.all_committed, "every offset committed")
+
+    rows = db.execute("SELECT status, attempts FROM inbox.quota_events").fetchall()
+    if apply_at_ingest:
+        assert {r["status"] for r in rows} <= {"applied", "stale"}, rows
+        assert {r["attempts"] for r in rows} == {1}
+        assert quota_rows(db) == expected_rows(stream)  # before any worker ran
+    else:
+        assert {(r["status"], r["attempts"]) for r in rows} == {("pending", 0)}
+        assert quota_rows(db) != expected_rows(stream)
+    assert_exact_end_state(dsn, stream)
+
+
 @pytest.mark.parametrize(
     "number", ["1e9999999999999999999", "1e-99999999999999999999", "1e131071"], ids=["huge", "tiny", "h2"]
 )
