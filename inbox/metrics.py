@@ -210,15 +210,16 @@ class ConsumerLag(Collector):
 
     Fed by the consumer's stats_cb (every `statistics.interval.ms`, from inside consume()). A
     partition whose group has committed nothing yet has no known lag and is left out; a partition
-    revoked from this process disappears with the next statistics.
+    revoked from a member disappears with that member's next statistics. Several members of the group
+    in one process (INBOX_KAFKA_CONSUMERS) each feed their own partitions (member).
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._lag: dict[tuple[str, int], int] = {}
+        self._lag: dict[int, dict[tuple[str, int], int]] = {}  # by member
 
-    def update(self, stats_json: str) -> None:
-        """librdkafka's statistics JSON (the stats_cb argument)."""
+    def update(self, stats_json: str, member: int = 0) -> None:
+        """librdkafka's statistics JSON (the stats_cb argument) of one member's consumer."""
         try:
             topics = json.loads(stats_json).get("topics", {})
             lag = {
@@ -232,7 +233,7 @@ class ConsumerLag(Collector):
             log.warning("metrics: unreadable Kafka statistics: %s", exc)
             return
         with self._lock:
-            self._lag = lag
+            self._lag[member] = lag
 
     def collect(self) -> Iterable[Metric]:
         family = GaugeMetricFamily(
@@ -241,7 +242,8 @@ class ConsumerLag(Collector):
             labels=["topic", "partition"],
         )
         with self._lock:
-            for (topic, partition), lag in sorted(self._lag.items()):
+            merged = {where: lag for member in self._lag.values() for where, lag in member.items()}
+            for (topic, partition), lag in sorted(merged.items()):
                 family.add_metric([topic, str(partition)], lag)
         yield family
 

@@ -124,6 +124,14 @@ class Settings(BaseSettings):
     kafka_group: str = Field(
         "quota-inbox", description="Consumer group; the processes of one group share the partitions."
     )
+    kafka_consumers: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Members of the consumer group in one `inbox consume` process, each a thread with its "
+        "own consumer and database session: up to this many batches in the database at once. The group "
+        "splits the partitions between members (one beyond the partition count idles).",
+    )
     kafka_config_json: SecretStr = Field(
         SecretStr("{}"),
         description="Extra librdkafka settings as a JSON object (SASL, TLS, timeouts), "

@@ -15,13 +15,13 @@ from inbox.settings import Settings
 def cmd_consume(args: argparse.Namespace, settings: Settings) -> None:
     """confluent-kafka is imported only when this command runs."""
     from inbox.db.connect import with_role
-    from inbox.kafka.consumer import KafkaIngestor, KafkaSetupError, check_schema, consumer_config
+    from inbox.kafka.consumer import ConsumerGroup, KafkaSetupError, check_schema, consumer_config
     from inbox.metrics import MetricsPortUnavailable
 
     stop = threading.Event()
 
     def handler(signum: int, frame: Any) -> None:
-        stop.set()  # the loop finishes the batch in hand, commits and leaves the group
+        stop.set()  # every member finishes the batch in hand, commits and leaves the group
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
@@ -35,7 +35,7 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> None:
     # A busy metrics port, or a setting librdkafka refuses (named, never its value): both before the
     # consumer joins the group.
     try:
-        KafkaIngestor(dsn, settings, stop, metrics_dsn=with_role(url, settings.readonly_role)).run()
+        ConsumerGroup(dsn, settings, stop, metrics_dsn=with_role(url, settings.readonly_role)).run()
     except (MetricsPortUnavailable, KafkaSetupError) as exc:
         raise CliError(str(exc)) from exc
 

@@ -15,12 +15,23 @@ The delivery contract, at-least-once made effectively-once by the inbox key:
   Nothing unstored is ever committed; partitions revoked meanwhile are dropped from the batch.
 * revocation: stored offsets are committed before the partitions go; SIGTERM finishes the batch in
   hand (if the database takes it), commits, and leaves the group.
-* INBOX_METRICS_PORT set: /metrics served there, with this process's consumer lag per partition from
-  librdkafka's statistics (inbox/metrics.py: ConsumerLag).
+* INBOX_KAFKA_CONSUMERS members (threads) in one process (ConsumerGroup): each a KafkaIngestor with its own
+  librdkafka consumer, store thread and database session, so that up to that many batches are in the
+  database at once. The group splits the partitions between them (a member beyond the partition count
+  idles); each member commits the offsets of its own partitions only, by the rules above, so a
+  partition's order and the "nothing committed past an unstored batch" rule are per member exactly as
+  for separate processes. A quota's events share a partition (Titan keys them by quota_id), so one
+  quota is never in two members' batches at once; were it, the inbox key and the version gate make it
+  safe as between two processes. SIGTERM stops every member; a member that fails stops the others.
+* INBOX_KAFKA_APPLY_AT_INGEST (on by default): the typed events of a batch are applied in the batch's
+  transaction, before its offsets are committed; what that apply leaves waits for `inbox work`.
+* INBOX_METRICS_PORT set: /metrics served there (once per process), with the consumer lag per partition
+  of every member from librdkafka's statistics (inbox/metrics.py: ConsumerLag).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -29,6 +40,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -37,7 +49,7 @@ from inbox.counts import Counts
 from inbox.db.connect import Session, connect
 from inbox.db.errors import DatabaseError, Unreachable
 from inbox.db.migrate import MigrationError, pending_migrations
-from inbox.kafka.batch import Batch
+from inbox.kafka.batch import Batch, Partition
 from inbox.kafka.store import store_batch
 from inbox.metrics import ConsumerLag, serve_metrics
 from inbox.settings import Settings
@@ -104,15 +116,50 @@ class ConsumeStats(Counts):
     partitions: set[str] = field(default_factory=set)  # every partition held at some point
 
 
+class AliveFile:
+    """INBOX_KAFKA_ALIVE_FILE, touched (at most once a second) once every member's loop has turned
+    since the last touch: one member stuck is enough for the probe to see the file go stale."""
+
+    def __init__(self, path: Path | None, members: int) -> None:
+        self.path = path
+        self._members = frozenset(range(members))
+        self._waiting = set(self._members)
+        self._last_touch = 0.0
+        self._lock = threading.Lock()
+
+    def beat(self, member: int) -> None:
+        if self.path is None:
+            return
+        with self._lock:
+            self._waiting.discard(member)
+            now = time.monotonic()
+            if self._waiting or now - self._last_touch < 1.0:
+                return
+            self._waiting, self._last_touch = set(self._members), now
+        try:
+            self.path.touch()
+        except OSError as exc:
+            log.warning("cannot touch the alive file", extra={"path": str(self.path), "error": str(exc)})
+
+
 class KafkaIngestor:
-    """Runs until stop is set; one instance per process (or thread), each a member of the group."""
+    """Runs until stop is set; one instance per group member (ConsumerGroup starts INBOX_KAFKA_CONSUMERS
+    of them in one process, each on a thread of its own)."""
 
     def __init__(
-        self, dsn: str, settings: Settings, stop: threading.Event, metrics_dsn: str | None = None
+        self,
+        dsn: str,
+        settings: Settings,
+        stop: threading.Event,
+        *,
+        member: int = 0,
+        lag: ConsumerLag | None = None,
+        alive: AliveFile | None = None,
     ) -> None:
         self.dsn = dsn
-        self.metrics_dsn = metrics_dsn or dsn  # the DSN /metrics reads the database's figures with
-        self.lag = ConsumerLag()
+        self.member = member
+        self.lag = lag  # fed by this member's statistics when /metrics is served
+        self.alive = alive or AliveFile(settings.kafka_alive_file, 1)
         self.settings = settings
         # the typed events of a batch are applied in its transaction (kafka_apply_at_ingest)
         self._apply_attempts = settings.max_attempts if settings.kafka_apply_at_ingest else None
@@ -123,27 +170,26 @@ class KafkaIngestor:
             application_name="quota-inbox consume",
             statement_timeout_ms=settings.effective_statement_timeout_ms(),
         )
+        self.assigned: set[Partition] = set()  # the partitions this member holds now
         # the batches fetched and not yet finished, oldest first, for the rebalance callbacks
         self._held: list[Batch] = []
         # the batch in the database while this thread fetches the next (for _on_revoke)
         self._in_flight: tuple[Batch, Future[ConsumeStats | None]] | None = None
         self._last_logged: dict[int, float] = {}  # kafka error code -> when it was last logged
-        self._last_beat = 0.0
 
     # -- the loop ---------------------------------------------------------------------------------
 
     def run(self) -> ConsumeStats:
         config = consumer_config(self.settings)
-        metrics_server = self._serve_metrics()
+        config["client.id"] = f"{config['client.id']}-{self.member}"
         hooks = {
             "logger": logging.getLogger("librdkafka"),
             "error_cb": self._on_error,
-            **({"stats_cb": self.lag.update} if metrics_server is not None else {}),
+            **({"stats_cb": functools.partial(self.lag.update, member=self.member)} if self.lag else {}),
         }
         try:
             consumer = Consumer({**config, **hooks})
         except KafkaException as exc:
-            _stop_serving(metrics_server)
             raise KafkaSetupError(f"librdkafka refused the settings: {_names_only(exc, config)}") from None
         consumer.subscribe(
             [self.settings.kafka_topic],
@@ -151,7 +197,14 @@ class KafkaIngestor:
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
-        log.info("consuming", extra={"topic": self.settings.kafka_topic, "group": self.settings.kafka_group})
+        log.info(
+            "consuming",
+            extra={
+                "topic": self.settings.kafka_topic,
+                "group": self.settings.kafka_group,
+                "member": self.member,
+            },
+        )
         store_thread = ThreadPoolExecutor(1, thread_name_prefix="inbox-store")
         in_flight: tuple[Batch, Future[ConsumeStats | None]] | None = None
         try:
@@ -178,23 +231,8 @@ class KafkaIngestor:
             store_thread.shutdown(wait=True)
             consumer.close()  # revokes the partitions (committing what is stored) and leaves the group
             self._db.close()
-            _stop_serving(metrics_server)
-            log.info("consumer stopped", extra=self.stats.as_log())
+            log.info("member stopped", extra={"member": self.member, **self.stats.as_log()})
         return self.stats
-
-    def _serve_metrics(self) -> Any:
-        if self.settings.metrics_port is None:
-            return None
-        server, port = serve_metrics(
-            self.metrics_dsn,
-            self.settings.metrics_refresh_seconds,
-            self.settings.http_host,
-            self.settings.metrics_port,
-            self.lag,
-            token=self.settings.metrics_token.get_secret_value() if self.settings.metrics_token else None,
-        )
-        log.info("metrics served", extra={"url": f"http://{self.settings.http_host}:{port}/metrics"})
-        return server
 
     def _next_batch(self, consumer: Consumer) -> Batch:
         self._beat()
@@ -301,15 +339,8 @@ class KafkaIngestor:
                 return
 
     def _beat(self) -> None:
-        """Touch INBOX_KAFKA_ALIVE_FILE (at most once a second): proof for a probe that the loop turns."""
-        alive_file, now = self.settings.kafka_alive_file, time.monotonic()
-        if alive_file is None or now - self._last_beat < 1.0:
-            return
-        self._last_beat = now
-        try:
-            alive_file.touch()
-        except OSError as exc:
-            log.warning("cannot touch the alive file", extra={"path": str(alive_file), "error": str(exc)})
+        """This member's loop turns (INBOX_KAFKA_ALIVE_FILE: proof for a probe)."""
+        self.alive.beat(self.member)
 
     # -- offsets ----------------------------------------------------------------------------------
 
@@ -339,13 +370,14 @@ class KafkaIngestor:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         names = _names(partitions)
         self.stats.partitions.update(names)
-        log.info("partitions assigned", extra={"partitions": names})
+        self.assigned.update((p.topic, p.partition) for p in partitions)
+        log.info("partitions assigned", extra={"partitions": names, "member": self.member})
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._store_in_flight_offsets(consumer, partitions)
         self._commit_stored(consumer)
         self._forget(partitions)
-        log.info("partitions revoked", extra={"partitions": _names(partitions)})
+        log.info("partitions revoked", extra={"partitions": _names(partitions), "member": self.member})
 
     def _store_in_flight_offsets(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """A revocation while batch N is in the database (this thread fetching N+1): wait for N's
@@ -371,12 +403,81 @@ class KafkaIngestor:
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Already someone else's: committing would fail, and their messages will be read again.
         self._forget(partitions)
-        log.warning("partitions lost", extra={"partitions": _names(partitions)})
+        log.warning("partitions lost", extra={"partitions": _names(partitions), "member": self.member})
 
     def _forget(self, partitions: list[TopicPartition]) -> None:
         gone = {(p.topic, p.partition) for p in partitions}
+        self.assigned -= gone
         for batch in self._held:
             batch.drop(gone)
+
+
+class ConsumerGroup:
+    """`inbox consume`: INBOX_KAFKA_CONSUMERS members of the group in this process (members), each
+    run on a thread of its own until stop is set; /metrics (INBOX_METRICS_PORT) served once for all of
+    them, reading the database's figures with metrics_dsn."""
+
+    def __init__(
+        self, dsn: str, settings: Settings, stop: threading.Event, metrics_dsn: str | None = None
+    ) -> None:
+        self.settings = settings
+        self.stop = stop
+        self.metrics_dsn = metrics_dsn or dsn
+        self.lag = ConsumerLag()
+        alive = AliveFile(settings.kafka_alive_file, settings.kafka_consumers)
+        fed = self.lag if settings.metrics_port is not None else None
+        self.members = [
+            KafkaIngestor(dsn, settings, stop, member=i, lag=fed, alive=alive)
+            for i in range(settings.kafka_consumers)
+        ]
+
+    def run(self) -> ConsumeStats:
+        """The members' stats summed. A member that raises sets stop (the others finish their batch
+        in hand, commit and leave the group) and its exception is raised here once all have ended."""
+        port = self.settings.metrics_port
+        metrics_server = (
+            _serve_metrics(self.settings, port, self.metrics_dsn, self.lag) if port is not None else None
+        )
+        failures: list[BaseException] = []
+
+        def run(member: KafkaIngestor) -> None:
+            try:
+                member.run()
+            except BaseException as exc:
+                failures.append(exc)
+                self.stop.set()
+
+        threads = [
+            threading.Thread(target=run, args=(member,), name=f"inbox-consumer-{member.member}")
+            for member in self.members
+        ]
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        finally:
+            _stop_serving(metrics_server)
+        total = ConsumeStats()
+        for member in self.members:
+            total.add(member.stats)
+        log.info("consumer stopped", extra={"members": len(self.members), **total.as_log()})
+        if failures:
+            raise failures[0]
+        return total
+
+
+def _serve_metrics(settings: Settings, port: int, metrics_dsn: str, lag: ConsumerLag) -> Any:
+    server, port = serve_metrics(
+        metrics_dsn,
+        settings.metrics_refresh_seconds,
+        settings.http_host,
+        port,
+        lag,
+        token=settings.metrics_token.get_secret_value() if settings.metrics_token else None,
+    )
+    log.info("metrics served", extra={"url": f"http://{settings.http_host}:{port}/metrics"})
+    return server
 
 
 def _names(partitions: list[TopicPartition]) -> list[str]:

@@ -30,7 +30,7 @@ from confluent_kafka import Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from inbox.db.connect import DictConnection, connect
-from inbox.kafka.consumer import ConsumeStats, KafkaIngestor
+from inbox.kafka.consumer import ConsumerGroup, ConsumeStats, KafkaIngestor
 from inbox.settings import Settings
 from inbox_bench.tansu import GROUP_TIMEOUTS
 from tests.acceptance.conftest import UNREACHABLE_DSN
@@ -89,9 +89,10 @@ class Feed:
         pace: float = 0.0,
         partitions: int = PARTITIONS,
         headers: dict[bytes, list[tuple[str, str | bytes | None]]] | None = None,
+        partition: int | None = None,
     ) -> None:
-        """Each message to a random partition (so one quota's versions race across partitions);
-        headers by message key."""
+        """Each message to a random partition (so one quota's versions race across partitions), or
+        every one to `partition`; headers by message key."""
         rng = random.Random(seed)
         producer = self.broker.producer()
         failures: list[str] = []
@@ -108,7 +109,7 @@ class Feed:
                 self.topic,
                 value=value,
                 key=key,
-                partition=rng.randrange(partitions),
+                partition=rng.randrange(partitions) if partition is None else partition,
                 headers=(headers or {}).get(key),
                 on_delivery=delivered,
             )
@@ -200,16 +201,19 @@ def assert_exact_end_state(dsn: str, stream: QuotaStream) -> None:
 
 @contextmanager
 def consuming_in_process(dsn: str, settings: Settings) -> Iterator[dict[str, Any]]:
-    """KafkaIngestor.run in a thread; on exit it is stopped and its stats are in the yielded dict
-    (the ingestor itself under "ingestor", for a look at its stats while it runs)."""
+    """ConsumerGroup.run (what `inbox consume` runs: settings.kafka_consumers members) in a thread; on
+    exit it is stopped and its stats are in the yielded dict (the group under "group"; with one
+    member, that member under "ingestor", for a look at its stats while it runs)."""
     stop = threading.Event()
     outcome: dict[str, Any] = {}
 
-    outcome["ingestor"] = ingestor = KafkaIngestor(dsn, settings, stop)
+    outcome["group"] = group = ConsumerGroup(dsn, settings, stop)
+    if len(group.members) == 1:
+        outcome["ingestor"] = group.members[0]
 
     def run() -> None:
         try:
-            outcome["stats"] = ingestor.run()
+            outcome["stats"] = group.run()
         except BaseException as exc:  # surfaced in the test below
             outcome["error"] = exc
 
@@ -449,7 +453,7 @@ def test_two_consumer_processes_share_the_partitions(
 ) -> None:
     inbox_count = counter(dsn)
     stream = quota_stream(random.Random(2), 3000)
-    env = feed.env(dsn, INBOX_KAFKA_BATCH_SIZE="100")
+    env = feed.env(dsn, INBOX_KAFKA_BATCH_SIZE="100", INBOX_KAFKA_CONSUMERS="1")  # a member each
     alive_file = tmp_path / "consume.alive"
     one = processes({**env, "INBOX_KAFKA_ALIVE_FILE": str(alive_file)})
     wait_for(one.holds_partitions, "the first consumer to join")
@@ -471,23 +475,29 @@ def test_two_consumer_processes_share_the_partitions(
 
 
 # -- two batches in flight: batch N in the database while N+1 is fetched --------------------------
+# (within one member: these run one, INBOX_KAFKA_CONSUMERS=1; members side by side are further down)
 
 IN_FLIGHT_BATCH = 10
 
 
-def distinct_events(count: int) -> list[tuple[bytes, bytes | None]]:
-    return [(b"k", to_json(titan_event(uuid.uuid4(), 1)).encode()) for _ in range(count)]
+def distinct_events(count: int, version: int = 1) -> list[tuple[bytes, bytes | None]]:
+    return [(b"k", to_json(titan_event(uuid.uuid4(), version)).encode()) for _ in range(count)]
 
 
 # the sessions of `inbox consume` whose store waits for a lock (the one the test holds)
 STORE_WAITING = "application_name = 'quota-inbox consume' AND wait_event_type = 'Lock'"
 
 
-def store_waits_on_a_lock(dsn: str) -> bool:
-    """The consumer's store is waiting for a lock (the one the test holds)."""
+def stores_waiting_on_a_lock(dsn: str) -> int:
+    """How many of the consumer's stores wait for a lock (the one the test holds)."""
     with connect(dsn, autocommit=True) as conn:
         row = conn.execute(f"SELECT count(*) AS n FROM pg_stat_activity WHERE {STORE_WAITING}").fetchone()
-    return bool(row and row["n"])
+    return int(row["n"]) if row else 0
+
+
+def store_waits_on_a_lock(dsn: str) -> bool:
+    """The consumer's store is waiting for a lock (the one the test holds)."""
+    return stores_waiting_on_a_lock(dsn) > 0
 
 
 @contextmanager
@@ -529,7 +539,9 @@ def test_offsets_never_pass_a_batch_whose_transaction_has_not_committed(
     inbox_count = counter(dsn)
     events = distinct_events(3 * IN_FLIGHT_BATCH)
     # a batch is IN_FLIGHT_BATCH messages exactly: consume() returns once it has that many
-    settings = feed.settings(kafka_batch_size=IN_FLIGHT_BATCH, kafka_batch_wait_seconds=2.0)
+    settings = feed.settings(
+        kafka_batch_size=IN_FLIGHT_BATCH, kafka_batch_wait_seconds=2.0, kafka_consumers=1
+    )
     seen: list[int] = []  # every committed offset of partition 0 the test read, in order
 
     def committed() -> int:
@@ -560,7 +572,9 @@ def test_connection_lost_under_the_store_thread_is_waited_out_as_before(
     N+1 committed before N is stored; then both are stored and committed, as without the overlap."""
     inbox_count = counter(dsn)
     events = distinct_events(3 * IN_FLIGHT_BATCH)
-    settings = feed.settings(kafka_batch_size=IN_FLIGHT_BATCH, kafka_batch_wait_seconds=2.0)
+    settings = feed.settings(
+        kafka_batch_size=IN_FLIGHT_BATCH, kafka_batch_wait_seconds=2.0, kafka_consumers=1
+    )
 
     def committed() -> int:
         return feed.broker.committed(feed.topic, feed.group, 1)[0]
@@ -592,7 +606,9 @@ def test_a_rebalance_while_a_batch_is_stored_commits_it_for_the_next_owner(
     inbox_count = counter(dsn)
     events = distinct_events(2 * IN_FLIGHT_BATCH)
     # a long wait: the first consumer is in its fetch of N+1 (where rebalances run) while N is stored
-    settings = feed.settings(kafka_batch_size=IN_FLIGHT_BATCH, kafka_batch_wait_seconds=20.0)
+    settings = feed.settings(
+        kafka_batch_size=IN_FLIGHT_BATCH, kafka_batch_wait_seconds=20.0, kafka_consumers=1
+    )
     with consuming_in_process(dsn, settings) as first:
         ingestor: KafkaIngestor = first["ingestor"]
         wait_for(lambda: len(ingestor.stats.partitions) == PARTITIONS, "the first consumer to join")
@@ -647,10 +663,11 @@ def test_a_bug_under_the_store_thread_ends_the_consumer_as_before(
 
 
 @contextmanager
-def commits_blocked(dsn: str) -> Iterator[DictConnection]:
+def commits_blocked(dsn: str, version: int | None = None) -> Iterator[DictConnection]:
     """A deferred constraint trigger (in this test's database only) makes the COMMIT of every store
-    that inserts an event wait for an advisory lock the test's own session holds until the block ends
-    (or it runs `SELECT pg_advisory_unlock_all()`)."""
+    that inserts an event (of this version, if given) wait for an advisory lock the test's own
+    session holds until the block ends (or it runs `SELECT pg_advisory_unlock_all()`)."""
+    only = "" if version is None else f" WHEN (NEW.version = {int(version)})"
     with connect(dsn, autocommit=True) as conn:
         conn.execute(
             "CREATE FUNCTION public.test_wait_at_commit() RETURNS trigger LANGUAGE plpgsql"
@@ -659,7 +676,7 @@ def commits_blocked(dsn: str) -> Iterator[DictConnection]:
         )
         conn.execute(
             "CREATE CONSTRAINT TRIGGER test_wait_at_commit AFTER INSERT ON inbox.quota_events"
-            " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.test_wait_at_commit()"
+            f" DEFERRABLE INITIALLY DEFERRED FOR EACH ROW{only} EXECUTE FUNCTION public.test_wait_at_commit()"
         )
         conn.execute("SELECT pg_advisory_lock(4242)")
         try:
@@ -707,6 +724,89 @@ def test_killed_with_two_batches_in_flight_redelivers_and_loses_nothing(
     assert sorted(stored) == sorted(
         uuid.UUID(json.loads(value or b"")["data"]["quota_id"]) for _, value in events
     )
+
+
+# -- INBOX_KAFKA_CONSUMERS: members side by side in one process ----------------------------------
+
+BLOCKED_VERSION = 7777  # the version whose stores' COMMIT waits on the test's lock (commits_blocked)
+
+
+def test_members_store_side_by_side_and_each_commits_only_what_it_stored(
+    feed: Feed, dsn: str, counter: Counters
+) -> None:
+    """Two members in one process: the COMMIT of the batch of partition 0's member waits on the
+    test's lock, and meanwhile the other member stores and commits its own partitions (two batches in
+    the database at once); partition 0's committed offset does not move until its batch has
+    committed. Then everything is committed, nothing stored twice."""
+    inbox_count = counter(dsn)
+    settings = feed.settings(
+        kafka_batch_size=IN_FLIGHT_BATCH, kafka_batch_wait_seconds=2.0, kafka_consumers=2
+    )
+    seen: list[int] = []  # partition 0's committed offsets, as the test read them
+
+    def committed() -> dict[int, int]:
+        offsets = feed.broker.committed(feed.topic, feed.group, PARTITIONS)
+        seen.append(offsets[0])
+        return offsets
+
+    with consuming_in_process(dsn, settings) as outcome:
+        members: list[KafkaIngestor] = outcome["group"].members
+        wait_for(
+            lambda: all(m.assigned for m in members) and sum(len(m.assigned) for m in members) == PARTITIONS,
+            "both members to hold partitions",
+        )
+        (blocked,) = [m for m in members if (feed.topic, 0) in m.assigned]
+        others = sorted(p for m in members if m is not blocked for _, p in m.assigned)
+        with commits_blocked(dsn, BLOCKED_VERSION):
+            feed.produce(distinct_events(IN_FLIGHT_BATCH, BLOCKED_VERSION), partition=0)
+            wait_for(lambda: store_waits_on_a_lock(dsn), "partition 0's batch to wait at its COMMIT")
+            for partition in others:
+                feed.produce(distinct_events(IN_FLIGHT_BATCH), partition=partition)
+            wait_for(
+                lambda: all(committed()[p] == IN_FLIGHT_BATCH for p in others),
+                "the other member's partitions stored and committed meanwhile",
+            )
+            assert store_waits_on_a_lock(dsn), "partition 0's batch is still in the database"
+            assert committed()[0] < 0, "an offset passed a batch not yet stored"
+            assert inbox_count() == IN_FLIGHT_BATCH * len(others)
+        wait_for(feed.all_committed, "partition 0 committed once its batch has")
+    assert all(offset < 0 for offset in seen[:-1]) or seen[-1] == IN_FLIGHT_BATCH
+    assert inbox_count() == IN_FLIGHT_BATCH * (1 + len(others))
+    stats: ConsumeStats = outcome["stats"]
+    assert (stats.accepted, stats.duplicates, stats.store_failures) == (inbox_count(), 0, 0)
+    assert blocked.stats.accepted == IN_FLIGHT_BATCH
+
+
+def test_sigterm_finishes_and_commits_every_members_batch_in_hand(
+    feed: Feed, dsn: str, processes: Processes, counter: Counters
+) -> None:
+    """`inbox consume` with two members, each with a batch waiting on the test's lock, gets SIGTERM:
+    it waits for both transactions, commits both members' offsets, leaves the group and exits 0."""
+    inbox_count = counter(dsn)
+    env = feed.env(
+        dsn,
+        INBOX_KAFKA_BATCH_SIZE=str(IN_FLIGHT_BATCH),
+        INBOX_KAFKA_BATCH_WAIT_SECONDS="2",
+        INBOX_KAFKA_CONSUMERS="2",
+    )
+    consumer = processes(env)
+    wait_for(
+        lambda: len({r["member"] for r in consumer.logged("partitions assigned") if r["partitions"]}) == 2,
+        "both members to hold partitions",
+    )
+    with inserts_blocked(dsn) as blocker:
+        for partition in range(PARTITIONS):
+            feed.produce(distinct_events(IN_FLIGHT_BATCH), partition=partition)
+        wait_for(lambda: stores_waiting_on_a_lock(dsn) == 2, "both members' batches to wait on the lock")
+        consumer.process.send_signal(signal.SIGTERM)
+        time.sleep(1)
+        assert consumer.process.poll() is None, "it waits for the batches in the database"
+        assert all(o < 0 for o in feed.broker.committed(feed.topic, feed.group, PARTITIONS).values())
+        blocker.rollback()
+        stats = consumer.terminate()  # SIGTERM again is harmless; exit 0 and the final counts
+    assert feed.all_committed()
+    assert inbox_count() == stats.accepted == stats.messages
+    assert stats.accepted >= 2 * IN_FLIGHT_BATCH  # both members' batches in hand, at least
 
 
 # -- the database stopped and started mid-stream ----------------------------------------------
