@@ -34,8 +34,10 @@ from inbox.kafka.consumer import ConsumerGroup, ConsumeStats, KafkaIngestor
 from inbox.settings import Settings
 from inbox_bench.tansu import GROUP_TIMEOUTS
 from tests.acceptance.conftest import UNREACHABLE_DSN
+from tests.acceptance.test_apply_at_ingest import _REFUSE_LEAD, _end_state
 from tests.cdc_events import QuotaStream, expected_rows, quota_rows, quota_stream
-from tests.helpers import drain, inbox_rows, titan_event, to_json
+from tests.conftest import migrated_database
+from tests.helpers import drain, inbox_rows, status_counts, titan_event, to_json
 from tests.kafka_broker import KafkaBroker, kafka_broker
 from tests.processes import free_port
 from tests.processes import wait_for as wait_until
@@ -384,6 +386,61 @@ def test_consumed_events_are_applied_in_their_batch_transaction(
         assert {(r["status"], r["attempts"]) for r in typed} == {("pending", 0)}
     assert {(r["status"], r["attempts"]) for r in rows if not r["typed"]} <= {("pending", 0)}
     assert_exact_end_state(dsn, stream)
+
+
+@pytest.fixture
+def other_dsn(pg_admin_dsn: str, template_db: str) -> Iterator[str]:
+    """A second freshly migrated database, for the same messages with the apply at ingest off."""
+    with migrated_database(pg_admin_dsn, template_db, "other") as made:
+        yield made
+
+
+def test_the_apply_at_ingest_ends_where_the_workers_end(feed: Feed, dsn: str, other_dsn: str) -> None:
+    """tests/acceptance/test_apply_at_ingest.py's POSTs as Kafka batches (each produced once the one
+    before is committed: a batch is one transaction): with INBOX_KAFKA_APPLY_AT_INGEST on, then a
+    drain, and (another topic, another database) with it off, then a drain, they end in the same
+    state: events' outcomes, quotas, gate, dead letters, outbox and counters alike."""
+    a, b, c, d, e, f, g, h, p = (uuid.UUID(int=n) for n in range(1, 10))
+    before = [titan_event(a, 3, "INSERT"), titan_event(b, 1, "INSERT"), titan_event(c, 1, "INSERT")]
+    before.append(titan_event(e, 1, "INSERT"))
+    mix = [
+        titan_event(a, 2, "UPDATE"),  # stale: the gate holds 3
+        titan_event(a, 3, "INSERT"),  # a duplicate
+        titan_event(b, 1, "DELETE"),  # a call-off holds it: a dead letter
+        titan_event(c, 1, "DELETE"),  # applied
+        titan_event(d, 1, "INSERT"),  # superseded in the batch: stale
+        titan_event(d, 2, "UPDATE", qty_t=Decimal("12345678901234567890.123456789")),
+        titan_event(e, 1, "DELETE"),  # a later change in the batch wins: a stale delete says so
+        titan_event(e, 2, "UPDATE"),
+        titan_event(g, 1, "INSERT", tolerance_pct=Decimal("2.50")),
+    ]
+    invalid = [titan_event(f, 1, "INSERT", direction="HOLD")]  # untyped: the workers dead-letter it
+    refused = [titan_event(h, 1, "INSERT"), titan_event(p, 1, "INSERT", metal_code="PB")]
+    feeds = {"on": feed, "off": Feed(feed.broker, feed.broker.create_topic(PARTITIONS), f"{feed.group}-off")}
+
+    for name, target, apply_at_ingest in (("on", dsn, True), ("off", other_dsn, False)):
+        with connect(target, autocommit=True) as conn:
+            for statement in _REFUSE_LEAD:
+                conn.execute(statement)
+        run = feeds[name]
+        # a second to fill: each produced batch is one consumed batch
+        settings = run.settings(kafka_apply_at_ingest=apply_at_ingest, kafka_batch_wait_seconds=1.0)
+        with consuming_in_process(target, settings):
+            for batch in (before, mix, invalid, refused):
+                run.produce([(b"k", to_json(x).encode()) for x in batch], partition=0)
+                wait_for(run.all_committed, "the batch stored and committed")
+                if batch is before:
+                    drain(target)
+                    with connect(target, autocommit=True) as conn:
+                        conn.execute("INSERT INTO public.call_off (quota_id, qty_t) VALUES (%s, 1)", [b])
+        if apply_at_ingest:
+            with connect(target, autocommit=True) as conn:
+                # the mix's upserts finished at ingest; its three deletes (a message is typed alone:
+                # a delete carries no row), the invalid event and the refused batch wait
+                assert status_counts(conn) == {"applied": 7, "stale": 2, "pending": 6}
+        drain(target)
+
+    assert _end_state(dsn) == _end_state(other_dsn)
 
 
 @pytest.mark.parametrize(
