@@ -461,7 +461,8 @@ class ConsumerGroup:
         total = ConsumeStats()
         for member in self.members:
             total.add(member.stats)
-        log.info("consumer stopped", extra={"members": len(self.members), **total.as_log()})
+        if not any(isinstance(failure, KafkaSetupError) for failure in failures):  # else it never ran
+            log.info("consumer stopped", extra={"members": len(self.members), **total.as_log()})
         if failures:
             raise failures[0]
         return total
