@@ -150,3 +150,21 @@ def test_consumer_lag_from_librdkafka_statistics(garbage: str) -> None:
         ("titan.quota", "0"): 10,
         ("titan.quota", "1"): 0,
     }
+
+
+def _member_stats(lags: dict[int, int]) -> str:
+    partitions = {str(p): {"partition": p, "desired": True, "consumer_lag": lag} for p, lag in lags.items()}
+    return json.dumps({"topics": {"titan.quota": {"topic": "titan.quota", "partitions": partitions}}})
+
+
+def test_consumer_lag_of_several_members_in_one_process() -> None:
+    """INBOX_KAFKA_CONSUMERS: each member reports its own partitions; /metrics shows them all, and a
+    member's new statistics replace only its own (a partition it gave up goes with them)."""
+    lag = ConsumerLag()
+    lag.update(_member_stats({0: 5, 1: 6}), member=0)
+    lag.update(_member_stats({2: 7}), member=1)
+    lag.update(_member_stats({0: 4}), member=0)  # partition 1 went to another process
+
+    (family,) = lag.collect()
+
+    assert {s.labels["partition"]: s.value for s in family.samples} == {"0": 4, "2": 7}
