@@ -37,10 +37,10 @@ from inbox_bench.pipeline import start_workers
 from inbox_bench.tansu import GROUP_TIMEOUTS, Broker, create_topic, tansu
 
 # `inbox consume` runs with the shipped defaults (INBOX_KAFKA_BATCH_SIZE, INBOX_KAFKA_BATCH_WAIT_SECONDS,
-# INBOX_KAFKA_CONSUMERS members, INBOX_KAFKA_APPLY_AT_INGEST); the bare consumer reads with the same batches.
+# INBOX_KAFKA_APPLY_AT_INGEST) but INBOX_KAFKA_CONSUMERS, one member per partition (kafka_path); the bare
+# consumer reads with the same batches.
 BATCH_SIZE: int = Settings.model_fields["kafka_batch_size"].default
 BATCH_WAIT_SECONDS: float = Settings.model_fields["kafka_batch_wait_seconds"].default
-CONSUMERS: int = Settings.model_fields["kafka_consumers"].default
 APPLY_AT_INGEST: bool = Settings.model_fields["kafka_apply_at_ingest"].default
 
 # Per batch the consumer makes one transaction: received_at (its start) tells the batches apart.
@@ -83,7 +83,9 @@ def kafka_path(cluster: Cluster, stream: Stream, cfg: Config, workdir: Path) -> 
                 "INBOX_KAFKA_TOPIC": topic,
                 "INBOX_KAFKA_GROUP": f"bench-{topic}",
                 "INBOX_KAFKA_CONFIG_JSON": json.dumps(GROUP_TIMEOUTS),
-                **json.loads(os.environ.get("KAFKA4_ENV", "{}")),  # TEMP-KAFKA4
+                # a member per partition, as a user sizes a group: Kafka scales one by partitions
+                # (with 2, one member holds two partitions and reads alone once the other is done)
+                "INBOX_KAFKA_CONSUMERS": str(cfg.kafka_partitions),
             },
         )
         with services(workdir) as started, connect(dsn, autocommit=True) as conn:
@@ -118,7 +120,7 @@ def kafka_path(cluster: Cluster, stream: Stream, cfg: Config, workdir: Path) -> 
             "timed_from": "the first event stored (after the group join) to the last applied",
             "consume_batch_size": BATCH_SIZE,
             "consume_batch_wait_seconds": BATCH_WAIT_SECONDS,
-            "consume_members": CONSUMERS,
+            "consume_members": cfg.kafka_partitions,
             "consume_apply_at_ingest": APPLY_AT_INGEST,
             # one transaction per batch: how many, how full, how long the consumer took to store all
             "stored_batches": n_batches,
