@@ -3,12 +3,13 @@
 The delivery contract, at-least-once made effectively-once by the inbox key:
 * one transaction per batch (events and rejects); offsets are stored in librdkafka and committed,
   synchronously, only after that transaction commits. Auto-commit is off.
-* overlap: batch N is stored by one background thread while this thread fetches and sorts batch N+1;
-  N's offsets are committed (here, in order) once its transaction has committed, and only then is N+1
-  handed to the store thread. At most one batch is in the database at a time, so offsets never pass an
-  unstored batch. Librdkafka is only ever called from this thread. A failed first attempt is waited out
-  here exactly as without the overlap (below); what is fetched meanwhile joins N+1, never N. A
-  revocation during N+1's fetch waits for N's transaction and commits N's offsets of those partitions.
+* overlap (per member): batch N is stored by one background thread while this thread fetches and
+  sorts batch N+1; N's offsets are committed (here, in order) once its transaction has committed, and
+  only then is N+1 handed to the store thread. At most one batch of a member is in the database at a
+  time, so offsets never pass an unstored batch. Librdkafka is only ever called from this thread (a
+  member's own consumer). A failed first attempt is waited out here exactly as without the overlap
+  (below); what is fetched meanwhile joins N+1, never N. A revocation during N+1's fetch waits for
+  N's transaction and commits N's offsets of those partitions.
 * a crash loses nothing: what was not committed is read again, and a redelivered event is a no-op.
 * database down: the batch in hand is kept, the partitions are paused (the group still gets its
   heartbeats and rebalances), storing is retried with a growing delay, fetching resumes after.
