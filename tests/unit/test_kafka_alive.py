@@ -17,4 +17,3 @@ def test_the_alive_file_is_touched_only_once_every_member_has_turned(tmp_path: P
     assert not path.exists()
     alive.beat(1)
     assert path.exists()
-
