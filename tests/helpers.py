@@ -180,3 +180,32 @@ def unkeyable(event: Any) -> str:
     with pytest.raises(UnkeyableEvent) as caught:
         key_event(event)
     return str(caught.value)
+
+
+Events = list[dict[str, Any]]
+
+
+def apply_at_ingest_mix() -> tuple[Events, Events, Events, Events]:
+    """The events of the apply-at-ingest equivalence tests (HTTP: tests/acceptance/test_apply_at_ingest.py,
+    Kafka: tests/integration/test_kafka_consume.py), quotas uuid.UUID(int=1..9) as a..h, p:
+    (before, mix, invalid, refused). before sets the stage; mix holds new, superseded, stale,
+    duplicate, applied and refused deletes; invalid is stored untyped and the workers dead-letter it;
+    refused holds a value the quota table refuses beside a valid event."""
+    a, b, c, d, e, f, g, h, p = (uuid.UUID(int=n) for n in range(1, 10))
+    before = [titan_event(a, 3, "INSERT"), titan_event(b, 1, "INSERT"), titan_event(c, 1, "INSERT")]
+    before.append(titan_event(e, 1, "INSERT"))
+    mix = [
+        titan_event(a, 2, "UPDATE"),  # stale: the gate holds 3
+        titan_event(a, 3, "INSERT"),  # a duplicate
+        titan_event(b, 1, "DELETE"),  # a call-off holds it: a dead letter
+        titan_event(c, 1, "DELETE"),  # applied
+        titan_event(d, 1, "INSERT"),  # superseded in the batch: stale
+        titan_event(d, 2, "UPDATE", qty_t=Decimal("12345678901234567890.123456789")),
+        titan_event(e, 1, "DELETE"),  # a later change in the batch wins: a stale delete says so
+        titan_event(e, 2, "UPDATE"),
+        titan_event(g, 1, "INSERT", tolerance_pct=Decimal("2.50")),
+    ]
+    # alone: in a batch of valid Titan events the edge types the deletes too (its column path)
+    invalid = [titan_event(f, 1, "INSERT", direction="HOLD")]
+    refused = [titan_event(h, 1, "INSERT"), titan_event(p, 1, "INSERT", metal_code="PB")]
+    return before, mix, invalid, refused

@@ -19,6 +19,7 @@ from inbox.store import store
 from tests.acceptance.conftest import LiveServer, StartServer
 from tests.conftest import migrated_database
 from tests.helpers import (
+    apply_at_ingest_mix,
     count_of,
     dead_letters,
     drain,
@@ -189,22 +190,7 @@ def test_the_apply_at_ingest_ends_where_the_workers_end(
     and a value the quota table refuses (migration 023 stores the typed rows of an apply at ingest as
     applied and marks only the others: every outcome must still be the worker's)."""
     a, b, c, d, e, f, g, h, p = (uuid.UUID(int=n) for n in range(1, 10))
-    before = [titan_event(a, 3, "INSERT"), titan_event(b, 1, "INSERT"), titan_event(c, 1, "INSERT")]
-    before.append(titan_event(e, 1, "INSERT"))
-    mix = [
-        titan_event(a, 2, "UPDATE"),  # stale: the gate holds 3
-        titan_event(a, 3, "INSERT"),  # a duplicate
-        titan_event(b, 1, "DELETE"),  # a call-off holds it: a dead letter
-        titan_event(c, 1, "DELETE"),  # applied
-        titan_event(d, 1, "INSERT"),  # superseded in the batch: stale
-        titan_event(d, 2, "UPDATE", qty_t=Decimal("12345678901234567890.123456789")),
-        titan_event(e, 1, "DELETE"),  # a later change in the batch wins: a stale delete says so
-        titan_event(e, 2, "UPDATE"),
-        titan_event(g, 1, "INSERT", tolerance_pct=Decimal("2.50")),
-    ]
-    # alone: in a batch of valid Titan events the edge types the deletes too (its column path)
-    invalid = [titan_event(f, 1, "INSERT", direction="HOLD")]  # stored untyped, the workers dead-letter it
-    refused = [titan_event(h, 1, "INSERT"), titan_event(p, 1, "INSERT", metal_code="PB")]
+    before, mix, invalid, refused = apply_at_ingest_mix()
     answers = {}
     for name, target, apply_at_ingest in (("on", dsn, True), ("off", other_dsn, False)):
         with connect(target, autocommit=True) as conn:

@@ -37,7 +37,7 @@ from tests.acceptance.conftest import UNREACHABLE_DSN
 from tests.acceptance.test_apply_at_ingest import _REFUSE_LEAD, _end_state
 from tests.cdc_events import QuotaStream, expected_rows, quota_rows, quota_stream
 from tests.conftest import migrated_database
-from tests.helpers import drain, inbox_rows, status_counts, titan_event, to_json
+from tests.helpers import apply_at_ingest_mix, drain, inbox_rows, status_counts, titan_event, to_json
 from tests.kafka_broker import KafkaBroker, kafka_broker
 from tests.processes import free_port
 from tests.processes import wait_for as wait_until
@@ -400,22 +400,8 @@ def test_the_apply_at_ingest_ends_where_the_workers_end(feed: Feed, dsn: str, ot
     before is committed: a batch is one transaction): with INBOX_KAFKA_APPLY_AT_INGEST on, then a
     drain, and (another topic, another database) with it off, then a drain, they end in the same
     state: events' outcomes, quotas, gate, dead letters, outbox and counters alike."""
-    a, b, c, d, e, f, g, h, p = (uuid.UUID(int=n) for n in range(1, 10))
-    before = [titan_event(a, 3, "INSERT"), titan_event(b, 1, "INSERT"), titan_event(c, 1, "INSERT")]
-    before.append(titan_event(e, 1, "INSERT"))
-    mix = [
-        titan_event(a, 2, "UPDATE"),  # stale: the gate holds 3
-        titan_event(a, 3, "INSERT"),  # a duplicate
-        titan_event(b, 1, "DELETE"),  # a call-off holds it: a dead letter
-        titan_event(c, 1, "DELETE"),  # applied
-        titan_event(d, 1, "INSERT"),  # superseded in the batch: stale
-        titan_event(d, 2, "UPDATE", qty_t=Decimal("12345678901234567890.123456789")),
-        titan_event(e, 1, "DELETE"),  # a later change in the batch wins: a stale delete says so
-        titan_event(e, 2, "UPDATE"),
-        titan_event(g, 1, "INSERT", tolerance_pct=Decimal("2.50")),
-    ]
-    invalid = [titan_event(f, 1, "INSERT", direction="HOLD")]  # untyped: the workers dead-letter it
-    refused = [titan_event(h, 1, "INSERT"), titan_event(p, 1, "INSERT", metal_code="PB")]
+    b = uuid.UUID(int=2)  # apply_at_ingest_mix's quota b, held by a call-off
+    before, mix, invalid, refused = apply_at_ingest_mix()
     feeds = {"on": feed, "off": Feed(feed.broker, feed.broker.create_topic(PARTITIONS), f"{feed.group}-off")}
 
     for name, target, apply_at_ingest in (("on", dsn, True), ("off", other_dsn, False)):
