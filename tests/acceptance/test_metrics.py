@@ -175,12 +175,13 @@ def test_work_metrics_port_and_http_agree(
         assert time.monotonic() < deadline, "the work process did not apply the events"
         time.sleep(0.05)
 
-    from_work = wait_for_scrape(
-        work_metrics_url, lambda s: value(s, "inbox_events_applied_total") == 20, "work's figures"
-    )
-    from_http = wait_for_scrape(
-        http_url, lambda s: value(s, "inbox_events_applied_total") == 20, "http's figures"
-    )
+    # each process refreshes its figures every 0.1 s: a snapshot taken after the apply of the first 20
+    # and before the duplicate's ingest holds applied 20 and duplicate 0, so both figures are awaited
+    def settled(s: Samples) -> bool:
+        return value(s, "inbox_events_applied_total") == 20 and value(s, "inbox_events_duplicate_total") == 1
+
+    from_work = wait_for_scrape(work_metrics_url, settled, "work's figures")
+    from_http = wait_for_scrape(http_url, settled, "http's figures")
 
     assert counters_of(from_work) == counters_of(from_http)
     assert value(from_work, "inbox_events_ingested_total", source="http") == 20

