@@ -399,7 +399,13 @@ SELECT (SELECT num_timed + num_requested FROM pg_stat_checkpointer) AS checkpoin
                                 'analyzes', autoanalyze_count, 'dead', n_dead_tup, 'live', n_live_tup))
         FROM pg_stat_user_tables
         WHERE schemaname || '.' || relname IN ('inbox.quota_events', 'inbox.claim_ledger', 'public.quota',
-              'inbox.quota_versions', 'pgmq.q_quota_changes', 'inbox.metric_counters')) AS tables
+              'inbox.quota_versions', 'pgmq.q_quota_changes', 'inbox.metric_counters')) AS tables,
+       -- buffers not found in shared_buffers (read from the kernel) by table, heap and indexes: where a
+       -- table or an index outgrows the cache
+       (SELECT jsonb_object_agg(schemaname || '.' || relname,
+                                heap_blks_read + coalesce(idx_blks_read, 0) + coalesce(toast_blks_read, 0))
+        FROM pg_statio_user_tables
+        WHERE heap_blks_read + coalesce(idx_blks_read, 0) + coalesce(toast_blks_read, 0) > 0) AS blocks_read
 """
 
 
@@ -448,6 +454,11 @@ def tenth_figures(snapshots: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     if v["vacuums"] != vacuums_before.get(t, 0)
                 },
                 "mb_at_end": {k: _mb(v) for k, v in b["sizes"].items() if v >= 8 * 2**20},
+                "blocks_read_per_1000_events": {
+                    t: round((v - (a["blocks_read"] or {}).get(t, 0)) * 1000 / n, 1)
+                    for t, v in (b["blocks_read"] or {}).items()
+                    if v - (a["blocks_read"] or {}).get(t, 0) >= n / 100
+                },
             }
         )
     return figures

@@ -96,6 +96,11 @@ DECLARE
     v_applying  boolean := p_apply_attempts IS NOT NULL;  -- store the typed rows applied, then apply
     v_stage     text;                                     -- what the subtransaction was doing
     v_not_owned bigint;
+    -- the rows a newer change replaced (a higher source LSN)
+    v_replaced_ids      uuid[];
+    v_replaced_versions bigint[];
+    v_replaced_deletes  boolean[];
+    v_replaced_lsns     bigint[];
 BEGIN
     finished := 0;
     IF p_source IS DISTINCT FROM 'http' AND p_source IS DISTINCT FROM 'kafka'
@@ -182,16 +187,6 @@ BEGIN
                     WHERE excluded.source_lsn > x.source_lsn
                 -- xmax = 0: the row was inserted by this statement, not updated
                 RETURNING x.quota_id, x.version, x.is_delete, x.source_lsn, (x.xmax = 0) AS inserted, x.typed
-            ),
-            superseded AS (
-                UPDATE public.quota_processing_errors d
-                SET resolved_at = now(),
-                    resolution_note = format('superseded by a newer change with the same key (source LSN %s)',
-                                             s.source_lsn)
-                FROM stored s
-                WHERE (d.quota_id, d.version, d.is_delete) = (s.quota_id, s.version, s.is_delete)
-                  AND d.resolved_at IS NULL AND s.source_lsn IS NOT NULL
-                RETURNING 1
             )
             -- Ingested: every new row, and a replaced row that had finished (one that was still pending was
             -- counted when it came). This statement's snapshot still sees the row as it was before the
@@ -203,9 +198,29 @@ BEGIN
                                        OR EXISTS (SELECT 1 FROM inbox.quota_events o
                                                   WHERE (o.quota_id, o.version, o.is_delete)
                                                         = (s.quota_id, s.version, s.is_delete)
-                                                    AND o.status <> 'pending'))
-            INTO v_quota_ids, v_versions, v_is_delete, inserted, v_untyped, v_ingested
+                                                    AND o.status <> 'pending')),
+                   -- the rows a newer change replaced (a higher LSN): their open dead letters end below
+                   array_agg(s.quota_id) FILTER (WHERE NOT s.inserted),
+                   array_agg(s.version) FILTER (WHERE NOT s.inserted),
+                   array_agg(s.is_delete) FILTER (WHERE NOT s.inserted),
+                   array_agg(s.source_lsn) FILTER (WHERE NOT s.inserted)
+            INTO v_quota_ids, v_versions, v_is_delete, inserted, v_untyped, v_ingested,
+                 v_replaced_ids, v_replaced_versions, v_replaced_deletes, v_replaced_lsns
             FROM stored s;
+            -- Superseded: a replaced row's open dead letter is resolved, naming the change. A statement
+            -- of its own, run only when a row was replaced, its keys looked up one by one: as a step of
+            -- the store's statement it was planned for the whole batch and read every open dead letter
+            -- on every call (a hash join over a seq scan; tests/integration/test_query_plans.py).
+            IF v_replaced_ids IS NOT NULL THEN
+                UPDATE public.quota_processing_errors d
+                SET resolved_at = now(),
+                    resolution_note = format('superseded by a newer change with the same key (source LSN %s)',
+                                             r.source_lsn)
+                FROM unnest(v_replaced_ids, v_replaced_versions, v_replaced_deletes, v_replaced_lsns)
+                         AS r(quota_id, version, is_delete, source_lsn)
+                WHERE (d.quota_id, d.version, d.is_delete) = (r.quota_id, r.version, r.is_delete)
+                  AND d.resolved_at IS NULL;
+            END IF;
             -- one call per batch: no trigger counts the inbox's inserts (migration 018)
             PERFORM inbox.add_counters(ARRAY['duplicate', 'ingested'], ARRAY['', p_source],
                                        ARRAY[v_n - inserted, v_ingested]::float8[]);

@@ -21,7 +21,9 @@ from inbox.apply.prepare import typed_columns
 from inbox.db.connect import DictConnection
 from inbox.db.queries import ApplyCounts, Queries
 from inbox.db.sqlfiles import query
-from tests.helpers import ingest, titan_event
+from inbox.store import store_events
+from tests.cdc_events import debezium_event
+from tests.helpers import ingest, titan_event, to_json
 
 BATCH = 500
 # a statement of inbox.process_batch, as auto_explain logs it
@@ -259,3 +261,49 @@ def test_the_typing_of_untyped_events_reads_them_by_primary_key(
     ]
     assert walks == [], lookups
     assert ("Index Scan", "quota_events_pkey") in [(kind, name) for kind, name, _ in lookups], lookups
+
+
+def test_an_ingest_with_source_lsns_reads_only_its_own_open_dead_letters(
+    db: DictConnection, plans: list[dict[str, Any]]
+) -> None:
+    """A change that reuses a stored key (a higher source LSN) resolves that key's open dead letter.
+    As a step of the store's statement this was planned for the whole batch: with 20,000 open dead
+    letters every ingest of events carrying LSNs (Debezium, the sink) read all of them (a hash join
+    over a seq scan), also when no key was reused. Now: no read without a reused key, and a reused
+    key's letter is looked up by its key."""
+
+    def delivery(ids: list[uuid.UUID], lsn: int) -> list[str]:
+        events = []
+        for quota_id in ids:
+            event = debezium_event(quota_id, 1, "u")
+            event["source"]["lsn"] = lsn
+            events.append(to_json(event))
+        return events
+
+    first = [uuid.uuid4() for _ in range(BATCH)]
+    store_events(db, delivery(first, 100), "kafka")
+    reused = first[:5]
+    db.execute(
+        "INSERT INTO public.quota_processing_errors (event_data, error_message, quota_id, version,"
+        " is_delete, error_class)"
+        " SELECT '{}', 'poison', coalesce(k, gen_random_uuid()), 1, false, 'apply_error'"
+        " FROM generate_series(1, 20000) g"
+        " LEFT JOIN unnest(%s::uuid[]) WITH ORDINALITY AS r(k, n) ON r.n = g",
+        [reused],
+    )
+    db.execute("ANALYZE public.quota_processing_errors")
+    db.execute("SET auto_explain.log_analyze = on")
+
+    plans.clear()
+    store_events(db, delivery([uuid.uuid4() for _ in range(BATCH)], 150), "kafka")  # no key reused
+    assert wide_reads(plans, {"quota_processing_errors"}, most=0) == []
+
+    plans.clear()
+    store_events(db, delivery(reused + [uuid.uuid4() for _ in range(BATCH - 5)], 200), "kafka")
+    too_wide = wide_reads(plans, {"quota_processing_errors"}, most=5)
+    assert too_wide == [], too_wide
+    resolved = db.execute(
+        "SELECT count(*) AS n FROM public.quota_processing_errors"
+        " WHERE resolution_note LIKE 'superseded by a newer change%%(source LSN 200)'"
+    ).fetchone()
+    assert resolved == {"n": 5}  # the step ran, for the reused keys only
