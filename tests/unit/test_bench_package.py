@@ -82,7 +82,7 @@ def test_each_soak_tenth_gets_its_cpu_per_event_wal_checkpoints_and_vacuums() ->
     from inbox_bench.pipeline import tenth_figures
 
     def snapshot(
-        at: float, events: int, pg: float, wal: int, fpi: int, ckpt: int, vacuums: int
+        at: float, events: int, pg: float, wal: int, fpi: int, ckpt: int, vacuums: int, reads: int = 0
     ) -> dict[str, Any]:
         return {
             "at": at,
@@ -94,13 +94,15 @@ def test_each_soak_tenth_gets_its_cpu_per_event_wal_checkpoints_and_vacuums() ->
             "checkpoints": ckpt,
             "checkpoint_buffers": 10 * ckpt,
             "tables": {"quota_events": {"vacuums": vacuums}, "quota": {"vacuums": 1}},
+            # blocks read from the kernel: the inbox's grow, the quota's stay below 1 per 100 events
+            "blocks_read": {"inbox.quota_events": reads, "public.quota": 5} if reads else None,
         }
 
     first, second = tenth_figures(
         [
             snapshot(0.0, 0, 1.0, 0, 0, 0, 0),
-            snapshot(2.0, 1000, 1.2, 3_000_000, 100, 0, 0),
-            snapshot(5.0, 2000, 1.5, 8_000_000, 700, 2, 1),
+            snapshot(2.0, 1000, 1.2, 3_000_000, 100, 0, 0, reads=500),
+            snapshot(5.0, 2000, 1.5, 8_000_000, 700, 2, 1, reads=1500),
         ]
     )
     assert first["seconds"] == 2.0 and first["cpu_us_per_event"] == {"postgres": 200.0}
@@ -117,6 +119,8 @@ def test_each_soak_tenth_gets_its_cpu_per_event_wal_checkpoints_and_vacuums() ->
         {"quota_events": 1},
     )
     assert second["mb_at_end"] == {"inbox.quota_events": 64.0}
+    assert first["blocks_read_per_1000_events"] == {"inbox.quota_events": 500.0}
+    assert second["blocks_read_per_1000_events"] == {"inbox.quota_events": 1000.0}
 
 
 def test_a_stopwatch_measures_the_path_then_adds_the_cpu_of_each_process() -> None:
