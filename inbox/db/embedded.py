@@ -46,13 +46,35 @@ SOCKET_NAME = ".s.PGSQL.5432"
 HANDLES = ".inbox-handles"
 _SUN_PATH_MAX = 107  # sockaddr_un.sun_path holds 108 bytes with the closing NUL
 _START_TIMEOUT_SECONDS = 120
+
+
 # Written into a new cluster's postgresql.conf (ALTER SYSTEM still overrides them; a cluster made by
 # an older release keeps what it has). max_wal_size: PostgreSQL's 1GB made a checkpoint every 20 s
 # at 5,000 events/s, each followed by a full-page image of every page the next writes touch again:
 # in the soak of issue 13 a third of the WAL (5.2 kB per event against 3.4 kB at 4GB) and 7% of the
 # server's CPU per event (README, Performance). At 4GB checkpoints come from checkpoint_timeout
 # (5 min); the WAL folder can hold about that much more.
-SERVER_SETTINGS = {"max_wal_size": "4GB"}
+#
+# autovacuum_naptime: autovacuum visits a database once per naptime (1 min by default). The inbox's
+# rows are deleted by retention a few seconds after they are applied, and their space is reused only
+# after a vacuum: at 10,000 events/s a minute between visits grew the inbox's files to 970-1,096 MB
+# for a table that held at most a few hundred thousand rows; at 10s, 400 MB (the soak, README). The
+# per-table thresholds of the hot tables (migrations 010, 017) decide whether a visit vacuums.
+#
+# shared_buffers: PostgreSQL's 128MB held the soak's hot pages (the inbox's primary key, the quota and
+# gate rows, the pages retention deletes from) only while the tables were small; afterwards 100-750
+# blocks per 1,000 events were read back from the kernel, most of them by retention's deletes of
+# pages the inserts had pushed out. A quarter of the machine's memory (PostgreSQL's own advice for a
+# dedicated server), at most 1GB (a service's server on a shared machine), at least the 128MB default.
+def _shared_buffers() -> str:
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return "128MB"
+    return f"{max(128, min(1024, memory // 4 // 2**20))}MB"
+
+
+SERVER_SETTINGS = {"max_wal_size": "4GB", "autovacuum_naptime": "10s", "shared_buffers": _shared_buffers()}
 
 
 class EmbeddedError(Exception):

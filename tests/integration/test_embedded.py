@@ -178,7 +178,7 @@ def test_a_short_data_dir_keeps_its_socket_inside_itself(base: Path) -> None:
     assert not embedded_running(data_dir)
 
 
-def test_a_new_cluster_spaces_its_checkpoints_for_a_queue_and_alter_system_still_overrides(
+def test_a_new_cluster_gets_checkpoints_and_buffers_for_a_queue_and_alter_system_still_overrides(
     base: Path,
 ) -> None:
     # PostgreSQL's max_wal_size (1GB) made a checkpoint every 20 s in the soak, and a full-page
@@ -188,6 +188,13 @@ def test_a_new_cluster_spaces_its_checkpoints_for_a_queue_and_alter_system_still
         dsn = start_embedded(data_dir)
         with psycopg.connect(dsn, autocommit=True) as conn:
             assert conn.execute("SHOW max_wal_size").fetchone() == ("4GB",)
+            assert conn.execute("SHOW autovacuum_naptime").fetchone() == ("10s",)
+            # a quarter of the machine's memory, at most 1GB, at least PostgreSQL's 128MB
+            memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+            expected = max(128, min(1024, memory_mb // 4))
+            assert conn.execute("SHOW shared_buffers").fetchone() == (
+                f"{expected // 1024}GB" if expected % 1024 == 0 else f"{expected}MB",
+            )
             assert conn.execute(
                 "SELECT sourcefile LIKE '%/postgresql.conf' FROM pg_settings WHERE name = 'max_wal_size'"
             ).fetchone() == (True,)
