@@ -284,23 +284,6 @@ def _copy_of(pginstall: Path) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return copied
-    for parent in [p for p in reversed(target.parents) if not p.exists()]:
-        with suppress(FileExistsError):
-            parent.mkdir()
-            parent.chmod(0o755)  # a folder made here, for these programs: not a widening
-    staging = Path(tempfile.mkdtemp(prefix=".pginstall-", dir=PROGRAMS_HOME))
-    try:
-        staging.chmod(0o755)  # made here
-        shutil.copytree(pginstall, staging / "tree", symlinks=True)
-        (staging / "tree").chmod(0o755)
-        try:
-            (staging / "tree").rename(target)
-        except OSError:
-            if not (target / "bin" / "postgres").exists():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
 
 
 def _init_cluster(data_dir: Path, run_as: pwd.struct_passwd | None) -> None:
